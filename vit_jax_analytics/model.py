@@ -1,0 +1,288 @@
+"""A Flax Vision Transformer with per-head masks and per-layer attention hooks.
+
+Module and parameter names mirror google-research/vision_transformer
+(`vit_jax/models_vit.py`, with the pre-linen block names its `.npz` files carry), so those
+checkpoints load by name:
+
+  embedding/{kernel,bias}                                   conv [p, p, 3, D]
+  cls                                                       [1, 1, D] (classifier='token')
+  Transformer/posembed_input/pos_embedding                  [1, T, D]
+  Transformer/encoderblock_{i}/LayerNorm_0
+  Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value}/kernel [D, H, D/H]
+  Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/out/kernel              [H, D/H, D]
+  Transformer/encoderblock_{i}/LayerNorm_2
+  Transformer/encoderblock_{i}/MlpBlock_3/Dense_{0,1}
+  Transformer/encoder_norm
+  pre_logits (optional, tanh), head
+
+Shapes in this package: B batch, L layers, H heads, T tokens (= Q queries = K keys),
+D hidden size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+# attention_reduce(weights [B, H, Q, K], layer) -> any pytree; stacked over layers to [L, ...].
+AttentionReduce = Callable[[Array, int], Any]
+# attention_edit(weights [B, H, Q, K], layer) -> weights [B, H, Q, K]; applied after softmax.
+AttentionEdit = Callable[[Array, int], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """Architecture of a ViT, as plain data (JSON-serialisable with `dataclasses.asdict`)."""
+  image_size: int = 224
+  patch_size: int = 16
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  num_classes: int = 1000
+  classifier: str = 'token'            # 'token' (class token) or 'gap' (global average pool)
+  representation_size: Optional[int] = None  # a tanh `pre_logits` layer when set
+  gelu_approximate: bool = True        # vit_jax and big_vision use tanh-GELU; timm/HF exact
+  layer_norm_epsilon: float = 1e-6
+
+  def __post_init__(self):
+    if self.classifier not in ('token', 'gap'):
+      raise ValueError(f"ViTConfig.classifier: expected 'token' or 'gap', got {self.classifier!r}")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'ViTConfig: hidden_size {self.hidden_size} is not divisible by '
+                       f'num_heads {self.num_heads}')
+    if self.image_size % self.patch_size:
+      raise ValueError(f'ViTConfig: image_size {self.image_size} is not a multiple of '
+                       f'patch_size {self.patch_size}')
+
+  @property
+  def grid_size(self) -> int:
+    """Patches per side (n of the n x n patch grid)."""
+    return self.image_size // self.patch_size
+
+  @property
+  def num_tokens(self) -> int:
+    """T: patches plus the class token when there is one."""
+    return self.grid_size ** 2 + (1 if self.classifier == 'token' else 0)
+
+  @property
+  def has_cls_token(self) -> bool:
+    return self.classifier == 'token'
+
+  def replace(self, **changes) -> 'ViTConfig':
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'ViTConfig':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f'ViTConfig: unknown field(s) {unknown}; expected some of {sorted(known)}')
+    return cls(**d)
+
+
+def _preset(width, depth, mlp, heads, patch):
+  return ViTConfig(patch_size=patch, hidden_size=width, num_layers=depth, mlp_dim=mlp,
+                   num_heads=heads)
+
+# Table 1 of Dosovitskiy et al. 2021 and Table 2 of Steiner et al. 2021 (Ti, S).
+CONFIGS = {
+    'ViT-Ti/16': _preset(192, 12, 768, 3, 16),
+    'ViT-S/16': _preset(384, 12, 1536, 6, 16),
+    'ViT-B/16': _preset(768, 12, 3072, 12, 16),
+    'ViT-B/32': _preset(768, 12, 3072, 12, 32),
+    'ViT-L/16': _preset(1024, 24, 4096, 16, 16),
+    # The bundled demo: MNIST digits at 28 x 28 in 4 x 4 patches (a 7 x 7 patch grid), small
+    # enough to train, analyse and test in minutes on a 2-core CPU.
+    'demo': ViTConfig(image_size=28, patch_size=4, hidden_size=64, num_layers=6, num_heads=4,
+                      mlp_dim=128, num_classes=10, classifier='token'),
+}
+
+
+def get_config(name: str, **overrides) -> ViTConfig:
+  if name not in CONFIGS:
+    raise ValueError(f'unknown model config {name!r}; expected one of {sorted(CONFIGS)}')
+  return CONFIGS[name].replace(**overrides)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Self-attention whose per-head outputs can be scaled by a head mask."""
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x, head_mask_row=None, attention_edit=None, layer=0):
+    """x [B, T, D], head_mask_row [H] or [B, H] -> (y [B, T, D], weights [B, H, Q, K])."""
+    d = x.shape[-1]
+    head_dim = d // self.num_heads
+    proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim))
+    q = proj(name='query')(x)
+    k = proj(name='key')(x)
+    v = proj(name='value')(x)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q / jnp.sqrt(head_dim).astype(q.dtype), k)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if attention_edit is not None:
+      weights = attention_edit(weights, layer)
+    heads = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    # The per-head outputs [B, T, H, D/H], for callers that rebuild `out` without one head.
+    self.sow('intermediates', 'heads', heads)
+    if head_mask_row is not None:
+      # Masking before `out` is what "removing head h" means in Michel et al. 2019.
+      m = head_mask_row.astype(heads.dtype)
+      heads = heads * (m[:, None, :, None] if m.ndim == 2 else m[None, None, :, None])
+    y = nn.DenseGeneral(features=d, axis=(-2, -1), name='out')(heads)
+    return y, weights
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  gelu_approximate: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Dense(self.mlp_dim, name='Dense_0')(x)
+    y = nn.gelu(y, approximate=self.gelu_approximate)
+    return nn.Dense(x.shape[-1], name='Dense_1')(y)
+
+
+class Encoder1DBlock(nn.Module):
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x, head_mask_row=None, attention_edit=None, layer=0,
+               skip_attention=False):
+    """skip_attention: x is already the residual stream after this block's attention."""
+    c = self.config
+    weights = None
+    self.sow('intermediates', 'block_input', x)
+    if not skip_attention:
+      y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_0')(x)
+      y, weights = MultiHeadDotProductAttention(
+          c.num_heads, name='MultiHeadDotProductAttention_1')(y, head_mask_row, attention_edit,
+                                                              layer)
+      x = x + y
+      self.sow('intermediates', 'post_attention', x)
+    y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_2')(x)
+    y = MlpBlock(c.mlp_dim, c.gelu_approximate, name='MlpBlock_3')(y)
+    return x + y, weights
+
+
+class PositionEmbedding(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    pe = self.param('pos_embedding', nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:])
+    return x + pe
+
+
+class Encoder(nn.Module):
+  """Runs blocks [first_layer, last_layer); the position embedding when starting at 0."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x, head_mask=None, attention_reduce=None, attention_edit=None,
+               first_layer=0, last_layer=None, skip_first_attention=False,
+               add_position_embedding=True):
+    c = self.config
+    last_layer = c.num_layers if last_layer is None else last_layer
+    if add_position_embedding:
+      x = PositionEmbedding(name='posembed_input')(x)
+    per_layer = []
+    for i in range(first_layer, last_layer):
+      mask_row = None
+      if head_mask is not None:  # [L, H] or per example [B, L, H]
+        mask_row = head_mask[:, i] if head_mask.ndim == 3 else head_mask[i]
+      skip = skip_first_attention and i == first_layer
+      x, weights = Encoder1DBlock(c, name=f'encoderblock_{i}')(
+          x, mask_row, attention_edit, i, skip)
+      if attention_reduce is not None and not skip:
+        # Reduced here, per layer, so that [B, L, H, Q, K] never needs to exist at once.
+        per_layer.append(attention_reduce(weights, i))
+    if last_layer == c.num_layers:
+      x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='encoder_norm')(x)
+    stacked = (jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+               if per_layer else None)
+    return x, stacked
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier.
+
+  __call__(inputs, head_mask=None, attention_reduce=None, attention_edit=None,
+           return_attention=False, first_layer=0, last_layer=None)
+
+  inputs: images [B, S, S, 3] in [-1, 1], or the tokens [B, T, D] entering block
+    `first_layer` (position embedding included; from a call with last_layer=first_layer), or
+    with skip_first_attention the residual stream after that block's attention (sown as
+    'post_attention' in the 'intermediates' collection). Both let callers reuse a prefix.
+  head_mask: [L, H] float, or [B, L, H] per example; 1 keeps a head, 0 removes it,
+    fractions scale it.
+  attention_reduce: fn(weights [B, H, Q, K], layer) -> pytree, stacked to [L', ...].
+  attention_edit: fn(weights [B, H, Q, K], layer) -> weights, to mask parts of attention.
+  return_attention: also return all attention weights [B, L, H, Q, K].
+
+  Returns logits [B, num_classes] (or features [B, D] when num_classes == 0), or tokens
+  [B, T, D] when last_layer < L; paired with the per-layer results when any were asked for.
+  """
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, inputs, head_mask=None, attention_reduce=None, attention_edit=None,
+               return_attention=False, first_layer=0, last_layer=None,
+               skip_first_attention=False):
+    c = self.config
+    if return_attention:
+      if attention_reduce is not None:
+        raise ValueError('pass either return_attention or attention_reduce, not both')
+      attention_reduce = lambda w, _: w
+    if head_mask is not None and tuple(head_mask.shape[-2:]) != (c.num_layers, c.num_heads) or (
+        head_mask is not None and head_mask.ndim not in (2, 3)):
+      raise ValueError(f'head_mask: expected shape [layers, heads] = ({c.num_layers}, '
+                       f'{c.num_heads}) or [batch, layers, heads], got {tuple(head_mask.shape)}')
+    x = inputs
+    from_images = inputs.ndim == 4
+    if from_images:
+      x = nn.Conv(c.hidden_size, (c.patch_size,) * 2, strides=(c.patch_size,) * 2,
+                  padding='VALID', name='embedding')(x)
+      b, h, w, d = x.shape
+      x = jnp.reshape(x, (b, h * w, d))
+      if c.has_cls_token:
+        cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
+        x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)), x], axis=1)
+    x, per_layer = Encoder(c, name='Transformer')(
+        x, head_mask, attention_reduce, attention_edit, first_layer, last_layer,
+        skip_first_attention, from_images)
+    if last_layer is None or last_layer == c.num_layers:
+      x = x[:, 0] if c.has_cls_token else jnp.mean(x, axis=1)
+      if c.representation_size is not None:
+        x = jnp.tanh(nn.Dense(c.representation_size, name='pre_logits')(x))
+      if c.num_classes:
+        x = nn.Dense(c.num_classes, name='head', kernel_init=nn.initializers.zeros)(x)
+    if attention_reduce is None:
+      return x
+    if return_attention:
+      per_layer = jnp.moveaxis(per_layer, 0, 1)  # [L, B, H, Q, K] -> [B, L, H, Q, K]
+    return x, per_layer
+
+
+def init_params(config: ViTConfig, rng: Array):
+  """Random parameters (a nested dict) for `config`."""
+  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  return VisionTransformer(config).init(rng, images)['params']
+
+
+def param_shapes(config: ViTConfig):
+  """The parameter tree of `config` as jax.ShapeDtypeStruct leaves, without allocating."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def apply(params, config: ViTConfig, inputs, **kwargs):
+  """Pure-function form of `VisionTransformer(config)(inputs, **kwargs)`."""
+  return VisionTransformer(config).apply({'params': params}, inputs, **kwargs)

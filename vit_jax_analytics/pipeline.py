@@ -1,0 +1,83 @@
+"""Runs an analysis end to end: checkpoint and images in, results in a logdir.
+
+The glue between the I/O modules (checkpoints, data, summary) and the pure analyses; the
+CLI calls these, and so can a notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+from vit_jax_analytics import checkpoints, data, summary
+
+
+@dataclasses.dataclass
+class Inputs:
+  """What every analysis reads: a checkpoint, an image folder and how to feed it."""
+  checkpoint: Path
+  images: Path
+  labels: Optional[Path] = None
+  max_images: Optional[int] = None
+  image_size: Optional[int] = None
+  gelu_approximate: Optional[bool] = None
+  mean: tuple = data.VIT_JAX_MEAN_STD[0]
+  std: tuple = data.VIT_JAX_MEAN_STD[1]
+
+  def load(self):
+    """(params, config, image_set)."""
+    params, config = checkpoints.load_checkpoint(self.checkpoint, image_size=self.image_size,
+                                                 gelu_approximate=self.gelu_approximate)
+    image_set = data.image_folder(self.images, self.labels).take(self.max_images)
+    return params, config, image_set
+
+  def identity(self) -> list:
+    """What a resumed run must share with the interrupted one."""
+    ckpt = Path(self.checkpoint)
+    stamp = os.stat(ckpt).st_mtime_ns if ckpt.exists() else 0
+    return [str(ckpt.absolute()), stamp, str(Path(self.images).absolute()), self.labels,
+            self.max_images, self.image_size, self.gelu_approximate, self.mean, self.std]
+
+
+def default_run_name(checkpoint) -> str:
+  """The checkpoint's file or directory name, made safe for a run directory."""
+  import re
+  stem = Path(checkpoint).name
+  stem = stem[:-4] if stem.endswith('.npz') else stem
+  return re.sub(r'[^A-Za-z0-9._-]', '_', stem).lstrip('.') or 'run'
+
+
+def common_meta(inputs: Inputs, config, image_set) -> dict:
+  import flax
+  import jax
+
+  import vit_jax_analytics
+  return {
+      'checkpoint': str(inputs.checkpoint), 'config': config.to_dict(),
+      'image_folder': str(inputs.images), 'image_names': image_set.relative_names(),
+      'labels': [int(x) for x in image_set.labels],
+      'class_names': list(image_set.class_names) if image_set.class_names else None,
+      'mean': list(inputs.mean), 'std': list(inputs.std),
+      'versions': {'vit_jax_analytics': vit_jax_analytics.__version__,
+                   'jax': jax.__version__, 'flax': flax.__version__},
+  }
+
+
+def run_importance(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:
+  """Computes head importance and writes it to <logdir>/<run>; resumes an interrupted run
+  with the same inputs and options. Returns the event file written."""
+  from vit_jax_analytics import importance
+
+  options = options or importance.ImportanceOptions()
+  run = summary.check_run_name(run or default_run_name(inputs.checkpoint))
+  params, config, image_set = inputs.load()
+  resume = (logdir, run, 'importance', options.key(*inputs.identity()))
+  result = importance.compute_importance(params, config, image_set, options, inputs.mean,
+                                         inputs.std, resume=resume)
+  meta = common_meta(inputs, config, image_set)
+  meta['options'] = dataclasses.asdict(options)
+  path = summary.write_importance(logdir, run, result, meta)
+  summary.clear_progress(*resume)
+  return path

@@ -1,0 +1,207 @@
+"""How strongly do patches attend to their spatial neighbours? Attention by 2-D offset.
+
+Statistics are reduced inside the forward pass, layer by layer (`attention_reduce`), to
+sums over the images of a batch, so [B, L, H, Q, K] never exists and memory does not grow
+with the number of images. Spreads over images come from fixed-range histograms (exact
+counts, so independent of batch size and device count).
+
+Geometry: an n x n patch grid; offsets (dy, dx) = key position - query position, each in
+-(n-1) .. n-1, stored at index (dy + n - 1, dx + n - 1). Distances are between patch
+centres; "Chebyshev distance" is max(|dy|, |dx|).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax_analytics import model as model_lib, parallel
+from vit_jax_analytics.model import ViTConfig
+
+HIST_BINS = 256
+SCALARS = ('mean_distance', 'entropy', 'self_share', 'cls_share')
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def offset_one_hot(n: int) -> np.ndarray:
+  """[n, n, 2n-1]: O[q, k, d] = 1 iff k - q = d - (n - 1)."""
+  q, k = np.meshgrid(np.arange(n), np.arange(n), indexing='ij')
+  return np.eye(2 * n - 1, dtype=np.float32)[k - q + n - 1]
+
+
+def patch_distances(n: int) -> np.ndarray:
+  """[P, P] Euclidean distance between patch centres, in patches."""
+  r, c = np.divmod(np.arange(n * n), n)
+  return np.sqrt((r[:, None] - r[None]) ** 2 + (c[:, None] - c[None]) ** 2).astype(np.float32)
+
+
+def scalar_ranges(config: ViTConfig) -> dict:
+  """Fixed histogram range of each per-image scalar."""
+  n = config.grid_size
+  return {'mean_distance': (0., float(np.sqrt(2) * (n - 1) * config.patch_size)),
+          'entropy': (0., float(np.log(config.num_tokens))),
+          'self_share': (0., 1.), 'cls_share': (0., 1.)}
+
+
+def layer_statistics(weights, valid, config: ViTConfig):
+  """Sums over the valid images of one layer's attention weights [B, H, T, T].
+
+  Returns {name: array} with no batch axis:
+    offset_sum [H, 2n-1, 2n-1]    attention summed over (query, key) pairs at each offset
+    cls_attention_sum [H, P]       the class token's attention to each patch
+    to_cls_sum [H, P]              each patch's attention to the class token
+    <scalar>_sum [H], <scalar>_hist [H, HIST_BINS] for the per-image scalars
+  """
+  n, cls = config.grid_size, int(config.has_cls_token)
+  b, h = weights.shape[:2]
+  w = weights * valid.astype(weights.dtype)[:, None, None, None]
+  patches = w[:, :, cls:, cls:].reshape(b, h, n, n, n, n)       # [B, H, qy, qx, ky, kx]
+  one_hot = jnp.asarray(offset_one_hot(n))
+  offset_sum = jnp.einsum('bhyxYX,yYd,xXe->hde', patches, one_hot, one_hot)
+
+  # Per-image scalars [B, H], averaged over patch queries.
+  a = weights[:, :, cls:, :]                                     # patch queries, all keys
+  a_pp = a[:, :, :, cls:]
+  dist = jnp.asarray(patch_distances(n)) * config.patch_size
+  # Mass-weighted over queries and renormalised over patch keys: mass sent to the class
+  # token has no distance.
+  mean_distance = (jnp.einsum('bhqk,qk->bh', a_pp, dist) /
+                   jnp.maximum(jnp.sum(a_pp, axis=(2, 3)), 1e-30))
+  entropy = -jnp.mean(jnp.sum(a * jnp.log(jnp.maximum(a, 1e-30)), -1), -1)
+  self_share = jnp.mean(jnp.diagonal(a_pp, axis1=2, axis2=3), -1)
+  cls_share = jnp.mean(a[:, :, :, 0], -1) if cls else jnp.zeros((b, h), a.dtype)
+  out = {'offset_sum': offset_sum}
+  ranges = scalar_ranges(config)
+  for name, value in zip(SCALARS, (mean_distance, entropy, self_share, cls_share)):
+    lo, hi = ranges[name]
+    bins = jnp.clip(((value - lo) / (hi - lo) * HIST_BINS).astype(jnp.int32), 0, HIST_BINS - 1)
+    out[f'{name}_hist'] = jnp.einsum('b,bhk->hk', valid.astype(jnp.float32),
+                                     jax.nn.one_hot(bins, HIST_BINS))
+    out[f'{name}_sum'] = jnp.sum(value * valid[:, None], 0)
+  if cls:
+    out['cls_attention_sum'] = jnp.sum(w[:, :, 0, 1:], 0)
+    out['to_cls_sum'] = jnp.sum(w[:, :, 1:, 0], 0)
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def strength_batch(params, config: ViTConfig, images, valid):
+  """One batch -> ({name: [L, ...]} sums over its valid images, logits)."""
+  reduce = lambda weights, layer: layer_statistics(weights, valid, config)
+  logits, per_layer = model_lib.apply(params, config, images, attention_reduce=reduce)
+  return per_layer, logits
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def attention_maps(params, config: ViTConfig, images):
+  """All attention weights [B, L, H, T, T] for a few images (the image view)."""
+  return model_lib.apply(params, config, images, return_attention=True)[1]
+
+
+def attention_rollout(attention):
+  """Attention rollout (Abnar & Zuidema 2020): [..., L, H, T, T] -> [..., L, T, T].
+
+  Per layer the head-averaged attention plus the identity (for the residual), rows
+  renormalised; entry l is the product of layers 0..l, so row q of the last one says how
+  much each input token flows into output token q.
+  """
+  a = jnp.mean(attention, axis=-3)
+  t = a.shape[-1]
+  a = 0.5 * a + 0.5 * jnp.eye(t, dtype=a.dtype)
+  a = a / jnp.sum(a, -1, keepdims=True)
+
+  def step(acc, layer_a):
+    acc = layer_a @ acc
+    return acc, acc
+
+  eye = jnp.broadcast_to(jnp.eye(t, dtype=a.dtype), a.shape[:-3] + (t, t))
+  _, rolled = jax.lax.scan(step, eye, jnp.moveaxis(a, -3, 0))
+  return jnp.moveaxis(rolled, 0, -3)
+
+
+# --- streaming driver ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class StrengthOptions:
+  batch_size: int = 32
+  map_images: int = 8  # images whose full attention maps are stored for the image view
+  progress: bool = True
+
+
+def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) -> np.ndarray:
+  """hist [..., bins] -> [..., len(qs)] quantiles at bin centres (accurate to one bin)."""
+  cdf = np.cumsum(hist, -1)
+  total = cdf[..., -1:]
+  width = (hi - lo) / hist.shape[-1]
+  out = []
+  for q in qs:
+    idx = np.argmax(cdf >= q * np.maximum(total, 1e-12), axis=-1)
+    out.append(lo + (idx + 0.5) * width)
+  return np.stack(out, -1)
+
+
+def finish(sums: dict, count: int, config: ViTConfig) -> dict:
+  """Means and derived statistics from the summed accumulators of `count` images."""
+  n, t = config.grid_size, config.num_tokens
+  dy = np.abs(np.arange(-(n - 1), n))
+  pairs = np.outer(n - dy, n - dy)                               # [2n-1, 2n-1] per image
+  r = {'offset_pairs': pairs * count,
+       'offset_mean': sums['offset_sum'] / (pairs * count)}
+  r['offset_ratio'] = r['offset_mean'] * t                        # times the uniform 1/T
+  cheb = np.maximum(dy[:, None], dy[None])
+  mass = np.stack([np.sum(np.where(cheb == d, sums['offset_sum'], 0.), axis=(-2, -1))
+                   for d in range(n)], -1)                        # [L, H, n]
+  r['neighbourhood_share'] = np.cumsum(mass, -1) / (n * n * count)
+  ranges = scalar_ranges(config)
+  for name in SCALARS:
+    if name == 'cls_share' and not config.has_cls_token:
+      continue
+    r[name] = sums[f'{name}_sum'] / count
+    r[f'{name}_quantiles'] = histogram_quantiles(sums[f'{name}_hist'], *ranges[name])
+    r[f'{name}_hist'] = sums[f'{name}_hist']
+  if config.has_cls_token:
+    r['cls_attention'] = (sums['cls_attention_sum'] / count).reshape(*sums['cls_attention_sum']
+                                                                      .shape[:-1], n, n)
+    r['to_cls'] = (sums['to_cls_sum'] / count).reshape(*sums['to_cls_sum'].shape[:-1], n, n)
+  return r
+
+
+def compute_strength(params, config: ViTConfig, image_set, options: StrengthOptions,
+                     mean=(0.5,) * 3, std=(0.5,) * 3, mesh=None) -> dict:
+  """Streams the strength statistics over `image_set`; also the full attention maps and
+  rollout of its first `options.map_images` images. Returns numpy arrays."""
+  from vit_jax_analytics import data
+
+  mesh = mesh or parallel.batch_mesh()
+  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  params = parallel.replicate(mesh, params)
+  sums, count = None, 0
+  maps, map_index = [], []
+  stream = data.BatchStream(image_set, config.image_size, batch_size, mean=mean, std=std,
+                            progress=options.progress, desc='strength')
+  for batch in stream:
+    images, valid = parallel.shard_batch(mesh, (batch.images, batch.valid))
+    stats, _ = strength_batch(params, config, images, valid)
+    stats = jax.tree.map(lambda x: np.asarray(x, np.float64), stats)
+    sums = stats if sums is None else jax.tree.map(np.add, sums, stats)
+    count += int(batch.valid.sum())
+    want = options.map_images - len(map_index)
+    if want > 0:
+      rows = np.flatnonzero(batch.valid)[:want]
+      if len(rows):
+        maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
+        map_index += batch.index[rows].tolist()
+  result = finish(sums, count, config)
+  result['images'] = count
+  if maps:
+    attention = np.concatenate(maps)
+    result['map_image_index'] = np.asarray(map_index, np.int32)
+    result['map_attention'] = attention.astype(np.float16)       # [M, L, H, T, T]
+    result['map_rollout'] = np.asarray(attention_rollout(attention), np.float16)  # [M, L, T, T]
+  return result
+

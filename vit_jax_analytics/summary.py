@@ -1,0 +1,219 @@
+"""Writes analysis results to a TensorBoard logdir — the only writer of that format.
+
+The format is documented in docs/logdir-format.md. In short: each analysis of a run is one
+TensorBoard event file, `<logdir>/<run>/events.out.tfevents.<time>.<host>.<analysis>`,
+holding one value per tag at step 0 (so TensorBoard's per-tag sampling drops nothing),
+each with `vit_analytics` plugin metadata. The file is written under a name TensorBoard
+ignores and renamed into place when complete; a previous file of the same analysis is then
+removed. Partial progress for resuming lives in `<logdir>/<run>/.vit_analytics_state/`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.util import tensor_util
+
+from tb_plugin import metadata
+from vit_jax_analytics.errors import VitAnalyticsError
+
+_RUN_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$')
+STATE_DIR = '.vit_analytics_state'
+
+
+def check_run_name(run: str) -> str:
+  if not _RUN_NAME.match(run or '') or '..' in run:
+    raise VitAnalyticsError(f'run name {run!r}: expected letters, digits, ".", "_" or "-" '
+                            f'(at most 128, not starting with a dot)')
+  return run
+
+
+def run_directory(logdir, run: str) -> Path:
+  return Path(logdir) / check_run_name(run)
+
+
+class Value:
+  """One tagged value of an analysis: an array, a JSON-able object, or PNG bytes."""
+
+  def __init__(self, kind, data, axes=None, description=''):
+    self.kind, self.data, self.axes, self.description = kind, data, axes, description
+
+  @classmethod
+  def array(cls, data, axes=None, description=''):
+    data = np.asarray(data)
+    if axes is not None and len(axes) != data.ndim:
+      raise ValueError(f'axes {axes} do not match an array of shape {data.shape}')
+    if data.dtype == np.float64:
+      data = data.astype(np.float32)
+    return cls('array', data, axes, description)
+
+  @classmethod
+  def json(cls, obj, description=''):
+    return cls('json', obj, None, description)
+
+  @classmethod
+  def png(cls, image_u8, description=''):
+    """image_u8: [H, W] or [H, W, 3|4] uint8."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image_u8, np.uint8)).save(buf, format='PNG')
+    return cls('png', buf.getvalue(), None, description)
+
+  def to_proto(self, tag: str, analysis: str) -> summary_pb2.Summary.Value:
+    if self.kind == 'array':
+      tensor = tensor_util.make_tensor_proto(self.data)
+    elif self.kind == 'json':
+      tensor = tensor_util.make_tensor_proto(
+          np.array(json.dumps(self.data, allow_nan=False).encode(), dtype=object))
+    else:
+      tensor = tensor_util.make_tensor_proto(np.array(self.data, dtype=object))
+    meta = metadata.create_summary_metadata(analysis, self.kind, self.description, self.axes)
+    return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=meta)
+
+
+def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value]) -> Path:
+  """Writes `values` as tags `<analysis>/<name>` of one event file in <logdir>/<run>,
+  atomically, replacing the previous file of the same analysis. Returns its path."""
+  if analysis not in metadata.ANALYSES:
+    raise ValueError(f'analysis must be one of {metadata.ANALYSES}, got {analysis!r}')
+  directory = run_directory(logdir, run)
+  directory.mkdir(parents=True, exist_ok=True)
+  now = time.time()
+  final = directory / (f'events.out.tfevents.{int(now):010d}.{socket.gethostname()}.'
+                       f'{os.getpid()}.{analysis}')
+  tmp = directory / f'.{analysis}.{os.getpid()}.partial'  # no 'tfevents': TensorBoard skips it
+  writer = RecordWriter(open(tmp, 'wb'))
+  try:
+    writer.write(event_pb2.Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
+    for name, value in values.items():
+      summary = summary_pb2.Summary(value=[value.to_proto(f'{analysis}/{name}', analysis)])
+      writer.write(event_pb2.Event(wall_time=now, step=0, summary=summary).SerializeToString())
+    writer.flush()
+    os.fsync(writer._writer.fileno())
+    writer.close()
+    previous = existing_analysis_files(directory, analysis)
+    os.replace(tmp, final)
+    for old in previous:
+      if old != final:
+        old.unlink(missing_ok=True)
+  finally:
+    if not writer.closed:
+      writer.close()
+    tmp.unlink(missing_ok=True)
+  return final
+
+
+def existing_analysis_files(directory: Path, analysis: str) -> list:
+  return sorted(directory.glob(f'events.out.tfevents.*.{analysis}'))
+
+
+def read_run(run_dir) -> dict:
+  """{tag: value} of every vit_analytics value in a run directory (newest file wins):
+  arrays as numpy, json as Python objects, png as bytes. For tests and notebooks."""
+  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+  values = {}
+  for path in sorted(Path(run_dir).glob('events.out.tfevents.*')):
+    for event in EventFileLoader(str(path)).Load():
+      for v in event.summary.value:
+        if v.metadata.plugin_data.plugin_name != metadata.PLUGIN_NAME:
+          continue
+        kind = metadata.parse_plugin_metadata(v.metadata.plugin_data.content)['kind']
+        arr = tensor_util.make_ndarray(v.tensor)
+        if kind == 'array':
+          values[v.tag] = arr
+        elif kind == 'json':
+          values[v.tag] = json.loads(arr.item())
+        else:
+          values[v.tag] = arr.item()
+  return values
+
+
+# --- resumable progress --------------------------------------------------------------------
+
+def _state_path(logdir, run, analysis, key) -> Path:
+  return run_directory(logdir, run) / STATE_DIR / f'{analysis}-{key}.npz'
+
+
+def save_progress(logdir, run: str, analysis: str, key: str, next_batch: int,
+                  arrays: Mapping[str, np.ndarray]) -> None:
+  """Atomically records accumulators after `next_batch` batches for a later resume."""
+  path = _state_path(logdir, run, analysis, key)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp.npz')
+  np.savez(tmp, __next_batch__=np.asarray(next_batch), **arrays)
+  os.replace(tmp, path)
+
+
+def load_progress(logdir, run: str, analysis: str, key: str) -> Optional[tuple]:
+  """(next_batch, arrays) saved by an interrupted run with the same key, or None."""
+  path = _state_path(logdir, run, analysis, key)
+  if not path.exists():
+    return None
+  try:
+    with np.load(path) as f:
+      arrays = {k: f[k] for k in f.files if k != '__next_batch__'}
+      return int(f['__next_batch__']), arrays
+  except (OSError, ValueError, KeyError):
+    return None  # unreadable state: start over
+
+
+def clear_progress(logdir, run: str, analysis: str, key: str) -> None:
+  path = _state_path(logdir, run, analysis, key)
+  path.unlink(missing_ok=True)
+  try:
+    path.parent.rmdir()
+  except OSError:
+    pass
+
+
+# --- the analyses' tags ----------------------------------------------------------------------
+
+LH = ('layer', 'head')
+IMPORTANCE_DEFINITIONS = {
+    'taylor': 'mean over images of |dL/d xi[l,h]| at xi = 1 (Michel et al. 2019); L is the '
+              'cross-entropy with the target',
+    'taylor_normalized': 'taylor, L2-normalised within each layer',
+    'ablation_loss': 'increase of the mean loss when only this head is masked out',
+    'ablation_top1': 'drop of top-1 accuracy when only this head is masked out',
+    'ablation_top5': 'drop of top-5 accuracy when only this head is masked out',
+    'ablation_kl': 'mean KL(p_unmasked || p_masked) when only this head is masked out '
+                   '(label-free)',
+}
+
+
+def write_importance(logdir, run: str, result: dict, meta: dict) -> Path:
+  """Tags importance/<name>; see docs/logdir-format.md."""
+  values = {'meta': Value.json({
+      **meta, 'definitions': IMPORTANCE_DEFINITIONS, 'baseline': result['baseline'],
+      'images': result['images'], 'labelled_images': result['labelled_images'],
+      'label_free': result['label_free'], 'curve_orders': result['curve_orders'],
+      'partial_variants': [{'name': n, 'description': d} for n, d in result['partial_variants']],
+  })}
+  for name, description in IMPORTANCE_DEFINITIONS.items():
+    values[name] = Value.array(result[name], LH, description)
+  values['curve_counts'] = Value.array(result['curve_counts'], ('point',),
+                                       'heads removed at each point of the pruning curves')
+  for m in ('top1', 'kl', 'loss'):
+    values[f'curve_{m}'] = Value.array(result[f'curve_{m}'], ('order', 'point'),
+                                       f'mean {m} with the first heads of each order removed')
+  values['partial_heads'] = Value.array(result['partial_heads'], ('head_index',),
+                                        'flat index layer * heads + head of each row')
+  for m in ('loss', 'top1', 'top5', 'kl'):
+    values[f'partial_{m}'] = Value.array(result[f'partial_{m}'], ('head_index', 'variant'),
+                                         f'{m} change with part of the head removed')
+  for k in ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl'):
+    if k in result:
+      values[k] = Value.array(result[k], ('image', 'layer', 'head'))
+  return write_analysis(logdir, run, 'importance', values)

@@ -24,11 +24,13 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--config', default='ViT-B/16')
   p.add_argument('--batch-size', type=int, default=2)
-  p.add_argument('--chunk', type=int, default=12)
+  p.add_argument('--chunk', type=int, default=None,
+                 help='masks vmapped at once (default: 1 on CPU, 8 on accelerators)')
   p.add_argument('--repeats', type=int, default=2)
   args = p.parse_args()
 
   config = model_lib.get_config(args.config)
+  args.chunk = args.chunk or importance.default_chunk()
   params = model_lib.init_params(config, jax.random.key(0))
   rng = np.random.default_rng(0)
   b, s = args.batch_size, config.image_size
@@ -56,7 +58,7 @@ def main():
 
   n = len(masks) + 1
   print(f'{args.config} at {s}x{s}, batch {b}, {jax.device_count()} {jax.default_backend()} '
-        f'device(s); ablation scan = {n} masks')
+        f'device(s); ablation scan = {n} masks, chunk {args.chunk}')
   print(f'  plain forward               {b / plain:9.2f} images/s')
   print(f'  (i)   loop of {n} forwards   {b / t_loop:9.3f} images/s')
   print(f'  (ii)  vmapped, no reuse     {b / t_vmap:9.3f} images/s  ({t_loop / t_vmap:.2f}x (i))')

@@ -26,3 +26,45 @@ def tiny_params(config=TINY, seed=0, attention_scale=1.5):
 def tiny_images(n, config=TINY, seed=1):
   return np.random.default_rng(seed).uniform(
       -1, 1, (n, config.image_size, config.image_size, 3)).astype(np.float32)
+
+
+OFFSETS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0), 'self': (0, 0)}
+
+
+def offset_heads_model(grid=4, patterns=('left', 'uniform'), layers=2, scale=3.):
+  """A hand-built token ViT whose heads attend to fixed offsets, in every layer.
+
+  patterns[h] is a name of OFFSETS (the query patch attends exactly to the key patch at
+  that offset, or to the class token when that key is outside the image) or 'uniform'.
+  Tokens carry a one-hot position code (zero patch embedding, one-hot position embedding)
+  that the blocks never change (zero value/out and MLP weights); head h's key projection
+  maps each token's code to the codes of the queries that should attend to it.
+  """
+  t = grid * grid + 1
+  dh = -(-t // 4) * 4
+  heads = len(patterns)
+  d = heads * dh
+  config = ViTConfig(image_size=4 * grid, patch_size=4, hidden_size=d, num_layers=layers,
+                     num_heads=heads, mlp_dim=8, num_classes=3)
+  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32), model_lib.param_shapes(config))
+  params['Transformer']['posembed_input']['pos_embedding'][0] = np.eye(t, d)
+  params['Transformer']['encoder_norm']['scale'][:] = 1.
+  for l in range(layers):
+    blk = params['Transformer'][f'encoderblock_{l}']
+    blk['LayerNorm_0']['scale'][:] = 1.
+    blk['LayerNorm_2']['scale'][:] = 1.
+    att = blk['MultiHeadDotProductAttention_1']
+    for h, name in enumerate(patterns):
+      if name == 'uniform':
+        continue  # zero queries: equal logits for every key
+      oy, ox = OFFSETS[name]
+      wanted_by = np.zeros((d, dh), np.float32)
+      for p in range(grid * grid):
+        r, c = divmod(p, grid)
+        if 0 <= r + oy < grid and 0 <= c + ox < grid:
+          wanted_by[1 + (r + oy) * grid + c + ox, 1 + p] = 1.
+        else:
+          wanted_by[0, 1 + p] = 1.
+      att['query']['kernel'][:, h, :] = scale * np.eye(d, dh)
+      att['key']['kernel'][:, h, :] = scale * wanted_by
+  return params, config

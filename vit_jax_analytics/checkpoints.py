@@ -249,7 +249,12 @@ def load_npz(path, config: Optional[ViTConfig] = None, image_size: Optional[int]
 
 
 def save_checkpoint(path, params, config: ViTConfig) -> Path:
-  """Writes params + config as an orbax checkpoint directory, atomically.
+  """Writes a ViT's params + config as an orbax checkpoint directory, atomically."""
+  return save_orbax(path, params, config.to_dict())
+
+
+def save_orbax(path, params, config: dict) -> Path:
+  """Writes a params pytree + a JSON config as an orbax directory, atomically.
 
   Orbax writes into a temporary directory first; the finished directory is renamed over
   `path`, so a reader never sees a half-written checkpoint.
@@ -265,7 +270,7 @@ def save_checkpoint(path, params, config: ViTConfig) -> Path:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
       ckptr.save(staged, args=ocp.args.Composite(
           params=ocp.args.StandardSave(unflatten(params)),
-          config=ocp.args.JsonSave(config.to_dict())))
+          config=ocp.args.JsonSave(config)))
     old = None
     if path.exists():
       old = path.with_name(f'.{path.name}.old')

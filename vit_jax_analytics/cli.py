@@ -137,8 +137,9 @@ def add_importance_args(p):
   g = p.add_argument_group('importance')
   g.add_argument('--per-image', action='store_true',
                  help="keep every image's values (for per-image distributions)")
-  g.add_argument('--chunk', type=int, default=8,
-                 help='head masks evaluated at once; lower it to save memory (default: 8)')
+  g.add_argument('--chunk', type=int, default=None,
+                 help='head masks evaluated at once; lower it to save memory (default: 1 on '
+                      'CPU, 8 on accelerators)')
   g.add_argument('--curve-points', type=int, default=None,
                  help='points on each pruning curve (default: every head count, at most 21)')
   g.add_argument('--random-orders', type=int, default=5,
@@ -176,6 +177,51 @@ def cmd_importance(args):
   return 0
 
 
+def cmd_strength(args):
+  from vit_jax_analytics import pipeline, strength
+
+  options = strength.StrengthOptions(batch_size=args.batch_size, map_images=args.map_images,
+                                     progress=not args.no_progress)
+  path = pipeline.run_strength(inputs_from(args), args.logdir, args.run, options)
+  print(f'wrote {path}')
+  return 0
+
+
+def add_pattern_args(p):
+  g = p.add_argument_group('patterns')
+  g.add_argument('--per-head', type=int, default=4,
+                 help='query patches sampled per image, layer and head (default: 4)')
+  g.add_argument('--pattern-images', type=int, default=200,
+                 help='images sampled for patterns (default: 200)')
+  g.add_argument('--latent-dim', type=int, default=2,
+                 help='autoencoder latent size; above 2 it is projected to 2-D by PCA '
+                      '(default: 2)')
+  g.add_argument('--ae-epochs', type=int, default=60, help='autoencoder epochs (default: 60)')
+  g.add_argument('--grid', type=int, default=12,
+                 help='the decoded pattern map is GRID x GRID (default: 12)')
+  g.add_argument('--clusters', type=int, default=6, help='head clusters (default: 6)')
+  g.add_argument('--pattern-seed', type=int, default=0)
+
+
+def pattern_options(args):
+  from vit_jax_analytics import patterns
+
+  return patterns.PatternOptions(
+      per_head=args.per_head, max_images=args.pattern_images, batch_size=args.batch_size,
+      grid=args.grid, clusters=args.clusters, seed=args.pattern_seed,
+      progress=not args.no_progress,
+      ae=patterns.AEOptions(latent_dim=args.latent_dim, epochs=args.ae_epochs,
+                            seed=args.pattern_seed, progress=not args.no_progress))
+
+
+def cmd_patterns(args):
+  from vit_jax_analytics import pipeline
+
+  path = pipeline.run_patterns(inputs_from(args), args.logdir, args.run, pattern_options(args))
+  print(f'wrote {path}')
+  return 0
+
+
 def build_parser():
   parser = argparse.ArgumentParser(
       prog='vit-analytics',
@@ -203,6 +249,28 @@ def build_parser():
   add_output_args(p)
   add_importance_args(p)
   p.set_defaults(func=cmd_importance)
+
+  p = sub.add_parser('strength', help='how strongly patches attend to their neighbours',
+                     description='Attention strength by relative 2-D offset, neighbourhood '
+                                 'profiles, mean attention distance, entropy and class-token '
+                                 'shares for every layer x head, streamed over the images; '
+                                 'plus full attention maps and rollout of the first images.')
+  add_model_args(p)
+  add_data_args(p)
+  add_output_args(p)
+  p.add_argument('--map-images', type=int, default=8,
+                 help='images whose full attention maps and rollout are stored (default: 8)')
+  p.set_defaults(func=cmd_strength)
+
+  p = sub.add_parser('patterns', help='what attention patterns heads have learned',
+                     description='Samples re-centred attention maps, trains an autoencoder '
+                                 'on them with Optax, and writes the decoded pattern map, '
+                                 "each head's density over it and clusters of heads.")
+  add_model_args(p)
+  add_data_args(p)
+  add_output_args(p)
+  add_pattern_args(p)
+  p.set_defaults(func=cmd_patterns)
 
   p = sub.add_parser('train-demo', help='train the bundled demo ViT on MNIST digits',
                      description='Train the demo ViT with Optax on the 5,000 MNIST digits '

@@ -262,7 +262,10 @@ def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
 @dataclasses.dataclass
 class ImportanceOptions:
   batch_size: int = 32
-  chunk: int = 8                  # masks evaluated at once (memory bound)
+  # Masks evaluated at once, vmapped (bounds memory). None: 1 on CPU, where big vmapped
+  # batches fall out of cache (measured 1.98x vs 1.74x the loop at 1 vs 3 on ViT-B/16),
+  # and 8 on accelerators.
+  chunk: Optional[int] = None
   per_image: bool = False
   curve_points: Optional[int] = None  # default: every head count up to 20 points
   random_orders: int = 5
@@ -280,6 +283,10 @@ class ImportanceOptions:
     for k in ('progress', 'save_every_seconds'):
       d.pop(k)
     return hashlib.sha1(json.dumps([d, *map(str, extra)], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_chunk() -> int:
+  return 1 if jax.default_backend() == 'cpu' else 8
 
 
 def curve_counts(config: ViTConfig, points: Optional[int]) -> list:
@@ -319,6 +326,7 @@ def compute_importance(params, config: ViTConfig, image_set, options: Importance
 
   mesh = mesh or parallel.batch_mesh()
   batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  chunk = options.chunk or default_chunk()
   L, H, n = config.num_layers, config.num_heads, len(image_set)
   params = parallel.replicate(mesh, params)
   counts = curve_counts(config, options.curve_points)
@@ -353,7 +361,7 @@ def compute_importance(params, config: ViTConfig, image_set, options: Importance
     for k, batch in enumerate(batches(1, first_batch), start=first_batch):
       images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
       grads, logits = taylor_batch(params, config, images, labels)
-      ablation, _ = ablation_batch(params, config, images, labels, options.chunk)
+      ablation, _ = ablation_batch(params, config, images, labels, chunk)
       full = full_metrics(logits, labels)
       valid = batch.valid
       acc['count'] += valid.sum()
@@ -389,9 +397,9 @@ def compute_importance(params, config: ViTConfig, image_set, options: Importance
   curve_masks_dev = parallel.replicate(mesh, curve_masks)
   for k, batch in enumerate(batches(2, first_batch), start=first_batch):
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
-    curves = masked_metrics_batch(params, config, images, labels, curve_masks_dev, options.chunk)
+    curves = masked_metrics_batch(params, config, images, labels, curve_masks_dev, chunk)
     partial = partial_batch(params, config, images, labels, jnp.asarray(selected),
-                            jnp.asarray(keeps), options.renormalize, layers, options.chunk)
+                            jnp.asarray(keeps), options.renormalize, layers, chunk)
     for m in ABLATION_METRICS:
       acc[f'curve_{m}'] += _valid_sum(curves[m], batch.valid)
       acc[f'partial_{m}'] += _valid_sum(partial[m], batch.valid)

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from vit_jax_analytics import checkpoints, data, summary
 
 
@@ -81,3 +83,48 @@ def run_importance(inputs: Inputs, logdir, run: Optional[str] = None, options=No
   path = summary.write_importance(logdir, run, result, meta)
   summary.clear_progress(*resume)
   return path
+
+
+def model_view_images(inputs: Inputs, image_set, indices, image_size) -> np.ndarray:
+  """[M, S, S, 3] uint8: the images at `indices` as the model saw them (resized)."""
+  out = []
+  for i in indices:
+    x = data.load_image(image_set.paths[i], image_size, inputs.mean, inputs.std)
+    x = x * np.asarray(inputs.std, np.float32) + np.asarray(inputs.mean, np.float32)
+    out.append(np.clip(np.round(x * 255.), 0, 255).astype(np.uint8))
+  return np.stack(out) if out else np.zeros((0, image_size, image_size, 3), np.uint8)
+
+
+def run_strength(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:
+  """Computes the attention-strength statistics and writes them to <logdir>/<run>."""
+  from vit_jax_analytics import strength
+
+  options = options or strength.StrengthOptions()
+  run = summary.check_run_name(run or default_run_name(inputs.checkpoint))
+  params, config, image_set = inputs.load()
+  result = strength.compute_strength(params, config, image_set, options, inputs.mean,
+                                     inputs.std)
+  meta = common_meta(inputs, config, image_set)
+  meta['options'] = dataclasses.asdict(options)
+  images = model_view_images(inputs, image_set, result.get('map_image_index', []),
+                             config.image_size)
+  return summary.write_strength(logdir, run, result, meta, images)
+
+
+def run_patterns(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:
+  """Samples attention patterns, trains the autoencoder (saved with orbax beside the
+  event file, in <logdir>/<run>/pattern_autoencoder) and writes the summary."""
+  from vit_jax_analytics import patterns
+
+  options = options or patterns.PatternOptions()
+  run = summary.check_run_name(run or default_run_name(inputs.checkpoint))
+  params, config, image_set = inputs.load()
+  samples = patterns.extract_samples(params, config, image_set, options.per_head,
+                                     options.max_images, options.batch_size, options.seed,
+                                     inputs.mean, inputs.std, progress=options.progress)
+  result, ae_params = patterns.summarise(samples, config, options)
+  meta = common_meta(inputs, config, image_set)
+  meta['options'] = dataclasses.asdict(options)
+  checkpoints.save_orbax(summary.run_directory(logdir, run) / 'pattern_autoencoder', ae_params,
+                         {'canvas': 2 * config.grid_size - 1, **dataclasses.asdict(options.ae)})
+  return summary.write_patterns(logdir, run, result, samples, meta)

@@ -48,53 +48,59 @@ def scalar_ranges(config: ViTConfig) -> dict:
           'self_share': (0., 1.), 'cls_share': (0., 1.)}
 
 
-def layer_statistics(weights, valid, config: ViTConfig):
-  """Sums over the valid images of one layer's attention weights [B, H, T, T].
-
-  Returns {name: array} with no batch axis:
-    offset_sum [H, 2n-1, 2n-1]    attention summed over (query, key) pairs at each offset
-    cls_attention_sum [H, P]       the class token's attention to each patch
-    to_cls_sum [H, P]              each patch's attention to the class token
-    <scalar>_sum [H], <scalar>_hist [H, HIST_BINS] for the per-image scalars
+def layer_statistics(weights, config: ViTConfig):
+  """Per-image statistics of one layer's attention weights [B, H, T, T], reduced over
+  queries on the device (only these leave the forward pass):
+    offset_sum [B, H, 2n-1, 2n-1]  attention summed over (query, key) pairs at each offset
+    cls_attention [B, H, P]         the class token's attention to each patch
+    to_cls [B, H, P]                each patch's attention to the class token
+    <scalar> [B, H]                 mean_distance, entropy, self_share, cls_share
+  Sums over images happen on the host in float64, so results do not depend on how images
+  are split over batches and devices.
   """
   n, cls = config.grid_size, int(config.has_cls_token)
   b, h = weights.shape[:2]
-  w = weights * valid.astype(weights.dtype)[:, None, None, None]
-  patches = w[:, :, cls:, cls:].reshape(b, h, n, n, n, n)       # [B, H, qy, qx, ky, kx]
+  patches = weights[:, :, cls:, cls:].reshape(b, h, n, n, n, n)  # [B, H, qy, qx, ky, kx]
   one_hot = jnp.asarray(offset_one_hot(n))
-  offset_sum = jnp.einsum('bhyxYX,yYd,xXe->hde', patches, one_hot, one_hot)
-
-  # Per-image scalars [B, H], averaged over patch queries.
+  out = {'offset_sum': jnp.einsum('bhyxYX,yYd,xXe->bhde', patches, one_hot, one_hot)}
   a = weights[:, :, cls:, :]                                     # patch queries, all keys
   a_pp = a[:, :, :, cls:]
   dist = jnp.asarray(patch_distances(n)) * config.patch_size
   # Mass-weighted over queries and renormalised over patch keys: mass sent to the class
   # token has no distance.
-  mean_distance = (jnp.einsum('bhqk,qk->bh', a_pp, dist) /
-                   jnp.maximum(jnp.sum(a_pp, axis=(2, 3)), 1e-30))
-  entropy = -jnp.mean(jnp.sum(a * jnp.log(jnp.maximum(a, 1e-30)), -1), -1)
-  self_share = jnp.mean(jnp.diagonal(a_pp, axis1=2, axis2=3), -1)
-  cls_share = jnp.mean(a[:, :, :, 0], -1) if cls else jnp.zeros((b, h), a.dtype)
-  out = {'offset_sum': offset_sum}
-  ranges = scalar_ranges(config)
-  for name, value in zip(SCALARS, (mean_distance, entropy, self_share, cls_share)):
-    lo, hi = ranges[name]
-    bins = jnp.clip(((value - lo) / (hi - lo) * HIST_BINS).astype(jnp.int32), 0, HIST_BINS - 1)
-    out[f'{name}_hist'] = jnp.einsum('b,bhk->hk', valid.astype(jnp.float32),
-                                     jax.nn.one_hot(bins, HIST_BINS))
-    out[f'{name}_sum'] = jnp.sum(value * valid[:, None], 0)
+  out['mean_distance'] = (jnp.einsum('bhqk,qk->bh', a_pp, dist) /
+                          jnp.maximum(jnp.sum(a_pp, axis=(2, 3)), 1e-30))
+  out['entropy'] = -jnp.mean(jnp.sum(a * jnp.log(jnp.maximum(a, 1e-30)), -1), -1)
+  out['self_share'] = jnp.mean(jnp.diagonal(a_pp, axis1=2, axis2=3), -1)
   if cls:
-    out['cls_attention_sum'] = jnp.sum(w[:, :, 0, 1:], 0)
-    out['to_cls_sum'] = jnp.sum(w[:, :, 1:, 0], 0)
+    out['cls_share'] = jnp.mean(a[:, :, :, 0], -1)
+    out['cls_attention'] = weights[:, :, 0, 1:]
+    out['to_cls'] = weights[:, :, 1:, 0]
   return out
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def strength_batch(params, config: ViTConfig, images, valid):
-  """One batch -> ({name: [L, ...]} sums over its valid images, logits)."""
-  reduce = lambda weights, layer: layer_statistics(weights, valid, config)
-  logits, per_layer = model_lib.apply(params, config, images, attention_reduce=reduce)
-  return per_layer, logits
+def strength_batch(params, config: ViTConfig, images):
+  """One batch -> {name: [B, L, ...]} per-image statistics (see layer_statistics)."""
+  reduce = lambda weights, layer: layer_statistics(weights, config)
+  _, per_layer = model_lib.apply(params, config, images, attention_reduce=reduce)
+  return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_layer)
+
+
+def accumulate(sums: dict, stats: dict, valid: np.ndarray, config: ViTConfig) -> dict:
+  """Adds one batch's per-image statistics of the valid images to the float64 sums and
+  the fixed-range histograms of the per-image scalars."""
+  ranges = scalar_ranges(config)
+  for name, value in stats.items():
+    value = np.asarray(value, np.float64)[valid]
+    sums[name] = sums.get(name, 0.) + value.sum(0)
+    if name in ranges:
+      lo, hi = ranges[name]
+      bins = np.clip(((value - lo) / (hi - lo) * HIST_BINS).astype(int), 0, HIST_BINS - 1)
+      hist = sums.setdefault(f'{name}_hist', np.zeros(value.shape[1:] + (HIST_BINS,)))
+      for idx in np.ndindex(*value.shape[1:]):
+        hist[idx] += np.bincount(bins[(slice(None),) + idx], minlength=HIST_BINS)
+  return sums
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -161,13 +167,12 @@ def finish(sums: dict, count: int, config: ViTConfig) -> dict:
   for name in SCALARS:
     if name == 'cls_share' and not config.has_cls_token:
       continue
-    r[name] = sums[f'{name}_sum'] / count
+    r[name] = sums[name] / count
     r[f'{name}_quantiles'] = histogram_quantiles(sums[f'{name}_hist'], *ranges[name])
     r[f'{name}_hist'] = sums[f'{name}_hist']
   if config.has_cls_token:
-    r['cls_attention'] = (sums['cls_attention_sum'] / count).reshape(*sums['cls_attention_sum']
-                                                                      .shape[:-1], n, n)
-    r['to_cls'] = (sums['to_cls_sum'] / count).reshape(*sums['to_cls_sum'].shape[:-1], n, n)
+    for name in ('cls_attention', 'to_cls'):
+      r[name] = (sums[name] / count).reshape(sums[name].shape[:-1] + (n, n))
   return r
 
 
@@ -180,15 +185,13 @@ def compute_strength(params, config: ViTConfig, image_set, options: StrengthOpti
   mesh = mesh or parallel.batch_mesh()
   batch_size = parallel.device_batch_size(options.batch_size, mesh)
   params = parallel.replicate(mesh, params)
-  sums, count = None, 0
+  sums, count = {}, 0
   maps, map_index = [], []
   stream = data.BatchStream(image_set, config.image_size, batch_size, mean=mean, std=std,
                             progress=options.progress, desc='strength')
   for batch in stream:
-    images, valid = parallel.shard_batch(mesh, (batch.images, batch.valid))
-    stats, _ = strength_batch(params, config, images, valid)
-    stats = jax.tree.map(lambda x: np.asarray(x, np.float64), stats)
-    sums = stats if sums is None else jax.tree.map(np.add, sums, stats)
+    stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
+    sums = accumulate(sums, stats, batch.valid, config)
     count += int(batch.valid.sum())
     want = options.map_images - len(map_index)
     if want > 0:

@@ -217,3 +217,102 @@ def write_importance(logdir, run: str, result: dict, meta: dict) -> Path:
     if k in result:
       values[k] = Value.array(result[k], ('image', 'layer', 'head'))
   return write_analysis(logdir, run, 'importance', values)
+
+
+STRENGTH_DEFINITIONS = {
+    'offset_mean': 'mean attention weight a query patch gives the key patch at offset '
+                   '(dy, dx) = key - query, over valid query positions and images',
+    'offset_ratio': 'offset_mean divided by the uniform baseline 1/T (T tokens)',
+    'offset_pairs': '(query, key) pairs contributing to each offset',
+    'neighbourhood_share': "share of a query patch's attention on patches within Chebyshev "
+                           'distance 0, 1, 2, ... (cumulative), mean over queries and images',
+    'mean_distance': 'attention-weighted distance between query and key patch centres in '
+                     'pixels (Dosovitskiy et al. 2021, Fig. 7), over patch keys, mean over '
+                     'images',
+    'entropy': 'entropy (nats) of a query patch\'s attention, mean over queries and images',
+    'self_share': 'attention of a query patch to itself, mean over queries and images',
+    'cls_share': 'attention of a query patch to the class token, mean over queries and images',
+    'cls_attention': "the class token's attention to each patch, mean over images",
+    'to_cls': "each patch's attention to the class token, mean over images",
+}
+_STRENGTH_AXES = {
+    'offset_mean': ('layer', 'head', 'dy', 'dx'), 'offset_ratio': ('layer', 'head', 'dy', 'dx'),
+    'offset_pairs': ('dy', 'dx'), 'neighbourhood_share': ('layer', 'head', 'distance'),
+    'cls_attention': ('layer', 'head', 'row', 'col'), 'to_cls': ('layer', 'head', 'row', 'col'),
+}
+
+
+def write_strength(logdir, run: str, result: dict, meta: dict, map_images=()) -> Path:
+  """Tags strength/<name>; see docs/logdir-format.md. map_images: [M, S, S, 3] uint8, the
+  images of `map_image_index` as the model saw them."""
+  from vit_jax_analytics.strength import QUANTILES, SCALARS, scalar_ranges
+
+  values = {'meta': Value.json({
+      **meta, 'definitions': STRENGTH_DEFINITIONS, 'images': result['images'],
+      'quantiles': list(QUANTILES),
+      'histogram_ranges': {k: list(v) for k, v in scalar_ranges(
+          _config_from_meta(meta)).items()},
+      'map_image_index': [int(i) for i in result.get('map_image_index', [])]})}
+  for name, description in STRENGTH_DEFINITIONS.items():
+    if name in result:
+      values[name] = Value.array(result[name], _STRENGTH_AXES.get(name, LH), description)
+  for name in SCALARS:
+    if f'{name}_quantiles' in result:
+      values[f'{name}_quantiles'] = Value.array(result[f'{name}_quantiles'],
+                                                LH + ('quantile',))
+      values[f'{name}_hist'] = Value.array(result[f'{name}_hist'], LH + ('bin',))
+  if 'map_attention' in result:
+    values['map_attention'] = Value.array(result['map_attention'],
+                                          ('image', 'layer', 'head', 'query', 'key'))
+    values['map_rollout'] = Value.array(result['map_rollout'],
+                                        ('image', 'layer', 'query', 'key'))
+  for k, image in enumerate(map_images):
+    values[f'map_image/{k}'] = Value.png(image)
+  return write_analysis(logdir, run, 'strength', values)
+
+
+def _config_from_meta(meta):
+  from vit_jax_analytics.model import ViTConfig
+  return ViTConfig.from_dict(meta['config'])
+
+
+def _to_png_grid(maps: np.ndarray, pad: int = 1) -> np.ndarray:
+  """[g, g, c, c] values in [0, 1] -> one [g*(c+pad)+pad]^2 grayscale uint8 image."""
+  g, _, c, _ = maps.shape
+  size = g * (c + pad) + pad
+  img = np.full((size, size), 255, np.uint8)
+  for r in range(g):
+    for col in range(g):
+      y, x = pad + r * (c + pad), pad + col * (c + pad)
+      img[y:y + c, x:x + c] = np.clip(255 - maps[r, col] * 255, 0, 255).astype(np.uint8)
+  return img
+
+
+def write_patterns(logdir, run: str, result: dict, samples, meta: dict) -> Path:
+  """Tags patterns/<name>; see docs/logdir-format.md."""
+  history = result['history']
+  values = {'meta': Value.json({
+      **meta, 'cluster_names': result['cluster_names'],
+      'reconstruction_error': result['reconstruction_error'],
+      'data_variance': result['data_variance'], 'best_epoch': history['best_epoch'],
+      'stopped_early': history['stopped_early'], 'samples': int(len(samples.index))})}
+  values['map'] = Value.array(result['map'].astype(np.float32),
+                              ('grid_row', 'grid_col', 'dy', 'dx'),
+                              'the latent plane decoded on a regular grid (pattern peak 1)')
+  values['map_image'] = Value.png(_to_png_grid(result['map']), 'the decoded map, dark = strong')
+  values['map_extent'] = Value.array(result['map_extent'], ('axis', 'bound'),
+                                     'latent [[x0, x1], [y0, y1]] covered by the map')
+  values['head_density'] = Value.array(result['head_density'],
+                                       ('layer', 'head', 'grid_row', 'grid_col'),
+                                       "share of each head's samples in each map cell")
+  values['head_cluster'] = Value.array(result['head_cluster'], LH, 'k-means cluster of each head')
+  values['cluster_pattern'] = Value.array(result['cluster_pattern'], ('cluster', 'dy', 'dx'),
+                                          "mean re-centred attention of the cluster's heads")
+  values['head_reconstruction_error'] = Value.array(result['head_reconstruction_error'], LH)
+  values['train_loss'] = Value.array(np.asarray(history['train_loss']), ('epoch',))
+  values['val_loss'] = Value.array(np.asarray(history['val_loss']), ('epoch',))
+  values['sample_latent'] = Value.array(result['latent'], ('sample', 'axis'))
+  values['sample_cell'] = Value.array(result['sample_cells'], ('sample', 'rowcol'))
+  values['sample_index'] = Value.array(samples.index, ('sample', 'image_layer_head_query'))
+  values['sample_recentred'] = Value.array(samples.recentred, ('sample', 'dy', 'dx'))
+  return write_analysis(logdir, run, 'patterns', values)

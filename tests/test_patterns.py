@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from tests.test_importance_driver import write_images
+from tests.tiny import TINY, offset_heads_model, tiny_params
+from vit_jax_analytics import data, model as model_lib, patterns
+
+
+def test_recentre_matches_direct_construction():
+  n = 4
+  rng = np.random.default_rng(0)
+  maps = rng.uniform(size=(n * n, n, n)).astype(np.float32)
+  rows, cols = np.divmod(np.arange(n * n), n)
+  canvas, inside = map(np.asarray, patterns.recentre(maps, rows, cols, n))
+  assert canvas.shape == inside.shape == (n * n, 2 * n - 1, 2 * n - 1)
+  for s in range(n * n):
+    ref = np.zeros((2 * n - 1, 2 * n - 1), np.float32)
+    ref_inside = np.zeros_like(ref, bool)
+    for ky in range(n):
+      for kx in range(n):
+        dy, dx = ky - rows[s], kx - cols[s]
+        ref[dy + n - 1, dx + n - 1] = maps[s, ky, kx]
+        ref_inside[dy + n - 1, dx + n - 1] = True
+    np.testing.assert_array_equal(canvas[s], ref)
+    np.testing.assert_array_equal(inside[s], ref_inside)
+  # Corners: a query in the top-left corner sees keys only down and to the right.
+  assert inside[0][n - 1:, n - 1:].all() and not inside[0][:n - 1].any()
+  assert not inside[0][:, :n - 1].any()
+  # Query at the bottom-right corner: its own weight sits at the centre cell.
+  assert canvas[-1][n - 1, n - 1] == maps[-1][n - 1, n - 1]
+  assert canvas[-1][0, 0] == maps[-1][0, 0] and inside[-1][:n, :n].all()
+
+
+def test_samples_are_the_model_attention(tmp_path):
+  image_set = write_images(tmp_path / 'i', n=5)
+  params = tiny_params()
+  s = patterns.extract_samples(params, TINY, image_set, per_head=3, batch_size=2,
+                               progress=False)
+  assert len(s.index) == 5 * 3 * 4 * 3 and s.recentred.dtype == np.float16
+  batch = next(iter(data.BatchStream(image_set, 16, 5, progress=False)))
+  attn = np.asarray(model_lib.apply(params, TINY, batch.images, return_attention=True)[1])
+  n = TINY.grid_size
+  for i, (img, l, h, q) in enumerate(s.index[::7]):
+    row = attn[img, l, h, 1 + q]
+    np.testing.assert_allclose(s.plain[i * 7].astype(np.float32), row[1:].reshape(n, n),
+                               atol=1e-3)
+    np.testing.assert_allclose(float(s.to_cls[i * 7]), row[0], atol=1e-3)
+  # Stratified: each (image, layer, head) uses distinct query positions.
+  groups = s.index[:, :3] @ np.array([1000, 100, 10])
+  for g in np.unique(groups):
+    q = s.index[groups == g, 3]
+    assert len(set(q)) == len(q)
+  # Independent of the batch size, to float16 storage precision (one rounding step).
+  again = patterns.extract_samples(params, TINY, image_set, per_head=3, batch_size=4,
+                                   progress=False)
+  np.testing.assert_array_equal(again.index, s.index)
+  np.testing.assert_allclose(again.recentred.astype(np.float32),
+                             s.recentred.astype(np.float32), rtol=2e-3, atol=1e-7)
+
+
+KINDS = ('left', 'right', 'up', 'self', 'uniform')
+
+
+@pytest.fixture(scope='module')
+def fixed_offset_summary(tmp_path_factory):
+  params, config = offset_heads_model(grid=6, patterns=KINDS, layers=2)
+  image_set = write_images(tmp_path_factory.mktemp('img'), n=4)
+  samples = patterns.extract_samples(params, config, image_set, per_head=16, batch_size=4,
+                                     progress=False)
+  options = patterns.PatternOptions(grid=10, clusters=5, ae=patterns.AEOptions(
+      epochs=150, batch_size=32, progress=False, seed=0))
+  result, _ = patterns.summarise(samples, config, options)
+  return result, samples, config, options
+
+
+def test_fixed_offset_heads_cluster_by_pattern(fixed_offset_summary):
+  result, _, config, _ = fixed_offset_summary
+  labels = result['head_cluster']  # [L, H]; head h of every layer has pattern KINDS[h]
+  truth = np.tile(np.arange(len(KINDS)), (config.num_layers, 1))
+  purity = sum(np.bincount(truth[labels == c]).max() for c in np.unique(labels)) / labels.size
+  assert purity >= 0.9
+  # Different patterns land in different clusters.
+  assert len(np.unique(labels[0])) == len(KINDS)
+  # The autoencoder learned the patterns: error far below the variance of the data.
+  assert result['reconstruction_error'] < 0.1 * result['data_variance']
+  names = set(result['cluster_names'])
+  assert 'offset (+0, -1)' in names and 'self' in names
+
+
+def test_same_seed_same_latents(fixed_offset_summary):
+  result, samples, config, options = fixed_offset_summary
+  again, _ = patterns.summarise(samples, config, options)
+  np.testing.assert_array_equal(again['latent'], result['latent'])
+
+
+def test_pca_and_grid_helpers():
+  rng = np.random.default_rng(0)
+  latent = rng.normal(size=(200, 5)) * np.array([5, 2, 0.1, 0.1, 0.1])
+  coords, (mean, axes) = patterns.pca_2d(latent)
+  assert coords.shape == (200, 2) and np.var(coords[:, 0]) > np.var(coords[:, 1])
+  np.testing.assert_allclose(mean + coords @ axes, latent, atol=0.5)
+  extent = np.array([[0., 1.], [0., 2.]])
+  cells = patterns.grid_cells(np.array([[0.05, 1.9], [0.99, 0.01]]), extent, 4)
+  assert cells.tolist() == [[3, 0], [0, 3]]
+  centres = patterns.grid_centres(extent, 4)
+  assert np.allclose(centres[3, 0], [0.125, 1.75])

@@ -1,0 +1,172 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests.test_importance_driver import write_images
+from tests.tiny import TINY, offset_heads_model, tiny_params
+from vit_jax_analytics import data, model as model_lib, strength
+
+
+@pytest.fixture(scope='module')
+def image_set(tmp_path_factory):
+  return write_images(tmp_path_factory.mktemp('images'), n=10)
+
+
+def opts(**kw):
+  return strength.StrengthOptions(**{'progress': False, 'map_images': 3, **kw})
+
+
+def brute_force(attention, config):
+  """Plain loops over images, queries and keys. attention [N, L, H, T, T]."""
+  n, cls = config.grid_size, int(config.has_cls_token)
+  N, L, H = attention.shape[:3]
+  a = attention.astype(np.float64)
+  offset_sum = np.zeros((L, H, 2 * n - 1, 2 * n - 1))
+  pairs = np.zeros((2 * n - 1, 2 * n - 1))
+  within = np.zeros((L, H, n))
+  dist_num, dist_den = np.zeros((N, L, H)), np.zeros((N, L, H))
+  for q in range(n * n):
+    qy, qx = divmod(q, n)
+    for k in range(n * n):
+      ky, kx = divmod(k, n)
+      w = a[:, :, :, q + cls, k + cls]
+      offset_sum[:, :, ky - qy + n - 1, kx - qx + n - 1] += w.sum(0)
+      pairs[ky - qy + n - 1, kx - qx + n - 1] += N
+      cheb = max(abs(ky - qy), abs(kx - qx))
+      within[:, :, cheb:] += w.sum(0)[..., None]
+      d = np.hypot(ky - qy, kx - qx) * config.patch_size
+      dist_num += w * d
+      dist_den += w
+  q_all = a[:, :, :, cls:, :]
+  entropy = -(q_all * np.log(np.maximum(q_all, 1e-30))).sum(-1).mean(-1)
+  self_share = np.stack([a[:, :, :, q + cls, q + cls] for q in range(n * n)], -1).mean(-1)
+  out = {'offset_mean': offset_sum / pairs, 'neighbourhood_share': within / (n * n * N),
+         'per_image_distance': dist_num / dist_den, 'mean_distance': (dist_num / dist_den).mean(0),
+         'entropy': entropy.mean(0), 'per_image_entropy': entropy, 'self_share': self_share.mean(0)}
+  if cls:
+    out['cls_share'] = a[:, :, :, 1:, 0].mean(-1).mean(0)
+    out['cls_attention'] = a[:, :, :, 0, 1:].mean(0).reshape(L, H, n, n)
+    out['to_cls'] = a[:, :, :, 1:, 0].mean(0).reshape(L, H, n, n)
+  return out
+
+
+def all_attention(params, config, image_set):
+  batch = next(iter(data.BatchStream(image_set, config.image_size, len(image_set),
+                                     progress=False)))
+  return np.asarray(model_lib.apply(params, config, batch.images, return_attention=True)[1])
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap'])
+def test_matches_brute_force(image_set, classifier):
+  config = TINY.replace(classifier=classifier)
+  params = tiny_params(config)
+  got = strength.compute_strength(params, config, image_set, opts(batch_size=4))
+  ref = brute_force(all_attention(params, config, image_set), config)
+  for k in ('offset_mean', 'neighbourhood_share', 'mean_distance', 'entropy', 'self_share',
+            'cls_share', 'cls_attention', 'to_cls'):
+    if k in ref:
+      np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  np.testing.assert_allclose(got['offset_ratio'], ref['offset_mean'] * config.num_tokens,
+                             rtol=1e-5)
+  assert got['offset_pairs'][config.grid_size - 1, config.grid_size - 1] == 16 * 10
+  np.testing.assert_allclose(got['neighbourhood_share'][..., -1],
+                             1. - ref.get('cls_share', 0.), rtol=1e-5)
+  # Quantiles from the fixed-range histograms are within one bin of the exact ones.
+  lo, hi = strength.scalar_ranges(config)['mean_distance']
+  exact = np.quantile(ref['per_image_distance'], [0.05, 0.5, 0.95], axis=0, method='inverted_cdf')
+  approx = got['mean_distance_quantiles'][..., [0, 2, 4]]
+  assert np.abs(np.moveaxis(exact, 0, -1) - approx).max() <= (hi - lo) / strength.HIST_BINS
+
+
+def test_hand_built_left_neighbour_and_uniform_heads(tmp_path):
+  params, config = offset_heads_model(grid=4, patterns=('left', 'uniform'))
+  images = write_images(tmp_path / 'imgs', n=3)
+  attn = all_attention(params, config, images)
+  assert attn[0, 0, 0, 1 + 5, 1 + 4] > 0.999 and attn[0, 0, 0, 1 + 4, 0] > 0.999  # as built
+  r = strength.compute_strength(params, config, images, opts(batch_size=2))
+  n, centre = 4, 3
+  for l in range(2):
+    left = r['offset_mean'][l, 0]
+    np.testing.assert_allclose(left[centre, centre - 1], 1., atol=1e-4)   # offset (0, -1)
+    left_other = left.copy()
+    left_other[centre, centre - 1] = 0.
+    assert left_other.max() < 1e-4
+    np.testing.assert_allclose(r['mean_distance'][l, 0], config.patch_size, rtol=1e-4)
+    np.testing.assert_allclose(r['self_share'][l, 0], 0., atol=1e-4)
+    np.testing.assert_allclose(r['cls_share'][l, 0], n / (n * n), atol=1e-4)
+    # Uniform head: every offset at the baseline 1/T, i.e. ratio 1.
+    np.testing.assert_allclose(r['offset_ratio'][l, 1], 1., rtol=1e-5)
+    np.testing.assert_allclose(r['entropy'][l, 1], np.log(17), rtol=1e-5)
+    np.testing.assert_allclose(r['neighbourhood_share'][l, 1, 0], 1 / 17, rtol=1e-5)
+
+
+@pytest.mark.parametrize('batch_size', [1, 3, 10])
+def test_independent_of_batch_size(image_set, batch_size):
+  # Tolerance 1e-6 of each array's largest value: different batch shapes only change float32
+  # rounding inside the forward pass (sums over images are float64 on the host).
+  params = tiny_params(attention_scale=1.)
+  ref = strength.compute_strength(params, TINY, image_set, opts(batch_size=4))
+  got = strength.compute_strength(params, TINY, image_set, opts(batch_size=batch_size))
+  for k, v in ref.items():
+    if k.startswith('map_'):
+      continue
+    v = np.asarray(v, np.float64)
+    np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-6 * max(np.abs(v).max(), 1e-12),
+                               err_msg=k)
+
+
+def test_rollout_matches_direct_numpy():
+  rng = np.random.default_rng(0)
+  attn = rng.dirichlet(np.ones(5), size=(2, 3, 4, 5)).astype(np.float32)  # [B, L, H, T, T]
+  got = np.asarray(strength.attention_rollout(attn))
+  for b in range(2):
+    acc = np.eye(5)
+    for l in range(3):
+      a = attn[b, l].mean(0) * 0.5 + 0.5 * np.eye(5)
+      a /= a.sum(-1, keepdims=True)
+      acc = a @ acc
+      np.testing.assert_allclose(got[b, l], acc, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.sum(-1), 1., rtol=1e-5)
+
+
+def test_stored_maps(image_set):
+  params = tiny_params()
+  r = strength.compute_strength(params, TINY, image_set, opts(batch_size=4, map_images=5))
+  assert r['map_attention'].shape == (5, 3, 4, 17, 17)
+  assert r['map_rollout'].shape == (5, 3, 17, 17)
+  ref = all_attention(params, TINY, image_set)[:5]
+  np.testing.assert_allclose(r['map_attention'].astype(np.float32), ref, atol=1e-3)
+  assert r['map_image_index'].tolist() == [0, 1, 2, 3, 4]
+
+
+MULTI_DEVICE = r'''
+import sys, numpy as np, jax
+sys.path.insert(0, sys.argv[1])
+from tests.tiny import TINY, offset_heads_model, tiny_params
+from vit_jax_analytics import data, strength, parallel
+assert jax.device_count() == 8
+s = data.image_folder(sys.argv[2])
+o = strength.StrengthOptions(batch_size=3, progress=False, map_images=0)
+p = tiny_params(attention_scale=1.)
+one = strength.compute_strength(p, TINY, s, o, mesh=parallel.batch_mesh(jax.devices()[:1]))
+eight = strength.compute_strength(p, TINY, s, o)
+for k in ('offset_mean', 'neighbourhood_share', 'mean_distance', 'entropy', 'cls_attention'):
+  np.testing.assert_allclose(eight[k], one[k], rtol=0, atol=1e-6 * np.abs(one[k]).max(), err_msg=k)
+np.testing.assert_array_equal(eight['entropy_hist'], one['entropy_hist'])
+print('ok', one['images'])
+'''
+
+
+def test_eight_devices_match_one(image_set):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  root = Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, '-c', MULTI_DEVICE, str(root), str(image_set.root)],
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'ok 10' in out.stdout

@@ -24,8 +24,16 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+DEMO_LOGDIR ?= logdir
+PORT ?= 6006
+
+# The whole analysis of the bundled demo model, then TensorBoard (Ctrl-C stops it).
 demo: $(VENV)/.installed
 	$(BIN)/vit-analytics evaluate --checkpoint checkpoints/demo_vit --images checkpoints/demo_images
+	$(BIN)/vit-analytics analyze --checkpoint checkpoints/demo_vit --images checkpoints/demo_images \
+	  --logdir $(DEMO_LOGDIR) --run demo --per-image
+	@echo "Open http://localhost:$(PORT)/#vit_analytics"
+	$(BIN)/tensorboard --logdir $(DEMO_LOGDIR) --port $(PORT) --host localhost
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

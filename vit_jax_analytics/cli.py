@@ -222,6 +222,22 @@ def cmd_patterns(args):
   return 0
 
 
+def cmd_analyze(args):
+  from vit_jax_analytics import pipeline, strength
+
+  skip = [name for name in ('importance', 'strength', 'patterns')
+          if getattr(args, f'skip_{name}')]
+  paths = pipeline.run_analysis(
+      inputs_from(args), args.logdir, args.run, importance_options(args),
+      strength.StrengthOptions(batch_size=args.batch_size, map_images=args.map_images,
+                               progress=not args.no_progress),
+      pattern_options(args), skip)
+  for path in paths:
+    print(f'wrote {path}')
+  print(f'view with: tensorboard --logdir {args.logdir}')
+  return 0
+
+
 def build_parser():
   parser = argparse.ArgumentParser(
       prog='vit-analytics',
@@ -271,6 +287,20 @@ def build_parser():
   add_output_args(p)
   add_pattern_args(p)
   p.set_defaults(func=cmd_patterns)
+
+  p = sub.add_parser('analyze', help='importance, strength and patterns in one go',
+                     description='Runs importance, strength and patterns (each skippable) '
+                                 'and writes them to LOGDIR/RUN for the TensorBoard plugin.')
+  add_model_args(p)
+  add_data_args(p)
+  add_output_args(p)
+  for name in ('importance', 'strength', 'patterns'):
+    p.add_argument(f'--skip-{name}', action='store_true', help=f'do not run {name}')
+  add_importance_args(p)
+  p.add_argument('--map-images', type=int, default=8,
+                 help='images whose full attention maps and rollout are stored (default: 8)')
+  add_pattern_args(p)
+  p.set_defaults(func=cmd_analyze)
 
   p = sub.add_parser('train-demo', help='train the bundled demo ViT on MNIST digits',
                      description='Train the demo ViT with Optax on the 5,000 MNIST digits '

@@ -128,3 +128,19 @@ def run_patterns(inputs: Inputs, logdir, run: Optional[str] = None, options=None
   checkpoints.save_orbax(summary.run_directory(logdir, run) / 'pattern_autoencoder', ae_params,
                          {'canvas': 2 * config.grid_size - 1, **dataclasses.asdict(options.ae)})
   return summary.write_patterns(logdir, run, result, samples, meta)
+
+
+def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None, importance_options=None,
+                 strength_options=None, pattern_options=None, skip=()) -> list:
+  """importance, strength and patterns in turn (any of them in `skip` is left out); each
+  writes its own event file as soon as it is done. Returns the files written."""
+  import sys
+  steps = [(name, fn, opts) for name, fn, opts in (
+      ('importance', run_importance, importance_options),
+      ('strength', run_strength, strength_options),
+      ('patterns', run_patterns, pattern_options)) if name not in skip]
+  written = []
+  for k, (name, fn, opts) in enumerate(steps, start=1):
+    print(f'[{k}/{len(steps)}] {name}', file=sys.stderr, flush=True)
+    written.append(fn(inputs, logdir, run, opts))
+  return written

@@ -1,0 +1,71 @@
+"""Pattern-autoencoder throughput and sample extraction rate.
+
+Prints (1) autoencoder training throughput (samples/s) and the time until the validation
+loss first falls below a stated target on the demo model's patterns, and (2) the rate of
+pattern-sample extraction (samples/s) on ViT-B/16 at 224 x 224 with random weights.
+
+  python benchmarks/bench_patterns.py [--target-loss 0.2]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--target-loss', type=float, default=0.2,
+                 help='validation loss (masked binary cross-entropy) to reach')
+  p.add_argument('--images', type=int, default=200)
+  args = p.parse_args()
+
+  import jax
+  import jax.numpy as jnp
+  from vit_jax_analytics import checkpoints, data, model as model_lib, patterns
+
+  params, config = checkpoints.load_checkpoint(ROOT / 'checkpoints/demo_vit')
+  image_set = data.image_folder(ROOT / 'checkpoints/demo_images')
+  start = time.perf_counter()
+  samples = patterns.extract_samples(params, config, image_set, per_head=4,
+                                     max_images=args.images, progress=False)
+  t_extract_demo = time.perf_counter() - start
+  x = patterns.ae_inputs(samples, config.grid_size)
+  options = patterns.AEOptions(progress=False, patience=1000)
+  start = time.perf_counter()
+  _, history = patterns.train_autoencoder(x, 2 * config.grid_size - 1, options)
+  t_train = time.perf_counter() - start
+  epochs = len(history['val_loss'])
+  n_train = len(x) - max(1, int(round(len(x) * options.validation_fraction)))
+  hit = next((i for i, v in enumerate(history['val_loss']) if v <= args.target_loss), None)
+  print(f'demo model: {len(x)} samples from {args.images} images in {t_extract_demo:.1f} s')
+  print(f'  autoencoder training  {n_train * epochs / t_train:9.0f} samples/s '
+        f'({epochs} epochs in {t_train:.1f} s, incl. compilation)')
+  if hit is None:
+    print(f'  validation loss {min(history["val_loss"]):.4f} never reached {args.target_loss}')
+  else:
+    print(f'  validation loss <= {args.target_loss} after epoch {hit + 1}: '
+          f'~{t_train * (hit + 1) / epochs:.1f} s; final {history["val_loss"][-1]:.4f}')
+
+  config = model_lib.get_config('ViT-B/16')
+  params = model_lib.init_params(config, jax.random.key(0))
+  b = 8
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (b, 224, 224, 3)), jnp.float32)
+  queries = jnp.asarray(patterns.sample_queries(np.arange(b), config, 4, 0))
+  jax.block_until_ready(patterns.extract_batch(params, config, images, queries))
+  start = time.perf_counter()
+  for _ in range(3):
+    jax.block_until_ready(patterns.extract_batch(params, config, images, queries))
+  t = (time.perf_counter() - start) / 3
+  per_batch = b * config.num_layers * config.num_heads * 4
+  print(f'ViT-B/16 sample extraction: {per_batch / t:9.0f} samples/s '
+        f'({b / t:.2f} images/s, 4 queries per head)')
+
+
+if __name__ == '__main__':
+  main()

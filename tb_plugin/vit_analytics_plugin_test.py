@@ -1,0 +1,129 @@
+"""HTTP routes of the plugin on a logdir written by the real analysis (werkzeug client)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from tensorboard.backend import application
+from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+from tensorboard.plugins import base_plugin
+from werkzeug import test as werkzeug_test, wrappers
+
+from tb_plugin import metadata
+from tb_plugin.vit_analytics_plugin import VitAnalyticsPlugin
+from vit_jax_analytics import summary
+
+PREFIX = f'/data/plugin/{metadata.PLUGIN_NAME}'
+
+
+def make_client(logdir):
+  multiplexer = plugin_event_multiplexer.EventMultiplexer()
+  multiplexer.AddRunsFromDirectory(str(logdir))
+  multiplexer.Reload()
+  provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+  context = base_plugin.TBContext(logdir=str(logdir), data_provider=provider,
+                                  multiplexer=multiplexer)
+  plugin = VitAnalyticsPlugin(context)
+  app = application.TensorBoardWSGI([plugin])
+  return werkzeug_test.Client(app, wrappers.Response), plugin
+
+
+@pytest.fixture(scope='module')
+def client(analysis_logdir):
+  return make_client(analysis_logdir)[0]
+
+
+def get(client, route, **params):
+  r = client.get(f'{PREFIX}{route}', query_string=params)
+  body = r.get_data()
+  return r.status_code, (json.loads(body) if r.mimetype == 'application/json' else body)
+
+
+def test_runs_lists_every_analysis(client):
+  code, body = get(client, '/runs')
+  assert code == 200
+  runs = {r['run']: r for r in body['runs']}
+  assert set(runs) == {'tiny', 'importance-only'}
+  assert runs['tiny']['analyses'] == ['importance', 'patterns', 'strength']
+  assert runs['importance-only']['analyses'] == ['importance']
+  assert runs['tiny']['tags']['importance/taylor']['axes'] == ['layer', 'head']
+
+
+def test_arrays_equal_what_the_analysis_wrote(client, analysis_logdir):
+  written = summary.read_run(analysis_logdir / 'tiny')
+  for tag in ('importance/taylor', 'importance/curve_top1', 'strength/offset_ratio',
+              'patterns/head_density', 'importance/per_image_taylor'):
+    code, body = get(client, '/array', run='tiny', tag=tag)
+    assert code == 200, body
+    assert body['shape'] == list(written[tag].shape)
+    np.testing.assert_allclose(np.array(body['data'], float), written[tag], rtol=1e-6, atol=1e-9)
+  # Nothing was lost to TensorBoard's sampling: every tag holds its full array.
+  code, body = get(client, '/array', run='tiny', tag='patterns/sample_index')
+  assert body['shape'][0] == written['patterns/sample_index'].shape[0] == 6 * 3 * 4 * 4
+
+
+def test_meta_png_and_attention(client, analysis_logdir):
+  code, meta = get(client, '/meta', run='tiny', analysis='importance')
+  assert code == 200 and meta['config']['num_heads'] == 4 and len(meta['image_names']) == 6
+  code, png = get(client, '/png', run='tiny', tag='strength/map_image/1')
+  assert code == 200 and png[:8] == b'\x89PNG\r\n\x1a\n'
+  code, body = get(client, '/attention', run='tiny', image=1, query=5)
+  assert code == 200
+  written = summary.read_run(analysis_logdir / 'tiny')
+  np.testing.assert_allclose(body['attention'],
+                             written['strength/map_attention'][1, :, :, 5].astype(float),
+                             rtol=1e-6)
+  assert np.array(body['rollout']).shape == (3, 17)
+  code, body = get(client, '/array', run='tiny', tag='strength/map_attention', index=2,
+                   index2=1)
+  assert code == 200 and body['shape'] == [4, 17, 17] and body['axes'] == ['head', 'query', 'key']
+
+
+@pytest.mark.parametrize('route,params,code,message', [
+    ('/array', {'run': '../../etc', 'tag': 'importance/taylor'}, 404, 'unknown run'),
+    ('/array', {'run': 'tiny', 'tag': '../../../etc/passwd'}, 404, 'unknown tag'),
+    ('/array', {'run': 'nope', 'tag': 'importance/taylor'}, 404, 'unknown run'),
+    ('/array', {'tag': 'importance/taylor'}, 400, 'missing parameter "run"'),
+    ('/array', {'run': 'tiny'}, 400, 'missing parameter "tag"'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/meta'}, 400, 'is not an array'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': 7}, 400, 'out of range'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': '9' * 40}, 400,
+     'must be an integer'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': 'x'}, 400, 'integer'),
+    ('/png', {'run': 'tiny', 'tag': 'importance/taylor'}, 400, 'is not an image'),
+    ('/attention', {'run': 'tiny', 'image': 3, 'query': 0}, 400, 'out of range'),
+    ('/attention', {'run': 'tiny', 'image': 0, 'query': -1}, 400, 'out of range'),
+    ('/attention', {'run': 'tiny', 'image': 0}, 400, 'required'),
+    ('/attention', {'run': 'importance-only', 'image': 0, 'query': 0}, 404, 'unknown tag'),
+    ('/meta', {'run': 'tiny', 'analysis': '../x'}, 400, 'must be one of'),
+])
+def test_bad_parameters_are_4xx_json(client, route, params, code, message):
+  got, body = get(client, route, **params)
+  assert got == code and message in body['error']
+
+
+def test_static_files_only_from_the_static_folder(client):
+  r = client.get(f'{PREFIX}/static/index.js')
+  assert r.status_code == 200 and b'export async function render' in r.get_data()
+  assert r.mimetype == 'application/javascript'
+  for bad in ('../vit_analytics_plugin.py', '..%2fmetadata.py', 'nope.js'):
+    r = client.get(f'{PREFIX}/static/{bad}')
+    assert r.status_code == 404
+
+
+def test_empty_logdir_lists_no_runs(tmp_path):
+  client, plugin = make_client(tmp_path)
+  assert get(client, '/runs') == (200, {'runs': []})
+  assert plugin.frontend_metadata().es_module_path == '/static/index.js'
+
+
+def test_half_written_analysis_is_invisible(analysis_logdir, tmp_path):
+  """A writer's partial file (no 'tfevents' in its name) is never read."""
+  logdir = tmp_path / 'logs'
+  shutil.copytree(analysis_logdir / 'importance-only', logdir / 'run')
+  partial = next((logdir / 'run').glob('events.out.tfevents.*')).read_bytes()
+  (logdir / 'run' / '.strength.123.partial').write_bytes(partial[:len(partial) // 2])
+  client, _ = make_client(logdir)
+  code, body = get(client, '/runs')
+  assert body['runs'][0]['analyses'] == ['importance']

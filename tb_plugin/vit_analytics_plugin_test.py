@@ -11,7 +11,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test, wrappers
 
 from tb_plugin import metadata
-from tb_plugin.vit_analytics_plugin import VitAnalyticsPlugin
+from tb_plugin.vit_analytics_plugin import VitAnalyticsPlugin, unpack
 from vit_jax_analytics import summary
 
 PREFIX = f'/data/plugin/{metadata.PLUGIN_NAME}'
@@ -57,7 +57,7 @@ def test_arrays_equal_what_the_analysis_wrote(client, analysis_logdir):
     code, body = get(client, '/array', run='tiny', tag=tag)
     assert code == 200, body
     assert body['shape'] == list(written[tag].shape)
-    np.testing.assert_allclose(np.array(body['data'], float), written[tag], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(unpack(body), written[tag].astype(unpack(body).dtype))
   # Nothing was lost to TensorBoard's sampling: every tag holds its full array.
   code, body = get(client, '/array', run='tiny', tag='patterns/sample_index')
   assert body['shape'][0] == written['patterns/sample_index'].shape[0] == 6 * 3 * 4 * 4
@@ -71,13 +71,13 @@ def test_meta_png_and_attention(client, analysis_logdir):
   code, body = get(client, '/attention', run='tiny', image=1, query=5)
   assert code == 200
   written = summary.read_run(analysis_logdir / 'tiny')
-  np.testing.assert_allclose(body['attention'],
-                             written['strength/map_attention'][1, :, :, 5].astype(float),
-                             rtol=1e-6)
-  assert np.array(body['rollout']).shape == (3, 17)
-  code, body = get(client, '/array', run='tiny', tag='strength/map_attention', index=2,
+  np.testing.assert_array_equal(unpack(body['attention']),
+                                written['strength/map_attention/1'][:, :, 5].astype(np.float32))
+  np.testing.assert_array_equal(unpack(body['rollout']),
+                                written['strength/map_rollout/1'][:, 5].astype(np.float32))
+  code, body = get(client, '/array', run='tiny', tag='strength/map_attention/2', index=2,
                    index2=1)
-  assert code == 200 and body['shape'] == [4, 17, 17] and body['axes'] == ['head', 'query', 'key']
+  assert code == 200 and body['shape'] == [17, 17] and body['axes'] == ['query', 'key']
 
 
 @pytest.mark.parametrize('route,params,code,message', [
@@ -96,6 +96,7 @@ def test_meta_png_and_attention(client, analysis_logdir):
     ('/attention', {'run': 'tiny', 'image': 0, 'query': -1}, 400, 'out of range'),
     ('/attention', {'run': 'tiny', 'image': 0}, 400, 'required'),
     ('/attention', {'run': 'importance-only', 'image': 0, 'query': 0}, 404, 'unknown tag'),
+    ('/attention', {'run': 'tiny', 'image': 0, 'query': 17}, 400, 'out of range'),
     ('/meta', {'run': 'tiny', 'analysis': '../x'}, 400, 'must be one of'),
 ])
 def test_bad_parameters_are_4xx_json(client, route, params, code, message):

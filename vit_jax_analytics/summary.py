@@ -261,11 +261,11 @@ def write_strength(logdir, run: str, result: dict, meta: dict, map_images=()) ->
       values[f'{name}_quantiles'] = Value.array(result[f'{name}_quantiles'],
                                                 LH + ('quantile',))
       values[f'{name}_hist'] = Value.array(result[f'{name}_hist'], LH + ('bin',))
-  if 'map_attention' in result:
-    values['map_attention'] = Value.array(result['map_attention'],
-                                          ('image', 'layer', 'head', 'query', 'key'))
-    values['map_rollout'] = Value.array(result['map_rollout'],
-                                        ('image', 'layer', 'query', 'key'))
+  # One tag per stored image, so the image view reads one image's maps at a time.
+  for k in range(len(result.get('map_image_index', []))):
+    values[f'map_attention/{k}'] = Value.array(result['map_attention'][k],
+                                               ('layer', 'head', 'query', 'key'))
+    values[f'map_rollout/{k}'] = Value.array(result['map_rollout'][k], ('layer', 'query', 'key'))
   for k, image in enumerate(map_images):
     values[f'map_image/{k}'] = Value.png(image)
   return write_analysis(logdir, run, 'strength', values)

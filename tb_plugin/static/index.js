@@ -46,9 +46,24 @@ async function getJSON(url) {
   return body;
 }
 
+// Arrays arrive packed: {shape, dtype, data_b64} (little-endian float32 or int32).
+function unpack(r) {
+  const bin = atob(r.data_b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  const flat = Array.from(r.dtype === 'float32' ? new Float32Array(bytes.buffer)
+                                                : new Int32Array(bytes.buffer));
+  const nest = (offset, dims) => {
+    if (!dims.length) return flat[offset];
+    const stride = dims.slice(1).reduce((a, b) => a * b, 1);
+    return Array.from({length: dims[0]}, (_, i) => nest(offset + i * stride, dims.slice(1)));
+  };
+  return r.shape.length ? nest(0, r.shape) : flat[0];
+}
+
 const q = (params) => new URLSearchParams({run: state.run, ...params}).toString();
-const array = (tag, extra = {}) => getJSON(`./array?${q({tag, ...extra})}`).then((r) => r.data);
-const fmt = (v) => v == null ? '–' : Math.abs(v) >= 1000 || (Math.abs(v) < 1e-3 && v !== 0)
+const array = (tag, extra = {}) => getJSON(`./array?${q({tag, ...extra})}`).then(unpack);
+const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 1000 || (Math.abs(v) < 1e-3 && v !== 0)
     ? v.toExponential(3) : (+v).toFixed(4);
 const headName = (l, h) => `L${l} H${h}`;
 
@@ -519,8 +534,9 @@ async function renderImages(body) {
   let result = null;
 
   async function fetchQuery() {
-    result = state.query == null ? null :
-        await getJSON(`./attention?${q({image: state.image, query: state.query + cls})}`);
+    if (state.query == null) { result = null; return; }
+    const r = await getJSON(`./attention?${q({image: state.image, query: state.query + cls})}`);
+    result = {attention: unpack(r.attention), rollout: unpack(r.rollout)};
   }
 
   function overlayCanvas(weights, alpha = 0.65) {

@@ -7,8 +7,7 @@ import pytest
 def analysis_logdir(tmp_path_factory):
   """A logdir written by the real analysis (importance, strength, patterns) of a tiny
   random ViT on 6 images, in run 'tiny'; plus a second run with importance only."""
-  from tests.test_importance_driver import write_images
-  from tests.tiny import TINY, tiny_params
+  from tests.tiny import TINY, tiny_params, write_images
   from vit_jax_analytics import checkpoints, importance, patterns, pipeline, strength
 
   root = tmp_path_factory.mktemp('analysis')

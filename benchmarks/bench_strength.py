@@ -73,7 +73,7 @@ def main():
         f'device(s)')
   print(f'  plain forward           {b / t_plain:8.2f} images/s')
   print(f'  forward + strength      {b / t_strength:8.2f} images/s   '
-        f'(+{100 * (t_strength / t_plain - 1):.1f}% time; target <= 25%)')
+        f'({100 * (t_strength / t_plain - 1):+.1f}% time; target <= +25%)')
 
   with tempfile.TemporaryDirectory() as tmp:
     folder = Path(tmp) / 'images'

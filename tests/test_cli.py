@@ -22,11 +22,14 @@ def run(capsys, *argv):
 def test_console_script_help():
   exe = Path(sys.executable).with_name('vit-analytics')
   result = subprocess.run([str(exe), '--help'], capture_output=True, text=True, check=True)
-  for command in ('evaluate', 'info', 'train-demo'):
+  for command in COMMANDS:
     assert command in result.stdout
 
 
-@pytest.mark.parametrize('command', ['evaluate', 'info', 'train-demo'])
+COMMANDS = ['evaluate', 'info', 'importance', 'strength', 'patterns', 'analyze', 'train-demo']
+
+
+@pytest.mark.parametrize('command', COMMANDS)
 def test_every_subcommand_has_help(capsys, command):
   with pytest.raises(SystemExit) as e:
     cli.main([command, '--help'])

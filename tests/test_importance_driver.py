@@ -1,16 +1,9 @@
 """compute_importance end to end: invariance, a planted head, resume, devices, the CLI."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.tiny import TINY, tiny_params
+from tests.tiny import TINY, run_on_eight_cpu_devices, tiny_params, write_images
 from vit_jax_analytics import checkpoints, cli, data, importance, summary
 
 N_IMAGES = 12
@@ -23,16 +16,6 @@ def assert_close(got, ref, name):
   ref = np.asarray(ref, np.float64)
   scale = max(np.nanmax(np.abs(ref)), 1e-12)
   np.testing.assert_allclose(got, ref, rtol=0, atol=TOL * scale, err_msg=name)
-
-
-def write_images(folder, n=N_IMAGES, seed=0):
-  rng = np.random.default_rng(seed)
-  for i in range(n):
-    label = i % TINY.num_classes
-    (folder / str(label)).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
-        folder / str(label) / f'{i:03d}.png')
-  return data.image_folder(folder)
 
 
 @pytest.fixture(scope='module')
@@ -144,13 +127,7 @@ print('ok', one['images'])
 
 
 def test_eight_devices_match_one(image_set):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  root = Path(__file__).resolve().parents[1]
-  out = subprocess.run([sys.executable, '-c', MULTI_DEVICE, str(root), str(image_set.root)],
-                       env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert f'ok {N_IMAGES}' in out.stdout
+  assert f'ok {N_IMAGES}' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.root)
 
 
 def test_cli_writes_logdir(tmp_path, capsys):

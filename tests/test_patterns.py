@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.test_importance_driver import write_images
-from tests.tiny import TINY, offset_heads_model, tiny_params
+from tests.tiny import TINY, offset_heads_model, tiny_params, write_images
 from vit_jax_analytics import data, model as model_lib, patterns
 
 

@@ -166,6 +166,12 @@ def test_views_render_link_and_respond(analysis_logdir, browser, load_fast):
     find('#pattern-map canvas')[occupied[0] * g + occupied[1]].click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#cell-heads .chip'))
 
+    # Two runs side by side: the comparison shows both importance grids.
+    Select(browser.find_element(By.ID, 'compare-select')).select_by_value('importance-only')
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#view-compare svg.compare-grid'))
+               == 2)
+    assert len(find('#view-compare svg.compare-grid')[0].find_elements(By.TAG_NAME, 'rect')) == L * H
+
     ARTIFACTS.mkdir(exist_ok=True)
     browser.switch_to.default_content()
     browser.save_screenshot(str(ARTIFACTS / f'plugin-load_fast-{load_fast}.png'))

@@ -1,14 +1,8 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
 
-from tests.test_importance_driver import write_images
-from tests.tiny import TINY, offset_heads_model, tiny_params
+from tests.tiny import TINY, offset_heads_model, run_on_eight_cpu_devices, tiny_params, write_images
 from vit_jax_analytics import data, model as model_lib, strength
 
 
@@ -163,10 +157,4 @@ print('ok', one['images'])
 
 
 def test_eight_devices_match_one(image_set):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  root = Path(__file__).resolve().parents[1]
-  out = subprocess.run([sys.executable, '-c', MULTI_DEVICE, str(root), str(image_set.root)],
-                       env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert 'ok 10' in out.stdout
+  assert 'ok 10' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.root)

@@ -1,9 +1,15 @@
 """A tiny random ViT and images, shared by the analysis tests."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
+from PIL import Image
 
-from vit_jax_analytics import model as model_lib
+from vit_jax_analytics import data, model as model_lib
 from vit_jax_analytics.model import ViTConfig
 
 TINY = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=3, num_heads=4,
@@ -26,6 +32,16 @@ def tiny_params(config=TINY, seed=0, attention_scale=1.5):
 def tiny_images(n, config=TINY, seed=1):
   return np.random.default_rng(seed).uniform(
       -1, 1, (n, config.image_size, config.image_size, 3)).astype(np.float32)
+
+
+def write_images(folder, n=12, seed=0):
+  rng = np.random.default_rng(seed)
+  for i in range(n):
+    label = i % TINY.num_classes
+    (folder / str(label)).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+        folder / str(label) / f'{i:03d}.png')
+  return data.image_folder(folder)
 
 
 OFFSETS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0), 'self': (0, 0)}
@@ -68,3 +84,15 @@ def offset_heads_model(grid=4, patterns=('left', 'uniform'), layers=2, scale=3.)
       att['query']['kernel'][:, h, :] = scale * np.eye(d, dh)
       att['key']['kernel'][:, h, :] = scale * wanted_by
   return params, config
+
+
+def run_on_eight_cpu_devices(script: str, *args) -> str:
+  """Runs `script` in a fresh Python with 8 host CPU devices (the XLA flag must be set
+  before JAX starts); argv[1] is the repository root. Returns its stdout."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  root = Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, '-c', script, str(root), *map(str, args)], env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout

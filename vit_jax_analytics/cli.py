@@ -177,12 +177,22 @@ def cmd_importance(args):
   return 0
 
 
-def cmd_strength(args):
-  from vit_jax_analytics import pipeline, strength
+def add_strength_args(p):
+  p.add_argument('--map-images', type=int, default=8,
+                 help='images whose full attention maps and rollout are stored (default: 8)')
 
-  options = strength.StrengthOptions(batch_size=args.batch_size, map_images=args.map_images,
-                                     progress=not args.no_progress)
-  path = pipeline.run_strength(inputs_from(args), args.logdir, args.run, options)
+
+def strength_options(args):
+  from vit_jax_analytics import strength
+
+  return strength.StrengthOptions(batch_size=args.batch_size, map_images=args.map_images,
+                                  progress=not args.no_progress)
+
+
+def cmd_strength(args):
+  from vit_jax_analytics import pipeline
+
+  path = pipeline.run_strength(inputs_from(args), args.logdir, args.run, strength_options(args))
   print(f'wrote {path}')
   return 0
 
@@ -223,15 +233,13 @@ def cmd_patterns(args):
 
 
 def cmd_analyze(args):
-  from vit_jax_analytics import pipeline, strength
+  from vit_jax_analytics import pipeline
 
   skip = [name for name in ('importance', 'strength', 'patterns')
           if getattr(args, f'skip_{name}')]
-  paths = pipeline.run_analysis(
-      inputs_from(args), args.logdir, args.run, importance_options(args),
-      strength.StrengthOptions(batch_size=args.batch_size, map_images=args.map_images,
-                               progress=not args.no_progress),
-      pattern_options(args), skip)
+  paths = pipeline.run_analysis(inputs_from(args), args.logdir, args.run,
+                                importance_options(args), strength_options(args),
+                                pattern_options(args), skip)
   for path in paths:
     print(f'wrote {path}')
   print(f'view with: tensorboard --logdir {args.logdir}')
@@ -256,51 +264,32 @@ def build_parser():
   add_model_args(p)
   p.set_defaults(func=cmd_info)
 
-  p = sub.add_parser('importance', help='which heads matter: pruning-based importance',
-                     description='Taylor (mask-gradient) importance, single-head ablation, '
-                                 'pruning curves and partial pruning for every layer x head; '
-                                 'written to LOGDIR/RUN for TensorBoard.')
-  add_model_args(p)
-  add_data_args(p)
-  add_output_args(p)
-  add_importance_args(p)
-  p.set_defaults(func=cmd_importance)
+  def analysis(name, help, description, func, *arg_groups):
+    p = sub.add_parser(name, help=help, description=description)
+    for add in (add_model_args, add_data_args, add_output_args) + arg_groups:
+      add(p)
+    p.set_defaults(func=func)
+    return p
 
-  p = sub.add_parser('strength', help='how strongly patches attend to their neighbours',
-                     description='Attention strength by relative 2-D offset, neighbourhood '
-                                 'profiles, mean attention distance, entropy and class-token '
-                                 'shares for every layer x head, streamed over the images; '
-                                 'plus full attention maps and rollout of the first images.')
-  add_model_args(p)
-  add_data_args(p)
-  add_output_args(p)
-  p.add_argument('--map-images', type=int, default=8,
-                 help='images whose full attention maps and rollout are stored (default: 8)')
-  p.set_defaults(func=cmd_strength)
-
-  p = sub.add_parser('patterns', help='what attention patterns heads have learned',
-                     description='Samples re-centred attention maps, trains an autoencoder '
-                                 'on them with Optax, and writes the decoded pattern map, '
-                                 "each head's density over it and clusters of heads.")
-  add_model_args(p)
-  add_data_args(p)
-  add_output_args(p)
-  add_pattern_args(p)
-  p.set_defaults(func=cmd_patterns)
-
-  p = sub.add_parser('analyze', help='importance, strength and patterns in one go',
-                     description='Runs importance, strength and patterns (each skippable) '
-                                 'and writes them to LOGDIR/RUN for the TensorBoard plugin.')
-  add_model_args(p)
-  add_data_args(p)
-  add_output_args(p)
+  analysis('importance', 'which heads matter: pruning-based importance',
+           'Taylor (mask-gradient) importance, single-head ablation, pruning curves and '
+           'partial pruning for every layer x head; written to LOGDIR/RUN for TensorBoard.',
+           cmd_importance, add_importance_args)
+  analysis('strength', 'how strongly patches attend to their neighbours',
+           'Attention strength by relative 2-D offset, neighbourhood profiles, mean attention '
+           'distance, entropy and class-token shares for every layer x head, streamed over '
+           'the images; plus full attention maps and rollout of the first images.',
+           cmd_strength, add_strength_args)
+  analysis('patterns', 'what attention patterns heads have learned',
+           'Samples re-centred attention maps, trains an autoencoder on them with Optax, and '
+           "writes the decoded pattern map, each head's density over it and clusters of heads.",
+           cmd_patterns, add_pattern_args)
+  p = analysis('analyze', 'importance, strength and patterns in one go',
+               'Runs importance, strength and patterns (each skippable) and writes them to '
+               'LOGDIR/RUN for the TensorBoard plugin.', cmd_analyze,
+               add_importance_args, add_strength_args, add_pattern_args)
   for name in ('importance', 'strength', 'patterns'):
     p.add_argument(f'--skip-{name}', action='store_true', help=f'do not run {name}')
-  add_importance_args(p)
-  p.add_argument('--map-images', type=int, default=8,
-                 help='images whose full attention maps and rollout are stored (default: 8)')
-  add_pattern_args(p)
-  p.set_defaults(func=cmd_analyze)
 
   p = sub.add_parser('train-demo', help='train the bundled demo ViT on MNIST digits',
                      description='Train the demo ViT with Optax on the 5,000 MNIST digits '

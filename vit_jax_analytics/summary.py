@@ -315,4 +315,7 @@ def write_patterns(logdir, run: str, result: dict, samples, meta: dict) -> Path:
   values['sample_cell'] = Value.array(result['sample_cells'], ('sample', 'rowcol'))
   values['sample_index'] = Value.array(samples.index, ('sample', 'image_layer_head_query'))
   values['sample_recentred'] = Value.array(samples.recentred, ('sample', 'dy', 'dx'))
+  if samples.plain is not None:
+    values['sample_plain'] = Value.array(samples.plain, ('sample', 'row', 'col'),
+                                         'the same attention on the n x n patch grid')
   return write_analysis(logdir, run, 'patterns', values)

@@ -5,7 +5,7 @@
 const SVGNS = 'http://www.w3.org/2000/svg';
 const state = {run: null, layer: 0, head: 0, image: 0, query: null, cell: null,
                metric: 'taylor', scatterX: 'taylor', scatterY: 'ablation_loss',
-               curveMetric: 'top1', overlay: 'head'};
+               curveMetric: 'top1', overlay: 'head', compare: ''};
 const listeners = [];
 let data = {};
 let tooltip;
@@ -63,6 +63,7 @@ function unpack(r) {
 
 const q = (params) => new URLSearchParams({run: state.run, ...params}).toString();
 const array = (tag, extra = {}) => getJSON(`./array?${q({tag, ...extra})}`).then(unpack);
+const arrayOf = (run, tag) => getJSON(`./array?${new URLSearchParams({run, tag})}`).then(unpack);
 const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 1000 || (Math.abs(v) < 1e-3 && v !== 0)
     ? v.toExponential(3) : (+v).toFixed(4);
 const headName = (l, h) => `L${l} H${h}`;
@@ -601,6 +602,54 @@ async function renderImages(body) {
   listeners.push(draw);
 }
 
+// --- comparison of two runs ---------------------------------------------------------------
+
+async function renderComparison(body, runs, other) {
+  const pair = [runs.find((r) => r.run === state.run), runs.find((r) => r.run === other)];
+  const row = el('div', {class: 'row'});
+  body.append(row);
+  const grids = [];
+  for (const info of pair) {
+    if (!info.analyses.includes('importance')) continue;
+    grids.push([info.run, await arrayOf(info.run, `importance/${state.metric}`)]);
+  }
+  // One colour scale for both, so equal colours mean equal values.
+  const [lo, hi] = extent(grids.map(([, v]) => v));
+  for (const [run, v] of grids) {
+    const cell = 16;
+    const s = svg('svg', {width: v[0].length * cell + 34, height: v.length * cell + 6,
+                          class: 'compare-grid'});
+    v.forEach((rowv, l) => rowv.forEach((x, h) => s.append(tip(svg('rect', {
+        x: 30 + h * cell, y: l * cell, width: cell - 1, height: cell - 1,
+        fill: colour((x - lo) / ((hi - lo) || 1)), class: 'imp-cell',
+        onclick: () => select(l, h)}), `${run} ${headName(l, h)}: ${fmt(x)}`))));
+    row.append(el('div', {class: 'panel'}, el('h3', {}, `${run}: ${METRIC_LABELS[state.metric]}`), s));
+  }
+  if (grids.length) row.append(el('div', {class: 'panel'}, legend(lo, hi, METRIC_LABELS[state.metric])));
+  const trends = [];
+  for (const info of pair) {
+    if (!info.analyses.includes('strength')) continue;
+    const d = await arrayOf(info.run, 'strength/mean_distance');
+    trends.push([info.run, d.map((r) => r.reduce((a, b) => a + b, 0) / r.length)]);
+  }
+  if (trends.length) {
+    const L = Math.max(...trends.map(([, t]) => t.length));
+    const f = frame(320, 200, [0, Math.max(1, L - 1)], extent(trends.map(([, t]) => t)), 'layer',
+                    'mean attention distance (px)');
+    const s = svg('svg', {width: 320, height: 200, class: 'compare-trend'}, f.g);
+    const colours = ['#4e79a7', '#e15759'];
+    const keys = el('div', {class: 'keys'});
+    trends.forEach(([run, t], i) => {
+      s.append(svg('polyline', {points: t.map((v, l) => `${f.x(l)},${f.y(v)}`).join(' '),
+                                class: 'curve', stroke: colours[i]}));
+      t.forEach((v, l) => s.append(tip(svg('circle', {cx: f.x(l), cy: f.y(v), r: 3, fill: colours[i]}),
+                                       `${run} layer ${l}: ${fmt(v)} px (mean over heads)`)));
+      keys.append(el('span', {style: `color:${colours[i]}`}, `■ ${run} `));
+    });
+    row.append(el('div', {class: 'panel'}, el('h3', {}, 'Mean attention distance by layer'), s, keys));
+  }
+}
+
 // --- page ---------------------------------------------------------------------------------
 
 const CSS = `
@@ -665,7 +714,10 @@ export async function render() {
   const content = el('div', {id: 'content'});
   const runSelect = dropdown(runs.map((r) => [r.run, r.run]), runs[0].run,
                              (r) => show(r), 'run-select');
+  const compareSelect = dropdown([['', 'none'], ...runs.map((r) => [r.run, r.run])], '',
+                                 (r) => { state.compare = r; show(state.run); }, 'compare-select');
   root.append(el('header', {}, el('label', {}, 'Run ', runSelect),
+                 runs.length > 1 ? el('label', {}, 'Compare with ', compareSelect) : null,
                  el('span', {}, 'Selected head: ', el('b', {id: 'selected-head'}, headName(0, 0))),
                  el('span', {class: 'help'}, 'Click a head in any view to select it everywhere.')),
               content);
@@ -684,6 +736,12 @@ export async function render() {
       ['images', 'Images', null, renderImages, 'strength'],
     ];
     content.replaceChildren();
+    if (state.compare && state.compare !== run) {
+      const sec = section('view-compare', `${run} compared with ${state.compare}`,
+                          'Same colour scale for both runs. Select a metric in the importance view.');
+      content.append(sec);
+      await renderComparison(sec.querySelector('.body'), runs, state.compare);
+    }
     for (const [id, title, help, fn, needs] of views) {
       const sec = section(`view-${id}`, title, help);
       content.append(sec);

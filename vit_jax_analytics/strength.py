@@ -135,7 +135,7 @@ def attention_rollout(attention):
 @dataclasses.dataclass
 class StrengthOptions:
   batch_size: int = 32
-  map_images: int = 8  # images whose full attention maps are stored for the image view
+  map_images: int = 8  # images (spread over the set) whose full attention maps are stored
   progress: bool = True
 
 
@@ -179,7 +179,7 @@ def finish(sums: dict, count: int, config: ViTConfig) -> dict:
 def compute_strength(params, config: ViTConfig, image_set, options: StrengthOptions,
                      mean=(0.5,) * 3, std=(0.5,) * 3, mesh=None) -> dict:
   """Streams the strength statistics over `image_set`; also the full attention maps and
-  rollout of its first `options.map_images` images. Returns numpy arrays."""
+  rollout of `options.map_images` images spread evenly over it. Returns numpy arrays."""
   from vit_jax_analytics import data
 
   mesh = mesh or parallel.batch_mesh()
@@ -187,15 +187,18 @@ def compute_strength(params, config: ViTConfig, image_set, options: StrengthOpti
   params = parallel.replicate(mesh, params)
   sums, count = {}, 0
   maps, map_index = [], []
+  # Spread over the set (an ImageFolder is sorted by class), so the image view shows variety.
+  n = len(image_set)
+  wanted = (np.unique(np.round(np.linspace(0, n - 1, options.map_images)).astype(int))
+            if options.map_images and n else [])
   stream = data.BatchStream(image_set, config.image_size, batch_size, mean=mean, std=std,
                             progress=options.progress, desc='strength')
   for batch in stream:
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
     sums = accumulate(sums, stats, batch.valid, config)
     count += int(batch.valid.sum())
-    want = options.map_images - len(map_index)
-    if want > 0:
-      rows = np.flatnonzero(batch.valid)[:want]
+    if len(wanted):
+      rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
       if len(rows):
         maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
         map_index += batch.index[rows].tolist()

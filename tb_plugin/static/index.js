@@ -67,6 +67,8 @@ const arrayOf = (run, tag) => getJSON(`./array?${new URLSearchParams({run, tag})
 const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 1000 || (Math.abs(v) < 1e-3 && v !== 0)
     ? v.toExponential(3) : (+v).toFixed(4);
 const headName = (l, h) => `L${l} H${h}`;
+const tickFmt = (v) => Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0)
+    ? v.toExponential(1) : `${+v.toPrecision(3)}`;
 
 // Viridis, sampled; linear interpolation between stops.
 const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
@@ -134,8 +136,9 @@ function frame(width, height, xDomain, yDomain, xLabel, yLabel) {
     const xv = xDomain[0] + i / 4 * (xDomain[1] - xDomain[0]);
     const yv = yDomain[0] + i / 4 * (yDomain[1] - yDomain[0]);
     g.append(svg('text', {x: x(xv), y: height - m.b + 13, 'text-anchor': 'middle', class: 'tick'},
-                 fmt(xv)),
-             svg('text', {x: m.l - 4, y: y(yv) + 3, 'text-anchor': 'end', class: 'tick'}, fmt(yv)));
+                 tickFmt(xv)),
+             svg('text', {x: m.l - 4, y: y(yv) + 3, 'text-anchor': 'end', class: 'tick'},
+                 tickFmt(yv)));
   }
   g.append(svg('text', {x: (m.l + width - m.r) / 2, y: height - 4, 'text-anchor': 'middle',
                         class: 'axis-label'}, xLabel),

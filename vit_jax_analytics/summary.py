@@ -93,23 +93,22 @@ def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value])
   final = directory / (f'events.out.tfevents.{int(now):010d}.{socket.gethostname()}.'
                        f'{os.getpid()}.{analysis}')
   tmp = directory / f'.{analysis}.{os.getpid()}.partial'  # no 'tfevents': TensorBoard skips it
-  writer = RecordWriter(open(tmp, 'wb'))
   try:
-    writer.write(event_pb2.Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
-    for name, value in values.items():
-      summary = summary_pb2.Summary(value=[value.to_proto(f'{analysis}/{name}', analysis)])
-      writer.write(event_pb2.Event(wall_time=now, step=0, summary=summary).SerializeToString())
-    writer.flush()
-    os.fsync(writer._writer.fileno())
-    writer.close()
+    with open(tmp, 'wb') as f:
+      writer = RecordWriter(f)
+      writer.write(event_pb2.Event(wall_time=now,
+                                   file_version='brain.Event:2').SerializeToString())
+      for name, value in values.items():
+        summary = summary_pb2.Summary(value=[value.to_proto(f'{analysis}/{name}', analysis)])
+        writer.write(event_pb2.Event(wall_time=now, step=0, summary=summary).SerializeToString())
+      f.flush()
+      os.fsync(f.fileno())
     previous = existing_analysis_files(directory, analysis)
     os.replace(tmp, final)
     for old in previous:
       if old != final:
         old.unlink(missing_ok=True)
   finally:
-    if not writer.closed:
-      writer.close()
     tmp.unlink(missing_ok=True)
   return final
 

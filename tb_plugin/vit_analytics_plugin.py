@@ -212,12 +212,19 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
       raise BadRequest(f'parameter "{name}" = {i} is out of range [0, {size})')
     return i
 
+  def _requested(self, request, kind):
+    """(info, value) of the run and tag a request names, which must be of `kind`."""
+    tag = request.args.get('tag')
+    info, value = self._value(request, request.args.get('run'), tag)
+    if info['kind'] != kind:
+      what = {'array': 'an array', 'png': 'an image', 'json': 'JSON'}[kind]
+      raise BadRequest(f'tag {tag!r} is not {what} (kind {info["kind"]!r})')
+    return info, value
+
   @_route
   def _serve_array(self, request):
-    run, tag = request.args.get('run'), request.args.get('tag')
-    info, value = self._value(request, run, tag)
-    if info['kind'] != 'array':
-      raise BadRequest(f'tag {tag!r} is not an array (kind {info["kind"]!r})')
+    info, value = self._requested(request, 'array')
+    tag = request.args.get('tag')
     axes = list(info.get('axes') or [])
     for name in ('index', 'index2'):  # successive slices along the leading axes
       i = self._index(request, name, value.shape[0] if value.ndim else 0)
@@ -231,10 +238,7 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
 
   @_route
   def _serve_png(self, request):
-    run, tag = request.args.get('run'), request.args.get('tag')
-    info, value = self._value(request, run, tag)
-    if info['kind'] != 'png':
-      raise BadRequest(f'tag {tag!r} is not an image (kind {info["kind"]!r})')
+    _, value = self._requested(request, 'png')
     return http_util.Respond(request, value, 'image/png')
 
   @_route

@@ -98,6 +98,15 @@ def ablation_batch_no_reuse(params, config: ViTConfig, images, labels, chunk: in
   return {k: v.reshape(shape) for k, v in m.items()}, logits
 
 
+def _unmasked(params, config, images, labels):
+  """One unmasked forward recording each block's intermediates (the 'intermediates'
+  collection sown by model.py) -> (targets [B], log p_full [B, C], blocks, logits)."""
+  logits, state = model_lib.VisionTransformer(config).apply(
+      {'params': params}, images, mutable=['intermediates'])
+  return (targets_from(logits, labels), jax.nn.log_softmax(logits),
+          state['intermediates']['Transformer'], logits)
+
+
 @functools.partial(jax.jit, static_argnums=(1, 4))
 def ablation_batch(params, config: ViTConfig, images, labels, chunk: int = 8):
   """Every single-head ablation, reusing what the ablation cannot change.
@@ -108,10 +117,7 @@ def ablation_batch(params, config: ViTConfig, images, labels, chunk: int = 8):
   stream, and only the rest of layer l (its MLP) and the layers after it are run again,
   vmapped over the heads. -> ({metric: [L, H, B]}, full logits [B, C]).
   """
-  logits, state = model_lib.VisionTransformer(config).apply(
-      {'params': params}, images, mutable=['intermediates'])
-  targets, logp_full = targets_from(logits, labels), jax.nn.log_softmax(logits)
-  blocks = state['intermediates']['Transformer']
+  targets, logp_full, blocks, logits = _unmasked(params, config, images, labels)
   per_layer = []
   for layer in range(config.num_layers):
     block = blocks[f'encoderblock_{layer}']
@@ -147,14 +153,6 @@ def pruning_masks(order: np.ndarray, counts: Sequence[int], config: ViTConfig) -
   for i, k in enumerate(counts):
     masks[i, order[:k]] = 0.
   return masks.reshape(len(counts), config.num_layers, config.num_heads)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 5))
-def masked_metrics_batch(params, config: ViTConfig, images, labels, masks, chunk: int = 8):
-  """Metrics for arbitrary masks [M, L, H] -> {metric: [M, B]}."""
-  logits = model_lib.apply(params, config, images)
-  targets, logp_full = targets_from(logits, labels), jax.nn.log_softmax(logits)
-  return _metrics_for_masks(params, config, images, targets, logp_full, masks, chunk)
 
 
 # --- partial pruning: remove part of one head's attention --------------------------------
@@ -214,19 +212,14 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
   return variants
 
 
-@functools.partial(jax.jit, static_argnums=(1, 6, 7, 8))
-def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
-                  renormalize: bool, layers: tuple, chunk: int = 8):
+def _partial_metrics(params, config, blocks, targets, logp_full, head_index, keeps,
+                     renormalize, layers, chunk):
   """Metrics with part of one head's attention removed, for every (head, variant) pair.
 
   head_index [P] flat head indices sorted ascending, `layers` (static) their layers;
   keeps [V, T, T] multipliers on that head's attention weights. Each head's run starts
-  at its own layer's input, recorded by one unmasked forward. -> {metric: [P, V, B]}.
+  at its own layer's input from `blocks` (see _unmasked). -> {metric: [P, V, B]}.
   """
-  logits, state = model_lib.VisionTransformer(config).apply(
-      {'params': params}, images, mutable=['intermediates'])
-  targets, logp_full = targets_from(logits, labels), jax.nn.log_softmax(logits)
-  blocks = state['intermediates']['Transformer']
   h_count, v_count = config.num_heads, keeps.shape[0]
 
   def run(flat_head, keep, layer):
@@ -255,6 +248,27 @@ def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
                     batch_size=chunk)
     results.append({k: v.reshape(len(idx), v_count, -1) for k, v in m.items()})
   return {k: jnp.concatenate([r[k] for r in results]) for k in ABLATION_METRICS}
+
+
+@functools.partial(jax.jit, static_argnums=(1, 6, 7, 8))
+def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
+                  renormalize: bool, layers: tuple, chunk: int = 8):
+  """Partial pruning of one batch -> {metric: [P, V, B]} (see _partial_metrics)."""
+  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels)
+  return _partial_metrics(params, config, blocks, targets, logp_full, head_index, keeps,
+                          renormalize, layers, chunk)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 7, 8, 9))
+def pruning_batch(params, config: ViTConfig, images, labels, masks, head_index, keeps,
+                  renormalize: bool, layers: tuple, chunk: int = 8):
+  """Pruning curves and partial pruning of one batch, sharing one unmasked forward.
+  -> ({metric: [M, B]} for masks [M, L, H], {metric: [P, V, B]})."""
+  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels)
+  curves = _metrics_for_masks(params, config, images, targets, logp_full, masks, chunk)
+  partial = _partial_metrics(params, config, blocks, targets, logp_full, head_index, keeps,
+                             renormalize, layers, chunk)
+  return curves, partial
 
 
 # --- streaming driver ----------------------------------------------------------------------
@@ -397,9 +411,9 @@ def compute_importance(params, config: ViTConfig, image_set, options: Importance
   curve_masks_dev = parallel.replicate(mesh, curve_masks)
   for k, batch in enumerate(batches(2, first_batch), start=first_batch):
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
-    curves = masked_metrics_batch(params, config, images, labels, curve_masks_dev, chunk)
-    partial = partial_batch(params, config, images, labels, jnp.asarray(selected),
-                            jnp.asarray(keeps), options.renormalize, layers, chunk)
+    curves, partial = pruning_batch(params, config, images, labels, curve_masks_dev,
+                                    jnp.asarray(selected), jnp.asarray(keeps),
+                                    options.renormalize, layers, chunk)
     for m in ABLATION_METRICS:
       acc[f'curve_{m}'] += _valid_sum(curves[m], batch.valid)
       acc[f'partial_{m}'] += _valid_sum(partial[m], batch.valid)
@@ -414,8 +428,8 @@ def compute_importance(params, config: ViTConfig, image_set, options: Importance
   result['partial_heads'] = np.asarray(selected)
   result['partial_variants'] = [(v.name, v.description) for v in variants]
   for m in ABLATION_METRICS:  # as for ablation: loss increase, accuracy drops, KL
-    mean, base = acc[f'partial_{m}'] / count, acc[f'full_{m}'] / count
-    result[f'partial_{m}'] = {'loss': mean - base, 'kl': mean}.get(m, base - mean)
+    pruned, base = acc[f'partial_{m}'] / count, acc[f'full_{m}'] / count
+    result[f'partial_{m}'] = {'loss': pruned - base, 'kl': pruned}.get(m, base - pruned)
   for k in ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl'):
     if k in acc:
       result[k] = acc[k]

@@ -64,6 +64,11 @@ function unpack(r) {
 const q = (params) => new URLSearchParams({run: state.run, ...params}).toString();
 const array = (tag, extra = {}) => getJSON(`./array?${q({tag, ...extra})}`).then(unpack);
 const arrayOf = (run, tag) => getJSON(`./array?${new URLSearchParams({run, tag})}`).then(unpack);
+// {name: array} for tags `${prefix}/${name}`, fetched in parallel.
+async function arrays(prefix, names) {
+  const values = await Promise.all(names.map((name) => array(`${prefix}/${name}`)));
+  return Object.fromEntries(names.map((name, i) => [name, values[i]]));
+}
 const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 1000 || (Math.abs(v) < 1e-3 && v !== 0)
     ? v.toExponential(3) : (+v).toFixed(4);
 const headName = (l, h) => `L${l} H${h}`;
@@ -170,13 +175,14 @@ function section(id, title, help) {
 async function renderImportance(body) {
   const meta = await getJSON(`./meta?${q({analysis: 'importance'})}`);
   const metrics = Object.keys(meta.definitions);
-  const values = Object.fromEntries(await Promise.all(
-      metrics.map(async (m) => [m, await array(`importance/${m}`)])));
+  const [values, c, p] = await Promise.all([
+      arrays('importance', metrics),
+      arrays('importance', ['curve_counts', 'curve_top1', 'curve_kl', 'curve_loss']),
+      arrays('importance', ['partial_heads', 'partial_loss', 'partial_top1', 'partial_kl'])]);
   const tags = data.tags;
-  const curves = {counts: await array('importance/curve_counts')};
-  for (const m of ['top1', 'kl', 'loss']) curves[m] = await array(`importance/curve_${m}`);
-  const partial = {heads: await array('importance/partial_heads')};
-  for (const m of ['loss', 'top1', 'kl']) partial[m] = await array(`importance/partial_${m}`);
+  const curves = {counts: c.curve_counts, top1: c.curve_top1, kl: c.curve_kl, loss: c.curve_loss};
+  const partial = {heads: p.partial_heads, loss: p.partial_loss, top1: p.partial_top1,
+                   kl: p.partial_kl};
   const L = values.taylor.length, H = values.taylor[0].length;
   const perImage = 'importance/per_image_taylor' in tags;
   let perImageTaylor = null;  // fetched once, on first use
@@ -338,13 +344,12 @@ async function renderImportance(body) {
 // --- strength -----------------------------------------------------------------------------
 
 async function renderStrength(body) {
-  const meta = await getJSON(`./meta?${q({analysis: 'strength'})}`);
-  const ratio = await array('strength/offset_ratio');
-  const mean = await array('strength/offset_mean');
-  const pairs = await array('strength/offset_pairs');
-  const neigh = await array('strength/neighbourhood_share');
-  const dist = await array('strength/mean_distance');
-  const entropy = await array('strength/entropy');
+  const [meta, a] = await Promise.all([
+      getJSON(`./meta?${q({analysis: 'strength'})}`),
+      arrays('strength', ['offset_ratio', 'offset_mean', 'offset_pairs', 'neighbourhood_share',
+                          'mean_distance', 'entropy'])]);
+  const {offset_ratio: ratio, offset_mean: mean, offset_pairs: pairs,
+         neighbourhood_share: neigh, mean_distance: dist, entropy} = a;
   const L = ratio.length, H = ratio[0].length, span = ratio[0][0].length, n = (span + 1) / 2;
   const [lo, hi] = extent(ratio);
   const multiples = el('div', {class: 'panel'});
@@ -444,13 +449,12 @@ async function renderStrength(body) {
 // --- patterns -----------------------------------------------------------------------------
 
 async function renderPatterns(body) {
-  const meta = await getJSON(`./meta?${q({analysis: 'patterns'})}`);
-  const map = await array('patterns/map');
-  const density = await array('patterns/head_density');
-  const clusters = await array('patterns/head_cluster');
-  const reps = await array('patterns/cluster_pattern');
-  const trainLoss = await array('patterns/train_loss');
-  const valLoss = await array('patterns/val_loss');
+  const [meta, a] = await Promise.all([
+      getJSON(`./meta?${q({analysis: 'patterns'})}`),
+      arrays('patterns', ['map', 'head_density', 'head_cluster', 'cluster_pattern',
+                          'train_loss', 'val_loss'])]);
+  const {map, head_density: density, head_cluster: clusters, cluster_pattern: reps,
+         train_loss: trainLoss, val_loss: valLoss} = a;
   const g = map.length, c = map[0][0].length, L = density.length, H = density[0].length;
   const mapBox = el('div', {class: 'panel'});
   const clusterBox = el('div', {class: 'panel'});

@@ -15,13 +15,13 @@ def analysis_logdir(tmp_path_factory):
   ckpt = checkpoints.save_checkpoint(root / 'tiny_ckpt', tiny_params(), TINY)
   inputs = pipeline.Inputs(checkpoint=ckpt, images=root / 'images')
   logdir = root / 'logs'
-  pipeline.run_analysis(
-      inputs, logdir, 'tiny',
-      importance.ImportanceOptions(batch_size=4, per_image=True, curve_points=5,
-                                   random_orders=2, progress=False),
-      strength.StrengthOptions(batch_size=4, map_images=3, progress=False),
-      patterns.PatternOptions(per_head=4, batch_size=4, grid=4, clusters=3, progress=False,
-                              ae=patterns.AEOptions(epochs=3, batch_size=32, progress=False)))
+  pipeline.run_analysis(inputs, logdir, 'tiny', {
+      'importance': importance.ImportanceOptions(batch_size=4, per_image=True, curve_points=5,
+                                                 random_orders=2, progress=False),
+      'strength': strength.StrengthOptions(batch_size=4, map_images=3, progress=False),
+      'patterns': patterns.PatternOptions(
+          per_head=4, batch_size=4, grid=4, clusters=3, progress=False,
+          ae=patterns.AEOptions(epochs=3, batch_size=32, progress=False))})
   pipeline.run_importance(inputs, logdir, 'importance-only', importance.ImportanceOptions(
       batch_size=6, curve_points=3, random_orders=1, progress=False))
   return logdir

@@ -31,7 +31,8 @@ def main():
   from vit_jax_analytics import checkpoints, data, model as model_lib, patterns
 
   params, config = checkpoints.load_checkpoint(ROOT / 'checkpoints/demo_vit')
-  image_set = data.image_folder(ROOT / 'checkpoints/demo_images')
+  image_set = data.ImageFolderSource(data.image_folder(ROOT / 'checkpoints/demo_images'),
+                                     config.image_size)
   start = time.perf_counter()
   samples = patterns.extract_samples(params, config, image_set, per_head=4,
                                      max_images=args.images, progress=False)
@@ -42,20 +43,18 @@ def main():
   ae_params, history = patterns.train_autoencoder(x, 2 * config.grid_size - 1, options)
   t_train = time.perf_counter() - start
   mse = patterns.reconstruction_errors(ae_params, x, 2 * config.grid_size - 1, options).mean()
-  inside = x[..., 1]
-  mean = (x[..., 0] * inside).sum(0) / np.maximum(inside.sum(0), 1)
-  variance = (((x[..., 0] - mean) ** 2) * inside).sum() / inside.sum()
-  epochs = len(history['val_loss'])
+  variance = patterns.masked_variance(x)
+  epochs = len(history.val_loss)
   n_train = len(x) - max(1, int(round(len(x) * options.validation_fraction)))
-  hit = next((i for i, v in enumerate(history['val_loss']) if v <= args.target_loss), None)
+  hit = next((i for i, v in enumerate(history.val_loss) if v <= args.target_loss), None)
   print(f'demo model: {len(x)} samples from {args.images} images in {t_extract_demo:.1f} s')
   print(f'  autoencoder training  {n_train * epochs / t_train:9.0f} samples/s '
         f'({epochs} epochs in {t_train:.1f} s, incl. compilation)')
   if hit is None:
-    print(f'  validation loss {min(history["val_loss"]):.4f} never reached {args.target_loss}')
+    print(f'  validation loss {min(history.val_loss):.4f} never reached {args.target_loss}')
   else:
     print(f'  validation loss <= {args.target_loss} after epoch {hit + 1}: '
-          f'~{t_train * (hit + 1) / epochs:.1f} s; final {history["val_loss"][-1]:.4f}')
+          f'~{t_train * (hit + 1) / epochs:.1f} s; final {history.val_loss[-1]:.4f}')
   print(f'  reconstruction error (masked MSE) {mse:.4f} vs data variance {variance:.4f} '
         f'(ratio {mse / variance:.2f})')
 

@@ -1,6 +1,6 @@
 """Plugin latency on a ViT-L/16-sized analysis (24 layers x 16 heads, 14 x 14 patches).
 
-Writes a logdir through the real writers (vit_jax_analytics.summary) with random values of
+Writes a logdir through the real writer (vit_jax_analytics.logdir) with random values of
 the real shapes, starts the real `tensorboard`, and prints the p50/p95 latency of every
 route the frontend uses, and the time to first paint of the plugin page in headless
 Chromium (targets: p95 < 100 ms, first paint < 2 s).
@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def write_vit_l_logdir(logdir: Path, images=500, map_images=4, samples=20000, seed=0):
-  from vit_jax_analytics import model as model_lib, summary
+  """A ViT-L/16-shaped run of random typed results, written through the real schema."""
+  from vit_jax_analytics import model as model_lib, results as R
+  from vit_jax_analytics.logdir import schema, writer
   from vit_jax_analytics.strength import HIST_BINS, QUANTILES
 
   rng = np.random.default_rng(seed)
@@ -33,48 +35,45 @@ def write_vit_l_logdir(logdir: Path, images=500, map_images=4, samples=20000, se
           'image_folder': 'images', 'image_names': [f'{i:05d}.png' for i in range(images)],
           'labels': [int(i % 1000) for i in range(images)], 'class_names': None,
           'mean': [0.5] * 3, 'std': [0.5] * 3, 'versions': {}, 'options': {}}
-  orders = ['taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1'] + [
-      f'random_{i}' for i in range(5)]
-  variants = [(f'v{i}', f'variant {i}') for i in range(10)]
-  imp = {k: u(L, H) for k in summary.IMPORTANCE_DEFINITIONS}
-  imp.update(baseline={'loss': 1.0, 'top1': 0.8, 'top5': 0.95}, images=images,
-             labelled_images=images, label_free=False, curve_orders=orders,
-             curve_counts=np.linspace(0, L * H, 21).astype(int),
-             partial_heads=np.arange(12), partial_variants=variants,
-             per_image_taylor=u(images, L, H), per_image_ablation_loss=u(images, L, H),
-             per_image_ablation_kl=u(images, L, H))
-  for m in ('top1', 'kl', 'loss'):
-    imp[f'curve_{m}'] = u(len(orders), 21)
-  for m in ('loss', 'top1', 'top5', 'kl'):
-    imp[f'partial_{m}'] = u(12, len(variants))
-  summary.write_importance(logdir, 'vit-l16', imp, meta)
+  orders = ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1') + tuple(
+      f'random_{i}' for i in range(5))
+  variants = tuple((f'v{i}', f'variant {i}') for i in range(10))
+  imp = R.ImportanceResult(
+      **{k: u(L, H) for k in schema.IMPORTANCE_DEFINITIONS},
+      baseline=R.Baseline(1.0, 0.8, 0.95), curve_counts=np.linspace(0, L * H, 21).astype(int),
+      curve_orders=orders, **{f'curve_{m}': u(len(orders), 21) for m in schema.METRICS},
+      partial_heads=np.arange(12), partial_variants=variants,
+      **{f'partial_{m}': u(12, len(variants)) for m in schema.METRICS},
+      images=images, labelled_images=images, label_free=False,
+      **{k: u(images, L, H) for k in schema.PER_IMAGE})
+  writer.write_analysis(logdir, 'vit-l16', 'importance', schema.importance_values(imp, meta))
 
-  st = {'images': images, 'offset_mean': u(L, H, 2 * n - 1, 2 * n - 1),
-        'offset_ratio': u(L, H, 2 * n - 1, 2 * n - 1), 'offset_pairs': u(2 * n - 1, 2 * n - 1),
-        'neighbourhood_share': np.sort(u(L, H, n), -1), 'cls_attention': u(L, H, n, n),
-        'to_cls': u(L, H, n, n), 'map_image_index': np.arange(map_images),
-        'map_attention': u(map_images, L, H, t, t).astype(np.float16),
-        'map_rollout': u(map_images, L, t, t).astype(np.float16)}
-  for s in ('mean_distance', 'entropy', 'self_share', 'cls_share'):
-    st[s] = u(L, H)
-    st[f'{s}_quantiles'] = np.sort(u(L, H, len(QUANTILES)), -1)
-    st[f'{s}_hist'] = u(L, H, HIST_BINS)
+  st = R.StrengthResult(
+      images=images, offset_mean=u(L, H, 2 * n - 1, 2 * n - 1),
+      offset_ratio=u(L, H, 2 * n - 1, 2 * n - 1), offset_pairs=u(2 * n - 1, 2 * n - 1),
+      neighbourhood_share=np.sort(u(L, H, n), -1), mean_distance=u(L, H), entropy=u(L, H),
+      self_share=u(L, H), cls_share=u(L, H), quantile_levels=QUANTILES,
+      distributions={s: R.ScalarDistribution((0., 1.), u(L, H, HIST_BINS),
+                                             np.sort(u(L, H, len(QUANTILES)), -1))
+                     for s in ('mean_distance', 'entropy', 'self_share', 'cls_share')},
+      cls_attention=u(L, H, n, n), to_cls=u(L, H, n, n),
+      map_image_index=np.arange(map_images, dtype=np.int32),
+      map_attention=u(map_images, L, H, t, t).astype(np.float16),
+      map_rollout=u(map_images, L, t, t).astype(np.float16))
   pics = (u(map_images, 224, 224, 3) * 255).astype(np.uint8)
-  summary.write_strength(logdir, 'vit-l16', st, meta, pics)
+  writer.write_analysis(logdir, 'vit-l16', 'strength', schema.strength_values(st, meta, pics))
 
-  from vit_jax_analytics.patterns import Samples
   g, c = 12, 2 * n - 1
-  smp = Samples(recentred=u(samples, c, c).astype(np.float16), plain=None, to_cls=None,
-                index=rng.integers(0, [images, L, H, n * n], (samples, 4)).astype(np.int32))
-  pat = {'map': u(g, g, c, c), 'map_extent': np.array([[0., 1.], [0., 1.]]),
-         'latent': u(samples, 2), 'sample_cells': rng.integers(0, g, (samples, 2)),
-         'head_density': u(L, H, g, g), 'head_cluster': rng.integers(0, 6, (L, H)),
-         'cluster_pattern': u(6, c, c), 'cluster_names': ['global'] * 6,
-         'reconstruction_error': 0.01, 'data_variance': 0.1,
-         'head_reconstruction_error': u(L, H),
-         'history': {'train_loss': list(u(60)), 'val_loss': list(u(60)), 'best_epoch': 59,
-                     'stopped_early': False}}
-  summary.write_patterns(logdir, 'vit-l16', pat, smp, {**meta, 'options': {}})
+  smp = R.Samples(recentred=u(samples, c, c).astype(np.float16), plain=None, to_cls=None,
+                  index=rng.integers(0, [images, L, H, n * n], (samples, 4)).astype(np.int32))
+  pat = R.PatternResult(
+      map=u(g, g, c, c), map_extent=np.array([[0., 1.], [0., 1.]]), sample_latent=u(samples, 2),
+      sample_cell=rng.integers(0, g, (samples, 2)), head_density=u(L, H, g, g),
+      head_cluster=rng.integers(0, 6, (L, H)), cluster_pattern=u(6, c, c),
+      cluster_names=('global',) * 6, reconstruction_error=0.01, data_variance=0.1,
+      head_reconstruction_error=u(L, H),
+      history=R.TrainingHistory(tuple(u(60)), tuple(u(60)), 59, False), samples=smp)
+  writer.write_analysis(logdir, 'vit-l16', 'patterns', schema.patterns_values(pat, meta))
   return config
 
 
@@ -109,37 +108,23 @@ def time_routes(url, config, requests):
 
 
 def first_paint(url):
-  import shutil
-  from selenium import webdriver
-  from selenium.webdriver.chrome.service import Service
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
 
-  options = webdriver.ChromeOptions()
-  options.binary_location = shutil.which('chromium') or '/usr/bin/chromium'
-  with tempfile.TemporaryDirectory() as profile:
-    for flag in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic',
-                 '--no-first-run', '--disable-background-networking',
-                 '--disable-component-update', '--disable-sync', '--window-size=1400,1800',
-                 f'--user-data-dir={profile}'):
-      options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which('chromedriver')), options=options)
-    try:
-      start = time.perf_counter()
-      driver.get(f'{url}/#vit_analytics')
-      frame = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, 'iframe'))[0]
-      driver.switch_to.frame(frame)
-      WebDriverWait(driver, 60, poll_frequency=0.02).until(
-          lambda d: d.find_elements(By.CSS_SELECTOR, '#importance-grid rect'))
-      grid = time.perf_counter() - start
-      WebDriverWait(driver, 60, poll_frequency=0.02).until(
-          lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-ready') == 'true')
-      ready = time.perf_counter() - start
-      in_frame = driver.execute_script(
-          "return performance.now()")  # ms since the plugin frame started loading
-    finally:
-      driver.quit()
-  return grid, ready, in_frame / 1000
+  from tb_plugin.browser import chromium
+
+  with chromium(window='1400,1800') as driver:
+    start = time.perf_counter()
+    driver.get(f'{url}/#vit_analytics')
+    frame = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, 'iframe'))[0]
+    driver.switch_to.frame(frame)
+    WebDriverWait(driver, 60, poll_frequency=0.02).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, '#importance-grid rect'))
+    grid = time.perf_counter() - start
+    WebDriverWait(driver, 60, poll_frequency=0.02).until(
+        lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-ready') == 'true')
+    ready = time.perf_counter() - start
+  return grid, ready
 
 
 def main():
@@ -147,7 +132,7 @@ def main():
   p.add_argument('--load-fast', default='false', choices=('false', 'true'))
   p.add_argument('--requests', type=int, default=40)
   args = p.parse_args()
-  from tests.test_plugin_browser import tensorboard
+  from tb_plugin.browser import tensorboard
 
   with tempfile.TemporaryDirectory() as tmp:
     logdir = Path(tmp) / 'logs'
@@ -169,7 +154,7 @@ def main():
       print(f'  {"route":36s} {"p50 ms":>8s} {"p95 ms":>8s} {"first ms":>9s}   (target p95 < 100)')
       for name, p50, p95, first in rows:
         print(f'  {name:36s} {p50:8.1f} {p95:8.1f} {first:9.1f}')
-      grid, ready, _ = first_paint(url)
+      grid, ready = first_paint(url)
       print(f'  first paint (importance grid drawn): {grid:.2f} s from navigation '
             f'(target < 2 s); every view drawn: {ready:.2f} s')
 

@@ -41,7 +41,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from vit_jax_analytics import data, model as model_lib, strength
 config = model_lib.get_config({config_name!r})
 params = model_lib.init_params(config, jax.random.key(0))
-s = data.image_folder({str(folder)!r}).take({n})
+s = data.ImageFolderSource(data.image_folder({str(folder)!r}).take({n}), config.image_size)
 strength.compute_strength(params, config, s, strength.StrengthOptions(
     batch_size={batch_size}, map_images=0, progress=False))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

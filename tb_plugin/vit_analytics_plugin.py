@@ -23,7 +23,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.util import tensor_util
 from werkzeug import wrappers
 
-from tb_plugin import metadata
+from vit_jax_analytics.logdir import metadata
 
 STATIC = Path(__file__).parent / 'static'
 MAX_ARRAY_ELEMENTS = 4_000_000   # larger arrays are served only sliced (index=...)

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import re
 import subprocess
@@ -83,3 +84,52 @@ def test_train_demo_smoke(tmp_path, capsys):
   assert metrics['held_out_images'] == 20 and metrics['steps'] == 2
   assert len(list((out_dir / 'demo_images').rglob('*.png'))) == 20
   assert (out_dir / 'demo_vit' / 'params').is_dir()
+
+
+def test_analysis_flags_are_generated_from_the_options_dataclasses():
+  """Each default exists once: every CLI default equals its dataclass default."""
+  import dataclasses
+
+  from vit_jax_analytics import importance, patterns, strength
+  from vit_jax_analytics.options import flag_of
+
+  parser = cli.build_parser()
+  analyze = parser._subparsers._group_actions[0].choices['analyze']
+  by_flag = {a.option_strings[0]: a for a in analyze._actions if a.option_strings}
+  for cls in (importance.ImportanceOptions, strength.StrengthOptions, patterns.PatternOptions,
+              patterns.AEOptions):
+    for f in dataclasses.fields(cls):
+      if not f.metadata.get('cli'):
+        continue
+      action = by_flag[flag_of(f)]
+      default = f.default
+      if flag_of(f).startswith('--no-'):
+        assert action.default is False and default is True, f.name
+      else:
+        assert action.default == default, (f.name, action.default, default)
+
+
+@pytest.mark.parametrize('flags, flag', [
+    (['--max-images', '0'], '--max-images'), (['--max-images', '-1'], '--max-images'),
+    (['--image-size', '-4'], '--image-size'), (['--image-size', '0'], '--image-size'),
+    (['--chunk', '-2'], '--chunk'), (['--chunk', '0'], '--chunk'),
+    (['--map-images', '-1'], '--map-images'), (['--region', '5,5,100,100'], '--region'),
+    (['--partial-heads', '-3'], '--partial-heads'), (['--radii', '0,-1,100'], '--radii'),
+    (['--radii', '100'], '--radii'), (['--per-head', '0'], '--per-head'),
+    (['--latent-dim', '0'], '--latent-dim'), (['--ae-epochs', '0'], '--ae-epochs'),
+    (['--grid', '0'], '--grid'), (['--clusters', '0'], '--clusters'),
+    (['--batch-size', '0'], '--batch-size'), (['--std', '0,0,0'], '--std'),
+    (['--mean', 'nan,0,0'], '--mean'), (['--pattern-images', '0'], '--pattern-images'),
+    (['--random-orders', '-1'], '--random-orders'), (['--curve-points', '1'], '--curve-points'),
+])
+def test_out_of_range_values_are_one_line_errors_before_any_work(tmp_path, capsys, flags, flag):
+  with pytest.raises(SystemExit) if flag in ('--mean',) else contextlib.nullcontext():
+    code, _, err = run(capsys, 'analyze', '--checkpoint', DEMO_CKPT, '--images', DEMO_IMAGES,
+                       '--logdir', tmp_path / 'logs', '--no-progress', *flags)
+  if flag == '--mean':
+    err = capsys.readouterr().err
+    code = 2
+  assert code == 2
+  assert err.startswith('error: ') and err.strip().count('\n') == 0, err
+  assert flag in err and 'Traceback' not in err
+  assert not list((tmp_path / 'logs').rglob('events.out.tfevents*'))

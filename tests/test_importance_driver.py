@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from tests.tiny import TINY, run_on_eight_cpu_devices, tiny_params, write_images
-from vit_jax_analytics import checkpoints, cli, data, importance, summary
+from tests.tiny import TINY, folder_source, run_on_eight_cpu_devices, tiny_params, write_images
+from vit_jax_analytics import checkpoints, cli, data, importance
+from vit_jax_analytics.logdir import progress_store, reader
 
 N_IMAGES = 12
 # Batch size and device count change only float32 rounding (kernel blocking, sum order):
@@ -20,7 +21,7 @@ def assert_close(got, ref, name):
 
 @pytest.fixture(scope='module')
 def image_set(tmp_path_factory):
-  return write_images(tmp_path_factory.mktemp('images'))
+  return folder_source(tmp_path_factory.mktemp('images'))
 
 
 def options(**kw):
@@ -43,22 +44,22 @@ def test_independent_of_batch_size(image_set, reference, batch_size):
   got = importance.compute_importance(tiny_params(), TINY, image_set,
                                       options(batch_size=batch_size))
   for k in ARRAYS:
-    assert_close(got[k], reference[k], k)
+    assert_close(getattr(got, k), getattr(reference, k), k)
 
 
 def test_result_is_consistent(reference):
   r = reference
-  assert r['taylor'].shape == (3, 4) and r['images'] == N_IMAGES
+  assert r.taylor.shape == (3, 4) and r.images == N_IMAGES
   # Removing no head is the baseline; the curves' first point says so for every order.
-  np.testing.assert_allclose(r['curve_top1'][:, 0], r['baseline']['top1'], atol=1e-6)
-  np.testing.assert_allclose(r['curve_kl'][:, 0], 0., atol=1e-6)
+  np.testing.assert_allclose(r.curve_top1[:, 0], r.baseline.top1, atol=1e-6)
+  np.testing.assert_allclose(r.curve_kl[:, 0], 0., atol=1e-6)
   # Per-image values average to the reported means.
-  np.testing.assert_allclose(r['per_image_taylor'].mean(0), r['taylor'], rtol=1e-5)
-  np.testing.assert_allclose(r['per_image_ablation_loss'].mean(0), r['ablation_loss'],
+  np.testing.assert_allclose(r.per_image_taylor.mean(0), r.taylor, rtol=1e-5)
+  np.testing.assert_allclose(r.per_image_ablation_loss.mean(0), r.ablation_loss,
                              rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(np.linalg.norm(r['taylor_normalized'], axis=1), 1., rtol=1e-5)
-  assert r['curve_orders'][:4] == list(importance.ORDER_METRICS)
-  assert not r['label_free']
+  np.testing.assert_allclose(np.linalg.norm(r.taylor_normalized, axis=1), 1., rtol=1e-5)
+  assert list(r.curve_orders[:4]) == list(importance.ORDER_METRICS)
+  assert not r.label_free
 
 
 def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
@@ -71,17 +72,18 @@ def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
     if l == 1:
       keep[2] = 4.
     out['kernel'] = out['kernel'] * keep
-  unlabelled = data.ImageSet(image_set.root, image_set.paths,
-                             np.full(len(image_set), -1, np.int32))
+  s = image_set.image_set
+  unlabelled = data.ImageFolderSource(data.ImageSet(s.root, s.paths, np.full(len(s), -1, np.int32)),
+                                      TINY.image_size)
   r = importance.compute_importance(params, TINY, unlabelled, options(batch_size=6))
-  assert r['label_free'] and r['labelled_images'] == 0
+  assert r.label_free and r.labelled_images == 0
   for name in ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1'):
-    flat = r[name].ravel()
+    flat = getattr(r, name).ravel()
     assert np.argmax(flat) == 1 * 4 + 2, name
     others = np.delete(flat, 6)
     assert flat[6] > 0 and np.allclose(others, 0., atol=1e-6), name
   # Label-free: the unmasked model is right by definition.
-  assert r['baseline']['top1'] == 1.
+  assert r.baseline.top1 == 1.
 
 
 def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, tmp_path,
@@ -97,16 +99,16 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
     return real(*a, **k)
 
   monkeypatch.setattr(importance, 'taylor_batch', counting)
-  resume = (tmp_path, 'run', 'importance', 'k1')
+  store = progress_store.LogdirProgressStore(tmp_path, 'run', 'importance', 'k1')
   opts = options(batch_size=4, save_every_seconds=0.)
   with pytest.raises(KeyboardInterrupt):
-    importance.compute_importance(tiny_params(), TINY, image_set, opts, resume=resume)
-  assert summary.load_progress(*resume)[0] == 2  # two batches were saved
+    importance.compute_importance(tiny_params(), TINY, image_set, opts, store=store)
+  assert store.load()[0] == 2  # two batches were saved
   calls.clear()
-  got = importance.compute_importance(tiny_params(), TINY, image_set, opts, resume=resume)
+  got = importance.compute_importance(tiny_params(), TINY, image_set, opts, store=store)
   assert len(calls) == 1  # only the third of three batches was computed again
   for k in ARRAYS:
-    assert_close(got[k], reference[k], k)
+    assert_close(getattr(got, k), getattr(reference, k), k)
 
 
 MULTI_DEVICE = r'''
@@ -115,19 +117,20 @@ sys.path.insert(0, sys.argv[1])
 from tests.tiny import TINY, tiny_params
 from vit_jax_analytics import data, importance, parallel
 assert jax.device_count() == 8, jax.devices()
-s = data.image_folder(sys.argv[2])
+s = data.ImageFolderSource(data.image_folder(sys.argv[2]), TINY.image_size)
 o = importance.ImportanceOptions(batch_size=5, progress=False, curve_points=5, random_orders=2)
 one = importance.compute_importance(tiny_params(), TINY, s, o,
                                     mesh=parallel.batch_mesh(jax.devices()[:1]))
 eight = importance.compute_importance(tiny_params(), TINY, s, o)
 for k in ('taylor', 'ablation_loss', 'ablation_kl', 'curve_top1', 'partial_loss'):
-  np.testing.assert_allclose(eight[k], one[k], rtol=0, atol=1e-5 * np.abs(one[k]).max(), err_msg=k)
-print('ok', one['images'])
+  a, b = getattr(eight, k), getattr(one, k)
+  np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=k)
+print('ok', one.images)
 '''
 
 
 def test_eight_devices_match_one(image_set):
-  assert f'ok {N_IMAGES}' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.root)
+  assert f'ok {N_IMAGES}' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.image_set.root)
 
 
 def test_cli_writes_logdir(tmp_path, capsys):
@@ -137,13 +140,13 @@ def test_cli_writes_logdir(tmp_path, capsys):
                    '--logdir', str(tmp_path / 'logs'), '--batch-size', '5', '--no-progress',
                    '--curve-points', '4', '--per-image'])
   assert code == 0
-  values = summary.read_run(tmp_path / 'logs' / 'tiny_ckpt')
+  values = reader.read_run(tmp_path / 'logs' / 'tiny_ckpt')
   assert values['importance/taylor'].shape == (3, 4)
   assert values['importance/per_image_taylor'].shape == (N_IMAGES, 3, 4)
   meta = values['importance/meta']
   assert meta['config']['num_heads'] == 4 and len(meta['image_names']) == N_IMAGES
   assert not list((tmp_path / 'logs' / 'tiny_ckpt').glob('.*partial'))
-  assert not (tmp_path / 'logs' / 'tiny_ckpt' / summary.STATE_DIR).exists()
+  assert not (tmp_path / 'logs' / 'tiny_ckpt' / progress_store.STATE_DIR).exists()
 
 
 def test_cli_no_readable_images_is_one_line_error(tmp_path, capsys):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tests.tiny import TINY, offset_heads_model, tiny_params, write_images
-from vit_jax_analytics import data, model as model_lib, patterns
+from tests.tiny import TINY, folder_source, offset_heads_model, tiny_params
+from vit_jax_analytics import model as model_lib, patterns
 
 
 def test_recentre_matches_direct_construction():
@@ -31,12 +31,12 @@ def test_recentre_matches_direct_construction():
 
 
 def test_samples_are_the_model_attention(tmp_path):
-  image_set = write_images(tmp_path / 'i', n=5)
+  image_set = folder_source(tmp_path / 'i', n=5)
   params = tiny_params()
   s = patterns.extract_samples(params, TINY, image_set, per_head=3, batch_size=2,
                                progress=False)
   assert len(s.index) == 5 * 3 * 4 * 3 and s.recentred.dtype == np.float16
-  batch = next(iter(data.BatchStream(image_set, 16, 5, progress=False)))
+  batch = next(iter(image_set.batches(5, progress=False)))
   attn = np.asarray(model_lib.apply(params, TINY, batch.images, return_attention=True)[1])
   n = TINY.grid_size
   for i, (img, l, h, q) in enumerate(s.index[::7]):
@@ -63,7 +63,7 @@ KINDS = ('left', 'right', 'up', 'self', 'uniform')
 @pytest.fixture(scope='module')
 def fixed_offset_summary(tmp_path_factory):
   params, config = offset_heads_model(grid=6, patterns=KINDS, layers=2)
-  image_set = write_images(tmp_path_factory.mktemp('img'), n=4)
+  image_set = folder_source(tmp_path_factory.mktemp('img'), n=4, config=config)
   samples = patterns.extract_samples(params, config, image_set, per_head=16, batch_size=4,
                                      progress=False)
   options = patterns.PatternOptions(grid=10, clusters=5, ae=patterns.AEOptions(
@@ -74,22 +74,22 @@ def fixed_offset_summary(tmp_path_factory):
 
 def test_fixed_offset_heads_cluster_by_pattern(fixed_offset_summary):
   result, _, config, _ = fixed_offset_summary
-  labels = result['head_cluster']  # [L, H]; head h of every layer has pattern KINDS[h]
+  labels = result.head_cluster  # [L, H]; head h of every layer has pattern KINDS[h]
   truth = np.tile(np.arange(len(KINDS)), (config.num_layers, 1))
   purity = sum(np.bincount(truth[labels == c]).max() for c in np.unique(labels)) / labels.size
   assert purity >= 0.9
   # Different patterns land in different clusters.
   assert len(np.unique(labels[0])) == len(KINDS)
   # The autoencoder learned the patterns: error far below the variance of the data.
-  assert result['reconstruction_error'] < 0.1 * result['data_variance']
-  names = set(result['cluster_names'])
+  assert result.reconstruction_error < 0.1 * result.data_variance
+  names = set(result.cluster_names)
   assert 'offset (+0, -1)' in names and 'self' in names
 
 
 def test_same_seed_same_latents(fixed_offset_summary):
   result, samples, config, options = fixed_offset_summary
   again, _ = patterns.summarise(samples, config, options)
-  np.testing.assert_array_equal(again['latent'], result['latent'])
+  np.testing.assert_array_equal(again.sample_latent, result.sample_latent)
 
 
 def test_pca_and_grid_helpers():

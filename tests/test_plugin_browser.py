@@ -4,92 +4,24 @@ Chromium (Debian's chromium + chromium-driver) driven by Selenium.
 Screenshots are saved to test-artifacts/ for a person to look at.
 """
 
-import contextlib
-import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vit_jax_analytics import summary
+from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, open_plugin, tensorboard
+from vit_jax_analytics.logdir import reader
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / 'test-artifacts'
-CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
-CHROMEDRIVER = shutil.which('chromedriver') or '/usr/bin/chromedriver'
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def tensorboard(logdir, load_fast, wait_for_runs=True):
-  port = free_port()
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'tensorboard.main', '--logdir', str(logdir), '--port', str(port),
-       '--host', '127.0.0.1', f'--load_fast={load_fast}', '--reload_interval', '1'],
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  url = f'http://127.0.0.1:{port}'
-  try:
-    deadline = time.time() + 90
-    while True:
-      try:
-        with urllib.request.urlopen(f'{url}/data/plugin/vit_analytics/runs', timeout=5) as r:
-          if not wait_for_runs or json.loads(r.read())['runs']:
-            break
-      except OSError:
-        pass
-      if proc.poll() is not None or time.time() > deadline:
-        raise RuntimeError(f'tensorboard did not come up: {proc.stderr.read()[-2000:]}')
-      time.sleep(0.5)
-    yield url
-  finally:
-    proc.terminate()
-    try:
-      proc.wait(10)
-    except subprocess.TimeoutExpired:
-      proc.kill()
 
 
 @pytest.fixture(scope='module')
-def browser(tmp_path_factory):
+def browser():
   assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
       'the browser test needs Debian chromium and chromium-driver '
       '(apt-get install chromium chromium-driver; `make test` installs them)')
-  from selenium import webdriver
-  from selenium.webdriver.chrome.service import Service
-
-  options = webdriver.ChromeOptions()
-  options.binary_location = CHROMIUM
-  for flag in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic',
-               '--no-first-run', '--disable-background-networking',
-               '--disable-component-update', '--disable-sync', '--window-size=1400,2200',
-               f'--user-data-dir={tmp_path_factory.mktemp("chromium")}'):
-    options.add_argument(flag)
-  driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-  driver.set_page_load_timeout(60)
-  yield driver
-  driver.quit()
-
-
-def open_plugin(driver, url):
-  from selenium.webdriver.common.by import By
-  from selenium.webdriver.support.ui import WebDriverWait
-
-  driver.switch_to.default_content()
-  driver.get(f'{url}/#vit_analytics')
-  frame = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, 'iframe'))[0]
-  driver.switch_to.frame(frame)
-  return WebDriverWait(driver, 90)
+  with chromium() as driver:
+    yield driver
 
 
 def js_fmt(v):
@@ -104,7 +36,7 @@ def test_views_render_link_and_respond(analysis_logdir, browser, load_fast):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import Select
 
-  written = summary.read_run(analysis_logdir / 'tiny')
+  written = reader.read_run(analysis_logdir / 'tiny')
   L, H = written['importance/taylor'].shape
   with tensorboard(analysis_logdir, load_fast) as url:
     wait = open_plugin(browser, url)

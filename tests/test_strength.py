@@ -2,13 +2,14 @@ import jax
 import numpy as np
 import pytest
 
-from tests.tiny import TINY, offset_heads_model, run_on_eight_cpu_devices, tiny_params, write_images
+from tests.tiny import (TINY, arrays_of, folder_source, offset_heads_model,
+                        run_on_eight_cpu_devices, tiny_params)
 from vit_jax_analytics import data, model as model_lib, strength
 
 
 @pytest.fixture(scope='module')
 def image_set(tmp_path_factory):
-  return write_images(tmp_path_factory.mktemp('images'), n=10)
+  return folder_source(tmp_path_factory.mktemp('images'), n=10)
 
 
 def opts(**kw):
@@ -50,8 +51,7 @@ def brute_force(attention, config):
 
 
 def all_attention(params, config, image_set):
-  batch = next(iter(data.BatchStream(image_set, config.image_size, len(image_set),
-                                     progress=False)))
+  batch = next(iter(image_set.batches(len(image_set), progress=False)))
   return np.asarray(model_lib.apply(params, config, batch.images, return_attention=True)[1])
 
 
@@ -59,7 +59,7 @@ def all_attention(params, config, image_set):
 def test_matches_brute_force(image_set, classifier):
   config = TINY.replace(classifier=classifier)
   params = tiny_params(config)
-  got = strength.compute_strength(params, config, image_set, opts(batch_size=4))
+  got = arrays_of(strength.compute_strength(params, config, image_set, opts(batch_size=4)))
   ref = brute_force(all_attention(params, config, image_set), config)
   for k in ('offset_mean', 'neighbourhood_share', 'mean_distance', 'entropy', 'self_share',
             'cls_share', 'cls_attention', 'to_cls'):
@@ -79,10 +79,10 @@ def test_matches_brute_force(image_set, classifier):
 
 def test_hand_built_left_neighbour_and_uniform_heads(tmp_path):
   params, config = offset_heads_model(grid=4, patterns=('left', 'uniform'))
-  images = write_images(tmp_path / 'imgs', n=3)
+  images = folder_source(tmp_path / 'imgs', n=3, config=config)
   attn = all_attention(params, config, images)
   assert attn[0, 0, 0, 1 + 5, 1 + 4] > 0.999 and attn[0, 0, 0, 1 + 4, 0] > 0.999  # as built
-  r = strength.compute_strength(params, config, images, opts(batch_size=2))
+  r = arrays_of(strength.compute_strength(params, config, images, opts(batch_size=2)))
   n, centre = 4, 3
   for l in range(2):
     left = r['offset_mean'][l, 0]
@@ -106,7 +106,8 @@ def test_independent_of_batch_size(image_set, batch_size):
   params = tiny_params(attention_scale=1.)
   ref = strength.compute_strength(params, TINY, image_set, opts(batch_size=4))
   got = strength.compute_strength(params, TINY, image_set, opts(batch_size=batch_size))
-  for k, v in ref.items():
+  got = arrays_of(got)
+  for k, v in arrays_of(ref).items():
     if k.startswith('map_'):
       continue
     v = np.asarray(v, np.float64)
@@ -131,11 +132,11 @@ def test_rollout_matches_direct_numpy():
 def test_stored_maps(image_set):
   params = tiny_params()
   r = strength.compute_strength(params, TINY, image_set, opts(batch_size=4, map_images=5))
-  assert r['map_attention'].shape == (5, 3, 4, 17, 17)
-  assert r['map_rollout'].shape == (5, 3, 17, 17)
-  assert r['map_image_index'].tolist() == [0, 2, 4, 7, 9]  # spread over the 10 images
+  assert r.map_attention.shape == (5, 3, 4, 17, 17)
+  assert r.map_rollout.shape == (5, 3, 17, 17)
+  assert r.map_image_index.tolist() == [0, 2, 4, 7, 9]  # spread over the 10 images
   ref = all_attention(params, TINY, image_set)[[0, 2, 4, 7, 9]]
-  np.testing.assert_allclose(r['map_attention'].astype(np.float32), ref, atol=1e-3)
+  np.testing.assert_allclose(r.map_attention.astype(np.float32), ref, atol=1e-3)
 
 
 MULTI_DEVICE = r'''
@@ -144,17 +145,18 @@ sys.path.insert(0, sys.argv[1])
 from tests.tiny import TINY, offset_heads_model, tiny_params
 from vit_jax_analytics import data, strength, parallel
 assert jax.device_count() == 8
-s = data.image_folder(sys.argv[2])
+s = data.ImageFolderSource(data.image_folder(sys.argv[2]), TINY.image_size)
 o = strength.StrengthOptions(batch_size=3, progress=False, map_images=0)
 p = tiny_params(attention_scale=1.)
 one = strength.compute_strength(p, TINY, s, o, mesh=parallel.batch_mesh(jax.devices()[:1]))
 eight = strength.compute_strength(p, TINY, s, o)
 for k in ('offset_mean', 'neighbourhood_share', 'mean_distance', 'entropy', 'cls_attention'):
-  np.testing.assert_allclose(eight[k], one[k], rtol=0, atol=1e-6 * np.abs(one[k]).max(), err_msg=k)
-np.testing.assert_array_equal(eight['entropy_hist'], one['entropy_hist'])
-print('ok', one['images'])
+  a, b = getattr(eight, k), getattr(one, k)
+  np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max(), err_msg=k)
+np.testing.assert_array_equal(eight.distributions['entropy'].hist, one.distributions['entropy'].hist)
+print('ok', one.images)
 '''
 
 
 def test_eight_devices_match_one(image_set):
-  assert 'ok 10' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.root)
+  assert 'ok 10' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.image_set.root)

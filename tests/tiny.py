@@ -96,3 +96,24 @@ def run_on_eight_cpu_devices(script: str, *args) -> str:
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout
+
+
+def folder_source(folder, n=12, seed=0, config=TINY):
+  """write_images as the BatchSource the analyses read."""
+  return data.ImageFolderSource(write_images(folder, n, seed), config.image_size)
+
+
+def arrays_of(result) -> dict:
+  """A typed result's numeric fields by name (distributions as <name>_hist and
+  <name>_quantiles), for tests that compare every array."""
+  import dataclasses
+
+  out = {}
+  for f in dataclasses.fields(result):
+    value = getattr(result, f.name)
+    if f.name == 'distributions':
+      for name, d in value.items():
+        out[f'{name}_hist'], out[f'{name}_quantiles'] = d.hist, d.quantiles
+    elif isinstance(value, np.ndarray):
+      out[f.name] = value
+  return out

@@ -13,17 +13,17 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from vit_jax_analytics.batches import UNLABELLED, Batch, num_batches
 from vit_jax_analytics.errors import DataError
 
 # vit_jax scales to [-1, 1]: (x - 0.5) / 0.5.
 VIT_JAX_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-UNLABELLED = -1
 
 
 def image_extensions() -> frozenset:
@@ -170,22 +170,11 @@ def load_image(path, image_size: int, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN
   return ((a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
-class Batch(NamedTuple):
-  """images [B, S, S, 3]; labels [B] (-1 unknown); index [B] into the ImageSet; valid [B]."""
-  images: np.ndarray
-  labels: np.ndarray
-  index: np.ndarray
-  valid: np.ndarray
-
-
-def num_batches(n_images: int, batch_size: int) -> int:
-  return -(-n_images // batch_size)
-
-
 class BatchStream:
   """Iterates fixed-size batches over an ImageSet, streaming from disk.
 
-  Memory is one batch (plus one being decoded), whatever the number of images. The last
+  Memory is one batch, whatever the number of images (a batch's files are decoded in
+  parallel threads, the next batch only when it is asked for). The last
   batch is padded with invalid entries. Files that fail to decode are invalid entries too,
   each reported once on stderr, and counted in `skipped`; the count is printed at the end.
   """
@@ -243,3 +232,24 @@ class BatchStream:
       raise DataError(f'{self.image_set.root}: no readable images ({n} file(s) skipped as '
                       f'unreadable)')
 
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolderSource:
+  """An ImageSet decoded at `image_size` and normalised (x - mean) / std: the
+  `batches.BatchSource` the analyses read a folder through."""
+  image_set: ImageSet
+  image_size: int
+  mean: tuple = VIT_JAX_MEAN_STD[0]
+  std: tuple = VIT_JAX_MEAN_STD[1]
+
+  def __len__(self):
+    return len(self.image_set)
+
+  def take(self, n: Optional[int]) -> 'ImageFolderSource':
+    return dataclasses.replace(self, image_set=self.image_set.take(n))
+
+  def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
+              desc: str = 'images') -> 'BatchStream':
+    return BatchStream(self.image_set, self.image_size, batch_size, self.mean, self.std,
+                       first_batch=first_batch, progress=progress, desc=desc)

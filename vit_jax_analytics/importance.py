@@ -1,6 +1,8 @@
 """Which heads matter? Pruning-based importance of every layer x head.
 
-Per-batch functions are pure and jitted; `compute_importance` streams them over a dataset.
+Per-batch functions are pure and jitted; `compute_importance` streams them over a
+`BatchSource` in two stages: (1) Taylor and the single-head ablation scan, which give the
+head orders; (2) pruning curves along those orders and partial pruning.
 
 Metrics (each [layer, head], means over images):
   taylor       mean |dL/d xi[l,h]| at xi = 1 (Michel et al. 2019), L the cross-entropy; also
@@ -14,17 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import time
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
+from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, ProgressStore
+from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.model import ViTConfig
+from vit_jax_analytics.options import check, option, parse_ints
+from vit_jax_analytics.results import Baseline, ImportanceResult
 
 ABLATION_METRICS = ('loss', 'top1', 'top5', 'kl')
 ORDER_METRICS = ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1')
@@ -182,7 +186,7 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
 
   for r in radii:
     if r >= n:
-      continue
+      raise OptionError('partial_radii', f'radius {r} must be below the patch grid size {n}')
     variants.append(PartialVariant(f'local_r{r}', f'attention to keys within Chebyshev '
                                    f'distance {r} of the query patch removed',
                                    patch_pairs((cheb <= r).astype(np.float32))))
@@ -200,8 +204,8 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
     region = (n // 4, n // 4, n - n // 4, n - n // 4)
   r0, c0, r1, c1 = region
   if not (0 <= r0 < r1 <= n and 0 <= c0 < c1 <= n):
-    raise ValueError(f'region {region}: expected row0 < row1 and col0 < col1 within the '
-                     f'{n} x {n} patch grid')
+    raise OptionError('partial_region', f'{tuple(region)}: expected row0 < row1 and '
+                      f'col0 < col1 within the {n} x {n} patch grid')
   inside = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
   for name, queries in (('region_in', inside), ('region_out', ~inside)):
     keep = np.ones((t, t), np.float32)
@@ -273,34 +277,53 @@ def pruning_batch(params, config: ViTConfig, images, labels, masks, head_index, 
 
 # --- streaming driver ----------------------------------------------------------------------
 
-@dataclasses.dataclass
-class ImportanceOptions:
-  batch_size: int = 32
-  # Masks evaluated at once, vmapped (bounds memory). None: 1 on CPU, where big vmapped
-  # batches fall out of cache (measured 1.98x vs 1.74x the loop at 1 vs 3 on ViT-B/16),
-  # and 8 on accelerators.
-  chunk: Optional[int] = None
-  per_image: bool = False
-  curve_points: Optional[int] = None  # default: every head count up to 20 points
-  random_orders: int = 5
-  seed: int = 0
-  partial_heads: Optional[int] = None  # None: all heads if L*H <= 48, else the 12 top
-  partial_radii: tuple = (1, 2, 3)
-  partial_region: Optional[tuple] = None
-  renormalize: bool = False
-  progress: bool = True
-  save_every_seconds: float = 30.
-
-  def key(self, *extra) -> str:
-    """Identifies a computation, for resuming: the options that change results."""
-    d = dataclasses.asdict(self)
-    for k in ('progress', 'save_every_seconds'):
-      d.pop(k)
-    return hashlib.sha1(json.dumps([d, *map(str, extra)], sort_keys=True).encode()).hexdigest()[:16]
-
-
 def default_chunk() -> int:
   return 1 if jax.default_backend() == 'cpu' else 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceOptions:
+  batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
+  chunk: Optional[int] = option(
+      None, 'head masks evaluated at once, vmapped; lower it to save memory (default: 1 on '
+            'CPU, where big vmapped batches fall out of cache, 8 on accelerators)', parse=int)
+  per_image: bool = option(False, "keep every image's values (per-image distributions)")
+  curve_points: Optional[int] = option(
+      None, 'points on each pruning curve (default: every head count, at most 21)', parse=int)
+  random_orders: int = option(5, 'random pruning orders to compare against')
+  seed: int = option(0, 'seed of the random pruning orders')
+  partial_heads: Optional[int] = option(
+      None, 'partial pruning for the N heads of highest Taylor importance (default: all '
+            'heads up to 48 of them, else 12)', parse=int)
+  partial_radii: tuple = option(
+      (1, 2, 3), 'Chebyshev radii (patches) for local/global partial pruning',
+      flag='--radii', parse=parse_ints())
+  partial_region: Optional[tuple] = option(
+      None, 'query region row0,col0,row1,col1 in patches, half-open (default: the central '
+            'half of the grid)', flag='--region', parse=parse_ints(4))
+  renormalize: bool = option(
+      False, 'renormalise the attention left after partial pruning (default: no, so that '
+             'removing part of a head removes only that part of its output)')
+  progress: bool = option(True, 'no progress bars', flag='--no-progress')
+  save_every_seconds: float = option(30., cli=False)
+
+  def __post_init__(self):
+    check(self, 'batch_size', self.batch_size, low=1)
+    check(self, 'chunk', self.chunk, low=1, optional=True)
+    check(self, 'curve_points', self.curve_points, low=2, optional=True)
+    check(self, 'random_orders', self.random_orders, low=0)
+    check(self, 'partial_heads', self.partial_heads, low=1, optional=True)
+    if not self.partial_radii:
+      raise OptionError('partial_radii', 'expected at least one radius')
+    for r in self.partial_radii:
+      check(self, 'partial_radii', r, low=1)
+    if self.partial_region is not None and len(self.partial_region) != 4:
+      raise OptionError('partial_region', f'expected row0,col0,row1,col1, got '
+                                          f'{self.partial_region!r}')
+
+  def check_model(self, config: ViTConfig) -> None:
+    """Raises OptionError for radii or a region that do not fit the model's patch grid."""
+    partial_variants(config, self.partial_radii, self.partial_region)
 
 
 def curve_counts(config: ViTConfig, points: Optional[int]) -> list:
@@ -310,7 +333,8 @@ def curve_counts(config: ViTConfig, points: Optional[int]) -> list:
 
 
 def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int) -> dict:
-  """Flat head orders, least important first: one per metric, plus random ones."""
+  """Flat head orders, least important first: one per metric of `scores` ({name: [L, H]}),
+  plus seeded random ones."""
   orders = {}
   for name in ORDER_METRICS:
     # Stable sort; ties broken by head index so orders are reproducible.
@@ -322,125 +346,60 @@ def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int) 
   return orders
 
 
+def select_partial_heads(taylor: np.ndarray, count: Optional[int]) -> np.ndarray:
+  """Flat indices (ascending) of the heads to partially prune: the `count` with the
+  highest Taylor importance; all heads when count is None and there are <= 48."""
+  n = taylor.size
+  if count is None:
+    count = n if n <= 48 else 12
+  top = np.argsort(-taylor.ravel(), kind='stable')[:min(count, n)]
+  return np.sort(top)
+
+
 def _valid_sum(x, valid):
   """Sum over the last (batch) axis of the valid entries, in float64 on the host."""
   x = np.asarray(x, np.float64)
   return np.sum(np.where(valid, x, 0.), axis=-1)
 
 
-def compute_importance(params, config: ViTConfig, image_set, options: ImportanceOptions,
-                       mean=(0.5,) * 3, std=(0.5,) * 3, mesh=None, resume=None) -> dict:
-  """Streams every importance metric over `image_set` (a data.ImageSet).
+# The accumulators are float64 sums over images, flat arrays by name, so that a
+# ProgressStore saves them as they are.
 
-  mesh: a parallel.batch_mesh() (default: all local devices). resume: (logdir, run, key)
-  to save progress after each batch and continue an interrupted run with the same key.
-  Returns numpy arrays (see docs/logdir-format.md for their meaning).
-  """
-  from vit_jax_analytics import data, summary
-
-  mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.device_batch_size(options.batch_size, mesh)
-  chunk = options.chunk or default_chunk()
-  L, H, n = config.num_layers, config.num_heads, len(image_set)
-  params = parallel.replicate(mesh, params)
-  counts = curve_counts(config, options.curve_points)
-
+def stage1_sums(config: ViTConfig, n_images: int, per_image: bool) -> dict:
+  L, H = config.num_layers, config.num_heads
   acc = {'count': np.zeros(()), 'labelled': np.zeros(()), 'taylor': np.zeros((L, H))}
   acc.update({f'full_{k}': np.zeros(()) for k in ABLATION_METRICS})
   acc.update({f'ablation_{k}': np.zeros((L, H)) for k in ABLATION_METRICS})
-  if options.per_image:
-    for k in ('taylor', 'ablation_loss', 'ablation_kl'):
-      acc[f'per_image_{k}'] = np.full((n, L, H), np.nan, np.float32)
-  stage, first_batch = 1, 0
-  saved = summary.load_progress(*resume) if resume else None
-  if saved is not None:
-    next_batch, arrays = saved
-    stage, first_batch = int(arrays.pop('stage')), next_batch
-    acc = arrays
-
-  last_save = [time.monotonic()]
-
-  def save(stage, next_batch, force=False):
-    # Throttled: per-image arrays make each save cost O(images).
-    if resume and (force or time.monotonic() - last_save[0] > options.save_every_seconds):
-      summary.save_progress(*resume, next_batch, {**acc, 'stage': np.asarray(stage)})
-      last_save[0] = time.monotonic()
-
-  def batches(stage, first):
-    return data.BatchStream(image_set, config.image_size, batch_size, mean=mean, std=std,
-                            first_batch=first, progress=options.progress,
-                            desc=f'importance {stage}/2')
-
-  if stage == 1:
-    for k, batch in enumerate(batches(1, first_batch), start=first_batch):
-      images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
-      grads, logits = taylor_batch(params, config, images, labels)
-      ablation, _ = ablation_batch(params, config, images, labels, chunk)
-      full = full_metrics(logits, labels)
-      valid = batch.valid
-      acc['count'] += valid.sum()
-      acc['labelled'] += (valid & (batch.labels >= 0)).sum()
-      acc['taylor'] += _valid_sum(np.moveaxis(np.asarray(grads), 0, -1), valid)
-      for m in ABLATION_METRICS:
-        acc[f'full_{m}'] += _valid_sum(full[m], valid)
-        acc[f'ablation_{m}'] += _valid_sum(ablation[m], valid)
-      if options.per_image:
-        rows = batch.index[valid]
-        acc['per_image_taylor'][rows] = np.asarray(grads)[valid]
-        full_loss = np.asarray(full['loss'])
-        acc['per_image_ablation_loss'][rows] = np.moveaxis(
-            np.asarray(ablation['loss']) - full_loss, -1, 0)[valid]
-        acc['per_image_ablation_kl'][rows] = np.moveaxis(np.asarray(ablation['kl']), -1, 0)[valid]
-      save(1, k + 1)
-    save(2, 0, force=True)
-    stage, first_batch = 2, 0
-
-  scores = scores_from(acc)
-  orders = head_orders(scores, config, options.random_orders, options.seed)
-  order_names = list(orders)
-  curve_masks = np.concatenate([pruning_masks(orders[o], counts, config) for o in order_names])
-  selected = select_partial_heads(scores['taylor'], options.partial_heads)
-  variants = partial_variants(config, options.partial_radii, options.partial_region)
-  keeps = np.stack([v.keep for v in variants])
-  layers = tuple(int(h) // H for h in selected)
-  if 'curve_top1' not in acc:
-    acc.update({f'curve_{m}': np.zeros(len(curve_masks)) for m in ABLATION_METRICS})
-    acc.update({f'partial_{m}': np.zeros((len(selected), len(variants)))
-                for m in ABLATION_METRICS})
-
-  curve_masks_dev = parallel.replicate(mesh, curve_masks)
-  for k, batch in enumerate(batches(2, first_batch), start=first_batch):
-    images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
-    curves, partial = pruning_batch(params, config, images, labels, curve_masks_dev,
-                                    jnp.asarray(selected), jnp.asarray(keeps),
-                                    options.renormalize, layers, chunk)
-    for m in ABLATION_METRICS:
-      acc[f'curve_{m}'] += _valid_sum(curves[m], batch.valid)
-      acc[f'partial_{m}'] += _valid_sum(partial[m], batch.valid)
-    save(2, k + 1)
-
-  result = dict(scores)
-  count = acc['count']
-  result['curve_counts'] = np.asarray(counts)
-  result['curve_orders'] = order_names
-  for m in ('top1', 'kl', 'loss'):
-    result[f'curve_{m}'] = (acc[f'curve_{m}'] / count).reshape(len(order_names), len(counts))
-  result['partial_heads'] = np.asarray(selected)
-  result['partial_variants'] = [(v.name, v.description) for v in variants]
-  for m in ABLATION_METRICS:  # as for ablation: loss increase, accuracy drops, KL
-    pruned, base = acc[f'partial_{m}'] / count, acc[f'full_{m}'] / count
-    result[f'partial_{m}'] = {'loss': pruned - base, 'kl': pruned}.get(m, base - pruned)
-  for k in ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl'):
-    if k in acc:
-      result[k] = acc[k]
-  result['images'] = int(count)
-  result['labelled_images'] = int(acc['labelled'])
-  result['label_free'] = int(acc['labelled']) < int(count)
-  return result
+  if per_image:
+    for k in PER_IMAGE:
+      acc[f'per_image_{k}'] = np.full((n_images, L, H), np.nan, np.float32)
+  return acc
 
 
-def scores_from(acc: dict) -> dict:
-  """Means from summed accumulators: the [L, H] metrics and the unmasked baseline."""
+PER_IMAGE = ('taylor', 'ablation_loss', 'ablation_kl')
+
+
+def add_stage1(acc: dict, batch, grads, ablation, full) -> None:
+  """Adds one batch's Taylor |grads| [B, L, H], ablation {metric: [L, H, B]} and unmasked
+  {metric: [B]} metrics of the valid images to the sums (and per-image rows)."""
+  valid = batch.valid
+  acc['count'] += valid.sum()
+  acc['labelled'] += (valid & (batch.labels >= 0)).sum()
+  acc['taylor'] += _valid_sum(np.moveaxis(np.asarray(grads), 0, -1), valid)
+  for m in ABLATION_METRICS:
+    acc[f'full_{m}'] += _valid_sum(full[m], valid)
+    acc[f'ablation_{m}'] += _valid_sum(ablation[m], valid)
+  if 'per_image_taylor' in acc:
+    rows = batch.index[valid]
+    acc['per_image_taylor'][rows] = np.asarray(grads)[valid]
+    full_loss = np.asarray(full['loss'])
+    acc['per_image_ablation_loss'][rows] = np.moveaxis(
+        np.asarray(ablation['loss']) - full_loss, -1, 0)[valid]
+    acc['per_image_ablation_kl'][rows] = np.moveaxis(np.asarray(ablation['kl']), -1, 0)[valid]
+
+
+def head_scores(acc: dict) -> tuple:
+  """Means from the stage-1 sums: ({metric: [L, H]}, Baseline of the unmasked model)."""
   count = acc['count']
   taylor = acc['taylor'] / count
   norm = np.linalg.norm(taylor, axis=1, keepdims=True)
@@ -450,15 +409,124 @@ def scores_from(acc: dict) -> dict:
   scores['ablation_top1'] = base['top1'] - acc['ablation_top1'] / count
   scores['ablation_top5'] = base['top5'] - acc['ablation_top5'] / count
   scores['ablation_kl'] = acc['ablation_kl'] / count
-  scores['baseline'] = {m: float(base[m]) for m in ('loss', 'top1', 'top5')}
-  return scores
+  baseline = Baseline(float(base['loss']), float(base['top1']), float(base['top5']))
+  return scores, baseline
 
 
-def select_partial_heads(taylor: np.ndarray, count: Optional[int]) -> np.ndarray:
-  """Flat indices (ascending) of the heads to partially prune: the `count` with the
-  highest Taylor importance; all heads when count is None and there are <= 48."""
-  n = taylor.size
-  if count is None:
-    count = n if n <= 48 else 12
-  top = np.argsort(-taylor.ravel(), kind='stable')[:min(count, n)]
-  return np.sort(top)
+class Stage2Plan(NamedTuple):
+  """What stage 2 evaluates, fixed by the stage-1 scores."""
+  order_names: list        # [O]
+  counts: list             # [P]
+  curve_masks: np.ndarray  # [O * P, L, H]
+  heads: np.ndarray        # [E] flat indices of the partially pruned heads, ascending
+  layers: tuple            # [E] their layers (static for jit)
+  keeps: np.ndarray        # [V, T, T]
+
+
+def plan_stage2(acc: dict, config: ViTConfig, options: ImportanceOptions,
+                variants: list) -> Stage2Plan:
+  scores, _ = head_scores(acc)
+  orders = head_orders(scores, config, options.random_orders, options.seed)
+  counts = curve_counts(config, options.curve_points)
+  masks = np.concatenate([pruning_masks(o, counts, config) for o in orders.values()])
+  heads = select_partial_heads(scores['taylor'], options.partial_heads)
+  layers = tuple(int(h) // config.num_heads for h in heads)
+  return Stage2Plan(list(orders), counts, masks, heads, layers,
+                    np.stack([v.keep for v in variants]))
+
+
+class _Saver:
+  """Saves the sums to a ProgressStore, throttled: per-image arrays make a save O(images)."""
+
+  def __init__(self, store: Optional[ProgressStore], every_seconds: float):
+    self.store, self.every, self.last = store, every_seconds, time.monotonic()
+
+  def __call__(self, acc: dict, stage: int, next_batch: int, force: bool = False) -> None:
+    if self.store and (force or time.monotonic() - self.last > self.every):
+      self.store.save(next_batch, {**acc, 'stage': np.asarray(stage)})
+      self.last = time.monotonic()
+
+
+def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save) -> None:
+  """Taylor and the ablation scan over `batches` (batch numbers from first_batch)."""
+  for k, batch in enumerate(batches, start=first_batch):
+    images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
+    grads, logits = taylor_batch(params, config, images, labels)
+    ablation, _ = ablation_batch(params, config, images, labels, chunk)
+    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels))
+    save(acc, 1, k + 1)
+  save(acc, 2, 0, force=True)
+
+
+def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, renormalize,
+               chunk, mesh, save) -> None:
+  """Pruning curves and partial pruning over `batches`, added to `acc`."""
+  if 'curve_top1' not in acc:
+    acc.update({f'curve_{m}': np.zeros(len(plan.curve_masks)) for m in ABLATION_METRICS})
+    acc.update({f'partial_{m}': np.zeros((len(plan.heads), len(plan.keeps)))
+                for m in ABLATION_METRICS})
+  masks = parallel.replicate(mesh, plan.curve_masks)
+  for k, batch in enumerate(batches, start=first_batch):
+    images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
+    curves, partial = pruning_batch(params, config, images, labels, masks,
+                                    jnp.asarray(plan.heads), jnp.asarray(plan.keeps),
+                                    renormalize, plan.layers, chunk)
+    for m in ABLATION_METRICS:
+      acc[f'curve_{m}'] += _valid_sum(curves[m], batch.valid)
+      acc[f'partial_{m}'] += _valid_sum(partial[m], batch.valid)
+    save(acc, 2, k + 1)
+
+
+def finalise(acc: dict, plan: Stage2Plan, variants: list) -> ImportanceResult:
+  """Means and changes against the unmasked model, from the sums of both stages."""
+  scores, baseline = head_scores(acc)
+  count = acc['count']
+  shape = (len(plan.order_names), len(plan.counts))
+  curves = {m: (acc[f'curve_{m}'] / count).reshape(shape) for m in ABLATION_METRICS}
+  partial = {}
+  for m in ABLATION_METRICS:  # as for ablation: loss increase, accuracy drops, KL
+    pruned, base = acc[f'partial_{m}'] / count, acc[f'full_{m}'] / count
+    partial[m] = {'loss': pruned - base, 'kl': pruned}.get(m, base - pruned)
+  return ImportanceResult(
+      **scores, baseline=baseline, curve_counts=np.asarray(plan.counts),
+      curve_orders=tuple(plan.order_names),
+      **{f'curve_{m}': curves[m] for m in ABLATION_METRICS},
+      partial_heads=np.asarray(plan.heads),
+      partial_variants=tuple((v.name, v.description) for v in variants),
+      **{f'partial_{m}': partial[m] for m in ABLATION_METRICS},
+      images=int(count), labelled_images=int(acc['labelled']),
+      label_free=int(acc['labelled']) < int(count),
+      **{f'per_image_{k}': acc.get(f'per_image_{k}') for k in PER_IMAGE})
+
+
+def compute_importance(params, config: ViTConfig, source: BatchSource,
+                       options: ImportanceOptions = ImportanceOptions(), mesh=None,
+                       store: Optional[ProgressStore] = None) -> ImportanceResult:
+  """Every importance metric, streamed over the images of `source`.
+
+  mesh: a parallel.batch_mesh() (default: all local devices). store: where progress is
+  saved after batches, so that an interrupted run with the same store continues.
+  """
+  mesh = mesh or parallel.batch_mesh()
+  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  chunk = options.chunk or default_chunk()
+  variants = partial_variants(config, options.partial_radii, options.partial_region)
+  params = parallel.replicate(mesh, params)
+  save = _Saver(store, options.save_every_seconds)
+
+  def batches(stage, first):
+    return source.batches(batch_size, first, progress=options.progress,
+                          desc=f'importance {stage}/2')
+
+  stage, first, acc = 1, 0, stage1_sums(config, len(source), options.per_image)
+  saved = store.load() if store else None
+  if saved is not None:
+    first, acc = saved
+    stage = int(acc.pop('stage'))
+  if stage == 1:
+    run_stage1(params, config, batches(1, first), first, acc, chunk, mesh, save)
+    first = 0
+  plan = plan_stage2(acc, config, options, variants)
+  run_stage2(params, config, batches(2, first), first, acc, plan, options.renormalize, chunk,
+             mesh, save)
+  return finalise(acc, plan, variants)

@@ -183,7 +183,8 @@ class PositionEmbedding(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Runs blocks [first_layer, last_layer); the position embedding when starting at 0."""
+  """Runs blocks [first_layer, last_layer); adds the position embedding when the input is
+  patch tokens from images (add_position_embedding)."""
   config: ViTConfig
 
   @nn.compact

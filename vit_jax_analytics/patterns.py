@@ -23,7 +23,11 @@ import numpy as np
 import optax
 
 from vit_jax_analytics import model as model_lib, parallel
+from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource
+from vit_jax_analytics.errors import DataError
 from vit_jax_analytics.model import ViTConfig
+from vit_jax_analytics.options import check, option
+from vit_jax_analytics.results import PatternResult, Samples, TrainingHistory
 
 
 # --- samples -------------------------------------------------------------------------------
@@ -78,60 +82,43 @@ def extract_batch(params, config: ViTConfig, images, queries):
   return jnp.moveaxis(rows, 0, 1), jnp.moveaxis(to_cls, 0, 1)
 
 
-@dataclasses.dataclass
-class Samples:
-  """recentred [S, 2n-1, 2n-1] and plain [S, n, n] float16 maps; to_cls [S] float16;
-  index [S, 4] int32 rows (image, layer, head, query patch)."""
-  recentred: np.ndarray
-  plain: np.ndarray
-  to_cls: np.ndarray
-  index: np.ndarray
-
-  def inside(self, n: int) -> np.ndarray:
-    """[S, 2n-1, 2n-1] the canvas cells that lie inside the image."""
-    r, c = np.divmod(self.index[:, 3], n)
-    _, inside = recentre(jnp.zeros((len(r), n, n)), r, c, n)
-    return np.asarray(inside)
-
-
-def extract_samples(params, config: ViTConfig, image_set, per_head: int = 4,
-                    max_images: Optional[int] = None, batch_size: int = 32, seed: int = 0,
-                    mean=(0.5,) * 3, std=(0.5,) * 3, mesh=None, progress=True) -> Samples:
-  """Pattern samples from the first `max_images` readable images: `per_head` query patches
-  per (image, layer, head), so at most max_images * L * H * per_head samples."""
-  from vit_jax_analytics import data
-
-  n = config.grid_size
-  image_set = image_set.take(max_images)
+def extract_samples(params, config: ViTConfig, source: BatchSource, per_head: int = 4,
+                    max_images: Optional[int] = None,
+                    batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, mesh=None,
+                    progress: bool = True) -> Samples:
+  """Pattern samples from the first `max_images` readable images of `source`: `per_head`
+  query patches per (image, layer, head), so at most max_images * L * H * per_head."""
   mesh = mesh or parallel.batch_mesh()
   params = parallel.replicate(mesh, params)
-  parts = {'recentred': [], 'plain': [], 'to_cls': [], 'index': []}
-  stream = data.BatchStream(image_set, config.image_size,
-                            parallel.device_batch_size(batch_size, mesh), mean=mean, std=std,
-                            progress=progress, desc='pattern samples')
-  for batch in stream:
+  parts = []
+  batches = source.take(max_images).batches(parallel.device_batch_size(batch_size, mesh),
+                                            progress=progress, desc='pattern samples')
+  for batch in batches:
     queries = sample_queries(batch.index, config, per_head, seed)
     images, q = parallel.shard_batch(mesh, (batch.images, queries))
     rows, to_cls = extract_batch(params, config, images, q)
     keep = batch.valid
-    rows, to_cls, queries = np.asarray(rows)[keep], np.asarray(to_cls)[keep], queries[keep]
-    b = rows.shape[0]
-    if not b:
-      continue
-    grid = np.meshgrid(batch.index[keep], np.arange(config.num_layers),
-                       np.arange(config.num_heads), np.arange(per_head), indexing='ij')
-    index = np.stack([grid[0], grid[1], grid[2], queries], -1).reshape(-1, 4)
-    plain = rows.reshape(-1, n, n)
-    qr, qc = np.divmod(index[:, 3], n)
-    canvas, _ = recentre(jnp.asarray(plain), qr, qc, n)
-    parts['recentred'].append(np.asarray(canvas, np.float16))
-    parts['plain'].append(plain.astype(np.float16))
-    parts['to_cls'].append(to_cls.reshape(-1).astype(np.float16))
-    parts['index'].append(index.astype(np.int32))
-  if not parts['index']:
-    from vit_jax_analytics.errors import DataError
-    raise DataError(f'{image_set.root}: no readable images to sample patterns from')
-  return Samples(**{k: np.concatenate(v) for k, v in parts.items()})
+    if keep.any():
+      parts.append(_batch_samples(np.asarray(rows)[keep], np.asarray(to_cls)[keep],
+                                  queries[keep], batch.index[keep], config))
+  if not parts:
+    raise DataError('no readable images to sample patterns from')
+  return Samples(*(np.concatenate([getattr(p, f) for p in parts])
+                   for f in ('recentred', 'plain', 'to_cls', 'index')))
+
+
+def _batch_samples(rows, to_cls, queries, image_index, config: ViTConfig) -> Samples:
+  """One batch's samples from attention rows [B, L, H, S, n, n], class-token weights
+  [B, L, H, S] and query patches [B, L, H, S] of images `image_index` [B]."""
+  n, (b, L, H, per_head) = config.grid_size, queries.shape
+  grid = np.meshgrid(image_index, np.arange(L), np.arange(H), np.arange(per_head),
+                     indexing='ij')
+  index = np.stack([grid[0], grid[1], grid[2], queries], -1).reshape(-1, 4)
+  plain = rows.reshape(-1, n, n)
+  qr, qc = np.divmod(index[:, 3], n)
+  canvas, _ = recentre(jnp.asarray(plain), qr, qc, n)
+  return Samples(np.asarray(canvas, np.float16), plain.astype(np.float16),
+                 to_cls.reshape(-1).astype(np.float16), index.astype(np.int32))
 
 
 # --- autoencoder ---------------------------------------------------------------------------
@@ -199,27 +186,39 @@ def masked_mse(reconstruction, x):
   return jnp.sum(err, (1, 2)) / jnp.maximum(jnp.sum(inside, (1, 2)), 1.)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AEOptions:
-  latent_dim: int = 2
-  width: int = 16
-  epochs: int = 60
-  batch_size: int = 256
-  learning_rate: float = 3e-3
-  weight_decay: float = 1e-4
-  warmup_fraction: float = 0.05
-  validation_fraction: float = 0.1
-  patience: int = 20          # epochs without validation improvement before stopping
-  seed: int = 0
-  progress: bool = True
+  latent_dim: int = option(2, 'autoencoder latent size; above 2 it is projected to 2-D by '
+                              'PCA')
+  width: int = option(16, cli=False)
+  epochs: int = option(60, 'autoencoder epochs', flag='--ae-epochs')
+  batch_size: int = option(256, cli=False)
+  learning_rate: float = option(3e-3, cli=False)
+  weight_decay: float = option(1e-4, cli=False)
+  warmup_fraction: float = option(0.05, cli=False)
+  validation_fraction: float = option(0.1, cli=False)
+  patience: int = option(20, cli=False)  # epochs without validation improvement
+  seed: int = option(0, cli=False)       # the CLI sets it from --pattern-seed
+  progress: bool = option(True, cli=False)
+
+  def __post_init__(self):
+    check(self, 'latent_dim', self.latent_dim, low=2)
+    check(self, 'epochs', self.epochs, low=1)
+    check(self, 'batch_size', self.batch_size, low=1)
+    check(self, 'patience', self.patience, low=1)
+    check(self, 'validation_fraction', self.validation_fraction, low=0., high=0.5, what='a number')
+
+
+def _adamw(options: AEOptions, total_steps: int):
+  schedule = optax.warmup_cosine_decay_schedule(
+      0., options.learning_rate, max(1, int(total_steps * options.warmup_fraction)),
+      total_steps)
+  return optax.adamw(schedule, weight_decay=options.weight_decay)
 
 
 def train_autoencoder(x: np.ndarray, canvas: int, options: AEOptions):
-  """Trains on x [S, c, c, 2]; returns (params, history) with the best-validation params.
-
-  history: {'train_loss': [epochs], 'val_loss': [epochs], 'best_epoch', 'stopped_early'}.
-  Deterministic for a fixed seed on CPU.
-  """
+  """Trains on x [S, c, c, 2]; returns (params, TrainingHistory) with the params of the
+  best validation loss. Deterministic for a fixed seed on CPU."""
   from vit_jax_analytics.progress import progress_bar
 
   model = PatternAutoencoder(canvas, options.latent_dim, options.width)
@@ -228,10 +227,7 @@ def train_autoencoder(x: np.ndarray, canvas: int, options: AEOptions):
   n_val = max(1, int(round(len(x) * options.validation_fraction)))
   val, train = x[order[:n_val]], x[order[n_val:]]
   steps_per_epoch = max(1, len(train) // options.batch_size)
-  total = steps_per_epoch * options.epochs
-  schedule = optax.warmup_cosine_decay_schedule(
-      0., options.learning_rate, max(1, int(total * options.warmup_fraction)), total)
-  optimizer = optax.adamw(schedule, weight_decay=options.weight_decay)
+  optimizer = _adamw(options, steps_per_epoch * options.epochs)
   params = model.init(jax.random.key(options.seed), jnp.zeros((1, canvas, canvas, 2)))['params']
   opt_state = optimizer.init(params)
 
@@ -245,7 +241,7 @@ def train_autoencoder(x: np.ndarray, canvas: int, options: AEOptions):
     return optax.apply_updates(p, updates), state, loss
 
   eval_loss = jax.jit(loss_fn)
-  history = {'train_loss': [], 'val_loss': []}
+  train_losses, val_losses = [], []
   best, best_params, best_epoch, waited = np.inf, params, 0, 0
   bar = progress_bar(options.epochs, 'autoencoder', 'epoch', disable=not options.progress)
   for epoch in range(options.epochs):
@@ -257,8 +253,8 @@ def train_autoencoder(x: np.ndarray, canvas: int, options: AEOptions):
       losses.append(float(loss))
     val_loss = float(np.mean([eval_loss(params, val[i:i + 1024])
                               for i in range(0, len(val), 1024)]))
-    history['train_loss'].append(float(np.mean(losses)))
-    history['val_loss'].append(val_loss)
+    train_losses.append(float(np.mean(losses)))
+    val_losses.append(val_loss)
     bar.update(1)
     bar.set_postfix(train=f'{np.mean(losses):.4f}', val=f'{val_loss:.4f}')
     if val_loss < best - 1e-6:
@@ -268,30 +264,50 @@ def train_autoencoder(x: np.ndarray, canvas: int, options: AEOptions):
       if waited >= options.patience:
         break
   bar.close()
-  history['best_epoch'] = best_epoch
-  history['stopped_early'] = len(history['val_loss']) < options.epochs
-  return best_params, history
+  return best_params, TrainingHistory(tuple(train_losses), tuple(val_losses), best_epoch,
+                                      len(val_losses) < options.epochs)
+
+
+# Jitted once per autoencoder shape (static arguments), not once per call.
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _encode(params, x, canvas, latent_dim, width):
+  model = PatternAutoencoder(canvas, latent_dim, width)
+  return model.apply({'params': params}, x, method=PatternAutoencoder.encode)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _decode(params, z, canvas, latent_dim, width):
+  model = PatternAutoencoder(canvas, latent_dim, width)
+  return model.apply({'params': params}, z, method=PatternAutoencoder.decode)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _reconstruction_errors(params, x, canvas, latent_dim, width):
+  return masked_mse(PatternAutoencoder(canvas, latent_dim, width).apply({'params': params}, x),
+                    x)
+
+
+def _in_chunks(f, x, batch: int) -> np.ndarray:
+  return np.concatenate([np.asarray(f(x[i:i + batch])) for i in range(0, len(x), batch)])
 
 
 def encode(params, x, canvas: int, options: AEOptions, batch: int = 2048) -> np.ndarray:
-  model = PatternAutoencoder(canvas, options.latent_dim, options.width)
-  f = jax.jit(lambda p, xs: model.apply({'params': p}, xs, method=PatternAutoencoder.encode))
-  return np.concatenate([np.asarray(f(params, x[i:i + batch])) for i in range(0, len(x), batch)])
+  """x [S, c, c, 2] -> latents [S, latent_dim]."""
+  return _in_chunks(lambda xs: _encode(params, xs, canvas, options.latent_dim, options.width),
+                    x, batch)
 
 
 def decode(params, z, canvas: int, options: AEOptions) -> np.ndarray:
-  model = PatternAutoencoder(canvas, options.latent_dim, options.width)
-  return np.asarray(jax.jit(lambda p, zs: model.apply({'params': p}, zs,
-                                                      method=PatternAutoencoder.decode))(
-      params, jnp.asarray(z, jnp.float32)))
+  """latents [S, latent_dim] -> patterns [S, c, c] in [0, 1]."""
+  return np.asarray(_decode(params, jnp.asarray(z, jnp.float32), canvas, options.latent_dim,
+                            options.width))
 
 
 def reconstruction_errors(params, x, canvas: int, options: AEOptions,
                           batch: int = 2048) -> np.ndarray:
   """[S] masked MSE of each sample's reconstruction."""
-  model = PatternAutoencoder(canvas, options.latent_dim, options.width)
-  f = jax.jit(lambda p, xs: masked_mse(model.apply({'params': p}, xs), xs))
-  return np.concatenate([np.asarray(f(params, x[i:i + batch])) for i in range(0, len(x), batch)])
+  return _in_chunks(lambda xs: _reconstruction_errors(params, xs, canvas, options.latent_dim,
+                                                      options.width), x, batch)
 
 
 def pca_2d(latent: np.ndarray) -> tuple:
@@ -388,46 +404,52 @@ def describe_pattern(pattern: np.ndarray, to_cls: float) -> str:
   return 'global'
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PatternOptions:
-  per_head: int = 4
-  max_images: Optional[int] = 200
-  batch_size: int = 32
-  grid: int = 12              # the decoded map is grid x grid patterns
-  clusters: int = 6
-  seed: int = 0
-  ae: AEOptions = dataclasses.field(default_factory=AEOptions)
-  progress: bool = True
+  per_head: int = option(4, 'query patches sampled per image, layer and head')
+  max_images: Optional[int] = option(200, 'images sampled for patterns',
+                                     flag='--pattern-images', parse=int)
+  batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
+  grid: int = option(12, 'the decoded pattern map is GRID x GRID')
+  clusters: int = option(6, 'head clusters')
+  seed: int = option(0, 'seed of the sampled queries and the autoencoder',
+                     flag='--pattern-seed')
+  ae: AEOptions = option(factory=AEOptions, cli=False)
+  progress: bool = option(True, 'no progress bars', flag='--no-progress')
+
+  def __post_init__(self):
+    check(self, 'per_head', self.per_head, low=1)
+    check(self, 'max_images', self.max_images, low=1, optional=True)
+    check(self, 'batch_size', self.batch_size, low=1)
+    check(self, 'grid', self.grid, low=2)
+    check(self, 'clusters', self.clusters, low=1)
 
 
-def summarise(samples: Samples, config: ViTConfig, options: PatternOptions):
-  """Trains the autoencoder and builds the map, densities and clusters. Returns
-  (result dict of numpy arrays, autoencoder params)."""
-  n = config.grid_size
-  canvas = 2 * n - 1
-  x = ae_inputs(samples, n)
-  ae_params, history = train_autoencoder(x, canvas, options.ae)
-  latent = encode(ae_params, x, canvas, options.ae)
-  if options.ae.latent_dim == 2:
-    coords, lift = latent, None
-  else:
-    coords, lift = pca_2d(latent)
+def latent_map(ae_params, coords: np.ndarray, lift, g: int, canvas: int,
+               options: AEOptions) -> tuple:
+  """The g x g grid over the samples' 2-D coords [S, 2], decoded: (extent [2, 2],
+  decoded [g, g, c, c], cell of each sample [S, 2]). lift: (mean, axes) from pca_2d to
+  map grid points back to the latent, or None for a 2-D latent."""
   extent = latent_extent(coords)
-  g = options.grid
   centres = grid_centres(extent, g).reshape(-1, 2)
   z = centres if lift is None else lift[0] + centres @ lift[1]
-  decoded = decode(ae_params, z, canvas, options.ae).reshape(g, g, canvas, canvas)
-  cells = grid_cells(coords, extent, g)
-  dens = head_densities(cells, samples.index, config, g)
-  k = min(options.clusters, config.num_layers * config.num_heads)
-  labels, _ = kmeans(dens.reshape(-1, g * g), k, options.seed)
-  errors = reconstruction_errors(ae_params, x, canvas, options.ae)
-  per_head_error = np.zeros((config.num_layers, config.num_heads))
-  np.add.at(per_head_error, (samples.index[:, 1], samples.index[:, 2]), errors)
-  per_head_error /= np.maximum(np.bincount(samples.index[:, 1] * config.num_heads +
-                                           samples.index[:, 2],
-                                           minlength=per_head_error.size)
-                               .reshape(per_head_error.shape), 1)
+  decoded = decode(ae_params, z, canvas, options).reshape(g, g, canvas, canvas)
+  return extent, decoded, grid_cells(coords, extent, g)
+
+
+def head_errors(errors: np.ndarray, index: np.ndarray, config: ViTConfig) -> np.ndarray:
+  """[L, H] mean of the per-sample errors [S] over each head's samples."""
+  shape = (config.num_layers, config.num_heads)
+  total = np.zeros(shape)
+  np.add.at(total, (index[:, 1], index[:, 2]), errors)
+  counts = np.bincount(index[:, 1] * config.num_heads + index[:, 2],
+                       minlength=total.size).reshape(shape)
+  return total / np.maximum(counts, 1)
+
+
+def name_clusters(labels: np.ndarray, samples: Samples, config: ViTConfig, k: int) -> tuple:
+  """(mean re-centred pattern of each cluster's samples [k, c, c], suggested names [k])."""
+  canvas = 2 * config.grid_size - 1
   head_of_sample = samples.index[:, 1] * config.num_heads + samples.index[:, 2]
   recentred = samples.recentred.astype(np.float32)
   representatives, names = [], []
@@ -437,15 +459,36 @@ def summarise(samples: Samples, config: ViTConfig, options: PatternOptions):
     mean_cls = float(samples.to_cls[members].astype(np.float32).mean()) if members.any() else 0.
     representatives.append(mean_pattern)
     names.append(describe_pattern(mean_pattern, mean_cls))
+  return np.stack(representatives), tuple(names)
+
+
+def masked_variance(x: np.ndarray) -> float:
+  """Variance of the patterns x[..., 0] over the cells inside the image x[..., 1]."""
   inside = x[..., 1]
-  variance = float(((x[..., 0] - (x[..., 0] * inside).sum(0) / np.maximum(inside.sum(0), 1))
-                    ** 2 * inside).sum() / inside.sum())
-  result = {
-      'map': decoded, 'map_extent': extent, 'latent': coords.astype(np.float32),
-      'sample_cells': cells.astype(np.int32), 'head_density': dens,
-      'head_cluster': labels.reshape(config.num_layers, config.num_heads).astype(np.int32),
-      'cluster_pattern': np.stack(representatives), 'cluster_names': names,
-      'reconstruction_error': float(errors.mean()), 'data_variance': variance,
-      'head_reconstruction_error': per_head_error, 'history': history,
-  }
-  return result, ae_params
+  mean = (x[..., 0] * inside).sum(0) / np.maximum(inside.sum(0), 1)
+  return float(((x[..., 0] - mean) ** 2 * inside).sum() / inside.sum())
+
+
+def summarise(samples: Samples, config: ViTConfig, options: PatternOptions) -> tuple:
+  """Trains the autoencoder, maps the samples, clusters the heads and names the clusters.
+  Returns (PatternResult, autoencoder params)."""
+  n, g = config.grid_size, options.grid
+  canvas = 2 * n - 1
+  x = ae_inputs(samples, n)
+  ae_params, history = train_autoencoder(x, canvas, options.ae)
+  latent = encode(ae_params, x, canvas, options.ae)
+  coords, lift = (latent, None) if options.ae.latent_dim == 2 else pca_2d(latent)
+  extent, decoded, cells = latent_map(ae_params, coords, lift, g, canvas, options.ae)
+  density = head_densities(cells, samples.index, config, g)
+  k = min(options.clusters, config.num_layers * config.num_heads)
+  labels, _ = kmeans(density.reshape(-1, g * g), k, options.seed)
+  errors = reconstruction_errors(ae_params, x, canvas, options.ae)
+  cluster_pattern, names = name_clusters(labels, samples, config, k)
+  return PatternResult(
+      map=decoded, map_extent=extent, sample_latent=coords.astype(np.float32),
+      sample_cell=cells.astype(np.int32), head_density=density,
+      head_cluster=labels.reshape(config.num_layers, config.num_heads).astype(np.int32),
+      cluster_pattern=cluster_pattern, cluster_names=names,
+      reconstruction_error=float(errors.mean()), data_variance=masked_variance(x),
+      head_reconstruction_error=head_errors(errors, samples.index, config), history=history,
+      samples=samples), ae_params

@@ -1,22 +1,31 @@
-"""Runs an analysis end to end: checkpoint and images in, results in a logdir.
+"""Runs the analyses end to end: checkpoint and images in, results in a logdir.
 
-The glue between the I/O modules (checkpoints, data, summary) and the pure analyses; the
-CLI calls these, and so can a notebook.
+The one place where I/O meets the pure analyses (data flows CLI -> load -> analyse ->
+write): `Inputs.load` reads the checkpoint and the image folder, each analysis computes a
+typed result from a batch source, `logdir.writer` writes it. The CLI calls these, and so
+can a notebook.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import hashlib
+import json
+import re
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from vit_jax_analytics import checkpoints, data, summary
+from vit_jax_analytics import checkpoints, data
+from vit_jax_analytics.errors import OptionError
+from vit_jax_analytics.logdir import progress_store, schema, writer
+from vit_jax_analytics.model import ViTConfig
+from vit_jax_analytics.options import check
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Inputs:
   """What every analysis reads: a checkpoint, an image folder and how to feed it."""
   checkpoint: Path
@@ -24,123 +33,185 @@ class Inputs:
   labels: Optional[Path] = None
   max_images: Optional[int] = None
   image_size: Optional[int] = None
-  gelu_approximate: Optional[bool] = None
+  gelu_approximate: Optional[bool] = None  # None: tanh (vit_jax), or what orbax recorded
   mean: tuple = data.VIT_JAX_MEAN_STD[0]
   std: tuple = data.VIT_JAX_MEAN_STD[1]
 
-  def load(self):
-    """(params, config, image_set)."""
-    params, config = checkpoints.load_checkpoint(self.checkpoint, image_size=self.image_size,
-                                                 gelu_approximate=self.gelu_approximate)
-    image_set = data.image_folder(self.images, self.labels).take(self.max_images)
-    return params, config, image_set
+  def __post_init__(self):
+    check(self, 'max_images', self.max_images, low=1, optional=True)
+    check(self, 'image_size', self.image_size, low=1, optional=True)
+    if len(self.mean) != 3 or not all(np.isfinite(self.mean)):
+      raise OptionError('mean', f'expected three finite numbers, got {self.mean!r}', Inputs)
+    if len(self.std) != 3 or not all(np.isfinite(s) and s > 0 for s in self.std):
+      raise OptionError('std', f'expected three finite positive numbers, got {self.std!r}',
+                        Inputs)
 
-  def identity(self) -> list:
-    """What a resumed run must share with the interrupted one."""
-    ckpt = Path(self.checkpoint)
-    stamp = os.stat(ckpt).st_mtime_ns if ckpt.exists() else 0
-    return [str(ckpt.absolute()), stamp, str(Path(self.images).absolute()), self.labels,
-            self.max_images, self.image_size, self.gelu_approximate, self.mean, self.std]
+  def load_model(self) -> tuple:
+    """(params, config)."""
+    return checkpoints.load_checkpoint(self.checkpoint, image_size=self.image_size,
+                                       gelu_approximate=self.gelu_approximate)
+
+  def load(self) -> 'Loaded':
+    params, config = self.load_model()
+    image_set = data.image_folder(self.images, self.labels).take(self.max_images)
+    source = data.ImageFolderSource(image_set, config.image_size, self.mean, self.std)
+    return Loaded(params, config, image_set, source)
+
+
+class Loaded(NamedTuple):
+  params: Any
+  config: ViTConfig
+  image_set: data.ImageSet
+  source: data.ImageFolderSource
 
 
 def default_run_name(checkpoint) -> str:
   """The checkpoint's file or directory name, made safe for a run directory."""
-  import re
   stem = Path(checkpoint).name
   stem = stem[:-4] if stem.endswith('.npz') else stem
   return re.sub(r'[^A-Za-z0-9._-]', '_', stem).lstrip('.') or 'run'
 
 
-def common_meta(inputs: Inputs, config, image_set) -> dict:
+def common_meta(inputs: Inputs, loaded: Loaded, options) -> dict:
   import flax
   import jax
 
   import vit_jax_analytics
+  image_set = loaded.image_set
   return {
-      'checkpoint': str(inputs.checkpoint), 'config': config.to_dict(),
+      'checkpoint': str(inputs.checkpoint), 'config': loaded.config.to_dict(),
       'image_folder': str(inputs.images), 'image_names': image_set.relative_names(),
       'labels': [int(x) for x in image_set.labels],
       'class_names': list(image_set.class_names) if image_set.class_names else None,
       'mean': list(inputs.mean), 'std': list(inputs.std),
       'versions': {'vit_jax_analytics': vit_jax_analytics.__version__,
                    'jax': jax.__version__, 'flax': flax.__version__},
+      'options': dataclasses.asdict(options),
   }
 
 
-def run_importance(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:
-  """Computes head importance and writes it to <logdir>/<run>; resumes an interrupted run
-  with the same inputs and options. Returns the event file written."""
-  from vit_jax_analytics import importance
+def computation_key(inputs: Inputs, loaded: Loaded, options) -> str:
+  """Identifies a computation for resuming: everything that changes its results — the
+  checkpoint's contents, every image file (name, size, mtime), the labels, the inputs'
+  settings and the options that matter."""
+  h = hashlib.sha256()
+  for leaf in _leaves(loaded.params):
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  h.update(json.dumps(loaded.config.to_dict(), sort_keys=True).encode())
+  for path in loaded.image_set.paths:
+    stat = path.stat() if path.exists() else None
+    h.update(f'{path}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n'.encode())
+  h.update(np.asarray(loaded.image_set.labels, np.int64).tobytes())
+  settings = dataclasses.asdict(options)
+  for name in ('progress', 'save_every_seconds'):
+    settings.pop(name, None)
+  h.update(json.dumps([settings, list(inputs.mean), list(inputs.std)], sort_keys=True,
+                      default=str).encode())
+  return h.hexdigest()[:20]
 
-  options = options or importance.ImportanceOptions()
-  run = summary.check_run_name(run or default_run_name(inputs.checkpoint))
-  params, config, image_set = inputs.load()
-  resume = (logdir, run, 'importance', options.key(*inputs.identity()))
-  result = importance.compute_importance(params, config, image_set, options, inputs.mean,
-                                         inputs.std, resume=resume)
-  meta = common_meta(inputs, config, image_set)
-  meta['options'] = dataclasses.asdict(options)
-  path = summary.write_importance(logdir, run, result, meta)
-  summary.clear_progress(*resume)
-  return path
+
+def _leaves(tree):
+  if isinstance(tree, Mapping):
+    for k in sorted(tree):
+      yield from _leaves(tree[k])
+  else:
+    yield np.asarray(tree)
 
 
-def model_view_images(inputs: Inputs, image_set, indices, image_size) -> np.ndarray:
+def model_view_images(inputs: Inputs, loaded: Loaded, indices) -> np.ndarray:
   """[M, S, S, 3] uint8: the images at `indices` as the model saw them (resized)."""
+  size = loaded.config.image_size
   out = []
   for i in indices:
-    x = data.load_image(image_set.paths[i], image_size, inputs.mean, inputs.std)
+    x = data.load_image(loaded.image_set.paths[i], size, inputs.mean, inputs.std)
     x = x * np.asarray(inputs.std, np.float32) + np.asarray(inputs.mean, np.float32)
     out.append(np.clip(np.round(x * 255.), 0, 255).astype(np.uint8))
-  return np.stack(out) if out else np.zeros((0, image_size, image_size, 3), np.uint8)
+  return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+# --- the analyses: compute a result, then its tags -------------------------------------------
+
+def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tuple:
+  from vit_jax_analytics import importance
+
+  store = progress_store.LogdirProgressStore(logdir, run, 'importance',
+                                             computation_key(inputs, loaded, options))
+  result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
+                                         store=store)
+  return result, lambda meta: schema.importance_values(result, meta), store.clear
+
+
+def _strength(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tuple:
+  from vit_jax_analytics import strength
+
+  result = strength.compute_strength(loaded.params, loaded.config, loaded.source, options)
+  images = model_view_images(inputs, loaded, result.map_image_index)
+  return result, lambda meta: schema.strength_values(result, meta, images), None
+
+
+def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tuple:
+  from vit_jax_analytics import patterns
+
+  samples = patterns.extract_samples(loaded.params, loaded.config, loaded.source,
+                                     options.per_head, options.max_images, options.batch_size,
+                                     options.seed, progress=options.progress)
+  result, ae_params = patterns.summarise(samples, loaded.config, options)
+  # The autoencoder itself, beside the event file.
+  checkpoints.save_orbax(writer.run_directory(logdir, run) / 'pattern_autoencoder', ae_params,
+                         {'canvas': 2 * loaded.config.grid_size - 1,
+                          **dataclasses.asdict(options.ae)})
+  return result, lambda meta: schema.patterns_values(result, meta), None
+
+
+def _options_types():
+  from vit_jax_analytics import importance, patterns, strength
+  return {'importance': importance.ImportanceOptions, 'strength': strength.StrengthOptions,
+          'patterns': patterns.PatternOptions}
+
+
+ANALYSES = ('importance', 'strength', 'patterns')
+_RUNNERS = {'importance': _importance, 'strength': _strength, 'patterns': _patterns}
+
+
+def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
+                 options: Optional[Mapping[str, Any]] = None,
+                 analyses: Sequence[str] = ANALYSES) -> list:
+  """Runs `analyses` in turn on one load of the checkpoint and images; each writes its own
+  event file to <logdir>/<run> as soon as it is done. options: {analysis: its options}
+  (defaults for the others). Returns the files written."""
+  unknown = sorted(set(analyses) - set(ANALYSES))
+  if unknown:
+    raise ValueError(f'unknown analyses {unknown}; expected some of {ANALYSES}')
+  options = {name: (options or {}).get(name) or _options_types()[name]() for name in analyses}
+  run = writer.check_run_name(run or default_run_name(inputs.checkpoint))
+  writer.check_writable(logdir, run)  # before any work, not after it
+  loaded = inputs.load()
+  for opts in options.values():  # options that depend on the model, before any work
+    if hasattr(opts, 'check_model'):
+      opts.check_model(loaded.config)
+  written = []
+  for k, name in enumerate(analyses, start=1):
+    print(f'[{k}/{len(analyses)}] {name}', file=sys.stderr, flush=True)
+    result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name])
+    meta = common_meta(inputs, loaded, options[name])
+    written.append(writer.write_analysis(logdir, run, name, values(meta)))
+    if done:
+      done()  # progress is dropped only once the results are safely written
+  return written
+
+
+def run_importance(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:
+  """Head importance to <logdir>/<run>; resumes an interrupted run of the same
+  computation. Returns the event file written."""
+  return run_analysis(inputs, logdir, run, {'importance': options}, ('importance',))[0]
 
 
 def run_strength(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:
-  """Computes the attention-strength statistics and writes them to <logdir>/<run>."""
-  from vit_jax_analytics import strength
-
-  options = options or strength.StrengthOptions()
-  run = summary.check_run_name(run or default_run_name(inputs.checkpoint))
-  params, config, image_set = inputs.load()
-  result = strength.compute_strength(params, config, image_set, options, inputs.mean,
-                                     inputs.std)
-  meta = common_meta(inputs, config, image_set)
-  meta['options'] = dataclasses.asdict(options)
-  images = model_view_images(inputs, image_set, result.get('map_image_index', []),
-                             config.image_size)
-  return summary.write_strength(logdir, run, result, meta, images)
+  """Attention-strength statistics (and stored maps) to <logdir>/<run>."""
+  return run_analysis(inputs, logdir, run, {'strength': options}, ('strength',))[0]
 
 
 def run_patterns(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:
-  """Samples attention patterns, trains the autoencoder (saved with orbax beside the
-  event file, in <logdir>/<run>/pattern_autoencoder) and writes the summary."""
-  from vit_jax_analytics import patterns
-
-  options = options or patterns.PatternOptions()
-  run = summary.check_run_name(run or default_run_name(inputs.checkpoint))
-  params, config, image_set = inputs.load()
-  samples = patterns.extract_samples(params, config, image_set, options.per_head,
-                                     options.max_images, options.batch_size, options.seed,
-                                     inputs.mean, inputs.std, progress=options.progress)
-  result, ae_params = patterns.summarise(samples, config, options)
-  meta = common_meta(inputs, config, image_set)
-  meta['options'] = dataclasses.asdict(options)
-  checkpoints.save_orbax(summary.run_directory(logdir, run) / 'pattern_autoencoder', ae_params,
-                         {'canvas': 2 * config.grid_size - 1, **dataclasses.asdict(options.ae)})
-  return summary.write_patterns(logdir, run, result, samples, meta)
-
-
-def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None, importance_options=None,
-                 strength_options=None, pattern_options=None, skip=()) -> list:
-  """importance, strength and patterns in turn (any of them in `skip` is left out); each
-  writes its own event file as soon as it is done. Returns the files written."""
-  import sys
-  steps = [(name, fn, opts) for name, fn, opts in (
-      ('importance', run_importance, importance_options),
-      ('strength', run_strength, strength_options),
-      ('patterns', run_patterns, pattern_options)) if name not in skip]
-  written = []
-  for k, (name, fn, opts) in enumerate(steps, start=1):
-    print(f'[{k}/{len(steps)}] {name}', file=sys.stderr, flush=True)
-    written.append(fn(inputs, logdir, run, opts))
-  return written
+  """Pattern samples, the autoencoder (saved with orbax in <logdir>/<run>/
+  pattern_autoencoder) and the pattern summary to <logdir>/<run>."""
+  return run_analysis(inputs, logdir, run, {'patterns': options}, ('patterns',))[0]

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
+from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource
 from vit_jax_analytics.model import ViTConfig
+from vit_jax_analytics.options import check, option
+from vit_jax_analytics.results import ScalarDistribution, StrengthResult
 
 HIST_BINS = 256
 SCALARS = ('mean_distance', 'entropy', 'self_share', 'cls_share')
@@ -132,11 +134,16 @@ def attention_rollout(attention):
 
 # --- streaming driver ----------------------------------------------------------------------
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class StrengthOptions:
-  batch_size: int = 32
-  map_images: int = 8  # images (spread over the set) whose full attention maps are stored
-  progress: bool = True
+  batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
+  map_images: int = option(
+      8, 'images (spread over the set) whose full attention maps and rollout are stored')
+  progress: bool = option(True, 'no progress bars', flag='--no-progress')
+
+  def __post_init__(self):
+    check(self, 'batch_size', self.batch_size, low=1)
+    check(self, 'map_images', self.map_images, low=0)
 
 
 def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) -> np.ndarray:
@@ -151,63 +158,67 @@ def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) ->
   return np.stack(out, -1)
 
 
-def finish(sums: dict, count: int, config: ViTConfig) -> dict:
+def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
   """Means and derived statistics from the summed accumulators of `count` images."""
   n, t = config.grid_size, config.num_tokens
   dy = np.abs(np.arange(-(n - 1), n))
   pairs = np.outer(n - dy, n - dy)                               # [2n-1, 2n-1] per image
-  r = {'offset_pairs': pairs * count,
-       'offset_mean': sums['offset_sum'] / (pairs * count)}
-  r['offset_ratio'] = r['offset_mean'] * t                        # times the uniform 1/T
+  offset_mean = sums['offset_sum'] / (pairs * count)
   cheb = np.maximum(dy[:, None], dy[None])
   mass = np.stack([np.sum(np.where(cheb == d, sums['offset_sum'], 0.), axis=(-2, -1))
                    for d in range(n)], -1)                        # [L, H, n]
-  r['neighbourhood_share'] = np.cumsum(mass, -1) / (n * n * count)
   ranges = scalar_ranges(config)
-  for name in SCALARS:
-    if name == 'cls_share' and not config.has_cls_token:
-      continue
-    r[name] = sums[name] / count
-    r[f'{name}_quantiles'] = histogram_quantiles(sums[f'{name}_hist'], *ranges[name])
-    r[f'{name}_hist'] = sums[f'{name}_hist']
+  scalars = [s for s in SCALARS if s != 'cls_share' or config.has_cls_token]
+  cls_maps = {}
   if config.has_cls_token:
     for name in ('cls_attention', 'to_cls'):
-      r[name] = (sums[name] / count).reshape(sums[name].shape[:-1] + (n, n))
-  return r
+      cls_maps[name] = (sums[name] / count).reshape(sums[name].shape[:-1] + (n, n))
+  return StrengthResult(
+      images=count, offset_mean=offset_mean, offset_ratio=offset_mean * t,  # x uniform 1/T
+      offset_pairs=pairs * count,
+      neighbourhood_share=np.cumsum(mass, -1) / (n * n * count),
+      mean_distance=sums['mean_distance'] / count, entropy=sums['entropy'] / count,
+      self_share=sums['self_share'] / count,
+      cls_share=sums['cls_share'] / count if config.has_cls_token else None,
+      quantile_levels=QUANTILES,
+      distributions={s: ScalarDistribution(
+          ranges[s], sums[f'{s}_hist'],
+          histogram_quantiles(sums[f'{s}_hist'], *ranges[s])) for s in scalars},
+      **cls_maps)
 
 
-def compute_strength(params, config: ViTConfig, image_set, options: StrengthOptions,
-                     mean=(0.5,) * 3, std=(0.5,) * 3, mesh=None) -> dict:
-  """Streams the strength statistics over `image_set`; also the full attention maps and
-  rollout of `options.map_images` images spread evenly over it. Returns numpy arrays."""
-  from vit_jax_analytics import data
+def spread_indices(n: int, count: int) -> np.ndarray:
+  """`count` image indices spread evenly over n (an ImageFolder is sorted by class, so
+  the image view then shows variety)."""
+  if not count or not n:
+    return np.zeros(0, int)
+  return np.unique(np.round(np.linspace(0, n - 1, count)).astype(int))
 
+
+def compute_strength(params, config: ViTConfig, source: BatchSource,
+                     options: StrengthOptions = StrengthOptions(),
+                     mesh=None) -> StrengthResult:
+  """Streams the strength statistics over the images of `source`; also the full attention
+  maps and rollout of `options.map_images` images spread evenly over it."""
   mesh = mesh or parallel.batch_mesh()
   batch_size = parallel.device_batch_size(options.batch_size, mesh)
   params = parallel.replicate(mesh, params)
   sums, count = {}, 0
   maps, map_index = [], []
-  # Spread over the set (an ImageFolder is sorted by class), so the image view shows variety.
-  n = len(image_set)
-  wanted = (np.unique(np.round(np.linspace(0, n - 1, options.map_images)).astype(int))
-            if options.map_images and n else [])
-  stream = data.BatchStream(image_set, config.image_size, batch_size, mean=mean, std=std,
-                            progress=options.progress, desc='strength')
-  for batch in stream:
+  wanted = spread_indices(len(source), options.map_images)
+  for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
     sums = accumulate(sums, stats, batch.valid, config)
     count += int(batch.valid.sum())
-    if len(wanted):
-      rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
-      if len(rows):
-        maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
-        map_index += batch.index[rows].tolist()
+    rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
+    if len(rows):
+      maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
+      map_index += batch.index[rows].tolist()
   result = finish(sums, count, config)
-  result['images'] = count
-  if maps:
-    attention = np.concatenate(maps)
-    result['map_image_index'] = np.asarray(map_index, np.int32)
-    result['map_attention'] = attention.astype(np.float16)       # [M, L, H, T, T]
-    result['map_rollout'] = np.asarray(attention_rollout(attention), np.float16)  # [M, L, T, T]
-  return result
-
+  if not maps:
+    return result
+  attention = np.concatenate(maps)
+  return dataclasses.replace(
+      result, map_image_index=np.asarray(map_index, np.int32),
+      map_attention=attention.astype(np.float16),                              # [M, L, H, T, T]
+      map_rollout=np.asarray(attention_rollout(attention), np.float16))        # [M, L, T, T]

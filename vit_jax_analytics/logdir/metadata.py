@@ -1,7 +1,7 @@
 """The on-disk format's identity: plugin name, version, and the per-value plugin metadata.
 
-Written by `vit_jax_analytics.summary`, read by the plugin; documented in
-docs/logdir-format.md. Nothing else may define these.
+Imported by the writer (`logdir.writer`) and by the TensorBoard plugin (`tb_plugin`), and
+nothing else defines these; the format is documented in docs/logdir-format.md.
 """
 
 import json
@@ -13,7 +13,7 @@ FORMAT_VERSION = 1
 # array: a numeric tensor; json: a scalar string tensor holding UTF-8 JSON;
 # png: a scalar string tensor holding PNG bytes.
 KINDS = ('array', 'json', 'png')
-ANALYSES = ('importance', 'strength', 'patterns', 'images')
+ANALYSES = ('importance', 'strength', 'patterns')
 
 
 def create_summary_metadata(analysis: str, kind: str, description: str = '',

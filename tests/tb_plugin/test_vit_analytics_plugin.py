@@ -10,9 +10,9 @@ from tensorboard.backend.event_processing import data_provider, plugin_event_mul
 from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test, wrappers
 
-from tb_plugin import metadata
+from vit_jax_analytics.logdir import metadata
 from tb_plugin.vit_analytics_plugin import VitAnalyticsPlugin, unpack
-from vit_jax_analytics import summary
+from vit_jax_analytics.logdir import reader
 
 PREFIX = f'/data/plugin/{metadata.PLUGIN_NAME}'
 
@@ -51,7 +51,7 @@ def test_runs_lists_every_analysis(client):
 
 
 def test_arrays_equal_what_the_analysis_wrote(client, analysis_logdir):
-  written = summary.read_run(analysis_logdir / 'tiny')
+  written = reader.read_run(analysis_logdir / 'tiny')
   for tag in ('importance/taylor', 'importance/curve_top1', 'strength/offset_ratio',
               'patterns/head_density', 'importance/per_image_taylor'):
     code, body = get(client, '/array', run='tiny', tag=tag)
@@ -70,7 +70,7 @@ def test_meta_png_and_attention(client, analysis_logdir):
   assert code == 200 and png[:8] == b'\x89PNG\r\n\x1a\n'
   code, body = get(client, '/attention', run='tiny', image=1, query=5)
   assert code == 200
-  written = summary.read_run(analysis_logdir / 'tiny')
+  written = reader.read_run(analysis_logdir / 'tiny')
   np.testing.assert_array_equal(unpack(body['attention']),
                                 written['strength/map_attention/1'][:, :, 5].astype(np.float32))
   np.testing.assert_array_equal(unpack(body['rollout']),

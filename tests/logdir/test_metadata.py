@@ -3,7 +3,7 @@ import json
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from tb_plugin import metadata
+from vit_jax_analytics.logdir import metadata
 
 
 def test_roundtrip_and_tensor_data_class():

@@ -1,0 +1,88 @@
+"""Drives the plugin as a person sees it: the real `tensorboard` on a free local port and
+Debian's headless Chromium (via Selenium). Shared by the browser test and the plugin
+benchmark; nothing here is used when TensorBoard serves the plugin."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+CHROMEDRIVER = shutil.which('chromedriver') or '/usr/bin/chromedriver'
+CHROMIUM_FLAGS = ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic',
+                  '--no-first-run', '--disable-background-networking',
+                  '--disable-component-update', '--disable-sync')
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tensorboard(logdir, load_fast: str = 'false', wait_for_runs: bool = True):
+  """Runs `tensorboard --logdir` on 127.0.0.1; yields its URL once the plugin answers."""
+  port = free_port()
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'tensorboard.main', '--logdir', str(logdir), '--port', str(port),
+       '--host', '127.0.0.1', f'--load_fast={load_fast}', '--reload_interval', '1'],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  url = f'http://127.0.0.1:{port}'
+  try:
+    deadline = time.time() + 90
+    while True:
+      try:
+        with urllib.request.urlopen(f'{url}/data/plugin/vit_analytics/runs', timeout=5) as r:
+          if not wait_for_runs or json.loads(r.read())['runs']:
+            break
+      except OSError:
+        pass
+      if proc.poll() is not None or time.time() > deadline:
+        raise RuntimeError(f'tensorboard did not come up: {proc.stderr.read()[-2000:]}')
+      time.sleep(0.5)
+    yield url
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(10)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+
+
+@contextlib.contextmanager
+def chromium(window: str = '1400,2200'):
+  """A headless Chromium WebDriver with a throw-away profile."""
+  from selenium import webdriver
+  from selenium.webdriver.chrome.service import Service
+
+  with tempfile.TemporaryDirectory() as profile:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + (f'--window-size={window}', f'--user-data-dir={profile}'):
+      options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+      yield driver
+    finally:
+      driver.quit()
+
+
+def open_plugin(driver, url, timeout: float = 90):
+  """Opens the plugin's tab and switches into its iframe; returns a WebDriverWait."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+
+  driver.switch_to.default_content()
+  driver.get(f'{url}/#vit_analytics')
+  frame = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, 'iframe'))[0]
+  driver.switch_to.frame(frame)
+  return WebDriverWait(driver, timeout)

@@ -1,0 +1,86 @@
+"""What the analyses consume: batches of decoded images, and a store to resume from.
+
+An analysis never reads files. It is given a `BatchSource` (decoded images, labels, their
+indices and validity) and, to resume an interrupted run, a `ProgressStore`. The sources are
+`data.ImageFolderSource` (a folder on disk) and `ArraySource` (arrays in memory); the store
+is `logdir.progress_store.LogdirProgressStore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Mapping, NamedTuple, Optional, Protocol
+
+import numpy as np
+
+UNLABELLED = -1
+# One default for every analysis (and the CLI's --batch-size).
+DEFAULT_BATCH_SIZE = 64
+
+
+class Batch(NamedTuple):
+  """images [B, S, S, 3]; labels [B] (UNLABELLED where unknown); index [B] into the
+  source (-1 for padding); valid [B] (False for padding and unreadable images)."""
+  images: np.ndarray
+  labels: np.ndarray
+  index: np.ndarray
+  valid: np.ndarray
+
+
+def num_batches(n_images: int, batch_size: int) -> int:
+  return -(-n_images // batch_size)
+
+
+class BatchSource(Protocol):
+  """N images served as fixed-size batches.
+
+  `batches(b, first_batch=k)` yields batch k, k+1, ... where batch j always holds images
+  [j*b, (j+1)*b) (the last padded with invalid entries), so a run can resume at any batch.
+  """
+
+  def __len__(self) -> int: ...
+
+  def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
+              desc: str = 'images') -> Iterator[Batch]: ...
+
+  def take(self, n: Optional[int]) -> 'BatchSource': ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """Images already in memory: images [N, S, S, 3] normalised as the model expects,
+  labels [N] (default: all UNLABELLED)."""
+  images: np.ndarray
+  labels: Optional[np.ndarray] = None
+
+  def __len__(self):
+    return len(self.images)
+
+  def take(self, n: Optional[int]) -> 'ArraySource':
+    if n is None or n >= len(self):
+      return self
+    return ArraySource(self.images[:n], None if self.labels is None else self.labels[:n])
+
+  def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
+              desc: str = 'images') -> Iterator[Batch]:
+    n = len(self)
+    labels = (np.full(n, UNLABELLED, np.int32) if self.labels is None
+              else np.asarray(self.labels, np.int32))
+    for start in range(first_batch * batch_size, n, batch_size):
+      idx = np.arange(start, start + batch_size)
+      real = idx < n
+      images = np.zeros((batch_size,) + self.images.shape[1:], np.float32)
+      images[real] = self.images[idx[real]]
+      batch_labels = np.full(batch_size, UNLABELLED, np.int32)
+      batch_labels[real] = labels[idx[real]]
+      yield Batch(images, batch_labels, np.where(real, idx, -1).astype(np.int32), real)
+
+
+class ProgressStore(Protocol):
+  """Saved accumulators of one computation (the store is keyed by what changes its
+  results), so an interrupted run continues after its last saved batch."""
+
+  def load(self) -> Optional[tuple]:
+    """(next_batch, {name: array}) saved earlier, or None."""
+
+  def save(self, next_batch: int, arrays: Mapping[str, np.ndarray]) -> None: ...

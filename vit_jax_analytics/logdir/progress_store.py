@@ -1,0 +1,66 @@
+"""Progress of interrupted runs, for resuming: `<logdir>/<run>/.vit_analytics_state/`.
+
+Implements `batches.ProgressStore` for one computation, keyed by everything that changes
+its results. Not part of the data a reader sees.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+
+from vit_jax_analytics.errors import OutputError
+from vit_jax_analytics.logdir.writer import run_directory
+
+STATE_DIR = '.vit_analytics_state'
+
+
+class LogdirProgressStore:
+  """Accumulators of the computation `key` of `analysis` in <logdir>/<run>."""
+
+  def __init__(self, logdir, run: str, analysis: str, key: str):
+    self.path = run_directory(logdir, run) / STATE_DIR / f'{analysis}-{key}.npz'
+
+  def save(self, next_batch: int, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically records the accumulators after `next_batch` batches."""
+    tmp = self.path.with_suffix(f'.{os.getpid()}.tmp.npz')
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      np.savez(tmp, __next_batch__=np.asarray(next_batch), **arrays)
+      os.replace(tmp, self.path)
+    except OSError as e:
+      raise OutputError(f'{self.path}: cannot save progress ({e.strerror or e})') from None
+    finally:
+      tmp.unlink(missing_ok=True)
+
+  def load(self) -> Optional[tuple]:
+    """(next_batch, arrays) saved by an interrupted run, or None. A damaged file is set
+    aside (renamed *.damaged, with a warning) and the run starts over."""
+    if not self.path.exists():
+      return None
+    try:
+      with np.load(self.path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != '__next_batch__'}
+        return int(f['__next_batch__']), arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+      damaged = self.path.with_suffix('.damaged')
+      os.replace(self.path, damaged)
+      print(f'warning: {self.path}: damaged progress file ({type(e).__name__}) moved to '
+            f'{damaged.name}; starting over', file=sys.stderr)
+      return None
+
+  def clear(self) -> None:
+    self.path.unlink(missing_ok=True)
+    try:
+      self.path.parent.rmdir()
+    except OSError:
+      pass  # other analyses' progress, or a damaged file kept for the user
+
+
+def state_directory(logdir, run: str) -> Path:
+  return run_directory(logdir, run) / STATE_DIR

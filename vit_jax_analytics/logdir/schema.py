@@ -1,0 +1,198 @@
+"""Each analysis's tags: its typed result as `writer.Value`s, and back from what a reader
+returns. Tag by tag as in docs/logdir-format.md."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vit_jax_analytics.logdir.writer import Value
+from vit_jax_analytics.results import (Baseline, ImportanceResult, PatternResult, Samples,
+                                       ScalarDistribution, StrengthResult, TrainingHistory)
+
+LH = ('layer', 'head')
+IMAGE_LH = ('image', 'layer', 'head')
+METRICS = ('loss', 'top1', 'top5', 'kl')
+
+# --- importance ------------------------------------------------------------------------------
+
+IMPORTANCE_DEFINITIONS = {
+    'taylor': 'mean over images of |dL/d xi[l,h]| at xi = 1 (Michel et al. 2019); L is the '
+              'cross-entropy with the target',
+    'taylor_normalized': 'taylor, L2-normalised within each layer',
+    'ablation_loss': 'increase of the mean loss when only this head is masked out',
+    'ablation_top1': 'drop of top-1 accuracy when only this head is masked out',
+    'ablation_top5': 'drop of top-5 accuracy when only this head is masked out',
+    'ablation_kl': 'mean KL(p_unmasked || p_masked) when only this head is masked out '
+                   '(label-free)',
+}
+PER_IMAGE = ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl')
+
+
+def importance_values(r: ImportanceResult, meta: dict) -> dict:
+  values = {'meta': Value.json({
+      **meta, 'definitions': IMPORTANCE_DEFINITIONS, 'baseline': dataclasses.asdict(r.baseline),
+      'images': r.images, 'labelled_images': r.labelled_images, 'label_free': r.label_free,
+      'curve_orders': list(r.curve_orders),
+      'partial_variants': [{'name': n, 'description': d} for n, d in r.partial_variants],
+  })}
+  for name, description in IMPORTANCE_DEFINITIONS.items():
+    values[name] = Value.array(getattr(r, name), LH, description)
+  values['curve_counts'] = Value.array(r.curve_counts, ('point',),
+                                       'heads removed at each point of the pruning curves')
+  for m in METRICS:
+    values[f'curve_{m}'] = Value.array(getattr(r, f'curve_{m}'), ('order', 'point'),
+                                       f'mean {m} with the first heads of each order removed')
+  values['partial_heads'] = Value.array(r.partial_heads, ('head_index',),
+                                        'flat index layer * heads + head of each row')
+  for m in METRICS:
+    values[f'partial_{m}'] = Value.array(getattr(r, f'partial_{m}'), ('head_index', 'variant'),
+                                         f'{m} change with part of the head removed')
+  for k in PER_IMAGE:
+    if getattr(r, k) is not None:
+      values[k] = Value.array(getattr(r, k), IMAGE_LH)
+  return values
+
+
+def importance_from(tags: dict) -> ImportanceResult:
+  """The result from a run's tags ({tag: value} as `reader.read_run` returns them)."""
+  get = lambda name: tags.get(f'importance/{name}')
+  meta = get('meta')
+  return ImportanceResult(
+      **{name: get(name) for name in IMPORTANCE_DEFINITIONS},
+      baseline=Baseline(**meta['baseline']), curve_counts=get('curve_counts'),
+      curve_orders=tuple(meta['curve_orders']),
+      **{f'curve_{m}': get(f'curve_{m}') for m in METRICS},
+      partial_heads=get('partial_heads'),
+      partial_variants=tuple((v['name'], v['description']) for v in meta['partial_variants']),
+      **{f'partial_{m}': get(f'partial_{m}') for m in METRICS},
+      images=meta['images'], labelled_images=meta['labelled_images'],
+      label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE})
+
+
+# --- strength --------------------------------------------------------------------------------
+
+STRENGTH_DEFINITIONS = {
+    'offset_mean': 'mean attention weight a query patch gives the key patch at offset '
+                   '(dy, dx) = key - query, over valid query positions and images',
+    'offset_ratio': 'offset_mean divided by the uniform baseline 1/T (T tokens)',
+    'offset_pairs': '(query, key) pairs contributing to each offset',
+    'neighbourhood_share': "share of a query patch's attention on patches within Chebyshev "
+                           'distance 0, 1, 2, ... (cumulative), mean over queries and images',
+    'mean_distance': 'attention-weighted distance between query and key patch centres in '
+                     'pixels (Dosovitskiy et al. 2021, Fig. 7), over patch keys, mean over '
+                     'images',
+    'entropy': 'entropy (nats) of a query patch\'s attention, mean over queries and images',
+    'self_share': 'attention of a query patch to itself, mean over queries and images',
+    'cls_share': 'attention of a query patch to the class token, mean over queries and images',
+    'cls_attention': "the class token's attention to each patch, mean over images",
+    'to_cls': "each patch's attention to the class token, mean over images",
+}
+_STRENGTH_AXES = {
+    'offset_mean': ('layer', 'head', 'dy', 'dx'), 'offset_ratio': ('layer', 'head', 'dy', 'dx'),
+    'offset_pairs': ('dy', 'dx'), 'neighbourhood_share': ('layer', 'head', 'distance'),
+    'cls_attention': ('layer', 'head', 'row', 'col'), 'to_cls': ('layer', 'head', 'row', 'col'),
+}
+
+
+def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
+  """map_images: [M, S, S, 3] uint8, the images of `map_image_index` as the model saw them."""
+  values = {'meta': Value.json({
+      **meta, 'definitions': STRENGTH_DEFINITIONS, 'images': r.images,
+      'quantiles': list(r.quantile_levels),
+      'histogram_ranges': {k: list(d.range) for k, d in r.distributions.items()},
+      'map_image_index': [int(i) for i in r.map_image_index]})}
+  for name, description in STRENGTH_DEFINITIONS.items():
+    if getattr(r, name) is not None:
+      values[name] = Value.array(getattr(r, name), _STRENGTH_AXES.get(name, LH), description)
+  for name, d in r.distributions.items():
+    values[f'{name}_quantiles'] = Value.array(d.quantiles, LH + ('quantile',))
+    values[f'{name}_hist'] = Value.array(d.hist, LH + ('bin',))
+  # One tag per stored image, so the image view reads one image's maps at a time.
+  for k in range(len(r.map_image_index)):
+    values[f'map_attention/{k}'] = Value.array(r.map_attention[k],
+                                               ('layer', 'head', 'query', 'key'))
+    values[f'map_rollout/{k}'] = Value.array(r.map_rollout[k], ('layer', 'query', 'key'))
+  for k, image in enumerate(map_images):
+    values[f'map_image/{k}'] = Value.png(image)
+  return values
+
+
+def strength_from(tags: dict) -> StrengthResult:
+  get = lambda name: tags.get(f'strength/{name}')
+  meta = get('meta')
+  maps = range(len(meta['map_image_index']))
+  stack = lambda name: np.stack([get(f'{name}/{k}') for k in maps]) if maps else None
+  return StrengthResult(
+      images=meta['images'], **{name: get(name) for name in STRENGTH_DEFINITIONS},
+      quantile_levels=tuple(meta['quantiles']),
+      distributions={s: ScalarDistribution(tuple(rng), get(f'{s}_hist'), get(f'{s}_quantiles'))
+                     for s, rng in meta['histogram_ranges'].items()},
+      map_image_index=np.asarray(meta['map_image_index'], np.int32),
+      map_attention=stack('map_attention'), map_rollout=stack('map_rollout'))
+
+
+# --- patterns --------------------------------------------------------------------------------
+
+def map_png(maps: np.ndarray, pad: int = 1) -> np.ndarray:
+  """[g, g, c, c] values in [0, 1] -> one [g*(c+pad)+pad]^2 grayscale uint8 image."""
+  g, _, c, _ = maps.shape
+  size = g * (c + pad) + pad
+  img = np.full((size, size), 255, np.uint8)
+  for r in range(g):
+    for col in range(g):
+      y, x = pad + r * (c + pad), pad + col * (c + pad)
+      img[y:y + c, x:x + c] = np.clip(255 - maps[r, col] * 255, 0, 255).astype(np.uint8)
+  return img
+
+
+def patterns_values(r: PatternResult, meta: dict) -> dict:
+  s, h = r.samples, r.history
+  values = {'meta': Value.json({
+      **meta, 'cluster_names': list(r.cluster_names),
+      'reconstruction_error': r.reconstruction_error, 'data_variance': r.data_variance,
+      'best_epoch': h.best_epoch, 'stopped_early': h.stopped_early,
+      'samples': int(len(s.index))})}
+  values['map'] = Value.array(r.map.astype(np.float32), ('grid_row', 'grid_col', 'dy', 'dx'),
+                              'the latent plane decoded on a regular grid (pattern peak 1)')
+  values['map_image'] = Value.png(map_png(r.map), 'the decoded map, dark = strong')
+  values['map_extent'] = Value.array(r.map_extent, ('axis', 'bound'),
+                                     'latent [[x0, x1], [y0, y1]] covered by the map')
+  values['head_density'] = Value.array(r.head_density, ('layer', 'head', 'grid_row', 'grid_col'),
+                                       "share of each head's samples in each map cell")
+  values['head_cluster'] = Value.array(r.head_cluster, LH, 'k-means cluster of each head')
+  values['cluster_pattern'] = Value.array(r.cluster_pattern, ('cluster', 'dy', 'dx'),
+                                          "mean re-centred attention of the cluster's heads")
+  values['head_reconstruction_error'] = Value.array(r.head_reconstruction_error, LH)
+  values['train_loss'] = Value.array(np.asarray(h.train_loss), ('epoch',))
+  values['val_loss'] = Value.array(np.asarray(h.val_loss), ('epoch',))
+  values['sample_latent'] = Value.array(r.sample_latent, ('sample', 'axis'))
+  values['sample_cell'] = Value.array(r.sample_cell, ('sample', 'rowcol'))
+  values['sample_index'] = Value.array(s.index, ('sample', 'image_layer_head_query'))
+  values['sample_recentred'] = Value.array(s.recentred, ('sample', 'dy', 'dx'))
+  if s.plain is not None:
+    values['sample_plain'] = Value.array(s.plain, ('sample', 'row', 'col'),
+                                         'the same attention on the n x n patch grid')
+  return values
+
+
+def patterns_from(tags: dict) -> PatternResult:
+  get = lambda name: tags.get(f'patterns/{name}')
+  meta = get('meta')
+  train, val = get('train_loss'), get('val_loss')
+  return PatternResult(
+      map=get('map'), map_extent=get('map_extent'), sample_latent=get('sample_latent'),
+      sample_cell=get('sample_cell'), head_density=get('head_density'),
+      head_cluster=get('head_cluster'), cluster_pattern=get('cluster_pattern'),
+      cluster_names=tuple(meta['cluster_names']),
+      reconstruction_error=meta['reconstruction_error'], data_variance=meta['data_variance'],
+      head_reconstruction_error=get('head_reconstruction_error'),
+      history=TrainingHistory(tuple(train.tolist()), tuple(val.tolist()), meta['best_epoch'],
+                              meta['stopped_early']),
+      samples=Samples(get('sample_recentred'), get('sample_plain'), None, get('sample_index')))
+
+
+VALUES = {ImportanceResult: ('importance', importance_values),
+          StrengthResult: ('strength', strength_values),
+          PatternResult: ('patterns', patterns_values)}

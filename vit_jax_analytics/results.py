@@ -1,0 +1,128 @@
+"""The typed results of the three analyses: what they return, what the logdir writer
+writes and the reader returns. Plain NumPy data; axis names as in `vit_jax_analytics`.
+
+Means are over the valid images analysed. Shapes use: L layers, H heads, N images, n the
+patch grid side, T tokens, O orders, P points (pruning curves), E partially pruned heads,
+V partial-pruning variants, M stored attention maps, S pattern samples, g map grid, c the
+pattern canvas side (2n - 1), k clusters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """The unmasked model: mean loss, top-1 and top-5 accuracy against the targets."""
+  loss: float
+  top1: float
+  top5: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceResult:
+  """Which heads matter (see importance.py for the definitions)."""
+  taylor: np.ndarray                  # [L, H] mean |dL/d xi|
+  taylor_normalized: np.ndarray       # [L, H] L2-normalised within each layer
+  ablation_loss: np.ndarray           # [L, H] loss increase with only this head removed
+  ablation_top1: np.ndarray           # [L, H] top-1 drop
+  ablation_top5: np.ndarray           # [L, H] top-5 drop
+  ablation_kl: np.ndarray             # [L, H] KL(p_full || p_masked)
+  baseline: Baseline
+  curve_counts: np.ndarray            # [P] int: heads removed at each point
+  curve_orders: tuple                 # [O] names: taylor, ablation_*, random_i
+  curve_top1: np.ndarray              # [O, P]
+  curve_top5: np.ndarray              # [O, P]
+  curve_kl: np.ndarray                # [O, P]
+  curve_loss: np.ndarray              # [O, P]
+  partial_heads: np.ndarray           # [E] int flat head index layer * H + head
+  partial_variants: tuple             # [V] (name, description) pairs
+  partial_loss: np.ndarray            # [E, V] loss increase with that part removed
+  partial_top1: np.ndarray            # [E, V] top-1 drop
+  partial_top5: np.ndarray            # [E, V] top-5 drop
+  partial_kl: np.ndarray              # [E, V] KL(p_full || p_partial)
+  images: int
+  labelled_images: int
+  label_free: bool                    # some targets were the model's own prediction
+  per_image_taylor: Optional[np.ndarray] = None         # [N, L, H], NaN if unreadable
+  per_image_ablation_loss: Optional[np.ndarray] = None  # [N, L, H]
+  per_image_ablation_kl: Optional[np.ndarray] = None    # [N, L, H]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalarDistribution:
+  """The spread over images of one per-image, per-head scalar."""
+  range: tuple                        # (lo, hi) of the histogram
+  hist: np.ndarray                    # [L, H, bins] image counts
+  quantiles: np.ndarray               # [L, H, len(levels)] at the result's quantile_levels
+
+
+@dataclasses.dataclass(frozen=True)
+class StrengthResult:
+  """How strongly patches attend to their neighbours (see strength.py)."""
+  images: int
+  offset_mean: np.ndarray             # [L, H, 2n-1, 2n-1] by (dy, dx) = key - query
+  offset_ratio: np.ndarray            # [L, H, 2n-1, 2n-1] offset_mean * T
+  offset_pairs: np.ndarray            # [2n-1, 2n-1] (query, key) pairs counted
+  neighbourhood_share: np.ndarray     # [L, H, n] cumulative by Chebyshev distance
+  mean_distance: np.ndarray           # [L, H] pixels
+  entropy: np.ndarray                 # [L, H] nats
+  self_share: np.ndarray              # [L, H]
+  quantile_levels: tuple
+  distributions: dict                 # scalar name -> ScalarDistribution
+  cls_share: Optional[np.ndarray] = None       # [L, H] (class-token models)
+  cls_attention: Optional[np.ndarray] = None   # [L, H, n, n]
+  to_cls: Optional[np.ndarray] = None          # [L, H, n, n]
+  map_image_index: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros(0, np.int32))  # [M] image of each stored map
+  map_attention: Optional[np.ndarray] = None   # [M, L, H, T, T] float16
+  map_rollout: Optional[np.ndarray] = None     # [M, L, T, T] float16
+
+
+@dataclasses.dataclass
+class Samples:
+  """Pattern samples: one query patch's attention each. recentred [S, c, c] and plain
+  [S, n, n] float16 maps; to_cls [S] float16; index [S, 4] int32 rows (image, layer,
+  head, query patch)."""
+  recentred: np.ndarray
+  plain: Optional[np.ndarray]
+  to_cls: Optional[np.ndarray]
+  index: np.ndarray
+
+  def inside(self, n: int) -> np.ndarray:
+    """[S, 2n-1, 2n-1] the canvas cells whose key lies inside the image."""
+    r, c = np.divmod(self.index[:, 3], n)
+    dy = np.arange(2 * n - 1) - (n - 1)
+    rows = (r[:, None] + dy[None] >= 0) & (r[:, None] + dy[None] < n)   # [S, 2n-1]
+    cols = (c[:, None] + dy[None] >= 0) & (c[:, None] + dy[None] < n)
+    return rows[:, :, None] & cols[:, None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingHistory:
+  train_loss: tuple                   # [epochs]
+  val_loss: tuple                     # [epochs]
+  best_epoch: int
+  stopped_early: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PatternResult:
+  """What patterns heads have learned (see patterns.py)."""
+  map: np.ndarray                     # [g, g, c, c] the latent plane decoded on a grid
+  map_extent: np.ndarray              # [2, 2] [[x0, x1], [y0, y1]] latent box
+  sample_latent: np.ndarray           # [S, 2]
+  sample_cell: np.ndarray             # [S, 2] int (row, col) map cell
+  head_density: np.ndarray            # [L, H, g, g] share of each head's samples
+  head_cluster: np.ndarray            # [L, H] int
+  cluster_pattern: np.ndarray         # [k, c, c] mean re-centred attention
+  cluster_names: tuple                # [k]
+  reconstruction_error: float
+  data_variance: float
+  head_reconstruction_error: np.ndarray  # [L, H]
+  history: TrainingHistory
+  samples: Samples

@@ -2,7 +2,9 @@
 and the ES-module frontend in static/.
 
 Every run, tag and index parameter is validated against what the data provider lists; no
-parameter ever reaches the filesystem, and errors are 4xx JSON bodies.
+parameter ever reaches the filesystem. Stored values are checked against their kind before
+they are served. Every error is a 4xx JSON body `{"error": ...}`, never a 500: the routes,
+parameters and status codes are listed in http_api.md.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import base64
 import collections
 import json
-import time
+import logging
+import math
 import mimetypes
+import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +34,125 @@ STATIC = Path(__file__).parent / 'static'
 MAX_ARRAY_ELEMENTS = 4_000_000   # larger arrays are served only sliced (index=...)
 CACHE_BYTES = 512 * 2 ** 20
 LISTING_TTL = 1.0
+METHODS = ('GET', 'HEAD')
+# An index is ASCII digits with an optional '-': str.isdigit() also accepts '²' or '⑴',
+# which int() then rejects.
+INDEX_PATTERN = re.compile(r'-?[0-9]{1,12}')
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+SHOWN_CHARS = 60  # of a parameter echoed in an error message
+WHAT = {'array': 'an array', 'png': 'an image', 'json': 'JSON'}
+
+logger = logging.getLogger(__name__)
 
 
 class BadRequest(Exception):
+  """An error answered as JSON {"error": message} with a 4xx status: 400 bad query,
+  404 unknown run or tag, 405 method, 413 too large, 422 malformed stored data."""
+
   def __init__(self, message, code=400):
     super().__init__(message)
     self.code = code
 
 
-def _json(request, obj, code=200):
+def _show(value) -> str:
+  """A parameter for an error message: repr, cut to SHOWN_CHARS characters."""
+  if isinstance(value, str) and len(value) > SHOWN_CHARS:
+    return repr(value[:SHOWN_CHARS]) + '...'
+  return repr(value)
+
+
+def _json(request, obj, code=200, headers=None):
   return http_util.Respond(request, json.dumps(obj, allow_nan=False, separators=(',', ':')),
-                           'application/json', code=code)
+                           'application/json', code=code, headers=headers)
 
 
 def _route(fn):
-  """Wraps a handler: BadRequest -> JSON error with its status code."""
+  """Wraps a handler: only GET and HEAD (else 405); BadRequest -> JSON error with its
+  status code; any other exception is logged here and answered 422, never 500."""
   @wrappers.Request.application
   def handler(self, request):
+    if request.method not in METHODS:
+      return _json(request, {'error': f'method {_show(request.method)} is not allowed; '
+                                      f'use {" or ".join(METHODS)}'},
+                   405, headers=[('Allow', ', '.join(METHODS))])
     try:
       return fn(self, request)
     except BadRequest as e:
       return _json(request, {'error': str(e)}, e.code)
+    except Exception:  # a case the checks below missed: log it, keep the body clean
+      logger.exception('%s: cannot serve %s?%s', metadata.PLUGIN_NAME, request.path,
+                       request.query_string[:200])
+      return _json(request, {'error': 'stored value cannot be served; see the TensorBoard '
+                                      'log'}, 422)
   return handler
+
+
+def _param(request, name):
+  """The value of query parameter `name`, or None; 400 if it is given more than once."""
+  values = request.args.getlist(name)
+  if len(values) > 1:
+    raise BadRequest(f'parameter "{name}" is given {len(values)} times; give it once')
+  return values[0] if values else None
+
+
+def _integer(request, name):
+  """Query parameter `name` as an int (ASCII digits, optional leading '-'), or None."""
+  raw = _param(request, name)
+  if raw is None:
+    return None
+  if not INDEX_PATTERN.fullmatch(raw):
+    raise BadRequest(f'parameter "{name}" must be an integer, got {_show(raw)}')
+  return int(raw)
+
+
+def _in_range(name, i, size):
+  if i is not None and not 0 <= i < size:
+    raise BadRequest(f'parameter "{name}" = {i} is out of range [0, {size})')
+  return i
+
+
+def _finite(text):
+  f = float(text)  # '1e999' parses to inf, which the strict responses cannot carry
+  if not math.isfinite(f):
+    raise ValueError(f'number {text[:20]} is not finite')
+  return f
+
+
+def _no_constant(name):
+  raise ValueError(f'{name} is not allowed')
+
+
+def _decode(tag, kind, arr):
+  """The value a stored tensor holds, checked against its kind: a numeric ndarray, PNG
+  bytes, or parsed JSON without NaN or infinities (the responses are strict JSON).
+  BadRequest(422) when it holds anything else."""
+  if kind == 'array':
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in 'biuf':
+      raise BadRequest(f'tag {_show(tag)} is not a numeric array (dtype '
+                       f'{getattr(arr, "dtype", type(arr).__name__)})', 422)
+    return arr
+  raw = arr.item() if isinstance(arr, np.ndarray) and arr.shape == () else None
+  if not isinstance(raw, bytes):
+    raise BadRequest(f'tag {_show(tag)} is not a scalar string tensor (kind {kind!r})', 422)
+  if kind == 'png':
+    if not raw.startswith(PNG_SIGNATURE):
+      raise BadRequest(f'tag {_show(tag)} does not hold PNG data', 422)
+    return raw
+  try:
+    return json.loads(raw.decode('utf-8'), parse_float=_finite, parse_constant=_no_constant)
+  except (ValueError, RecursionError) as e:  # also UnicodeDecodeError, JSONDecodeError
+    raise BadRequest(f'tag {_show(tag)} is not valid JSON: {str(e)[:100]}', 422) from None
+
+
+def _listed(parsed):
+  """The plugin metadata of one tag as the routes use it, or None if its fields are not
+  of the documented types (such a tag is left out, like one of another format)."""
+  analysis, axes = parsed.get('analysis'), parsed.get('axes')
+  if not isinstance(analysis, str):
+    return None
+  if axes is not None and not (isinstance(axes, list) and all(isinstance(a, str) for a in axes)):
+    return None
+  return parsed
 
 
 def pack(a) -> dict:
@@ -68,12 +170,16 @@ def unpack(obj) -> np.ndarray:
   return np.frombuffer(base64.b64decode(obj['data_b64']), dtype).reshape(obj['shape'])
 
 
+_Failure = collections.namedtuple('_Failure', 'message code')
+
+
 class VitAnalyticsPlugin(base_plugin.TBPlugin):
   plugin_name = metadata.PLUGIN_NAME
 
   def __init__(self, context):
     self._provider = context.data_provider
-    self._cache = collections.OrderedDict()   # (run, tag, wall_time) -> (value, bytes)
+    # (run, tag, wall_time) -> (value or _Failure, bytes): a value is checked once, when read
+    self._cache = collections.OrderedDict()
     self._listing = {}                        # experiment id -> (time, tags)
     self._cache_bytes = 0
     self._lock = threading.Lock()
@@ -120,9 +226,11 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     for run, tags in listing.items():
       for tag, ts in tags.items():
         try:
-          info = metadata.parse_plugin_metadata(ts.plugin_content)
-        except ValueError:
-          continue  # not ours, or from a newer format: leave it out
+          info = _listed(metadata.parse_plugin_metadata(ts.plugin_content))
+        except (ValueError, TypeError):  # TypeError: e.g. a version that is not a number
+          info = None
+        if info is None:
+          continue  # not ours, from a newer format, or malformed: leave it out
         out.setdefault(run, {})[tag] = {**info, 'wall_time': ts.max_wall_time}
     with self._lock:
       self._listing[eid] = (time.monotonic(), out)
@@ -135,48 +243,66 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
       raise BadRequest('missing parameter "tag"')
     tags = self._tags(request)
     if run not in tags:
-      raise BadRequest(f'unknown run {run!r}', 404)
+      raise BadRequest(f'unknown run {_show(run)}', 404)
     if tag not in tags[run]:
-      raise BadRequest(f'unknown tag {tag!r} in run {run!r}', 404)
+      raise BadRequest(f'unknown tag {_show(tag)} in run {_show(run)}', 404)
     return tags[run][tag]
 
-  def _value(self, request, run, tag):
-    """The decoded value of (run, tag): numpy array, parsed JSON, or PNG bytes."""
+  def _value(self, request, run, tag, kind, mismatch=400):
+    """The decoded value of (run, tag), which must be of `kind` (else status `mismatch`):
+    numpy array, parsed JSON, or PNG bytes. A stored value that does not hold what its
+    kind promises is 422, and that answer is cached like a value."""
     info = self._check(request, run, tag)
+    if info['kind'] != kind:
+      raise BadRequest(f'tag {_show(tag)} is not {WHAT[kind]} (kind {info["kind"]!r})',
+                       mismatch)
     key = (run, tag, info['wall_time'])  # a re-written analysis has a new wall time
     with self._lock:
-      if key in self._cache:
+      cached = self._cache.get(key)
+      if cached is not None:
         self._cache.move_to_end(key)
-        return info, self._cache[key][0]
+    if cached is None:
+      cached = self._read(request, run, tag, kind)
+      with self._lock:
+        if key not in self._cache:
+          self._cache[key] = cached
+          self._cache_bytes += cached[1]
+        while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
+          self._cache_bytes -= self._cache.popitem(last=False)[1][1]
+    value = cached[0]
+    if isinstance(value, _Failure):
+      raise BadRequest(value.message, value.code)
+    return info, value
+
+  def _read(self, request, run, tag, kind):
+    """(decoded value or _Failure, its size in bytes) of (run, tag), from the provider."""
     ctx, eid = self._ctx(request)
-    data = self._provider.read_tensors(
-        ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, downsample=1,
-        run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
+    try:
+      data = self._provider.read_tensors(
+          ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, downsample=1,
+          run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
+    except Exception:  # a tensor proto that does not decode (bad dtype, size, shape)
+      logger.warning('%s: cannot read %r of run %r', metadata.PLUGIN_NAME, tag, run,
+                     exc_info=True)
+      return _Failure(f'tag {_show(tag)} cannot be decoded', 422), 0
     datum = data.get(run, {}).get(tag)
     if not datum:
-      raise BadRequest(f'no data for {tag!r} in run {run!r}', 404)
+      raise BadRequest(f'no data for {_show(tag)} in run {_show(run)}', 404)
     arr = datum[-1].numpy
-    if info['kind'] == 'json':
-      value = json.loads(arr.item())
-    elif info['kind'] == 'png':
-      value = arr.item()
-    else:
-      value = arr
-    with self._lock:
-      self._cache[key] = (value, arr.nbytes if info['kind'] == 'array' else len(arr.item()))
-      self._cache_bytes += self._cache[key][1]
-      while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
-        self._cache_bytes -= self._cache.popitem(last=False)[1][1]
-    return info, value
+    try:
+      value = _decode(tag, kind, arr)
+    except BadRequest as e:
+      return _Failure(str(e), e.code), 0
+    return value, (value.nbytes if kind == 'array' else len(arr.item()))
 
   # --- routes ------------------------------------------------------------------------------
 
-  @wrappers.Request.application
+  @_route
   def _serve_static(self, request):
     name = request.path.rsplit('/static/', 1)[-1]
     allowed = {p.name: p for p in STATIC.iterdir() if p.is_file()}
     if name not in allowed:  # no path from the request reaches the filesystem
-      return _json(request, {'error': f'no static file {name!r}'}, 404)
+      raise BadRequest(f'no static file {_show(name)}', 404)
     mime = mimetypes.guess_type(name)[0] or 'application/octet-stream'
     if name.endswith('.js'):
       mime = 'application/javascript'
@@ -193,65 +319,66 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
                             for t, info in sorted(tags[run].items())}})
     return _json(request, {'runs': runs})
 
+  def _meta(self, request, run, analysis):
+    """The parsed `<analysis>/meta` of a run, which must be a JSON object (else 422)."""
+    tag = f'{analysis}/meta'
+    _, value = self._value(request, run, tag, 'json', mismatch=422)
+    if not isinstance(value, dict):
+      raise BadRequest(f'tag {tag!r} is not a JSON object', 422)
+    return value
+
   @_route
   def _serve_meta(self, request):
-    run, analysis = request.args.get('run'), request.args.get('analysis')
+    run, analysis = _param(request, 'run'), _param(request, 'analysis')
     if analysis not in metadata.ANALYSES:
       raise BadRequest(f'parameter "analysis" must be one of {list(metadata.ANALYSES)}')
-    _, value = self._value(request, run, f'{analysis}/meta')
-    return _json(request, value)
-
-  def _index(self, request, name, size):
-    raw = request.args.get(name)
-    if raw is None:
-      return None
-    if len(raw) > 12 or not raw.lstrip('-').isdigit():
-      raise BadRequest(f'parameter "{name}" must be an integer, got {raw[:20]!r}')
-    i = int(raw)
-    if not 0 <= i < size:
-      raise BadRequest(f'parameter "{name}" = {i} is out of range [0, {size})')
-    return i
-
-  def _requested(self, request, kind):
-    """(info, value) of the run and tag a request names, which must be of `kind`."""
-    tag = request.args.get('tag')
-    info, value = self._value(request, request.args.get('run'), tag)
-    if info['kind'] != kind:
-      what = {'array': 'an array', 'png': 'an image', 'json': 'JSON'}[kind]
-      raise BadRequest(f'tag {tag!r} is not {what} (kind {info["kind"]!r})')
-    return info, value
+    return _json(request, self._meta(request, run, analysis))
 
   @_route
   def _serve_array(self, request):
-    info, value = self._requested(request, 'array')
-    tag = request.args.get('tag')
+    index, index2 = _integer(request, 'index'), _integer(request, 'index2')
+    if index is None and index2 is not None:
+      raise BadRequest('parameter "index2" needs "index"')
+    tag = _param(request, 'tag')
+    info, value = self._value(request, _param(request, 'run'), tag, 'array')
     axes = list(info.get('axes') or [])
-    for name in ('index', 'index2'):  # successive slices along the leading axes
-      i = self._index(request, name, value.shape[0] if value.ndim else 0)
+    for name, i in (('index', index), ('index2', index2)):  # successive leading-axis slices
       if i is not None:
-        value = value[i]
+        value = value[_in_range(name, i, value.shape[0] if value.ndim else 0)]
         axes = axes[1:]
     if value.size > MAX_ARRAY_ELEMENTS:
-      raise BadRequest(f'array {tag!r} has {value.size} elements; ask for a slice with '
+      raise BadRequest(f'array {_show(tag)} has {value.size} elements; ask for a slice with '
                        f'index=... (first axis {axes[0] if axes else "?"})', 413)
     return _json(request, {'axes': axes, **pack(value)})
 
   @_route
   def _serve_png(self, request):
-    _, value = self._requested(request, 'png')
+    _, value = self._value(request, _param(request, 'run'), _param(request, 'tag'), 'png')
     return http_util.Respond(request, value, 'image/png')
 
   @_route
   def _serve_attention(self, request):
     """One query patch of one stored image: its attention in every head [L, H, T] and
     its rollout row in every layer [L, T]."""
-    run = request.args.get('run')
-    _, meta = self._value(request, run, 'strength/meta')
-    image = self._index(request, 'image', len(meta.get('map_image_index', [])))
-    if image is None or request.args.get('query') is None:
+    run = _param(request, 'run')
+    image, query = _integer(request, 'image'), _integer(request, 'query')
+    if image is None or query is None:
       raise BadRequest('parameters "image" and "query" are required')
-    _, attention = self._value(request, run, f'strength/map_attention/{image}')
-    _, rollout = self._value(request, run, f'strength/map_rollout/{image}')
-    query = self._index(request, 'query', attention.shape[-2])
+    images = self._meta(request, run, 'strength').get('map_image_index', [])
+    if not isinstance(images, list):
+      raise BadRequest('"map_image_index" of tag \'strength/meta\' is not a list', 422)
+    _in_range('image', image, len(images))
+    names = f'strength/map_attention/{image}', f'strength/map_rollout/{image}'
+    _, attention = self._value(request, run, names[0], 'array', mismatch=422)
+    _, rollout = self._value(request, run, names[1], 'array', mismatch=422)
+    # [layer, head, query, key] and [layer, query, key] of the same sizes
+    if attention.ndim != 4:
+      raise BadRequest(f'tag {names[0]!r} has shape {list(attention.shape)}; expected '
+                       f'[layer, head, query, key]', 422)
+    if (rollout.ndim != 3 or rollout.shape[0] != attention.shape[0]
+        or rollout.shape[1:] != attention.shape[2:]):
+      raise BadRequest(f'tag {names[1]!r} has shape {list(rollout.shape)}; expected [layer, '
+                       f'query, key] = {[attention.shape[0], *attention.shape[2:]]}', 422)
+    _in_range('query', query, attention.shape[2])
     return _json(request, {'attention': pack(attention[:, :, query]),
                            'rollout': pack(rollout[:, query])})

@@ -91,6 +91,13 @@ def test_meta_png_and_attention(client, analysis_logdir):
     ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': '9' * 40}, 400,
      'must be an integer'),
     ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': 'x'}, 400, 'integer'),
+    # str.isdigit() accepts these, int() does not: they were 500s
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': '²'}, 400, 'integer'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': '⑴'}, 400, 'integer'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': '--1'}, 400, 'integer'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index2': 0}, 400, 'needs "index"'),
+    ('/array', {'run': ['tiny', 'tiny'], 'tag': 'importance/taylor'}, 400, 'given 2 times'),
+    ('/attention', {'run': 'tiny', 'image': '٠', 'query': 0}, 400, 'integer'),
     ('/png', {'run': 'tiny', 'tag': 'importance/taylor'}, 400, 'is not an image'),
     ('/attention', {'run': 'tiny', 'image': 3, 'query': 0}, 400, 'out of range'),
     ('/attention', {'run': 'tiny', 'image': 0, 'query': -1}, 400, 'out of range'),
@@ -102,6 +109,22 @@ def test_meta_png_and_attention(client, analysis_logdir):
 def test_bad_parameters_are_4xx_json(client, route, params, code, message):
   got, body = get(client, route, **params)
   assert got == code and message in body['error']
+
+
+@pytest.mark.parametrize('method', ['POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'])
+@pytest.mark.parametrize('route', ['/runs', '/meta', '/array', '/png', '/attention',
+                                   '/static/index.js'])
+def test_read_routes_allow_only_get_and_head(client, route, method):
+  r = client.open(f'{PREFIX}{route}', method=method, query_string={'run': 'tiny'})
+  assert r.status_code == 405 and r.headers['Allow'] == 'GET, HEAD'
+  assert 'not allowed' in json.loads(r.get_data())['error']
+
+
+def test_head_answers_like_get_without_a_body(client):
+  r = client.head(f'{PREFIX}/array', query_string={'run': 'tiny', 'tag': 'importance/taylor'})
+  assert r.status_code == 200 and r.get_data() == b'' and r.mimetype == 'application/json'
+  r = client.head(f'{PREFIX}/array', query_string={'run': 'nope', 'tag': 'importance/taylor'})
+  assert r.status_code == 404 and r.get_data() == b''
 
 
 def test_static_files_only_from_the_static_folder(client):

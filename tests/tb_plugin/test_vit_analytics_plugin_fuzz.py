@@ -22,8 +22,8 @@ from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2, tensor
 from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboard.util import tensor_util
 
-from tb_plugin import metadata
-from tb_plugin.vit_analytics_plugin_test import PREFIX, make_client
+from vit_jax_analytics.logdir import metadata
+from tests.tb_plugin.test_vit_analytics_plugin import PREFIX, make_client
 
 SEED = 1826
 REQUESTS = 3000        # per logdir

@@ -4,6 +4,10 @@ These writers spell out each format's key names by hand (not through the package
 or model), so a test that loads them checks the loader against the format itself.
 """
 
+import io
+import struct
+import zlib
+
 import numpy as np
 
 
@@ -75,3 +79,50 @@ def vit_jax_to_big_vision(arrays, scan=False):
   # Optimizer state that big_vision keeps beside the params; a loader must ignore it.
   out['opt/0/mu/head/kernel'] = np.zeros_like(arrays['head/kernel'])
   return out
+
+
+def two_tower_big_vision(arrays):
+  """A SigLIP-style two-tower file: the big_vision ViT `arrays` as the image tower under
+  params/img/, a stand-in text tower under params/txt/, and the scalar temperature and bias."""
+  out = {('params/img/' + k[len('params/'):] if k.startswith('params/') else k): v
+         for k, v in arrays.items()}
+  width = arrays['params/embedding/kernel'].shape[-1]
+  out['params/txt/Embed_0/embedding'] = np.zeros((11, width), np.float32)
+  out['params/txt/head/kernel'] = np.zeros((width, width), np.float32)
+  out['params/t'] = np.float32(2.3)
+  out['params/b'] = np.float32(-10.)
+  return out
+
+
+def npy_bytes(shape, descr='<f4', data=b''):
+  """An .npy file's bytes: a version 1.0 header declaring `shape`, then `data` as is."""
+  buf = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      buf, {'descr': descr, 'fortran_order': False, 'shape': tuple(shape)})
+  return buf.getvalue() + data
+
+
+def zeros_bomb_npz(path, key, nbytes, chunk=1 << 24):
+  """A valid .npz (what np.savez_compressed writes for np.zeros(nbytes // 4, np.float32))
+  of a few MB, built in about a second: one deflated chunk of zeros is repeated as is."""
+  assert nbytes % chunk == 0 and nbytes < 1 << 32  # no zip64
+  header = npy_bytes((nbytes // 4,))
+  zeros = bytes(chunk)
+  c = zlib.compressobj(1, zlib.DEFLATED, -15)  # raw deflate, as zip stores it
+  first = c.compress(header + zeros) + c.flush(zlib.Z_FULL_FLUSH)
+  # After a full flush the compressor starts afresh: every further chunk is the same bytes.
+  repeat = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+  data = first + repeat * (nbytes // chunk - 1) + c.flush()
+  crc = zlib.crc32(header)
+  for _ in range(nbytes // chunk):
+    crc = zlib.crc32(zeros, crc)
+  name, size = f'{key}.npy'.encode(), len(header) + nbytes
+  fields = (20, 0, 8, 0, 0x21, crc, len(data), size, len(name))  # deflate, 1980-01-01
+  local = struct.pack('<IHHHHHIIIHH', 0x04034b50, *fields, 0) + name
+  central = struct.pack('<IHHHHHHIIIHHHHHII', 0x02014b50, 20, *fields, 0, 0, 0, 0, 0,
+                        0) + name
+  end = struct.pack('<IHHHHIIH', 0x06054b50, 0, 0, 1, 1, len(central),
+                    len(local) + len(data), 0)
+  with open(path, 'wb') as f:
+    f.write(local + data + central + end)
+  return path

@@ -6,13 +6,17 @@ Every loader returns `(params, config)`: `params` a nested dict named as in `mod
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import os
 import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -56,25 +60,154 @@ def unflatten(flat: Mapping) -> dict:
   return tree
 
 
-def read_npz(path) -> dict:
-  """All arrays of an `.npz` file, by key."""
+# Loading refuses `.npz` files whose arrays declare more bytes than this (None: half the
+# memory available when loading), checked from the member headers before any data is read.
+MAX_NPZ_BYTES: Optional[int] = None
+# Everything numpy, zipfile and zlib raise on a damaged member (CheckpointError excluded:
+# the helpers below raise it outside their try blocks).
+_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+                  NotImplementedError, RuntimeError)
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class _Member(NamedTuple):
+  """A zip member of an `.npz`, as its `.npy` header declares it."""
+  info: zipfile.ZipInfo
+  shape: tuple
+  dtype: np.dtype
+
+  @property
+  def nbytes(self) -> int:
+    return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _not_npz(path, found: str) -> CheckpointError:
+  return CheckpointError(f'{path} is not a checkpoint: expected an .npz archive of named '
+                         f'arrays, found {found}')
+
+
+def _gist(e: BaseException) -> str:
+  lines = str(e).splitlines()
+  return f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
+
+
+def _open_npz(path) -> zipfile.ZipFile:
   path = Path(path)
   if not path.exists():
     raise CheckpointError(f'{path}: no such file')
+  with open(path, 'rb') as f:
+    magic = f.read(6)
+  if not magic:
+    raise _not_npz(path, 'an empty file')
+  if magic == b'\x93NUMPY':
+    raise _not_npz(path, 'a single .npy array')
   try:
-    loaded = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError) as e:
-    raise CheckpointError(f'{path} is not a checkpoint: expected an .npz archive of named '
-                          f'arrays ({type(e).__name__}: {e})') from None
-  if not isinstance(loaded, np.lib.npyio.NpzFile):
-    raise CheckpointError(f'{path} is not a checkpoint: expected an .npz archive of named '
-                          f'arrays, found a single .npy array')
+    return zipfile.ZipFile(path)
+  except _MEMBER_ERRORS as e:
+    raise _not_npz(path, f'a file that is not a zip or is truncated ({_gist(e)})') from None
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path) -> _Member:
+  """Reads only the `.npy` header of a member; checks it against the zip entry's size."""
   try:
-    with loaded as f:
-      return {k: np.asarray(f[k]) for k in f.files}
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-    raise CheckpointError(f'{path} is not a checkpoint: expected an .npz archive of named '
-                          f'arrays ({type(e).__name__}: {e})') from None
+    with zf.open(info) as f:
+      version = np.lib.format.read_magic(f)
+      if version not in _NPY_HEADER_READERS:
+        raise ValueError(f'unsupported .npy format version {version}')
+      shape, _, dtype = _NPY_HEADER_READERS[version](f)
+      data_bytes = info.file_size - f.tell()
+  except _MEMBER_ERRORS as e:
+    raise CheckpointError(f'{path}: cannot read the header of member {info.filename!r} '
+                          f'({_gist(e)}); expected an .npy array') from None
+  member = _Member(info, tuple(shape), dtype)
+  # Object arrays are stored pickled (of any size); loading refuses them by their dtype.
+  if not dtype.hasobject and data_bytes != member.nbytes:
+    raise CheckpointError(
+        f'{path}: member {info.filename!r} is corrupt: its header declares shape '
+        f'{member.shape} of {dtype} ({member.nbytes} bytes) but the zip entry holds '
+        f'{data_bytes} bytes of array data; expected equal sizes')
+  return member
+
+
+def _npz_member_headers(zf: zipfile.ZipFile, path) -> dict:
+  """{key: _Member} of every member of an open `.npz`, without reading any array data."""
+  members = {}
+  for info in zf.infolist():
+    if not info.filename.endswith('.npy'):
+      raise _not_npz(path, f'a zip whose member {info.filename!r} is not an .npy array')
+    members[info.filename[:-len('.npy')]] = _member_header(zf, info, path)
+  return members
+
+
+def _available_memory() -> Optional[int]:
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  except (AttributeError, ValueError, OSError):
+    return None
+
+
+def _check_budget(path, members) -> None:
+  """Refuses to load arrays that declare more bytes than MAX_NPZ_BYTES (or half the
+  available memory): a small file can inflate to any size."""
+  limit, source = MAX_NPZ_BYTES, 'checkpoints.MAX_NPZ_BYTES'
+  if limit is None:
+    available = _available_memory()
+    limit, source = (available // 2 if available else None), 'half the available memory'
+  total = sum(m.nbytes for m in members)
+  if limit is not None and total > limit:
+    raise CheckpointError(
+        f'{path}: its arrays declare {total} bytes ({total / 2**30:.2f} GiB), more than the '
+        f'limit of {limit} bytes ({limit / 2**30:.2f} GiB, {source}); expected a smaller '
+        f'checkpoint')
+
+
+def _read_member(zf: zipfile.ZipFile, member: _Member, path) -> np.ndarray:
+  try:
+    with zf.open(member.info) as f:
+      return np.lib.format.read_array(f, allow_pickle=False)
+  except _MEMBER_ERRORS as e:
+    raise CheckpointError(f'{path}: cannot read member {member.info.filename!r} '
+                          f'({_gist(e)})') from None
+
+
+def read_npz(path) -> dict:
+  """All arrays of an `.npz` file, by key, as stored; every header is checked first."""
+  with _open_npz(path) as zf:
+    members = _npz_member_headers(zf, path)
+    _check_budget(path, members.values())
+    return {k: _read_member(zf, m, path) for k, m in members.items()}
+
+
+def _check_float_dtype(key: str, dtype: np.dtype, path) -> None:
+  # np.load returns big_vision's bfloat16 (ml_dtypes) arrays as raw 2-byte voids.
+  raw_bfloat16 = dtype.kind == 'V' and dtype.itemsize == 2 and dtype.names is None
+  if dtype.kind == 'f' or dtype.name == 'bfloat16' or raw_bfloat16:
+    return
+  raise CheckpointError(f'{path}: key {key!r} has dtype {dtype}; expected real floating-point '
+                        f'weights (float32, float16, bfloat16 or float64)')
+
+
+def _to_float32(key: str, array, path) -> np.ndarray:
+  """`array` as float32 (bfloat16 bits widened exactly); refuses NaN, Inf and non-floats."""
+  a = np.asarray(array)
+  _check_float_dtype(key, a.dtype, path)
+  if a.dtype.kind == 'V' and a.dtype.name != 'bfloat16':  # bf16 bits: the top half of a float32
+    a = (a.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+  with np.errstate(over='ignore'):  # float64 beyond float32's range: caught just below
+    a = a.astype(np.float32, copy=False)
+  if not np.isfinite(a).all():
+    bad = a.size - np.count_nonzero(np.isfinite(a))
+    raise CheckpointError(f'{path}: key {key!r} holds {bad} non-finite value(s) (NaN or Inf '
+                          f'as float32) among {a.size}; expected finite weights')
+  return a
 
 
 def posemb_sincos_2d(grid: int, width: int, temperature: float = 10_000.) -> np.ndarray:
@@ -106,6 +239,9 @@ def big_vision_to_vit_jax(flat: dict, path, image_size: Optional[int] = None) ->
       rest = key[len('Transformer/encoderblock/'):]
       first, _, tail = rest.partition('/')
       name = _BIG_VISION_BLOCK_NAMES.get(first, first)
+      if not v.ndim:
+        raise CheckpointError(f'{path}: scanned {key!r} is a scalar; expected a leading '
+                              f'layer axis')
       for i in range(v.shape[0]):
         out[f'Transformer/encoderblock_{i}/{name}/{tail}'] = v[i]
       continue
@@ -116,14 +252,13 @@ def big_vision_to_vit_jax(flat: dict, path, image_size: Optional[int] = None) ->
     out[key] = v
 
   has_cls = 'cls' in out
-  if 'pos_embedding' in out:
-    pe = out.pop('pos_embedding')
-  elif POSEMB_KEY in out:
-    pe = out.pop(POSEMB_KEY)
+  pe_key = next((k for k in ('pos_embedding', POSEMB_KEY) if k in out), None)
+  if pe_key:
+    pe = out.pop(pe_key)
   else:  # 'sincos2d': not a parameter; materialise it for the grid asked for.
-    patch, width = out['embedding/kernel'].shape[0], out['embedding/kernel'].shape[-1]
-    pe = posemb_sincos_2d((image_size or 224) // patch, width)
-  grid2 = pe.shape[1]
+    patch, _, _, width = _shape(out, 'embedding/kernel', path, 4)
+    pe_key, pe = 'sincos2d', posemb_sincos_2d((image_size or 224) // max(patch, 1), width)
+  grid2 = _shape({pe_key: pe}, pe_key, path, 3)[1]
   if has_cls and int(round(np.sqrt(grid2))) ** 2 == grid2:
     pe = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
   out[POSEMB_KEY] = pe
@@ -139,15 +274,18 @@ def detect_layout(flat: dict) -> str:
   return 'vit_jax'
 
 
-def _shape(flat, key, path):
+def _shape(flat, key, path, ndim: int):
   if key not in flat:
     raise CheckpointError(f'{path}: missing key {key!r}, needed to infer the model config')
-  return flat[key].shape
+  shape = tuple(flat[key].shape)
+  if len(shape) != ndim:
+    raise CheckpointError(f'{path}: {key!r} has shape {shape}; expected {ndim} dimensions')
+  return shape
 
 
 def infer_config(flat: dict, path='checkpoint', **overrides) -> ViTConfig:
   """The ViTConfig whose parameter shapes are those of `flat` (vit_jax layout)."""
-  patch, patch_w, channels, width = _shape(flat, 'embedding/kernel', path)
+  patch, patch_w, channels, width = _shape(flat, 'embedding/kernel', path, 4)
   if patch != patch_w or channels != 3:
     raise CheckpointError(f"{path}: 'embedding/kernel' has shape {(patch, patch_w, channels, width)}; "
                           f'expected square patches over 3 channels')
@@ -155,38 +293,44 @@ def infer_config(flat: dict, path='checkpoint', **overrides) -> ViTConfig:
   if not layers or layers != list(range(len(layers))):
     raise CheckpointError(f'{path}: expected blocks Transformer/encoderblock_0..N-1, found {layers}')
   attn = 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1'
-  _, heads, _ = _shape(flat, f'{attn}/query/kernel', path)
-  mlp_dim = _shape(flat, 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel', path)[1]
+  _, heads, _ = _shape(flat, f'{attn}/query/kernel', path, 3)
+  mlp_dim = _shape(flat, 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel', path, 2)[1]
   classifier = 'token' if 'cls' in flat else 'gap'
-  tokens = _shape(flat, POSEMB_KEY, path)[1] - (classifier == 'token')
-  grid = int(round(np.sqrt(tokens)))
-  if grid * grid != tokens:
+  tokens = _shape(flat, POSEMB_KEY, path, 3)[1] - (classifier == 'token')
+  grid = int(round(np.sqrt(max(tokens, 0))))
+  if grid == 0 or grid * grid != tokens:
     raise CheckpointError(f'{path}: {POSEMB_KEY} has {tokens} patch positions, not a square grid')
   fields = dict(
       image_size=grid * patch, patch_size=patch, hidden_size=width, num_layers=len(layers),
       num_heads=heads, mlp_dim=mlp_dim,
-      num_classes=flat['head/kernel'].shape[1] if 'head/kernel' in flat else 0,
+      num_classes=_shape(flat, 'head/kernel', path, 2)[1] if 'head/kernel' in flat else 0,
       classifier=classifier,
-      representation_size=(flat['pre_logits/kernel'].shape[1]
+      representation_size=(_shape(flat, 'pre_logits/kernel', path, 2)[1]
                            if 'pre_logits/kernel' in flat else None))
   fields.update({k: v for k, v in overrides.items() if v is not None})
   try:
     return ViTConfig(**fields)
-  except ValueError as e:
+  except (ValueError, ZeroDivisionError) as e:  # e.g. zero heads or a zero patch size
     raise CheckpointError(f'{path}: {e}') from None
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(config: ViTConfig) -> dict:
+  """{key: shape} of the model's parameters; cached, as loading checks shapes twice."""
+  return {k: tuple(v.shape) for k, v in flatten(model_lib.param_shapes(config)).items()}
 
 
 def check_params(flat: dict, config: ViTConfig, path='checkpoint') -> None:
   """Raises CheckpointError naming the first missing, extra or mismatched key."""
-  expected = flatten(model_lib.param_shapes(config))
+  expected = _expected_shapes(config)
   missing = [k for k in expected if k not in flat]
   extra = [k for k in flat if k not in expected]
-  mismatched = [k for k in expected if k in flat and tuple(flat[k].shape) != expected[k].shape]
-  problems = ([f'missing key {k!r} (the model expects shape {expected[k].shape})'
+  mismatched = [k for k in expected if k in flat and tuple(flat[k].shape) != expected[k]]
+  problems = ([f'missing key {k!r} (the model expects shape {expected[k]})'
                for k in missing] +
               [f'unexpected key {k!r} with shape {tuple(flat[k].shape)}' for k in extra] +
               [f'key {k!r} has shape {tuple(flat[k].shape)} but the model expects '
-               f'{expected[k].shape}' for k in mismatched])
+               f'{expected[k]}' for k in mismatched])
   if problems:
     more = f' (and {len(problems) - 1} more problem(s))' if len(problems) > 1 else ''
     raise CheckpointError(f'{path} does not match the model config: {problems[0]}{more}')
@@ -221,9 +365,9 @@ def params_from_flat(flat: dict, path='checkpoint', config: Optional[ViTConfig] 
   if config is None:
     config = infer_config(flat, path, gelu_approximate=gelu_approximate)
   else:
-    pe = flat.get(POSEMB_KEY)
-    if pe is not None:  # check at the checkpoint's own resolution, resize afterwards
-      grid = int(round(np.sqrt(pe.shape[1] - config.has_cls_token)))
+    if POSEMB_KEY in flat:  # check at the checkpoint's own resolution, resize afterwards
+      tokens = _shape(flat, POSEMB_KEY, path, 3)[1] - config.has_cls_token
+      grid = int(round(np.sqrt(max(tokens, 0))))
       image_size = image_size or config.image_size
       config = config.replace(image_size=grid * config.patch_size)
   check_params(flat, config, path)
@@ -237,15 +381,59 @@ def params_from_flat(flat: dict, path='checkpoint', config: Optional[ViTConfig] 
   return unflatten(flat), config
 
 
-def load_npz(path, config: Optional[ViTConfig] = None, image_size: Optional[int] = None,
-             gelu_approximate: Optional[bool] = None):
-  """Loads a google-research/vision_transformer or big_vision ViT `.npz`."""
-  flat = read_npz(path)
-  if not flat:
-    raise CheckpointError(f'{path} is not a checkpoint: the archive holds no arrays')
+def _select_params(keys, path, subtree: Optional[str] = None) -> dict:
+  """{key in the file: key for the layout converters}: only `params/` when the file has it
+  (big_vision keeps optimizer state beside), and only one tower of a two-tower model
+  (`subtree`, or 'img' when the params have an img/ subtree but no embedding of their own)."""
+  prefix = 'params/' if any(k.startswith('params/') for k in keys) else ''
+  keys = [k for k in keys if k.startswith(prefix)]
+  inner = [k[len(prefix):] for k in keys]
+  if subtree is None and 'embedding/kernel' not in inner and any(
+      k.startswith('img/') for k in inner):
+    subtree = 'img'
+  if subtree is None:
+    return {k: k for k in keys}
+  sub = subtree.strip('/')
+  sub = sub[len('params/'):] if sub.startswith('params/') else sub
+  chosen = {k: prefix + k[len(prefix) + len(sub) + 1:] for k in keys
+            if k.startswith(f'{prefix}{sub}/')}
+  if not chosen:
+    towers = sorted({k.split('/')[0] for k in inner if '/' in k})
+    raise CheckpointError(f'{path}: no arrays under {prefix + sub + "/"!r}; expected one of '
+                          f'the subtrees {towers}')
+  return chosen
+
+
+def _shape_only(shape) -> np.ndarray:
+  return np.broadcast_to(np.float32(0), shape)  # a zero-stride view: no memory
+
+
+def _params_from_file_layout(flat, path, config, image_size, gelu_approximate):
   if detect_layout(flat) == 'big_vision':
     flat = big_vision_to_vit_jax(flat, path, image_size or (config and config.image_size))
   return params_from_flat(flat, path, config, image_size, gelu_approximate)
+
+
+def load_npz(path, config: Optional[ViTConfig] = None, image_size: Optional[int] = None,
+             gelu_approximate: Optional[bool] = None, subtree: Optional[str] = None):
+  """Loads a google-research/vision_transformer or big_vision ViT `.npz`.
+
+  subtree: the tower of a two-tower (e.g. SigLIP) file to load; 'img' is found by itself.
+  """
+  with _open_npz(path) as zf:
+    members = _npz_member_headers(zf, path)
+    if not members:
+      raise CheckpointError(f'{path} is not a checkpoint: the archive holds no arrays')
+    keys = _select_params(list(members), path, subtree)
+    for key in keys:
+      _check_float_dtype(key, members[key].dtype, path)
+    _check_budget(path, [members[k] for k in keys])
+    # A dry run on the shapes alone: a file that is not this ViT fails before any data is read.
+    _params_from_file_layout({new: _shape_only(members[k].shape) for k, new in keys.items()},
+                             path, config, image_size, gelu_approximate)
+    flat = {new: _to_float32(k, _read_member(zf, members[k], path), path)
+            for k, new in keys.items()}
+  return _params_from_file_layout(flat, path, config, image_size, gelu_approximate)
 
 
 def save_checkpoint(path, params, config: ViTConfig) -> Path:
@@ -284,6 +472,34 @@ def save_orbax(path, params, config: dict) -> Path:
   return path
 
 
+# How each ViTConfig field's annotation (a string: model.py postpones annotations) is checked.
+_FIELD_TYPES = {'int': ((int,), 'an integer'), 'float': ((int, float), 'a number'),
+                'bool': ((bool,), 'true or false'), 'str': ((str,), 'a string'),
+                'Optional[int]': ((int, type(None)), 'an integer or null')}
+
+
+def _config_from_dict(d, path) -> ViTConfig:
+  """The ViTConfig of an orbax checkpoint's JSON `config`, naming the first bad field."""
+  where = f'{path}/config'
+  if not isinstance(d, Mapping):
+    raise CheckpointError(f'{where}: expected a JSON object of ViTConfig fields, found '
+                          f'{type(d).__name__}')
+  fields = {f.name: f.type for f in dataclasses.fields(ViTConfig)}
+  unknown = sorted(set(d) - set(fields))
+  if unknown:
+    raise CheckpointError(f'{where}: unknown field(s) {unknown}; expected some of '
+                          f'{sorted(fields)}')
+  for name, value in d.items():
+    types, wanted = _FIELD_TYPES.get(fields[name], ((object,), ''))
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+      raise CheckpointError(f'{where}: field {name!r} is {value!r} ({type(value).__name__}); '
+                            f'expected {wanted}')
+  try:
+    return ViTConfig(**d)
+  except (ValueError, TypeError, ZeroDivisionError) as e:
+    raise CheckpointError(f'{where}: {e}') from None
+
+
 def load_orbax(path, config: Optional[ViTConfig] = None, image_size: Optional[int] = None,
                gelu_approximate: Optional[bool] = None):
   import orbax.checkpoint as ocp
@@ -299,10 +515,11 @@ def load_orbax(path, config: Optional[ViTConfig] = None, image_size: Optional[in
   except Exception as e:  # orbax raises many types; the user needs the path and the gist
     raise CheckpointError(f'{path}: cannot read orbax checkpoint ({type(e).__name__}: '
                           f'{str(e).splitlines()[0] if str(e) else ""})') from None
-  saved = ViTConfig.from_dict(dict(restored['config']))
+  saved = _config_from_dict(restored['config'], path)
   if gelu_approximate is not None:
     saved = saved.replace(gelu_approximate=gelu_approximate)
-  return params_from_flat(flatten(restored['params']), path, config or saved, image_size)
+  flat = {k: _to_float32(k, v, path) for k, v in flatten(restored['params']).items()}
+  return params_from_flat(flat, path, config or saved, image_size)
 
 
 def load_checkpoint(path, config: Optional[ViTConfig] = None, image_size: Optional[int] = None,
@@ -311,11 +528,23 @@ def load_checkpoint(path, config: Optional[ViTConfig] = None, image_size: Option
 
   image_size: resize the position embedding to this resolution (bilinear, class token kept).
   gelu_approximate: GELU variant; vit_jax and big_vision train with the tanh form (default).
+  A path 'file.npz:img' loads the subtree 'img' of the file's params (one tower of a
+  two-tower model such as SigLIP; found by itself when the params have an img/ subtree).
   """
-  path = Path(path)
+  path, subtree = _split_subtree(path)
   if not path.exists():
     raise CheckpointError(f'{path}: no such checkpoint file or directory')
   if path.is_dir():
     return load_orbax(path, config, image_size, gelu_approximate)
-  return load_npz(path, config, image_size, gelu_approximate)
+  return load_npz(path, config, image_size, gelu_approximate, subtree)
+
+
+def _split_subtree(path):
+  """'file.npz:img' -> (file.npz, 'img'): big_vision's syntax for one tower of a model.
+  Split only when the part before the last ':' is an existing file."""
+  whole = Path(path)
+  head, sep, tail = str(path).rpartition(':')
+  if not whole.exists() and sep and tail and Path(head).is_file():
+    return Path(head), tail
+  return whole, None
 

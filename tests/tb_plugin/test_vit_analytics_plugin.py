@@ -1,6 +1,7 @@
 """HTTP routes of the plugin on a logdir written by the real analysis (werkzeug client)."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -134,6 +135,23 @@ def test_static_files_only_from_the_static_folder(client):
   for bad in ('../vit_analytics_plugin.py', '..%2fmetadata.py', 'nope.js'):
     r = client.get(f'{PREFIX}/static/{bad}')
     assert r.status_code == 404
+
+
+def test_every_frontend_module_is_served_as_javascript(client):
+  """index.js and, recursively, every module it imports: a missing file fails here, and so
+  does a MIME type the browser would refuse for a module."""
+  imports = re.compile(r"^import\s+(?:[^;]*?\s+from\s+)?['\"]\./([\w.-]+)['\"]", re.M)
+  served, todo = set(), ['index.js']
+  while todo:
+    name = todo.pop()
+    if name in served:
+      continue
+    r = client.get(f'{PREFIX}/static/{name}')
+    assert r.status_code == 200, f'{name} is imported but not served'
+    assert r.mimetype == 'application/javascript', name
+    served.add(name)
+    todo += imports.findall(r.get_data(as_text=True))
+  assert len(served) > 1  # the frontend is split into modules
 
 
 def test_empty_logdir_lists_no_runs(tmp_path):

@@ -1,0 +1,55 @@
+// Small DOM / SVG helpers and the one tooltip of the page.
+
+const SVGNS = 'http://www.w3.org/2000/svg';
+let tooltip;
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'style') node.style.cssText = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c != null) node.append(c);
+  return node;
+}
+
+export function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c != null) node.append(c);
+  return node;
+}
+
+// Made once by render(); tip() shows it over any node.
+export function createTooltip() {
+  tooltip = el('div', {id: 'vit-tooltip'});
+  return tooltip;
+}
+
+// text may be a function, so the tooltip shows the value at hover time.
+export function tip(node, text) {
+  node.addEventListener('mousemove', (e) => {
+    tooltip.textContent = typeof text === 'function' ? text() : text;
+    tooltip.style.display = 'block';
+    tooltip.style.left = `${e.clientX + 12}px`;
+    tooltip.style.top = `${e.clientY + 12}px`;
+  });
+  node.addEventListener('mouseleave', () => { tooltip.style.display = 'none'; });
+  return node;
+}
+
+export function dropdown(options, value, onchange, id) {
+  const s = el('select', {id, onchange: (e) => onchange(e.target.value)},
+               options.map(([v, label]) => el('option', {value: v}, label)));
+  s.value = value;
+  return s;
+}
+
+export function section(id, title, help) {
+  return el('section', {id}, el('h2', {}, title), help ? el('p', {class: 'help'}, help) : null,
+            el('div', {class: 'body'}));
+}

@@ -1,0 +1,13 @@
+// Number formats and names shared by every view (tooltips, ticks, titles).
+
+export const METRIC_LABELS = {
+  taylor: 'Taylor |dL/dξ|', taylor_normalized: 'Taylor (layer-normalised)',
+  ablation_loss: 'ablation: loss increase', ablation_top1: 'ablation: top-1 drop',
+  ablation_top5: 'ablation: top-5 drop', ablation_kl: 'ablation: KL (nats)',
+};
+
+export const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 1000 || (Math.abs(v) < 1e-3 && v !== 0)
+    ? v.toExponential(3) : (+v).toFixed(4);
+export const headName = (l, h) => `L${l} H${h}`;
+export const tickFmt = (v) => Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0)
+    ? v.toExponential(1) : `${+v.toPrecision(3)}`;

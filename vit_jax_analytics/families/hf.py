@@ -72,6 +72,33 @@ def _base_prefix(keys, model_type: str) -> str:
   return found[0]
 
 
+# transformers 5 names its modules differently from the files it writes (save_pretrained
+# converts back); state dicts taken from the live module and ONNX exports carry the new names.
+_V5_NAMES = {
+    'bert': [(r'(^|\.)layers\.(\d+)\.', r'\1encoder.layer.\2.'),
+             (r'\.attention\.q_proj\.', '.attention.attention.query.'),
+             (r'\.attention\.k_proj\.', '.attention.attention.key.'),
+             (r'\.attention\.v_proj\.', '.attention.attention.value.'),
+             (r'\.attention\.o_proj\.', '.attention.output.dense.'),
+             (r'\.mlp\.fc1\.', '.intermediate.dense.'), (r'\.mlp\.fc2\.', '.output.dense.')],
+    'dinov2': [(r'\.attention\.q_proj\.', '.attention.attention.query.'),
+               (r'\.attention\.k_proj\.', '.attention.attention.key.'),
+               (r'\.attention\.v_proj\.', '.attention.attention.value.'),
+               (r'\.attention\.o_proj\.', '.attention.output.dense.')],
+    'clip': [],
+}
+
+
+def legacy_names(tensors: dict, style: str) -> dict:
+  """transformers-5 module names -> the names its checkpoints carry."""
+  out = {}
+  for k, v in tensors.items():
+    for pattern, repl in _V5_NAMES[style]:
+      k = re.sub(pattern, repl, k)
+    out[k] = v
+  return out
+
+
 def _get(t: dict, key: str, path, optional=False):
   if key in t:
     return t[key]
@@ -82,7 +109,7 @@ def _get(t: dict, key: str, path, optional=False):
 
 
 def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
-                  image_size=None) -> Mapped:
+                  image_size=None, resize_method: Optional[str] = None) -> Mapped:
   """Pure mapping: {name: array} of a transformers state dict + its config.json dict ->
   Mapped(flat vit_jax params, ViTConfig, source). image_size: S or (h, w) to run at (the
   position embedding resampled as the source model does); default the config's."""
@@ -96,6 +123,7 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
     raise CheckpointError(f'{path}: model_type {model_type!r} is not supported; expected one '
                           f'of {MODEL_TYPES}')
   style = _STYLE[model_type]
+  tensors = legacy_names(tensors, style)
   try:
     pre = _base_prefix(tensors, model_type)
   except KeyError as e:
@@ -209,7 +237,7 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   if th % patch or tw % patch:
     raise CheckpointError(f'{path}: image size {target} is not a multiple of the patch size '
                           f'{patch}')
-  method = RESIZE[model_type]
+  method = resize_method or RESIZE[model_type]
   pe = posemb.resize_posemb(pe, prefix, (side, side), (th // patch, tw // patch), method)
   t[POSEMB_KEY] = pe
 

@@ -486,6 +486,31 @@ def load_npz(path, config: Optional[ViTConfig] = None, image_size=None,
                                   **overrides)
 
 
+def load_class_matrix(path) -> dict:
+  """A class matrix for models without a classifier, from an `.npz`: `classes` [C, E]
+  (required; SigLIP text embeddings or a linear probe's weights), `bias` [C], `scale` and
+  `normalize` (scalars). -> keyword arguments of importance.classes_objective."""
+  arrays = read_npz(path)
+  if 'classes' not in arrays:
+    raise CheckpointError(f'{path}: missing key \'classes\'; expected a class matrix '
+                          f'[classes, embedding] (and optionally bias, scale, normalize)')
+  unknown = sorted(set(arrays) - {'classes', 'bias', 'scale', 'normalize'})
+  if unknown:
+    raise CheckpointError(f'{path}: unexpected key(s) {unknown}; expected classes, bias, '
+                          f'scale, normalize')
+  out = {'classes': _to_float32('classes', arrays['classes'], path), 'source': str(path)}
+  if 'bias' in arrays:
+    out['bias'] = _to_float32('bias', arrays['bias'], path)
+  for key in ('scale', 'normalize'):
+    if key in arrays:
+      value = np.asarray(arrays[key])
+      if value.size != 1 or value.dtype.kind not in 'fiub':
+        raise CheckpointError(f'{path}: {key!r} must be one number, got {value.dtype} '
+                              f'{value.shape}')
+      out[key] = bool(value.item()) if key == 'normalize' else float(value.item())
+  return out
+
+
 def save_checkpoint(path, params, config: ViTConfig) -> Path:
   """Writes a ViT's params + config as an orbax checkpoint directory, atomically."""
   return save_orbax(path, params, config.to_dict())

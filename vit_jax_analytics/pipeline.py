@@ -136,8 +136,12 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tu
 
   store = progress_store.LogdirProgressStore(logdir, run, 'importance',
                                              computation_key(inputs, loaded, options))
+  objective = None
+  if options.classes_npz:
+    objective = importance.classes_objective(
+        loaded.config, **checkpoints.load_class_matrix(options.classes_npz))
   result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
-                                         store=store)
+                                         store=store, objective=objective)
   return result, lambda meta: schema.importance_values(result, meta), store.clear
 
 

@@ -51,6 +51,14 @@ class ImportanceResult:
   per_image_taylor: Optional[np.ndarray] = None         # [N, L, H], NaN if unreadable
   per_image_ablation_loss: Optional[np.ndarray] = None  # [N, L, H]
   per_image_ablation_kl: Optional[np.ndarray] = None    # [N, L, H]
+  # The objective (importance.Objective.describe()): kind, source, what each metric means.
+  objective: Optional[dict] = None
+  # A MAP pooling head's heads (probe -> tokens), as one more row; None without one.
+  pool_taylor: Optional[np.ndarray] = None              # [H]
+  pool_ablation_loss: Optional[np.ndarray] = None       # [H]
+  pool_ablation_top1: Optional[np.ndarray] = None       # [H]
+  pool_ablation_top5: Optional[np.ndarray] = None       # [H]
+  pool_ablation_kl: Optional[np.ndarray] = None         # [H]
 
 
 @dataclasses.dataclass(frozen=True)

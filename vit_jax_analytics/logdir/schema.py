@@ -28,17 +28,38 @@ IMPORTANCE_DEFINITIONS = {
                    '(label-free)',
 }
 PER_IMAGE = ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl')
+POOL = ('pool_taylor', 'pool_ablation_loss', 'pool_ablation_top1', 'pool_ablation_top5',
+        'pool_ablation_kl')
+
+
+def importance_definitions(objective) -> dict:
+  """IMPORTANCE_DEFINITIONS, reworded for the objective of the run (None: classification)."""
+  if not objective or objective.get('kind', 'classification') == 'classification' and (
+      objective.get('classes') is None):
+    return dict(IMPORTANCE_DEFINITIONS)
+  d = objective['definitions']
+  return {'taylor': d['taylor'], 'taylor_normalized': 'taylor, L2-normalised within each layer',
+          'ablation_loss': f"increase of the mean {d['loss']} when only this head is masked out",
+          'ablation_top1': f"drop of {d['top1']} when only this head is masked out",
+          'ablation_top5': f"drop of {d['top5']} when only this head is masked out",
+          'ablation_kl': f"mean {d['kl']} when only this head is masked out"}
 
 
 def importance_values(r: ImportanceResult, meta: dict) -> dict:
+  definitions = importance_definitions(r.objective)
   values = {'meta': Value.json({
-      **meta, 'definitions': IMPORTANCE_DEFINITIONS, 'baseline': dataclasses.asdict(r.baseline),
+      **meta, 'definitions': definitions, 'objective': r.objective,
+      'pool_heads': r.pool_taylor is not None, 'baseline': dataclasses.asdict(r.baseline),
       'images': r.images, 'labelled_images': r.labelled_images, 'label_free': r.label_free,
       'curve_orders': list(r.curve_orders),
       'partial_variants': [{'name': n, 'description': d} for n, d in r.partial_variants],
   })}
-  for name, description in IMPORTANCE_DEFINITIONS.items():
+  for name, description in definitions.items():
     values[name] = Value.array(getattr(r, name), LH, description)
+  for name in POOL:  # the MAP head's heads: the pooling row
+    if getattr(r, name) is not None:
+      values[name] = Value.array(getattr(r, name), ('head',),
+                                 f"{definitions[name[len('pool_'):]]} (MAP pooling head)")
   values['curve_counts'] = Value.array(r.curve_counts, ('point',),
                                        'heads removed at each point of the pruning curves')
   for m in METRICS:
@@ -68,7 +89,8 @@ def importance_from(tags: dict) -> ImportanceResult:
       partial_variants=tuple((v['name'], v['description']) for v in meta['partial_variants']),
       **{f'partial_{m}': get(f'partial_{m}') for m in METRICS},
       images=meta['images'], labelled_images=meta['labelled_images'],
-      label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE})
+      label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE},
+      objective=meta.get('objective'), **{k: get(k) for k in POOL})
 
 
 # --- strength --------------------------------------------------------------------------------

@@ -511,6 +511,28 @@ def load_class_matrix(path) -> dict:
   return out
 
 
+def describe_family(path, config: ViTConfig) -> str:
+  """One line naming the model family of a checkpoint, for `vit-analytics info`."""
+  path, subtree = _split_subtree(path)
+  if path.is_dir():
+    return 'vit-jax-analytics orbax checkpoint (ViT)'
+  with _open_npz(path) as zf:
+    keys = [i.filename[:-len('.npy')] for i in zf.infolist()]
+  _, tower = _select_params(keys, path, subtree)
+  layout = detect_layout({k: None for k in keys})
+  if tower:
+    kind = ('SigLIP-style two-tower model (big_vision), image tower '
+            f"'{tower}': embedding output" +
+            (' (MAP-head pooling)' if config.classifier == 'map' else ''))
+  elif layout == 'big_vision':
+    kind = f'big_vision ViT ({config.pooling} pooling)'
+  else:
+    kind = 'google-research/vision_transformer ViT'
+  scanned = any(k.split('/', 2)[-1].startswith('Transformer/encoderblock/') or
+                '/Transformer/encoderblock/' in k for k in keys)
+  return kind + (', scanned encoder' if scanned else '')
+
+
 def save_checkpoint(path, params, config: ViTConfig) -> Path:
   """Writes a ViT's params + config as an orbax checkpoint directory, atomically."""
   return save_orbax(path, params, config.to_dict())

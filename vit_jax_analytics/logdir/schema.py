@@ -110,11 +110,15 @@ STRENGTH_DEFINITIONS = {
     'cls_share': 'attention of a query patch to the class token, mean over queries and images',
     'cls_attention': "the class token's attention to each patch, mean over images",
     'to_cls': "each patch's attention to the class token, mean over images",
+    'pool_attention': "the MAP pooling head's attention (its learned probe, per head) to "
+                      'each patch, mean over images: where a model without a class token '
+                      'looks',
 }
 _STRENGTH_AXES = {
     'offset_mean': ('layer', 'head', 'dy', 'dx'), 'offset_ratio': ('layer', 'head', 'dy', 'dx'),
     'offset_pairs': ('dy', 'dx'), 'neighbourhood_share': ('layer', 'head', 'distance'),
     'cls_attention': ('layer', 'head', 'row', 'col'), 'to_cls': ('layer', 'head', 'row', 'col'),
+    'pool_attention': ('head', 'row', 'col'),
 }
 
 
@@ -136,6 +140,11 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
     values[f'map_attention/{k}'] = Value.array(r.map_attention[k],
                                                ('layer', 'head', 'query', 'key'))
     values[f'map_rollout/{k}'] = Value.array(r.map_rollout[k], ('layer', 'query', 'key'))
+    if r.map_pool_attention is not None:
+      values[f'map_pool_attention/{k}'] = Value.array(
+          r.map_pool_attention[k], ('head', 'key'), "the MAP pooling head's attention")
+      values[f'map_pool_rollout/{k}'] = Value.array(
+          r.map_pool_rollout[k], ('key',), 'rollout started from the MAP pooling head')
   for k, image in enumerate(map_images):
     values[f'map_image/{k}'] = Value.png(image)
   return values
@@ -152,7 +161,10 @@ def strength_from(tags: dict) -> StrengthResult:
       distributions={s: ScalarDistribution(tuple(rng), get(f'{s}_hist'), get(f'{s}_quantiles'))
                      for s, rng in meta['histogram_ranges'].items()},
       map_image_index=np.asarray(meta['map_image_index'], np.int32),
-      map_attention=stack('map_attention'), map_rollout=stack('map_rollout'))
+      map_attention=stack('map_attention'), map_rollout=stack('map_rollout'),
+      **({'map_pool_attention': stack('map_pool_attention'),
+          'map_pool_rollout': stack('map_pool_rollout')}
+         if maps and get('map_pool_attention/0') is not None else {}))
 
 
 # --- patterns --------------------------------------------------------------------------------

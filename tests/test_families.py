@@ -179,3 +179,28 @@ def test_planted_map_model_known_answers():
   assert r.pool_ablation_kl[0] > 0.5 and abs(r.pool_ablation_kl[1]) < 1e-6
   assert r.pool_taylor[0] > 0.1 and abs(r.pool_taylor[1]) < 1e-6
   assert r.baseline.loss == pytest.approx(0., abs=1e-6)
+
+
+def test_pooling_none_tower_loads_and_compares_every_token(tmp_path):
+  """A PaliGemma-style image tower: pool_type 'none' (weights look like 'gap'), `head` on
+  every token; `pooling='none'` loads it and the embedding objective compares all tokens."""
+  from tests.npz_formats import random_big_vision_vit_arrays, two_tower_big_vision
+  from vit_jax_analytics import checkpoints
+
+  arrays = random_big_vision_vit_arrays(0, width=16, heads=2, mlp=32, patch=4, depth=1,
+                                        grid=(2, 2), pool='gap', classes=8)
+  path = tmp_path / 'pali.npz'
+  np.savez(path, **two_tower_big_vision(arrays))
+  params, config = checkpoints.load_checkpoint(path, pooling='none')
+  assert config.classifier == 'none' and config.output == 'embedding'
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  out = model_lib.apply(params, config, images)
+  assert out.shape == (2, 4, 8)
+  obj = importance.default_objective(config)
+  mask = np.ones((1, 2), np.float32)
+  mask[0, 1] = 0.
+  masked = model_lib.apply(params, config, images, head_mask=mask)
+  got = importance.image_metrics(masked, jnp.zeros(2, jnp.int32), obj.reference(out), obj)
+  ref = distortion(np.asarray(masked).reshape(2, -1), np.asarray(out).reshape(2, -1))
+  np.testing.assert_allclose(got['kl'], ref['kl'], rtol=1e-5)
+  np.testing.assert_allclose(got['loss'], ref['loss'], rtol=1e-4, atol=1e-7)

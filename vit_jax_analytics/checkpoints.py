@@ -487,6 +487,53 @@ def load_npz(path, config: Optional[ViTConfig] = None, image_size=None,
                                   **overrides)
 
 
+def load_class_matrix(path) -> dict:
+  """A class matrix for models without a classifier, from an `.npz`: `classes` [C, E]
+  (required; SigLIP text embeddings or a linear probe's weights), `bias` [C], `scale` and
+  `normalize` (scalars). -> keyword arguments of importance.classes_objective."""
+  arrays = read_npz(path)
+  if 'classes' not in arrays:
+    raise CheckpointError(f'{path}: missing key \'classes\'; expected a class matrix '
+                          f'[classes, embedding] (and optionally bias, scale, normalize)')
+  unknown = sorted(set(arrays) - {'classes', 'bias', 'scale', 'normalize'})
+  if unknown:
+    raise CheckpointError(f'{path}: unexpected key(s) {unknown}; expected classes, bias, '
+                          f'scale, normalize')
+  out = {'classes': _to_float32('classes', arrays['classes'], path), 'source': str(path)}
+  if 'bias' in arrays:
+    out['bias'] = _to_float32('bias', arrays['bias'], path)
+  for key in ('scale', 'normalize'):
+    if key in arrays:
+      value = np.asarray(arrays[key])
+      if value.size != 1 or value.dtype.kind not in 'fiub':
+        raise CheckpointError(f'{path}: {key!r} must be one number, got {value.dtype} '
+                              f'{value.shape}')
+      out[key] = bool(value.item()) if key == 'normalize' else float(value.item())
+  return out
+
+
+def describe_family(path, config: ViTConfig) -> str:
+  """One line naming the model family of a checkpoint, for `vit-analytics info`."""
+  path, subtree = _split_subtree(path)
+  if path.is_dir():
+    return 'vit-jax-analytics orbax checkpoint (ViT)'
+  with _open_npz(path) as zf:
+    keys = [i.filename[:-len('.npy')] for i in zf.infolist()]
+  _, tower = _select_params(keys, path, subtree)
+  layout = detect_layout({k: None for k in keys})
+  if tower:
+    kind = ('SigLIP-style two-tower model (big_vision), image tower '
+            f"'{tower}': embedding output" +
+            (' (MAP-head pooling)' if config.classifier == 'map' else ''))
+  elif layout == 'big_vision':
+    kind = f'big_vision ViT ({config.pooling} pooling)'
+  else:
+    kind = 'google-research/vision_transformer ViT'
+  scanned = any(k.split('/', 2)[-1].startswith('Transformer/encoderblock/') or
+                '/Transformer/encoderblock/' in k for k in keys)
+  return kind + (', scanned encoder' if scanned else '')
+
+
 def save_checkpoint(path, params, config: ViTConfig) -> Path:
   """Writes a ViT's params + config as an orbax checkpoint directory, atomically."""
   return save_orbax(path, params, config.to_dict())

@@ -155,17 +155,25 @@ def _to_unit_float(img: Image.Image) -> np.ndarray:
   return np.clip(a, 0., 1.)
 
 
-def load_image(path, image_size: int, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN_STD[1]):
-  """One image file -> [S, S, 3] float32, resized bilinearly and normalised (x - mean)/std.
+def image_hw(image_size) -> tuple:
+  """S or (height, width) -> (height, width)."""
+  return (tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list))
+          else (int(image_size),) * 2)
+
+
+def load_image(path, image_size, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN_STD[1]):
+  """One image file -> [S, S, 3] float32 (or [H, W, 3] for image_size (H, W)), resized
+  bilinearly (without keeping the aspect ratio) and normalised (x - mean)/std.
 
   Raises OSError/ValueError for files Pillow cannot decode.
   """
   with Image.open(path) as img:
     img.load()
     a = _to_unit_float(img)
-  if a.shape[:2] != (image_size, image_size):
+  h, w = image_hw(image_size)
+  if a.shape[:2] != (h, w):
     a = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), 'F')
-                             .resize((image_size, image_size), Image.BILINEAR))
+                             .resize((w, h), Image.BILINEAR))
                   for c in range(3)], axis=-1)
   return ((a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
@@ -207,14 +215,14 @@ class BatchStream:
     from vit_jax_analytics.progress import progress_bar
 
     n, b = len(self.image_set), self.batch_size
-    s = self.image_size
+    s = image_hw(self.image_size)
     starts = range(self.first_batch * b, n, b)
     bar = progress_bar(total=n - min(n, self.first_batch * b), desc=self.desc, unit='img',
                        disable=not self.progress)
     with ThreadPoolExecutor(self.num_threads) as pool:
       for start in starts:
         idx = np.arange(start, start + b)
-        images = np.zeros((b, s, s, 3), np.float32)
+        images = np.zeros((b, *s, 3), np.float32)
         valid = np.zeros(b, bool)
         real = idx[idx < n]
         for j, img in enumerate(pool.map(self._load, real)):

@@ -429,6 +429,8 @@ class VisionTransformer(nn.Module):
         x, head_mask, attention_reduce, attention_edit, first_layer, last_layer,
         skip_first_attention, from_images, registers)
     if last_layer is None or last_layer == c.num_layers:
+      if c.has_pool_attention:  # for callers that rerun only the pooling (apply_pooling)
+        self.sow('intermediates', 'pool_input', x)
       x = pool(self, c, x, pool_mask, attention_edit)
       if c.representation_size is not None:
         x = jnp.tanh(nn.Dense(c.representation_size, name='pre_logits')(x))
@@ -454,6 +456,18 @@ def pool(module, c: ViTConfig, x, pool_mask=None, attention_edit=None):
   if c.classifier == 'map':
     return MAPHead(c, name='MAPHead_0')(x, pool_mask, attention_edit)
   return x  # 'none'
+
+
+def apply_pooling(params, config: ViTConfig, tokens, pool_mask=None, attention_edit=None):
+  """The MAP head, `pre_logits` and `head` alone, on the normalised encoder output
+  [B, T, D] (sown as 'pool_input'): the same output as `apply`, for callers that rerun
+  only the pooling (e.g. with pool heads masked)."""
+  x = MAPHead(config).apply({'params': params['MAPHead_0']}, tokens, pool_mask, attention_edit)
+  if config.representation_size is not None:
+    x = jnp.tanh(x @ params['pre_logits']['kernel'] + params['pre_logits']['bias'])
+  if config.num_classes:
+    x = x @ params['head']['kernel'] + params['head']['bias']
+  return x
 
 
 def init_params(config: ViTConfig, rng: Array):

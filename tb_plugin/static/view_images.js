@@ -1,8 +1,11 @@
 // Images view: the stored images; clicking a patch overlays where it attends (selected head
-// or rollout) and shows that patch's attention in every head.
+// or rollout) and shows that patch's attention in every head. Grids may be h × w; tokens
+// before the patches (class token, registers) are skipped. For a model pooled by a MAP head
+// (no class token), with no patch selected the overlay is where the model looks: the MAP
+// head's attention (selected head) or the rollout started from it.
 
 import {colour, heatCanvas} from './charts.js';
-import {getJSON, q, unpack} from './data.js';
+import {array, getJSON, q, unpack} from './data.js';
 import {dropdown, el, tip} from './dom.js';
 import {fmt, headName} from './format.js';
 import {onSelect, select, state} from './state.js';
@@ -13,10 +16,14 @@ export async function renderImages(body) {
   const meta = await getJSON(`./meta?${q({analysis: 'strength'})}`);
   const indices = meta.map_image_index;
   if (!indices.length) { body.append(el('p', {class: 'help'}, 'No stored attention maps (run strength with --map-images).')); return; }
-  const cfg = meta.config, n = cfg.image_size / cfg.patch_size;
-  // cls: 1 when token 0 is the class token, so patch p is token p + cls.
-  const im = {meta, indices, cfg, n, cls: cfg.classifier === 'token' ? 1 : 0,
-              patch: STAGE_PX / n, result: null, thumbs: el('div', {class: 'thumbs'}),
+  const cfg = meta.config;
+  const [gh, gw] = (Array.isArray(cfg.image_size) ? cfg.image_size : [cfg.image_size, cfg.image_size])
+      .map((s) => s / cfg.patch_size);
+  // cls: the tokens before the patches (class token, registers), so patch p is token p + cls.
+  const hasCls = cfg.classifier === 'token';
+  const im = {meta, indices, cfg, n: gw, gh, hasCls, cls: (hasCls ? 1 : 0) + (cfg.num_registers || 0),
+              pool: cfg.classifier === 'map',
+              patch: STAGE_PX / Math.max(gh, gw), result: null, thumbs: el('div', {class: 'thumbs'}),
               main: el('div', {class: 'panel'}), heads: el('div', {class: 'panel'})};
   indices.forEach((idx, i) => {
     const img = el('img', {src: `./png?${q({tag: `strength/map_image/${i}`})}`, class: 'thumb',
@@ -33,14 +40,21 @@ export async function renderImages(body) {
 
 // The attention of the selected query patch, every layer and head (null without a query).
 async function fetchQuery(im) {
-  if (state.query == null) { im.result = null; return; }
+  if (state.query == null) { im.result = null; if (im.pool) await fetchPool(im); return; }
   const r = await getJSON(`./attention?${q({image: state.image, query: state.query + im.cls})}`);
   im.result = {attention: unpack(r.attention), rollout: unpack(r.rollout)};
 }
 
+// The MAP pooling head's attention [H, T] and the rollout from it [T] of the shown image.
+async function fetchPool(im) {
+  const [attention, rollout] = await Promise.all([
+      array(`strength/map_pool_attention/${state.image}`), array(`strength/map_pool_rollout/${state.image}`)]);
+  im.poolResult = {image: state.image, attention, rollout};
+}
+
 function overlayCanvas(im, weights, alpha = 0.65) {
-  const {n, cls, patch} = im;
-  const c = el('canvas', {width: STAGE_PX, height: STAGE_PX, class: 'overlay'});
+  const {n, gh, cls, patch} = im;
+  const c = el('canvas', {width: n * patch, height: gh * patch, class: 'overlay'});
   if (!weights) return c;
   const ctx = c.getContext('2d');
   const patches = weights.slice(cls);
@@ -61,8 +75,15 @@ function drawImage(im) {
   const {layer: l, head: h} = state;
   const {meta, indices, n, result} = im;
   for (const [i, t] of [...im.thumbs.children].entries()) t.classList.toggle('selected', i === state.image);
-  const weights = result ? (state.overlay === 'rollout' ? result.rollout[l] : result.attention[l][h]) : null;
-  const label = state.query == null ? 'no patch selected' :
+  if (im.pool && state.query == null && (im.poolResult || {}).image !== state.image) {
+    fetchPool(im).then(() => drawImage(im));
+  }
+  const pool = im.pool && state.query == null && (im.poolResult || {}).image === state.image ? im.poolResult : null;
+  let weights = result ? (state.overlay === 'rollout' ? result.rollout[l] : result.attention[l][h]) : null;
+  if (pool) weights = state.overlay === 'rollout' ? pool.rollout : pool.attention[Math.min(h, pool.attention.length - 1)];
+  const label = pool ? (state.overlay === 'rollout' ? 'where the model looks: rollout from the MAP pooling head' :
+                        `where the model looks: MAP pooling head ${Math.min(h, pool.attention.length - 1)} (click a patch for its attention)`) :
+      state.query == null ? 'no patch selected' :
       `query patch (row ${Math.floor(state.query / n)}, col ${state.query % n}) · ` +
       (state.overlay === 'rollout' ? `rollout to layer ${l}` : `${headName(l, h)}`);
   im.main.replaceChildren(el('h3', {}, meta.image_names[indices[state.image]]),
@@ -75,16 +96,17 @@ function drawImage(im) {
 
 // The image with the attention overlay; a click picks the query patch.
 function imageStage(im, weights) {
-  const {n, patch} = im;
-  const stage = el('div', {class: 'stage', style: `width:${STAGE_PX}px;height:${STAGE_PX}px`},
-      el('img', {src: `./png?${q({tag: `strength/map_image/${state.image}`})}`, width: STAGE_PX,
-                 height: STAGE_PX, class: 'base'}),
+  const {n, gh, patch} = im;
+  const [width, height] = [n * patch, gh * patch];
+  const stage = el('div', {class: 'stage', style: `width:${width}px;height:${height}px`},
+      el('img', {src: `./png?${q({tag: `strength/map_image/${state.image}`})}`, width,
+                 height, class: 'base'}),
       overlayCanvas(im, weights));
   stage.id = 'image-stage';
   stage.addEventListener('click', async (e) => {
     const rect = stage.getBoundingClientRect();
     const k = Math.min(n - 1, Math.floor((e.clientX - rect.left) / patch));
-    const r = Math.min(n - 1, Math.floor((e.clientY - rect.top) / patch));
+    const r = Math.min(gh - 1, Math.floor((e.clientY - rect.top) / patch));
     state.query = r * n + k;
     await fetchQuery(im);
     drawImage(im);
@@ -94,18 +116,18 @@ function imageStage(im, weights) {
 
 // The query patch's attention as a small map per head; a click selects that head.
 function headMultiples(im) {
-  const {cfg, n, cls, result} = im;
+  const {cfg, n, gh, cls, hasCls, result} = im;
   const {layer: l, head: h} = state;
   const grid = el('div', {class: 'multiples', id: 'head-multiples',
                           style: `grid-template-columns: repeat(${cfg.num_heads}, auto)`});
   result.attention.forEach((layer, li) => layer.forEach((w, hi) => {
     const m = [];
-    for (let r = 0; r < n; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n));
-    const c = heatCanvas(m, 0, Math.max(...w.slice(cls)), Math.max(3, Math.floor(48 / n)),
+    for (let r = 0; r < gh; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n));
+    const c = heatCanvas(m, 0, Math.max(...w.slice(cls)), Math.max(3, Math.floor(48 / Math.max(n, gh))),
                          {cls: 'offset-small' + (li === l && hi === h ? ' selected' : '')});
     c.addEventListener('click', () => select(li, hi));
     grid.append(tip(c, `${headName(li, hi)}: max ${fmt(Math.max(...w.slice(cls)))}` +
-                       (cls ? `, to class token ${fmt(w[0])}` : '')));
+                       (hasCls ? `, to class token ${fmt(w[0])}` : '')));
   }));
   return grid;
 }

@@ -298,6 +298,14 @@ def _unmasked_state(params, config, images, labels, objective=None):
   by model.py) -> (targets [B], reference (log p_full [B, C] or the embedding),
   intermediates, outputs)."""
   obj = _objective(config, objective)
+  if not model_lib.supports_prefix_reuse(config):
+    # A foreign (intercepted) model: no intermediates to resume from; each layer's "input"
+    # is the images, from which it runs whole (edits and masks name their layer).
+    logits = model_lib.apply(params, config, images)
+    state = {'intermediates': {'Transformer': {
+        f'encoderblock_{l}': {'block_input': (images,)} for l in range(config.num_layers)}}}
+    return targets_from(logits, labels, obj), obj.reference(logits), state['intermediates'], \
+        logits
   logits, state = model_lib.VisionTransformer(config).apply(
       {'params': params}, images, mutable=['intermediates'])
   return (targets_from(logits, labels, obj), obj.reference(logits), state['intermediates'],
@@ -330,6 +338,9 @@ def ablation_pool_batch(params, config: ViTConfig, images, labels, chunk: int = 
   """ablation_batch, plus the pooling heads of a MAP head:
   -> ({metric: [L, H, B]}, {metric: [H, B]} or None, full outputs)."""
   obj = _objective(config, objective)
+  if not model_lib.supports_prefix_reuse(config):
+    blocks, logits = ablation_batch_no_reuse(params, config, images, labels, chunk, objective)
+    return blocks, None, logits
   targets, logp_full, state, logits = _unmasked_state(params, config, images, labels, obj)
   blocks = state['Transformer']
   """Every single-head ablation, reusing what the ablation cannot change.
@@ -373,6 +384,16 @@ def ablation_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
   """
   blocks, _, logits = ablation_pool_batch(params, config, images, labels, chunk, objective)
   return blocks, logits
+
+
+def ablation_strategy(config: ViTConfig) -> str:
+  """How the single-head ablation scan runs, for cost tables and reports."""
+  n = config.num_layers * config.num_heads
+  if model_lib.supports_prefix_reuse(config):
+    return (f'prefix reuse: one unmasked forward, then per head only the rest of its layer '
+            f'and the layers after it ({n} partial forwards, about L/2 layers each)')
+  return (f'full forwards vmapped over the {n} single-head masks (no prefix reuse: the model '
+          f'is intercepted, not resumable mid-way; about L/2 times the cost of prefix reuse)')
 
 
 def full_metrics(logits, labels, objective: Optional[Objective] = None):

@@ -482,5 +482,15 @@ def param_shapes(config: ViTConfig):
 
 
 def apply(params, config: ViTConfig, inputs, **kwargs):
-  """Pure-function form of `VisionTransformer(config)(inputs, **kwargs)`."""
+  """Pure-function form of `VisionTransformer(config)(inputs, **kwargs)`; a config carrying
+  a `foreign_model` (families/intercept.py: any Flax linen ViT) runs that model instead."""
+  foreign = getattr(config, 'foreign_model', None)
+  if foreign is not None:
+    return foreign.apply(params, inputs, **kwargs)
   return VisionTransformer(config).apply({'params': params}, inputs, **kwargs)
+
+
+def supports_prefix_reuse(config: ViTConfig) -> bool:
+  """Whether the model can resume from a layer's sown intermediates (`first_layer` with
+  tokens, `skip_first_attention`): this model yes, an intercepted foreign model no."""
+  return getattr(config, 'foreign_model', None) is None

@@ -164,6 +164,12 @@ def cmd_evaluate(args):
 
   inputs = inputs_from(args)
   loaded = inputs.load()
+  if not loaded.config.has_classifier:
+    from vit_jax_analytics.errors import CheckpointError
+    raise CheckpointError(f'{args.checkpoint}: the model outputs an embedding '
+                          f'({loaded.config.pooling} pooling, output '
+                          f'{loaded.config.output!r}), not class logits; evaluate needs a '
+                          f'classifier (importance takes --classes-npz)')
   result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
       args.batch_size, progress=not args.no_progress, desc='evaluate'))
   if result['labelled_images'] == 0:

@@ -110,6 +110,9 @@ def computation_key(inputs: Inputs, loaded: Loaded, options) -> str:
     settings.pop(name, None)
   h.update(json.dumps([settings, list(inputs.mean), list(inputs.std)], sort_keys=True,
                       default=str).encode())
+  classes = getattr(options, 'classes_npz', None)
+  if classes and Path(classes).is_file():  # the class matrix's contents, not only its path
+    h.update(Path(classes).read_bytes())
   return h.hexdigest()[:20]
 
 

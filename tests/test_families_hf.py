@@ -115,3 +115,15 @@ def test_missing_config_and_unknown_type_are_one_line_errors(tmp_path):
   (path / 'config.json').unlink()
   with pytest.raises(CheckpointError, match='no config.json'):
     checkpoints.load_checkpoint(path)
+
+
+def test_info_names_family_and_format(tmp_path, capsys):
+  import json
+  from vit_jax_analytics import cli
+  _, path = save('dinov2_registers', tmp_path)
+  assert cli.main(['info', '--checkpoint', str(path)]) == 0
+  info = json.loads(capsys.readouterr().out)
+  assert info['family'] == 'DINOv2 with registers (Hugging Face)'
+  assert info['format'] == 'transformers safetensors'
+  assert info['source']['posemb_resize'] == 'bicubic_antialias'
+  assert info['token_layout']['registers'] == [1, 2]

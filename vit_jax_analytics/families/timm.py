@@ -66,8 +66,10 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
                             f'grid, with or without the {n_cls + n_reg} prefix tokens')
     pre_pe = pe[:, :n_cls + n_reg]
     pe = pe[:, n_cls + n_reg:]
+    no_embed_class = False
   else:  # no_embed_class
     pre_pe = np.zeros((1, n_cls + n_reg, width), np.float32)
+    no_embed_class = True
   if cls is not None:
     t['cls'] = f32(cls)
   if reg is not None:
@@ -115,7 +117,7 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
     raise CheckpointError(f'{path}: {e}') from None
   source = {'family': 'ViT (timm)', 'format': 'timm state dict (safetensors)',
             'posemb_resize': 'bicubic_antialias', 'posemb_grid': [side, side],
-            'no_embed_class': not np.any(pre_pe) and pe.shape[1] == side * side,
+            'no_embed_class': no_embed_class,
             'num_heads_assumed': num_heads is None,
             'ignored': sorted(set(sd) - used)}
   return Mapped(t, config, source)

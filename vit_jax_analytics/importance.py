@@ -740,10 +740,15 @@ def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
   for k, batch in enumerate(batches, start=first_batch):
     images, labels, index = parallel.shard_batch(
         mesh, (batch.images, batch.labels, np.asarray(batch.index, np.int32)))
-    grads, pool_grads, logits = taylor_pool_batch(params, config, images, labels, objective,
-                                                  index)
-    ablation, pool_ablation, _ = ablation_pool_batch(params, config, images, labels, chunk,
-                                                     objective)
+    if config.has_pool_attention:
+      grads, pool_grads, logits = taylor_pool_batch(params, config, images, labels, objective,
+                                                    index)
+      ablation, pool_ablation, _ = ablation_pool_batch(params, config, images, labels, chunk,
+                                                       objective)
+    else:
+      grads, logits = taylor_batch(params, config, images, labels, objective, index)
+      ablation, _ = ablation_batch(params, config, images, labels, chunk, objective)
+      pool_grads = pool_ablation = None
     add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels, objective),
                pool_grads, pool_ablation)
     save(acc, 1, k + 1)

@@ -31,13 +31,16 @@ def _models():
           T.Dinov2WithRegistersConfig(**KW, num_register_tokens=2, num_labels=5,
                                       layerscale_value=0.5)),
       'clip': lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**KW)),
+      'clip_projection': lambda: T.CLIPVisionModelWithProjection(
+          T.CLIPVisionConfig(**KW, projection_dim=16)),
   }
 
 
 def _reference(m, x, **kw):
   with torch.no_grad():
     o = m.double().eval()(pixel_values=torch.tensor(x), output_attentions=True, **kw)
-  out = o.logits if hasattr(o, 'logits') else o.pooler_output
+  out = (o.logits if hasattr(o, 'logits') else o.image_embeds if hasattr(o, 'image_embeds')
+         else o.pooler_output)
   return out.numpy(), [a.numpy() for a in o.attentions]
 
 
@@ -127,3 +130,14 @@ def test_info_names_family_and_format(tmp_path, capsys):
   assert info['format'] == 'transformers safetensors'
   assert info['source']['posemb_resize'] == 'bicubic_antialias'
   assert info['token_layout']['registers'] == [1, 2]
+
+
+def test_bfloat16_and_float16_checkpoints_load(tmp_path):
+  m, path = save('dinov2', tmp_path)
+  for dtype in (torch.bfloat16, torch.float16):
+    m.to(dtype).save_pretrained(tmp_path / str(dtype))
+    params, config = checkpoints.load_checkpoint(tmp_path / str(dtype))
+    ref = {k: v.float().numpy() for k, v in m.state_dict().items()}
+    got = params['Transformer']['encoderblock_0']['LayerNorm_0']['scale']
+    np.testing.assert_array_equal(got, ref['dinov2.encoder.layer.0.norm1.weight'])
+    assert got.dtype == np.float32

@@ -274,7 +274,10 @@ def read_safetensors(files, path) -> dict:
     try:
       with safe_open(str(f), framework='numpy') as st:
         for k in st.keys():
-          out[k] = st.get_tensor(k)
+          try:
+            out[k] = st.get_tensor(k)
+          except TypeError:  # bfloat16: NumPy has no such dtype
+            out[k] = _read_bfloat16(f, k)
     except CheckpointError:
       raise
     except Exception as e:  # safetensors raises its own error types for damaged files
@@ -282,6 +285,30 @@ def read_safetensors(files, path) -> dict:
       raise CheckpointError(f'{f}: cannot read safetensors file ({type(e).__name__}: '
                             f'{msg})') from None
   return out
+
+
+def _read_bfloat16(path, key) -> np.ndarray:
+  """One BF16 tensor of a .safetensors file, widened exactly to float32 (its bits are the top
+  half of a float32), with its header entry checked against the file."""
+  with open(path, 'rb') as f:
+    n = int.from_bytes(f.read(8), 'little')
+    size = Path(path).stat().st_size
+    if n <= 0 or 8 + n > size:
+      raise CheckpointError(f'{path}: corrupt safetensors header (length {n})')
+    header = json.loads(f.read(n))
+    entry = header.get(key)
+    if not isinstance(entry, dict) or entry.get('dtype') != 'BF16':
+      raise CheckpointError(f'{path}: tensor {key!r} has dtype '
+                            f'{entry.get("dtype") if isinstance(entry, dict) else None}; '
+                            f'expected a floating-point type NumPy reads, or BF16')
+    begin, end = entry['data_offsets']
+    shape = tuple(int(d) for d in entry['shape'])
+    if not 0 <= begin <= end <= size - 8 - n or end - begin != 2 * int(np.prod(shape)):
+      raise CheckpointError(f'{path}: tensor {key!r} declares offsets {begin}..{end} for shape '
+                            f'{shape}; expected {2 * int(np.prod(shape))} bytes inside the file')
+    f.seek(8 + n + begin)
+    bits = np.frombuffer(f.read(end - begin), '<u2')
+  return (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
 
 
 def safetensors_files(path: Path) -> list:

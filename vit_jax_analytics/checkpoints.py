@@ -617,7 +617,7 @@ def load_orbax(path, config: Optional[ViTConfig] = None, image_size=None,
                           f'{str(e).splitlines()[0] if str(e) else ""})') from None
   saved = _config_from_dict(restored['config'], path)
   if gelu_approximate is not None:
-    saved = saved.replace(gelu_approximate=gelu_approximate)
+    saved = saved.replace(gelu_approximate=gelu_approximate, activation=None)
   flat = {k: _to_float32(k, v, path) for k, v in flatten(restored['params']).items()}
   return params_from_flat(flat, path, config or saved, image_size)
 

@@ -140,10 +140,15 @@ def analysis_options(args, names) -> dict:
 def cmd_evaluate(args):
   from vit_jax_analytics import evaluate
 
-  inputs = inputs_from(args)
-  loaded = inputs.load()
-  result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
-      args.batch_size, progress=not args.no_progress, desc='evaluate'))
+  from vit_jax_analytics.errors import NonFiniteError
+  from vit_jax_analytics.pipeline import name_images
+
+  loaded = inputs_from(args).load()
+  try:
+    result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
+        args.batch_size, progress=not args.no_progress, desc='evaluate'))
+  except NonFiniteError as e:
+    raise name_images(e, loaded.image_set) from None
   if result['labelled_images'] == 0:
     print(f'{len(loaded.image_set)} images, none labelled: no accuracy to report')
     return 0

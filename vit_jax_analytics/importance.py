@@ -25,7 +25,7 @@ import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
 from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, ProgressStore
-from vit_jax_analytics.errors import OptionError
+from vit_jax_analytics.errors import NonFiniteError, OptionError
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option, parse_ints
 from vit_jax_analytics.results import Baseline, ImportanceResult
@@ -383,6 +383,9 @@ def add_stage1(acc: dict, batch, grads, ablation, full) -> None:
   """Adds one batch's Taylor |grads| [B, L, H], ablation {metric: [L, H, B]} and unmasked
   {metric: [B]} metrics of the valid images to the sums (and per-image rows)."""
   valid = batch.valid
+  bad = valid & ~np.isfinite(np.asarray(full['loss']))
+  if bad.any():
+    raise NonFiniteError("the model's loss", batch.index[bad])
   acc['count'] += valid.sum()
   acc['labelled'] += (valid & (batch.labels >= 0)).sum()
   acc['taylor'] += _valid_sum(np.moveaxis(np.asarray(grads), 0, -1), valid)

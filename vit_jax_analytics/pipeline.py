@@ -165,7 +165,8 @@ def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tupl
   return result, lambda meta: schema.patterns_values(result, meta), None
 
 
-def _options_types():
+def options_types() -> dict:
+  """{analysis: its options dataclass}."""
   from vit_jax_analytics import importance, patterns, strength
   return {'importance': importance.ImportanceOptions, 'strength': strength.StrengthOptions,
           'patterns': patterns.PatternOptions}
@@ -184,7 +185,7 @@ def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
   unknown = sorted(set(analyses) - set(ANALYSES))
   if unknown:
     raise ValueError(f'unknown analyses {unknown}; expected some of {ANALYSES}')
-  options = {name: (options or {}).get(name) or _options_types()[name]() for name in analyses}
+  options = {name: (options or {}).get(name) or options_types()[name]() for name in analyses}
   run = writer.check_run_name(run or default_run_name(inputs.checkpoint))
   writer.check_writable(logdir, run)  # before any work, not after it
   loaded = inputs.load()

@@ -3,11 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.tiny import TINY
 from vit_jax_analytics import model as model_lib
 from vit_jax_analytics.model import ViTConfig
-
-TINY = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=3, num_heads=4,
-                 mlp_dim=64, num_classes=5)
 
 
 @pytest.fixture(scope='module')

@@ -116,3 +116,39 @@ def test_rerun_keeps_previous_results_until_new_ones_are_complete(inputs, tmp_pa
   restore()
   again = reader.read_run(tmp_path / 'logs' / 'r')
   np.testing.assert_array_equal(again['importance/taylor'], first['importance/taylor'])
+
+
+def overflowing_checkpoint(tmp_path):
+  """Finite weights whose logits overflow to Inf (so the loss is NaN) for every image."""
+  params = tiny_params()
+  params['head']['kernel'] = np.full_like(params['head']['kernel'], 3e38)
+  return checkpoints.save_checkpoint(tmp_path / 'overflow', params, TINY)
+
+
+@pytest.mark.parametrize('command', ['evaluate', 'importance'])
+def test_non_finite_outputs_are_one_line_errors_naming_an_image(inputs, tmp_path, capsys,
+                                                                command):
+  argv = [command, '--checkpoint', str(overflowing_checkpoint(tmp_path)), '--images',
+          str(inputs.images), '--no-progress']
+  if command == 'importance':
+    argv += ['--logdir', str(tmp_path / 'logs')]
+  code = cli.main(argv)
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert code == 2 and last.startswith('error: ') and 'not finite' in last
+  assert str(inputs.images) in last and '.png' in last and 'Traceback' not in err
+  assert not list((tmp_path / 'logs').rglob('events.out.tfevents*'))
+
+
+def test_label_outside_the_model_classes_is_an_error(inputs, tmp_path, capsys):
+  flat = tmp_path / 'flat'
+  flat.mkdir()
+  for p in sorted(inputs.images.rglob('*.png'))[:4]:
+    shutil.copy(p, flat / p.name)
+  names = sorted(p.name for p in flat.iterdir())
+  (tmp_path / 'labels.csv').write_text(''.join(f'{n},{i}\n' for i, n in enumerate(names[:3]))
+                                       + f'{names[3]},42\n')
+  code = cli.main(['evaluate', '--checkpoint', str(inputs.checkpoint), '--images', str(flat),
+                   '--labels', str(tmp_path / 'labels.csv'), '--no-progress'])
+  err = capsys.readouterr().err
+  assert code == 2 and 'label 42' in err and names[3] in err and err.count('\n') == 1

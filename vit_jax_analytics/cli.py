@@ -13,10 +13,10 @@ from pathlib import Path
 from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE
 from vit_jax_analytics.errors import OptionError, VitAnalyticsError
 from vit_jax_analytics.options import flag_of, parse_floats
+from vit_jax_analytics.pipeline import ANALYSES, options_types
 
 DEMO_CHECKPOINT = Path('checkpoints/demo_vit')
 DEMO_IMAGES = Path('checkpoints/demo_images')
-ANALYSES = ('importance', 'strength', 'patterns')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,12 +24,6 @@ class _Parser(argparse.ArgumentParser):
 
   def error(self, message):
     self.exit(2, f'error: {self.prog}: {message}\n')
-
-
-def _options_types():
-  from vit_jax_analytics import importance, patterns, strength
-  return {'importance': importance.ImportanceOptions, 'strength': strength.StrengthOptions,
-          'patterns': patterns.PatternOptions}
 
 
 def _cli_fields(cls):
@@ -70,7 +64,7 @@ def options_from(cls, args, **overrides):
 def _flag_for(field: str, owner=None) -> str:
   """The CLI flag of field `field` of the options dataclass `owner` (for error messages)."""
   from vit_jax_analytics import patterns, pipeline
-  classes = list(_options_types().values()) + [patterns.AEOptions, pipeline.Inputs]
+  classes = list(options_types().values()) + [patterns.AEOptions, pipeline.Inputs]
   for cls in ([owner] if owner in classes else classes):
     for f in dataclasses.fields(cls):
       if f.name == field and f.metadata.get('cli', True):
@@ -148,7 +142,7 @@ def inputs_from(args):
 def analysis_options(args, names) -> dict:
   from vit_jax_analytics import patterns
 
-  types = _options_types()
+  types = options_types()
   out = {name: options_from(types[name], args) for name in names if name != 'patterns'}
   if 'patterns' in names:
     ae = options_from(patterns.AEOptions, args, seed=args.pattern_seed,
@@ -162,16 +156,20 @@ def analysis_options(args, names) -> dict:
 def cmd_evaluate(args):
   from vit_jax_analytics import evaluate
 
-  inputs = inputs_from(args)
-  loaded = inputs.load()
+  from vit_jax_analytics.errors import CheckpointError, NonFiniteError
+  from vit_jax_analytics.pipeline import name_images
+
+  loaded = inputs_from(args).load()
   if not loaded.config.has_classifier:
-    from vit_jax_analytics.errors import CheckpointError
     raise CheckpointError(f'{args.checkpoint}: the model outputs an embedding '
                           f'({loaded.config.pooling} pooling, output '
                           f'{loaded.config.output!r}), not class logits; evaluate needs a '
                           f'classifier (importance takes --classes-npz)')
-  result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
-      args.batch_size, progress=not args.no_progress, desc='evaluate'))
+  try:
+    result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
+        args.batch_size, progress=not args.no_progress, desc='evaluate'))
+  except NonFiniteError as e:
+    raise name_images(e, loaded.image_set) from None
   if result['labelled_images'] == 0:
     print(f'{len(loaded.image_set)} images, none labelled: no accuracy to report')
     return 0
@@ -270,7 +268,7 @@ def _analysis_parser(sub, name, names):
   p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
   p.add_argument('--run', default=None,
                  help='run name inside the logdir (default: the checkpoint name)')
-  types = _options_types()
+  types = options_types()
   for n in names:
     add_options(p, types[n], seen)
   if 'patterns' in names:

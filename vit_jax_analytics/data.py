@@ -7,12 +7,16 @@ resume at any batch without decoding what came before.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import json
+import os
 import sys
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -36,12 +40,14 @@ class ImageSet:
   """A deterministic list of image files with their labels.
 
   paths: [N] sorted; labels: [N] int (UNLABELLED = -1 where unknown); class_names: the
-  ImageFolder sub-folder names (label i is class_names[i]) or None.
+  ImageFolder sub-folder names (label i is class_names[i]) or None; labels_file: where the
+  labels came from, if from a file.
   """
   root: Path
   paths: tuple
   labels: np.ndarray
   class_names: Optional[tuple] = None
+  labels_file: Optional[Path] = None
 
   def __len__(self):
     return len(self.paths)
@@ -59,74 +65,219 @@ class ImageSet:
       return self
     return dataclasses.replace(self, paths=self.paths[:n], labels=self.labels[:n])
 
+  def check_labels(self, num_classes: int) -> None:
+    """Raises DataError unless the labels fit a model with `num_classes` outputs.
 
-def _images_in(folder: Path, exts) -> list:
-  return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    An ImageFolder must have exactly num_classes class folders: class i is the i-th folder
+    in sorted order, so any other count means the folder indices are not the model's. Every
+    known label must lie in [0, num_classes); UNLABELLED images are fine.
+    """
+    if self.class_names is not None and len(self.class_names) != num_classes:
+      raise DataError(
+          f'{self.root}: {len(self.class_names)} class folders ({_preview(self.class_names)}) '
+          f'but the model has {num_classes} classes; class i is the i-th folder in sorted order, '
+          f'so keep an empty folder for a class without images, or use a labels file')
+    bad = np.flatnonzero((self.labels != UNLABELLED)
+                         & ((self.labels < 0) | (self.labels >= num_classes)))
+    if bad.size:
+      i = bad[0]
+      source = f' in {self.labels_file}' if self.labels_file is not None else ''
+      raise DataError(
+          f'{self.paths[i]}: label {self.labels[i]}{source} is not a class of the model '
+          f'(expected 0 to {num_classes - 1}; {bad.size} image(s) have such labels)')
 
 
-def read_labels_file(labels_file, names: Sequence[str]) -> np.ndarray:
-  """Labels [N] for `names` from a CSV (`filename,label` rows, header optional) or JSON
-  object ({"filename": label}); names absent from the file get UNLABELLED."""
-  labels_file = Path(labels_file)
-  if not labels_file.is_file():
-    raise DataError(f'{labels_file}: labels file not found')
+def _preview(names, n=4) -> str:
+  """'a, b, c, d, ... (+N more)' for messages that must stay one line."""
+  names = [str(x) for x in names]
+  more = f', ... (+{len(names) - n} more)' if len(names) > n else ''
+  return ', '.join(names[:n]) + more
+
+
+def _warn(message: str) -> None:
+  print(f'warning: {message}', file=sys.stderr)
+
+
+def _scan(folder: Path, exts) -> tuple:
+  """(image files, sub-folders) directly in `folder`, each sorted; names starting with '.'
+  are left out."""
+  files, dirs = [], []
   try:
-    text = labels_file.read_text()
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f'{labels_file}: cannot read labels file ({e})') from None
-  if labels_file.suffix.lower() == '.json':
-    try:
-      mapping = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise DataError(f'{labels_file}: not valid JSON ({e})') from None
-    if not isinstance(mapping, dict):
-      raise DataError(f'{labels_file}: expected a JSON object {{"filename": label}}')
-    rows = [(str(k), v, f'key {k!r}') for k, v in mapping.items()]
-  else:
-    rows = []
-    for i, row in enumerate(csv.reader(text.splitlines()), start=1):
+    with os.scandir(folder) as entries:
+      for e in entries:
+        if e.name.startswith('.'):
+          continue
+        if e.is_dir():
+          dirs.append(Path(e.path))
+        elif os.path.splitext(e.name)[1].lower() in exts and e.is_file():
+          files.append(Path(e.path))
+  except OSError as e:
+    raise DataError(f'{folder}: cannot list folder ({e.strerror})') from None
+  return sorted(files), sorted(dirs)
+
+
+def _images_below(folder: Path, exts) -> list:
+  """Image files at any depth below `folder`, sorted, hidden ones left out. Linked folders
+  are followed, each real folder once, so a link cannot loop."""
+  found, seen, todo = [], set(), [folder]
+  while todo:
+    d = todo.pop()
+    st = d.stat()
+    if (st.st_dev, st.st_ino) not in seen:
+      seen.add((st.st_dev, st.st_ino))
+      files, dirs = _scan(d, exts)
+      found += files
+      todo += dirs
+  return sorted(found)
+
+
+def _decode_text(labels_file: Path, raw: bytes) -> str:
+  """UTF-8 (a BOM, as Excel writes, is dropped) or UTF-16 with a BOM."""
+  try:
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+      return raw.decode('utf-16')
+    return raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise DataError(f'{labels_file}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset '
+                    f'{e.start}); save it as UTF-8') from None
+
+
+class _JsonObject(list):
+  """A JSON object's (key, value) pairs in file order, repeated keys kept."""
+
+
+def _json_rows(labels_file: Path, text: str) -> list:
+  try:
+    pairs = json.loads(text, object_pairs_hook=_JsonObject)
+  except (ValueError, RecursionError) as e:  # JSONDecodeError, or an int too long to read
+    raise DataError(f'{labels_file}: not valid JSON ({e})') from None
+  if not isinstance(pairs, _JsonObject):
+    raise DataError(f'{labels_file}: expected a JSON object {{"filename": label}}')
+  return [(k, v, f'key {k!r}') for k, v in pairs]
+
+
+def _csv_rows(labels_file: Path, text: str, names) -> list:
+  rows, reader = [], csv.reader(text.splitlines())
+  try:
+    for row in reader:
+      i = reader.line_num
       if not row or not ''.join(row).strip():
         continue
       if len(row) != 2:
         raise DataError(f'{labels_file}: line {i}: expected "filename,label", got {row!r}')
-      if i == 1 and row[0].strip() not in names and not row[1].strip().isdigit():
+      name, value = row[0].strip(), row[1].strip()
+      if i == 1 and name not in names and not value.isdigit():
         continue  # a header row
-      rows.append((row[0].strip(), row[1].strip(), f'line {i}'))
+      rows.append((name, value, f'line {i}'))
+  except csv.Error as e:  # e.g. a field over csv.field_size_limit()
+    raise DataError(f'{labels_file}: line {reader.line_num}: not CSV ({e})') from None
+  return rows
+
+
+def _class_index(value) -> Optional[int]:
+  """`value` as a class index, or None: a JSON int or a string of ASCII digits, written
+  plainly ("3", not "03" or "+3"), that fits int32. Floats (3.0) and booleans are not."""
+  if isinstance(value, bool) or not isinstance(value, (int, str)):
+    return None
+  text = str(value).strip()
+  if not (text.isascii() and text.isdigit()) or len(text) > 10:
+    return None
+  label = int(text)
+  return label if str(label) == text and label <= np.iinfo(np.int32).max else None
+
+
+def _not_an_image(root, name: str) -> str:
+  """Why a labels file's `name` is not one of the images below `root` (or None)."""
+  path = Path(root, name) if root is not None else None
+  if path is not None and path.is_dir():
+    return 'which is a folder; a labels file names image files'
+  if path is not None and path.is_file():
+    return 'which is not an image file read here (hidden, or not an image extension)'
+  return 'which is not an image in the folder'
+
+
+def read_labels_file(labels_file, names: Sequence[str], root=None) -> np.ndarray:
+  """Labels [N] for `names` from a CSV (`filename,label` rows, header optional) or JSON
+  object ({"filename": label}); names absent from the file get UNLABELLED. A file naming
+  one image twice with different labels is an error; the same label twice is fine. `root`,
+  when given, is the folder `names` are relative to, for clearer messages."""
+  labels_file = Path(labels_file)
+  if labels_file.is_dir():
+    raise DataError(f'{labels_file}: is a folder, expected a labels file (.csv or .json)')
+  if not labels_file.is_file():
+    raise DataError(f'{labels_file}: labels file not found')
+  try:
+    text = _decode_text(labels_file, labels_file.read_bytes())
+  except OSError as e:
+    raise DataError(f'{labels_file}: cannot read labels file ({e.strerror})') from None
+  if labels_file.suffix.lower() == '.json':
+    rows = _json_rows(labels_file, text)
+  else:
+    rows = _csv_rows(labels_file, text, set(names))
   known = {n: i for i, n in enumerate(names)}
   labels = np.full(len(names), UNLABELLED, np.int32)
+  given = {}  # name -> (label, where) of its first row
   for name, value, where in rows:
-    if name not in known:
-      raise DataError(f'{labels_file}: {where} names {name!r}, which is not an image in the '
-                      f'folder')
-    try:
-      label = int(value)
-      if label < 0 or str(value).strip() != str(label):
-        raise ValueError
-    except (TypeError, ValueError):
+    if not name.strip():
+      raise DataError(f'{labels_file}: {where}: empty filename, expected an image path')
+    key = PurePosixPath(name).as_posix()  # './a.png' or 'cat//b.png' name a file too
+    if key not in known:
+      raise DataError(f'{labels_file}: {where} names {name!r}, {_not_an_image(root, key)}')
+    label = _class_index(value)
+    if label is None:
       raise DataError(f'{labels_file}: {where}: label {value!r} is not a class index '
-                      f'(a non-negative integer)') from None
-    labels[known[name]] = label
+                      f'(an integer from 0 to {np.iinfo(np.int32).max})')
+    first = given.setdefault(key, (label, where))
+    if first[0] != label:
+      raise DataError(f'{labels_file}: conflicting labels for {name!r}: {first[0]} '
+                      f'({first[1]}), then {label} ({where})')
+    labels[known[key]] = label
   return labels
 
 
+def _class_folder_set(root: Path, classes: dict, loose: list) -> ImageSet:
+  """The ImageFolder ImageSet from {class folder: its images at any depth}."""
+  if loose:
+    raise DataError(
+        f'{root}: {len(loose)} image(s) directly in the folder beside its class sub-folders '
+        f'({_preview(p.name for p in loose)}) have no class; move them into a class folder, '
+        f'or pass a labels file')
+  empty = [d.name for d, files in classes.items() if not files]
+  if empty:
+    _warn(f'{root}: class folder(s) {_preview(empty)} hold no images; they keep their class '
+          f'index (class i is the i-th sub-folder in sorted order)')
+  paths, labels = [], []
+  for i, files in enumerate(classes.values()):
+    paths += files
+    labels += [i] * len(files)
+  return ImageSet(root, tuple(paths), np.asarray(labels, np.int32),
+                  tuple(d.name for d in classes))
+
+
 def image_folder(root, labels_file=None) -> ImageSet:
-  """An ImageFolder (one sub-folder per class) or a flat folder (+ optional labels file)."""
+  """An ImageFolder (one sub-folder per class) or a flat folder (+ optional labels file).
+
+  Without a labels file, if any top-level sub-folder holds an image at any depth, `root`
+  is an ImageFolder: the classes are all top-level sub-folders in sorted name order (class
+  i is class_names[i]), and every image at any depth below a class folder belongs to it,
+  as in torchvision's ImageFolder. So that no index ever shifts, a class folder without
+  images keeps its index (with a warning), and images directly in `root` beside the class
+  folders are an error (they have no class). Otherwise the images are those directly in
+  `root`, unlabelled. With a labels file, the images are those at any depth below `root`,
+  labelled by their '/'-separated path relative to it. Names starting with '.' are ignored
+  at every depth.
+  """
   root = Path(root)
   if not root.is_dir():
     raise DataError(f'{root}: not a folder of images')
   exts = image_extensions()
-  class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and _images_in(d, exts))
-  if class_dirs and labels_file is None:
-    paths, labels = [], []
-    for i, d in enumerate(class_dirs):
-      files = _images_in(d, exts)
-      paths += files
-      labels += [i] * len(files)
-    return ImageSet(root, tuple(paths), np.asarray(labels, np.int32),
-                    tuple(d.name for d in class_dirs))
-  paths = _images_in(root, exts)
-  if class_dirs and labels_file is not None:  # labels file wins; it may name nested files
-    paths = sorted(paths + [p for d in class_dirs for p in _images_in(d, exts)])
+  loose, folders = _scan(root, exts)
+  classes = {d: _images_below(d, exts) for d in folders}
+  if labels_file is None and any(classes.values()):
+    return _class_folder_set(root, classes, loose)
+  paths = loose
+  if labels_file is not None:  # the labels file may name nested files
+    paths = sorted(loose + [p for files in classes.values() for p in files])
   if not paths:
     what = 'is empty' if not any(root.iterdir()) else 'holds no image files'
     raise DataError(f'{root} {what}: expected images ({", ".join(sorted(exts)[:6])}, ...) '
@@ -134,8 +285,31 @@ def image_folder(root, labels_file=None) -> ImageSet:
   image_set = ImageSet(root, tuple(paths), np.full(len(paths), UNLABELLED, np.int32))
   if labels_file is not None:
     image_set = dataclasses.replace(
-        image_set, labels=read_labels_file(labels_file, image_set.relative_names()))
+        image_set, labels=read_labels_file(labels_file, image_set.relative_names(), root),
+        labels_file=Path(labels_file))
   return image_set
+
+
+# Images over this many pixels are not decoded (load_image raises DataError, so BatchStream
+# skips them with a warning): decoded, such an image takes up to 1 GiB (Pillow keeps 4
+# bytes a pixel for RGB too). Pillow's own limit, 2 * Image.MAX_IMAGE_PIXELS (~179M pixels
+# by default), still applies where it is lower; this one holds where an application has
+# set that to None.
+MAX_IMAGE_PIXELS = 2 ** 28
+# Big images are shrunk by an integer factor to no less than this many times the model's
+# image size before the bilinear resize (see _decode). 3 rather than 2: near the output's
+# Nyquist frequency a 2x gap differs from resizing the full image by up to 0.13 (in [-1, 1]
+# units), a 3x gap by up to 0.04 (Pillow's docs call >= 3 indistinguishable from fair
+# resampling); the reduced image stays under 1.5 * REDUCING_GAP * S a side.
+REDUCING_GAP = 3
+# Bigger images are reduced along their long side even when the other is short: whole, in
+# float32, they would take over 200 MB.
+_REDUCE_ANYWAY_PIXELS = 2 ** 24
+# Rows of a big image are converted to float this many pixels at a time (~12 MiB).
+_STRIP_PIXELS = 2 ** 20
+# Image.open's DecompressionBombWarning is silenced with catch_warnings, which changes
+# process-wide state: one thread at a time (opening only reads the header).
+_OPEN_LOCK = threading.Lock()
 
 
 def _to_unit_float(img: Image.Image) -> np.ndarray:
@@ -155,26 +329,90 @@ def _to_unit_float(img: Image.Image) -> np.ndarray:
   return np.clip(a, 0., 1.)
 
 
+def _channels(a: np.ndarray, op) -> np.ndarray:
+  """`op` applied to each channel of [h, w, 3] float32 `a` as a Pillow 'F' image."""
+  return np.stack([np.asarray(op(Image.fromarray(np.ascontiguousarray(a[..., c]), 'F')))
+                   for c in range(3)], axis=-1)
+
+
 def image_hw(image_size) -> tuple:
   """S or (height, width) -> (height, width)."""
   return (tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list))
           else (int(image_size),) * 2)
 
 
+def _reduce_factors(size, image_size) -> tuple:
+  """Integer (x, y) factors that shrink an image of `size` (w, h) to no less than
+  REDUCING_GAP x image_size, so the bilinear resize after them still antialiases and
+  barely differs from one of the full image. (1, 1), the exact full-size path, unless both
+  factors are at least 2, or the image is a long strip over _REDUCE_ANYWAY_PIXELS."""
+  th, tw = image_hw(image_size)
+  fx, fy = size[0] // (REDUCING_GAP * tw), size[1] // (REDUCING_GAP * th)
+  if min(fx, fy) >= 2 or (size[0] * size[1] > _REDUCE_ANYWAY_PIXELS and max(fx, fy) >= 2):
+    return max(1, fx), max(1, fy)
+  return 1, 1
+
+
+def _reduced_unit_float(img: Image.Image, factors) -> np.ndarray:
+  """_to_unit_float(img) shrunk by box averaging over `factors` (x, y) pixels, converted
+  in strips of rows so that the full-size float image never exists."""
+  (w, h), (fx, fy) = img.size, factors
+  rows = fy * max(1, _STRIP_PIXELS // (w * fy))  # a multiple of fy: strips reduce exactly
+  strips = (_to_unit_float(img.crop((0, y, w, min(h, y + rows)))) for y in range(0, h, rows))
+  return np.concatenate([_channels(a, lambda c: c.reduce((fx, fy))) for a in strips])
+
+
+def _decode(img: Image.Image, image_size) -> tuple:
+  """An opened image -> (_to_unit_float's [h, w, 3], the picture's box in those pixels
+  for the resize, None for all of them). A big image (see _reduce_factors) is decoded at a
+  reduced scale (JPEG) and shrunk by an integer box average first; the box then keeps the
+  geometry exact where a side does not divide by the factor (as Image.resize's
+  reducing_gap does)."""
+  if _reduce_factors(img.size, image_size) == (1, 1):
+    img.load()
+    return _to_unit_float(img), None
+  th, tw = image_hw(image_size)
+  drafted = img.draft(None, (REDUCING_GAP * tw, REDUCING_GAP * th))  # JPEG: 1/2 to 1/8 scale
+  w, h = drafted[1][2:] if drafted else img.size
+  img.load()
+  fx, fy = _reduce_factors(img.size, image_size)
+  return _reduced_unit_float(img, (fx, fy)), (0, 0, w / fx, h / fy)
+
+
+def _open(path) -> Image.Image:
+  """Image.open, with Pillow's size limits reported as DataError and its warning (an
+  image over Image.MAX_IMAGE_PIXELS) silenced: load_image decodes big images in bounded
+  memory, up to MAX_IMAGE_PIXELS."""
+  try:
+    with _OPEN_LOCK, warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      img = Image.open(path)
+  except Image.DecompressionBombError as e:
+    raise DataError(f'{path}: image too big to decode ({e})') from None
+  w, h = img.size
+  if w * h > MAX_IMAGE_PIXELS:
+    img.close()
+    raise DataError(f'{path}: image of {w}x{h} pixels is too big to decode (the limit is '
+                    f'{MAX_IMAGE_PIXELS} pixels)')
+  return img
+
+
 def load_image(path, image_size, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN_STD[1]):
   """One image file -> [S, S, 3] float32 (or [H, W, 3] for image_size (H, W)), resized
   bilinearly (without keeping the aspect ratio) and normalised (x - mean)/std.
 
-  Raises OSError/ValueError for files Pillow cannot decode.
+  An image at least 2 * REDUCING_GAP x S on both sides (or a long strip of over
+  _REDUCE_ANYWAY_PIXELS) is first decoded at a reduced scale (JPEG) and shrunk by an
+  integer box average to no less than REDUCING_GAP x S, so memory stays near that of the
+  decoded pixels; smaller images take the plain full-size path.
+  Raises OSError/ValueError for files Pillow cannot decode, and DataError for images over
+  MAX_IMAGE_PIXELS.
   """
-  with Image.open(path) as img:
-    img.load()
-    a = _to_unit_float(img)
+  with _open(path) as img:
+    a, box = _decode(img, image_size)
   h, w = image_hw(image_size)
-  if a.shape[:2] != (h, w):
-    a = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), 'F')
-                             .resize((w, h), Image.BILINEAR))
-                  for c in range(3)], axis=-1)
+  if box is not None or a.shape[:2] != (h, w):
+    a = _channels(a, lambda c: c.resize((w, h), Image.BILINEAR, box=box))
   return ((a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 

@@ -23,3 +23,13 @@ class OptionError(VitAnalyticsError, ValueError):
 
 class OutputError(VitAnalyticsError, OSError):
   """The logdir or run directory cannot be written."""
+
+
+class NonFiniteError(VitAnalyticsError, ArithmeticError):
+  """The model produced NaN or Inf for some images. `indices` are their positions in the
+  batch source, so the caller can name the files."""
+
+  def __init__(self, what: str, indices):
+    self.what, self.indices = what, [int(i) for i in indices]
+    super().__init__(f'{what} is not finite for {len(self.indices)} image(s) (source '
+                     f'indices {self.indices[:5]})')

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib
+from vit_jax_analytics.errors import NonFiniteError
 from vit_jax_analytics.model import ViTConfig
 
 
@@ -21,7 +22,7 @@ def _batch_stats(params, config: ViTConfig, images, labels, valid):
   nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0]
   correct = (jnp.argmax(logits, -1) == labels) & labelled
   return (jnp.sum(correct), jnp.sum(jnp.where(labelled, nll, 0.)), jnp.sum(labelled),
-          jnp.argmax(logits, -1))
+          jnp.argmax(logits, -1), jnp.all(jnp.isfinite(logits), -1))
 
 
 def evaluate(params, config: ViTConfig, batches) -> dict:
@@ -30,7 +31,11 @@ def evaluate(params, config: ViTConfig, batches) -> dict:
   correct = loss = count = 0
   predictions = {}
   for batch in batches:
-    c, l, n, pred = _batch_stats(params, config, batch.images, batch.labels, batch.valid)
+    c, l, n, pred, finite = _batch_stats(params, config, batch.images, batch.labels,
+                                         batch.valid)
+    bad = batch.valid & ~np.asarray(finite)
+    if bad.any():  # NaN logits would otherwise all "predict" class 0
+      raise NonFiniteError("the model's output", batch.index[bad])
     correct, loss, count = correct + int(c), loss + float(l), count + int(n)
     for i, p, v in zip(batch.index, np.asarray(pred), batch.valid):
       if v:

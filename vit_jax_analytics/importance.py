@@ -45,7 +45,7 @@ import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
 from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, ProgressStore
-from vit_jax_analytics.errors import OptionError
+from vit_jax_analytics.errors import NonFiniteError, OptionError
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option, parse_ints
 from vit_jax_analytics.results import Baseline, ImportanceResult
@@ -659,6 +659,9 @@ def add_stage1(acc: dict, batch, grads, ablation, full, pool_grads=None,
   {metric: [B]} metrics of the valid images to the sums (and per-image rows); with a MAP
   head also its heads' pool_grads [B, H] and pool_ablation {metric: [H, B]}."""
   valid = batch.valid
+  bad = valid & ~np.isfinite(np.asarray(full['loss']))
+  if bad.any():
+    raise NonFiniteError("the model's loss", batch.index[bad])
   if pool_grads is not None:
     acc['pool_taylor'] += _valid_sum(np.moveaxis(np.asarray(pool_grads), 0, -1), valid)
     for m in ABLATION_METRICS:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from vit_jax_analytics import checkpoints, data
-from vit_jax_analytics.errors import OptionError
+from vit_jax_analytics.errors import NonFiniteError, OptionError, VitAnalyticsError
 from vit_jax_analytics.logdir import progress_store, schema, writer
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check
@@ -57,6 +57,8 @@ class Inputs:
   def load(self) -> 'Loaded':
     params, config = self.load_model()
     image_set = data.image_folder(self.images, self.labels).take(self.max_images)
+    if config.has_classifier and (image_set.labels >= 0).any():
+      image_set.check_labels(config.num_classes)  # shifted or foreign labels: fail now
     source = data.ImageFolderSource(image_set, config.image_size, self.mean, self.std)
     return Loaded(params, config, image_set, source)
 
@@ -173,7 +175,8 @@ def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tupl
   return result, lambda meta: schema.patterns_values(result, meta), None
 
 
-def _options_types():
+def options_types() -> dict:
+  """{analysis: its options dataclass}."""
   from vit_jax_analytics import importance, patterns, strength
   return {'importance': importance.ImportanceOptions, 'strength': strength.StrengthOptions,
           'patterns': patterns.PatternOptions}
@@ -192,10 +195,26 @@ def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
   unknown = sorted(set(analyses) - set(ANALYSES))
   if unknown:
     raise ValueError(f'unknown analyses {unknown}; expected some of {ANALYSES}')
-  options = {name: (options or {}).get(name) or _options_types()[name]() for name in analyses}
+  options = {name: (options or {}).get(name) or options_types()[name]() for name in analyses}
   run = writer.check_run_name(run or default_run_name(inputs.checkpoint))
   writer.check_writable(logdir, run)  # before any work, not after it
   loaded = inputs.load()
+  try:
+    return _run_loaded(inputs, loaded, logdir, run, options, analyses)
+  except NonFiniteError as e:
+    raise name_images(e, loaded.image_set) from None
+
+
+def name_images(e: NonFiniteError, image_set) -> VitAnalyticsError:
+  """The error with the first offending image's file named."""
+  names = image_set.relative_names()
+  first = names[e.indices[0]] if e.indices and e.indices[0] < len(names) else '?'
+  return VitAnalyticsError(f'{image_set.root / first}: {e.what} is not finite (NaN or Inf) '
+                           f'for this image and {len(e.indices) - 1} other(s) of the batch; '
+                           f'check the checkpoint and the normalisation (--mean/--std)')
+
+
+def _run_loaded(inputs, loaded, logdir, run, options, analyses) -> list:
   for opts in options.values():  # options that depend on the model, before any work
     if hasattr(opts, 'check_model'):
       opts.check_model(loaded.config)

@@ -46,3 +46,15 @@ def test_unwritable_places_are_one_line_errors_before_any_work(tmp_path):
     with pytest.raises(OutputError, match='cannot write') as e:
       writer.check_writable(logdir, run)
     assert '\n' not in str(e.value)
+
+
+def test_read_only_logdir_is_one_line_error(tmp_path, monkeypatch):
+  """Root ignores permission bits, so the refusal a read-only mount gives is simulated."""
+  import pathlib
+
+  def refuse(self, data):
+    raise PermissionError(13, 'Permission denied', str(self))
+  monkeypatch.setattr(pathlib.Path, 'write_bytes', refuse)
+  with pytest.raises(OutputError, match='Permission denied') as e:
+    writer.check_writable(tmp_path / 'logs', 'run')
+  assert str(tmp_path / 'logs' / 'run') in str(e.value) and '\n' not in str(e.value)

@@ -92,19 +92,21 @@ def malformed_runs():
           ('importance/meta', _json_text('{"config": '), JSON),              # invalid JSON
           ('strength/meta', _json_text('[1, 2, 3]'), JSON),                  # a list
           ('patterns/meta', _json_text('{"error": NaN}'), JSON),             # NaN
-          ('images/meta', _json_text('{"x": 1e999}'), JSON),                 # inf
+      ],
+      'meta-d': [
+          ('importance/meta', _json_text('{"x": 1e999}'), JSON),             # inf
+          ('strength/meta', _array(np.float32(1.5)), JSON),                  # not a string
+          ('patterns/meta', _strings([b'{}', b'{}']), JSON),                 # not a scalar
       ],
       'meta-b': [
           ('importance/meta', _json_text('[' * 100_000), JSON),              # too deep
           ('strength/meta', _json_text(b'{"a": "\xff\xfe"}'), JSON),         # not UTF-8
           ('patterns/meta', _json_text('{"n": 1' + '1' * 5000 + '}'), JSON),  # huge int
-          ('images/meta', _array(np.float32(1.5)), JSON),                    # not a string
       ],
       'meta-c': [
           ('importance/meta', _array([1.0, 2.0]), ARRAY),                    # not json kind
           ('strength/meta', _strings(_png_bytes()), PNG),
           ('patterns/meta', _json_text('{"ok": true, "x": [1.5, null]}'), JSON),  # fine
-          ('images/meta', _strings([b'{}', b'{}']), JSON),                   # not a scalar
       ],
       'arrays': [
           ('importance/strings', _strings([b'a', b'b']), ARRAY),
@@ -253,15 +255,16 @@ TABLE = [
     ('/meta', {'run': 'meta-a', 'analysis': 'importance'}, 422, 'is not valid JSON'),
     ('/meta', {'run': 'meta-a', 'analysis': 'strength'}, 422, 'is not a JSON object'),
     ('/meta', {'run': 'meta-a', 'analysis': 'patterns'}, 422, 'NaN is not allowed'),
-    ('/meta', {'run': 'meta-a', 'analysis': 'images'}, 422, 'not finite'),
+    ('/meta', {'run': 'meta-d', 'analysis': 'importance'}, 422, 'not finite'),
     ('/meta', {'run': 'meta-b', 'analysis': 'importance'}, 422, 'is not valid JSON'),
     ('/meta', {'run': 'meta-b', 'analysis': 'strength'}, 422, 'is not valid JSON'),
     ('/meta', {'run': 'meta-b', 'analysis': 'patterns'}, 422, 'is not valid JSON'),
-    ('/meta', {'run': 'meta-b', 'analysis': 'images'}, 422, 'not a scalar string tensor'),
+    ('/meta', {'run': 'meta-d', 'analysis': 'strength'}, 422, 'not a scalar string tensor'),
     ('/meta', {'run': 'meta-c', 'analysis': 'importance'}, 422, 'is not JSON (kind'),
     ('/meta', {'run': 'meta-c', 'analysis': 'strength'}, 422, 'is not JSON (kind'),
     ('/meta', {'run': 'meta-c', 'analysis': 'patterns'}, 200, None),
-    ('/meta', {'run': 'meta-c', 'analysis': 'images'}, 422, 'not a scalar string tensor'),
+    ('/meta', {'run': 'meta-d', 'analysis': 'patterns'}, 422, 'not a scalar string tensor'),
+    ('/meta', {'run': 'meta-a', 'analysis': 'images'}, 400, 'must be one of'),
     # arrays that are not numeric, or do not decode; numeric ones of every dtype are served
     ('/array', {'run': 'arrays', 'tag': 'importance/strings'}, 422, 'is not a numeric array'),
     ('/array', {'run': 'arrays', 'tag': 'importance/string'}, 422, 'is not a numeric array'),

@@ -141,3 +141,10 @@ def test_bfloat16_and_float16_checkpoints_load(tmp_path):
     got = params['Transformer']['encoderblock_0']['LayerNorm_0']['scale']
     np.testing.assert_array_equal(got, ref['dinov2.encoder.layer.0.norm1.weight'])
     assert got.dtype == np.float32
+
+
+def test_bilinear_matches_the_vit_jax_resize():
+  g = np.random.default_rng(0).normal(size=(5, 6, 3)).astype(np.float32)
+  ref = checkpoints.resize_position_embedding(g.reshape(1, 30, 3), (7, 4), False, (5, 6))
+  np.testing.assert_allclose(posemb.resize_grid(g, (7, 4), 'bilinear'), ref.reshape(7, 4, 3),
+                             atol=1e-6)

@@ -28,6 +28,18 @@ def _cubic(x, a):
                   np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.))
 
 
+def _linear_matrix(old: int, new: int) -> np.ndarray:
+  """[new, old] weights of a corner-aligned linear resize of one axis."""
+  w = np.zeros((new, old))
+  coords = np.arange(new) * ((old - 1) / (new - 1)) if new > 1 else np.zeros(1)
+  lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
+  hi = np.minimum(lo + 1, old - 1)
+  frac = coords - lo
+  np.add.at(w, (np.arange(new), lo), 1 - frac)
+  np.add.at(w, (np.arange(new), hi), frac)
+  return w
+
+
 def cubic_matrix(old: int, new: int, a: float = -0.75, antialias: bool = False) -> np.ndarray:
   """[new, old] float64 weights of one axis of a bicubic resize."""
   scale = old / new
@@ -61,10 +73,10 @@ def resize_grid(grid: np.ndarray, new_hw, method: str = 'bicubic', a: float = No
   nh, nw = (int(v) for v in new_hw)
   if (h, w) == (nh, nw):
     return np.asarray(grid, np.float32)
-  if method == 'bilinear':
-    from vit_jax_analytics.checkpoints import resize_position_embedding
-    flat = grid.reshape(1, h * w, -1)
-    return resize_position_embedding(flat, (nh, nw), False, (h, w)).reshape(nh, nw, -1)
+  if method == 'bilinear':  # corners to corners (checkpoints.resize_position_embedding)
+    out = np.einsum('ih,jw,hwd->ijd', _linear_matrix(h, nh), _linear_matrix(w, nw),
+                    np.asarray(grid, np.float64))
+    return out.astype(np.float32)
   antialias = method == 'bicubic_antialias'
   coeff = (-0.5 if antialias else -0.75) if a is None else a
   rows = cubic_matrix(h, nh, coeff, antialias)

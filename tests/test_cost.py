@@ -140,10 +140,10 @@ def test_subset_curves_and_partial_equal_the_full_computation_on_that_subset(tmp
         return w if layer != l else w.at[:, h].set(w[:, h] * keep)
       ref = np_metrics(model_lib.apply(params, TINY, images, attention_edit=edit), targets, full)
       change = ref['loss'] - base['loss']
-      np.testing.assert_allclose(r.partial_loss[e, v], change.mean(), rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(r.partial_loss[e, v], change.mean(), rtol=1e-4, atol=2e-5)
       np.testing.assert_allclose(r.partial_loss_se[e, v],
                                  change.std(ddof=1) / np.sqrt(len(change)), rtol=1e-3,
-                                 atol=1e-6)
+                                 atol=2e-5)
 
 
 def test_ablation_limits_of_the_issue():
@@ -151,13 +151,16 @@ def test_ablation_limits_of_the_issue():
   assert 73 <= cost.ablation_limit(model_lib.get_config('ViT-B/16')) <= 75
 
 
-def test_analytic_cost_matches_xla(setup):
+def test_analytic_cost_against_xla(setup):
   params, images, labels, *_ = setup
   x, y = jnp.asarray(images), jnp.asarray(labels)
   fwd = cost.xla_flops(jax.jit(lambda p, x: model_lib.apply(p, TINY, x)), params, x)
+  # The planner counts matmuls; XLA counts elementwise work too (most of this tiny model's).
+  assert cost.flops(TINY).forward * len(images) <= fwd <= 3 * cost.flops(TINY).forward * len(
+      images)
+  # Sharing the forward and prefix reuse keep stage 1 within the planned figure.
   stage1 = cost.xla_flops(importance.stage1_batch, params, TINY, x, y, 2) / fwd
-  # XLA counts elementwise work too (a large share of this tiny model): a loose check.
-  assert 0.7 < stage1 / cost.stage1(TINY) < 1.5
+  assert stage1 <= 1.2 * cost.stage1(TINY)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):

@@ -199,8 +199,8 @@ def format_table(stages: Sequence[StageCost], config: ViTConfig, n_images: int,
       line += f'  ({s.per_image:.1f} on each of {s.images} images)'
     if s.seconds is not None:
       line += f'  {s.seconds:7.1f} s'
-      if s.compile_seconds:
-        line += f' (first batch +{s.compile_seconds:.1f} s)'
+      if s.compile_seconds is not None:
+        line += f' (of which compiling {s.compile_seconds:.1f} s)'
     elif seconds_per_forward is not None:
       line += f'  ~{s.total * seconds_per_forward:6.1f} s'
     if s.note:

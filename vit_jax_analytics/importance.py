@@ -112,26 +112,71 @@ def _unmasked(params, config, images, labels):
           state['intermediates']['Transformer'], logits)
 
 
+def _stacked_layers(params, config):
+  """Every encoder block's parameters stacked on a leading layer axis [L, ...]."""
+  blocks = [params['Transformer'][f'encoderblock_{i}'] for i in range(config.num_layers)]
+  return jax.tree.map(lambda *a: jnp.stack(a), *blocks)
+
+
+def _stacked(blocks, config, *path):
+  """A sown intermediate of every layer, stacked: [L, ...]."""
+  def get(i):
+    x = blocks[f'encoderblock_{i}']
+    for key in path:
+      x = x[key]
+    return x[0]
+  return jnp.stack([get(i) for i in range(config.num_layers)])
+
+
+def suffix(params, config: ViTConfig, stacked, x, start, head_mask=None,
+           skip_first_attention=False):
+  """The model from layer `start` (a traced scalar) to the logits, in one compiled graph
+  for every start: a scan over all layers whose body is the identity below `start`, the
+  block after its attention at `start` when skip_first_attention (x is then the residual
+  stream after that attention), and the whole block above. Equals
+  model.apply(params, config, x, first_layer=start, head_mask=head_mask,
+  skip_first_attention=skip_first_attention). `start` must not be batched (vmapped): the
+  branch is then a real branch, and layers below it cost nothing.
+  """
+  block = model_lib.Encoder1DBlock(config)
+
+  def body(x, layer):
+    i, p = layer
+    row = None if head_mask is None else head_mask[i]
+    run = lambda x: block.apply({'params': p}, x, row)[0]
+    if skip_first_attention:
+      after = lambda x: jax.lax.cond(
+          i == start, lambda x: block.apply({'params': p}, x, row, skip_attention=True)[0],
+          run, x)
+    else:
+      after = run
+    return jax.lax.cond(i < start, lambda x: x, after, x), None
+
+  x, _ = jax.lax.scan(body, x, (jnp.arange(config.num_layers), stacked))
+  return model_lib.apply(params, config, x, first_layer=config.num_layers)
+
+
 def _ablation_from(params, config, blocks, targets, logp_full, chunk):
   """The single-head ablation scan from one unmasked forward's intermediates `blocks`
-  (see ablation_batch) -> {metric: [L, H, B]}."""
-  per_layer = []
-  for layer in range(config.num_layers):
-    block = blocks[f'encoderblock_{layer}']
-    post_attention = block['post_attention'][0]                     # [B, T, D]
-    heads = block['MultiHeadDotProductAttention_1']['heads'][0]     # [B, T, H, D/H]
-    out_kernel = params['Transformer'][f'encoderblock_{layer}'][
-        'MultiHeadDotProductAttention_1']['out']['kernel']          # [H, D/H, D]
+  (see ablation_batch) -> {metric: [L, H, B]}. One compiled suffix graph serves every
+  layer: a scan over layers, the heads of each mapped in chunks."""
+  stacked = _stacked_layers(params, config)
+  post_all = _stacked(blocks, config, 'post_attention')              # [L, B, T, D]
+  heads_all = _stacked(blocks, config, 'MultiHeadDotProductAttention_1', 'heads')
+  out_all = stacked['MultiHeadDotProductAttention_1']['out']['kernel']  # [L, H, D/H, D]
 
-    def without_head(h, layer=layer, post_attention=post_attention, heads=heads,
-                     out_kernel=out_kernel):
+  def per_layer(layer):
+    post, heads, out_kernel = post_all[layer], heads_all[layer], out_all[layer]
+
+    def without_head(h):
       share = jnp.einsum('bte,ed->btd', heads[:, :, h], out_kernel[h])
-      logits_h = model_lib.apply(params, config, post_attention - share, first_layer=layer,
-                                 skip_first_attention=True)
+      logits_h = suffix(params, config, stacked, post - share, layer,
+                        skip_first_attention=True)
       return image_metrics(logits_h, targets, logp_full)
 
-    per_layer.append(jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk))
-  return {k: jnp.stack([m[k] for m in per_layer]) for k in ABLATION_METRICS}
+    return jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk)
+
+  return jax.lax.map(per_layer, jnp.arange(config.num_layers))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
@@ -297,11 +342,10 @@ def partial_batch_plain(params, config: ViTConfig, images, labels, head_index, k
                           renormalize, layers, chunk)
 
 
-def _one_head_attention(params, config, layer, block_input, h):
-  """Head h's attention weights [B, Q, K] and values [B, K, D/H] in layer `layer`,
-  recomputed from the recorded block input as model.py computes them."""
+def _one_head_attention(p, config, block_input, h):
+  """Head h's attention weights [B, Q, K] and values [B, K, D/H] in the block with
+  parameters `p`, recomputed from its recorded input as model.py computes them."""
   import flax.linen as nn
-  p = params['Transformer'][f'encoderblock_{layer}']
   att = p['MultiHeadDotProductAttention_1']
   y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply(
       {'params': p['LayerNorm_0']}, block_input)
@@ -331,40 +375,36 @@ def _partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps
   Removing part of head h's attention in layer l changes only head h's output, by
   (w - w_edited) @ v_h; its share of the `out` projection is subtracted from the recorded
   residual stream after layer l's attention, and only the rest of layer l (its MLP) and the
-  later layers run again, as in the ablation scan. Head h's weights and values are
-  recomputed from the recorded block input (one head's projections, not the layer's).
+  later layers run again (one compiled suffix graph for every layer, see `suffix`), as in
+  the ablation scan. Head h's weights and values are recomputed from the recorded block
+  input (one head's projections, not the layer's). `layers` may be traced.
   """
-  h_count, v_count = config.num_heads, keeps.shape[0]
-  results = []
-  for layer in sorted(set(layers)):
-    block = blocks[f'encoderblock_{layer}']
-    block_input, post = block['block_input'][0], block['post_attention'][0]
-    out_kernel = params['Transformer'][f'encoderblock_{layer}'][
-        'MultiHeadDotProductAttention_1']['out']['kernel']          # [H, D/H, D]
-    idx = np.flatnonzero(np.asarray(layers) == layer)
+  stacked = _stacked_layers(params, config)
+  inputs_all = _stacked(blocks, config, 'block_input')               # [L, B, T, D]
+  post_all = _stacked(blocks, config, 'post_attention')
 
-    def per_head(flat_head, layer=layer, block_input=block_input, post=post,
-                 out_kernel=out_kernel):
-      h = flat_head % h_count
-      w, v = _one_head_attention(params, config, layer, block_input, h)
+  def per_head(head_layer):
+    flat_head, layer = head_layer
+    h = flat_head % config.num_heads
+    p = jax.tree.map(lambda a: a[layer], stacked)
+    w, v = _one_head_attention(p, config, inputs_all[layer], h)
+    out_kernel = p['MultiHeadDotProductAttention_1']['out']['kernel'][h]   # [D/H, D]
+    post = post_all[layer]
 
-      def per_variant(keep):
-        removed = jnp.einsum('bqk,bke->bqe', w - _edit_weights(w, keep, renormalize), v)
-        share = jnp.einsum('bte,ed->btd', removed, out_kernel[h])
-        out = model_lib.apply(params, config, post - share, first_layer=layer,
-                              skip_first_attention=True)
-        return image_metrics(out, targets, logp_full)
+    def per_variant(keep):
+      removed = jnp.einsum('bqk,bke->bqe', w - _edit_weights(w, keep, renormalize), v)
+      share = jnp.einsum('bte,ed->btd', removed, out_kernel)
+      out = suffix(params, config, stacked, post - share, layer, skip_first_attention=True)
+      return image_metrics(out, targets, logp_full)
 
-      return jax.lax.map(per_variant, keeps, batch_size=chunk)
+    return jax.lax.map(per_variant, keeps, batch_size=chunk)
 
-    m = jax.lax.map(per_head, head_index[idx])                      # {metric: [p, V, B]}
-    results.append(m)
-  return {k: jnp.concatenate([r[k] for r in results]) for k in ABLATION_METRICS}
+  return jax.lax.map(per_head, (jnp.asarray(head_index), jnp.asarray(layers, jnp.int32)))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 6, 7, 8))
+@functools.partial(jax.jit, static_argnums=(1, 6, 8))
 def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
-                  renormalize: bool, layers: tuple, chunk: int = 8):
+                  renormalize: bool, layers, chunk: int = 8):
   """Partial pruning of one batch with prefix reuse -> {metric: [P, V, B]}
   (see _partial_reuse; head_index sorted ascending, `layers` their layers)."""
   targets, logp_full, blocks, _ = _unmasked(params, config, images, labels)
@@ -380,42 +420,58 @@ def first_masked_layers(masks: np.ndarray) -> tuple:
 
 def _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk):
   """Metrics of head masks [M, L, H], each run from the recorded input of its first layer
-  with a head removed (`first_layers`, static; none may be None) -> {metric: [M, B]}."""
-  results, order = [], []
-  for layer in sorted(set(first_layers)):
-    idx = np.flatnonzero(np.asarray(first_layers) == layer)
-    block_input = blocks[f'encoderblock_{layer}']['block_input'][0]
+  with a head removed (`first_layers` [M], may be traced; none may be None), through one
+  compiled suffix graph -> {metric: [M, B]}.
 
-    def one(mask, layer=layer, block_input=block_input):
-      out = model_lib.apply(params, config, block_input, first_layer=layer, head_mask=mask)
+  Masks go in groups of `chunk` (vmapped), sorted by first layer; a group starts at its
+  first mask's layer (the smallest), which is exact for the others too: their rows of that
+  group's earlier layers keep every head, as the recorded stream did.
+  """
+  stacked = _stacked_layers(params, config)
+  inputs_all = _stacked(blocks, config, 'block_input')               # [L, B, T, D]
+  m = masks.shape[0]
+  first_layers = jnp.asarray(first_layers, jnp.int32)
+  order = jnp.argsort(first_layers)
+  groups = -(-m // chunk)
+  padded = jnp.concatenate([order, jnp.repeat(order[-1:], groups * chunk - m)])
+  group_masks = masks[padded].reshape(groups, chunk, *masks.shape[1:])
+  group_start = first_layers[padded].reshape(groups, chunk)[:, 0]
+
+  def per_group(group):
+    g_masks, start = group
+
+    def one(mask):
+      out = suffix(params, config, stacked, inputs_all[start], start, head_mask=mask)
       return image_metrics(out, targets, logp_full)
 
-    results.append(jax.lax.map(one, masks[idx], batch_size=chunk))
-    order.append(idx)
-  inverse = np.argsort(np.concatenate(order))
-  return {k: jnp.concatenate([r[k] for r in results])[inverse] for k in ABLATION_METRICS}
+    return jax.vmap(one)(g_masks) if chunk > 1 else jax.tree.map(
+        lambda a: a[None], one(g_masks[0]))
+
+  result = jax.lax.map(per_group, (group_masks, group_start))       # {k: [G, chunk, B]}
+  inverse = jnp.argsort(order)
+  return {k: v.reshape(groups * chunk, -1)[:m][inverse] for k, v in result.items()}
 
 
-@functools.partial(jax.jit, static_argnums=(1, 5, 6))
-def curves_batch(params, config: ViTConfig, images, labels, masks, first_layers: tuple,
+@functools.partial(jax.jit, static_argnums=(1, 6))
+def curves_batch(params, config: ViTConfig, images, labels, masks, first_layers,
                  chunk: int = 8):
   """Pruning-curve masks [M, L, H] of one batch with prefix reuse -> {metric: [M, B]}."""
   targets, logp_full, blocks, _ = _unmasked(params, config, images, labels)
   return _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 5, 8, 9, 10))
-def stage2_batch(params, config: ViTConfig, images, labels, masks, first_layers: tuple,
-                 head_index, keeps, renormalize: bool, layers: tuple, chunk: int = 8):
+@functools.partial(jax.jit, static_argnums=(1, 8, 10))
+def stage2_batch(params, config: ViTConfig, images, labels, masks, first_layers,
+                 head_index, keeps, renormalize: bool, layers, chunk: int = 8):
   """Stage 2 of one batch, sharing one unmasked forward: (unmasked {metric: [B]}, curve
   masks {metric: [M, B]} (prefix reuse from each mask's first masked layer), partial
   pruning {metric: [P, V, B]} (prefix reuse, see _partial_reuse))."""
   targets, logp_full, blocks, logits = _unmasked(params, config, images, labels)
   full = image_metrics(logits, targets, logp_full)
   curves = (_curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers,
-                          chunk) if len(first_layers) else {})
+                          chunk) if masks.shape[0] else {})
   partial = (_partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
-                            renormalize, layers, chunk) if len(layers) else {})
+                            renormalize, layers, chunk) if head_index.shape[0] else {})
   return full, curves, partial
 
 
@@ -428,10 +484,10 @@ def default_chunk() -> int:
 # Stage-2 defaults, chosen by the cost model (cost.py, README "Cost"): on ViT-Ti/16 and
 # ViT-B/16 the whole `analyze` stays within 2x the ablation scan's limit per image at 64
 # images and within 1.25x at 1,024.
-DEFAULT_SUBSET_IMAGES = 32
-DEFAULT_CURVE_POINTS = 7
+DEFAULT_SUBSET_IMAGES = 20
+DEFAULT_CURVE_POINTS = 6
 DEFAULT_RANDOM_ORDERS = 2
-DEFAULT_PARTIAL_HEADS = 4
+DEFAULT_PARTIAL_HEADS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -658,6 +714,16 @@ class _StageClock:
     self.timings, self.name = timings, name
     self.start = self.last = time.perf_counter()
     self.batches, self.images, self.first = 0, 0, None
+    self.compile_seconds = None
+
+  def compile(self, fn, *args) -> None:
+    """Compiles jitted `fn` for `args` ahead of its first call, timing it (the call then
+    finds the compiled program in JAX's cache; with the persistent cache on, a second run
+    loads it from disk instead)."""
+    if self.compile_seconds is None and hasattr(fn, 'lower'):
+      t0 = time.perf_counter()
+      fn.lower(*args).compile()
+      self.compile_seconds = time.perf_counter() - t0
 
   def batch(self, valid) -> None:
     now = time.perf_counter()
@@ -675,7 +741,8 @@ class _StageClock:
           'seconds': total, 'first_batch_seconds': self.first, 'batches': self.batches,
           'images': self.images,
           # The first batch's excess over a later one: compilation (or a cache load).
-          'compile_seconds': max(self.first - steady, 0.) if steady is not None else None}
+          'compile_seconds': self.compile_seconds if self.compile_seconds is not None else
+                             max(self.first - steady, 0.) if steady is not None else None}
 
 
 def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
@@ -684,6 +751,7 @@ def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
   clock = _StageClock(timings, 'importance stage 1')
   for k, batch in enumerate(batches, start=first_batch):
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
+    clock.compile(stage1_batch, params, config, images, labels, chunk)
     grads, ablation, logits = stage1_batch(params, config, images, labels, chunk)
     targets = targets_from(logits, labels)
     add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels), targets)
@@ -712,12 +780,16 @@ def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, reno
     acc.update(stage2_sums(plan))
   masks = parallel.replicate(mesh, plan.unique_masks)
   heads, keeps = jnp.asarray(plan.heads), jnp.asarray(plan.keeps)
+  first_layers = jnp.asarray(plan.first_layers, jnp.int32)
+  layers = jnp.asarray(plan.layers, jnp.int32)
   clock = _StageClock(timings, 'importance stage 2')
   for k, batch in enumerate(batches, start=first_batch):
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
+    clock.compile(stage2_batch, params, config, images, labels, masks, first_layers,
+                  heads, keeps, renormalize, layers, chunk)
     full, curves, partial = stage2_batch(params, config, images, labels, masks,
-                                         plan.first_layers, heads, keeps, renormalize,
-                                         plan.layers, chunk)
+                                         first_layers, heads, keeps, renormalize,
+                                         layers, chunk)
     rows, valid = batch.index[batch.valid], batch.valid
     for m in ABLATION_METRICS:
       acc[f's2_full_{m}'][rows] = np.asarray(full[m])[valid]

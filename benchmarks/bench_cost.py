@@ -75,6 +75,59 @@ def stage_functions(params, config, images, labels, options):
   }
 
 
+def xla_pieces(params, config, images, labels, plan, variants, renormalize):
+  """Forward-eqs per image of stages 1 and 2 from XLA's cost analysis.
+
+  XLA's cost analysis counts a loop body once, whatever its trip count, and the stages run
+  their suffixes inside loops (a scan over layers that skips those below the start). So each
+  distinct piece a stage runs is compiled on its own (the Taylor pass with intermediates; the
+  model from layer l, after or before its attention, with the metrics; one head's attention
+  recomputed) and its FLOPs are multiplied by how often the stage runs it."""
+  L, H = config.num_layers, config.num_heads
+  b = images.shape[0]
+  cf = lambda f, *a: cost.xla_flops(jax.jit(f), *a)
+  fwd = cf(lambda p, x: model_lib.apply(p, config, x), params, images)
+
+  def taylor(p, x, y):  # stage 1 without the ablation suffixes
+    g, _ = jax.grad(lambda m: (lambda out: (-jnp.sum(jax.nn.log_softmax(out[0])[:, 0]), out))(
+        model_lib.VisionTransformer(config).apply({'params': p}, x, head_mask=m,
+                                                  mutable=['intermediates'])), has_aux=True)(
+        jnp.ones((b, L, H)))
+    return g
+
+  tokens = jnp.zeros((b, config.num_tokens, config.hidden_size), jnp.float32)
+  logp = jnp.zeros((b, config.num_classes), jnp.float32)
+  tgt = jnp.zeros((b,), jnp.int32)
+
+  def after_attention(l):
+    return cf(lambda p, x: importance.image_metrics(model_lib.apply(
+        p, config, x, first_layer=l, skip_first_attention=True), tgt, logp), params, tokens)
+
+  def from_layer(l):
+    return cf(lambda p, x, m: importance.image_metrics(model_lib.apply(
+        p, config, x, first_layer=l, head_mask=m), tgt, logp), params, tokens,
+        jnp.ones((L, H)))
+
+  share = cf(lambda h, k: jnp.einsum('bte,ed->btd', h, k),
+             jnp.zeros((b, config.num_tokens, config.hidden_size // H)),
+             jnp.zeros((config.hidden_size // H, config.hidden_size)))
+  unmasked = cf(lambda p, x: importance._unmasked(p, config, x, labels), params, images)
+  suffix_after = {l: after_attention(l) for l in range(L)}
+  stage1 = cf(taylor, params, images, labels) + sum(
+      H * (suffix_after[l] + share) for l in range(L))
+  stage2 = unmasked + sum(from_layer(l) for l in plan.first_layers)
+  keep = jnp.asarray(plan.keeps[0])
+  for flat, l in zip(plan.heads, plan.layers):
+    p_l = params['Transformer'][f'encoderblock_{l}']
+    head = cf(lambda p, x: importance._one_head_attention(p, config, x, int(flat) % H),
+              p_l, tokens)
+    edit = cf(lambda w, v, k: jnp.einsum('bqk,bke->bqe', w - importance._edit_weights(
+        w, k, renormalize), v), jnp.zeros((b, config.num_tokens, config.num_tokens)),
+        jnp.zeros((b, config.num_tokens, config.hidden_size // H)), keep)
+    stage2 += head + variants * (edit + share + suffix_after[l])
+  return stage1 / fwd, stage2 / fwd, fwd
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--configs', default='ViT-Ti/16,ViT-B/16')
@@ -112,10 +165,15 @@ def main():
     print(f'  {"stage":<28} {"XLA fwd-eq/img":>14} {"analytic":>9}' +
           (f' {"time fwd-eq":>11} {"steady s":>9} {"first s":>8}' if do_time else ''))
     t_fwd = None
+    s1, s2, _ = xla_pieces(params, config, images, labels, plan, variants, options.renormalize)
     for stage, (fn, fargs) in fns.items():
       flops = cost.xla_flops(fn, *fargs)
-      per_image[stage] = flops / fwd_flops
-      line = f'  {stage:<28} {per_image[stage]:14.2f} {analytic.get(stage, float("nan")):9.2f}'
+      # Stages with loops: XLA counts each loop body once; use the pieces' counts.
+      per_image[stage] = {'importance stage 1': s1, 'importance stage 2': s2}.get(
+          stage, flops / fwd_flops)
+      shown = 'n/a (loops)' if stage.startswith('old: ablation') or stage.startswith(
+          'old: partial') else f'{per_image[stage]:.2f}'
+      line = f'  {stage:<28} {shown:>14} {analytic.get(stage, float("nan")):9.2f}'
       if do_time:
         first, best = timed(fn, *fargs)
         t_fwd = best if stage == 'forward' else t_fwd

@@ -3,9 +3,10 @@
 The unit is one plain forward pass of the model on one image ("forward-eq"). The planner
 counts the matrix-multiply FLOPs each stage runs (an analytic model of the ViT, exact for
 the matmuls, which are all but a few percent of the work) and divides by a forward's; XLA's
-own cost analysis of the compiled stages confirms it (`xla_flops`, used by
-benchmarks/bench_cost.py). A quick timed forward turns forward-eqs into seconds on the
-current device.
+own cost analysis confirms it (`xla_flops`, used by benchmarks/bench_cost.py: XLA counts a
+loop body once whatever its trip count, so the stages' loop bodies are compiled and counted
+one by one and multiplied by their trip counts there). A quick timed forward turns
+forward-eqs into seconds on the current device.
 
 Stage costs per image (L layers, H heads; "layer" = attention + MLP):
   importance stage 1   one forward with intermediates + the mask-gradient backward (Taylor)

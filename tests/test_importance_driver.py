@@ -89,7 +89,7 @@ def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
 def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, tmp_path,
                                                          monkeypatch):
   calls = []
-  real = importance.taylor_batch
+  real = importance.stage1_batch
 
   def counting(*a, **k):
     calls.append(1)
@@ -98,7 +98,7 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
       raise KeyboardInterrupt
     return real(*a, **k)
 
-  monkeypatch.setattr(importance, 'taylor_batch', counting)
+  monkeypatch.setattr(importance, 'stage1_batch', counting)
   store = progress_store.LogdirProgressStore(tmp_path, 'run', 'importance', 'k1')
   opts = options(batch_size=4, save_every_seconds=0.)
   with pytest.raises(KeyboardInterrupt):

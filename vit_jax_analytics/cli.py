@@ -64,7 +64,8 @@ def options_from(cls, args, **overrides):
 def _flag_for(field: str, owner=None) -> str:
   """The CLI flag of field `field` of the options dataclass `owner` (for error messages)."""
   from vit_jax_analytics import patterns, pipeline
-  classes = list(options_types().values()) + [patterns.AEOptions, pipeline.Inputs]
+  classes = list(options_types().values()) + [patterns.AEOptions, pipeline.Inputs,
+                                              pipeline.RunOptions]
   for cls in ([owner] if owner in classes else classes):
     for f in dataclasses.fields(cls):
       if f.name == field and f.metadata.get('cli', True):
@@ -166,7 +167,10 @@ def cmd_analyses(names):
     from vit_jax_analytics import pipeline
 
     paths = pipeline.run_analysis(inputs_from(args), args.logdir, args.run,
-                                  analysis_options(args, names), names)
+                                  analysis_options(args, names), names,
+                                  options_from(pipeline.RunOptions, args))
+    if args.dry_run:
+      return 0
     for path in paths:
       print(f'wrote {path}')
     print(f'view with: tensorboard --logdir {args.logdir}')
@@ -230,6 +234,8 @@ def _analysis_parser(sub, name, names):
     add_options(p, types[n], seen)
   if 'patterns' in names:
     add_options(p, patterns.AEOptions, seen)
+  from vit_jax_analytics import pipeline
+  add_options(p, pipeline.RunOptions, seen)
   return p
 
 

@@ -51,6 +51,25 @@ class ImportanceResult:
   per_image_taylor: Optional[np.ndarray] = None         # [N, L, H], NaN if unreadable
   per_image_ablation_loss: Optional[np.ndarray] = None  # [N, L, H]
   per_image_ablation_kl: Optional[np.ndarray] = None    # [N, L, H]
+  # Pruning curves and partial pruning are means over a class-stratified subset of the
+  # images (all of them when there are at most `subset_images` option): its image indices,
+  # its own unmasked baseline (the curves' first point), and standard errors of the means
+  # over it (partial pruning: of the per-image changes). S = len(subset_index).
+  subset_index: Optional[np.ndarray] = None           # [S] int
+  subset_baseline: Optional[Baseline] = None
+  curve_top1_se: Optional[np.ndarray] = None          # [O, P]
+  curve_top5_se: Optional[np.ndarray] = None          # [O, P]
+  curve_kl_se: Optional[np.ndarray] = None            # [O, P]
+  curve_loss_se: Optional[np.ndarray] = None          # [O, P]
+  partial_loss_se: Optional[np.ndarray] = None        # [E, V]
+  partial_top1_se: Optional[np.ndarray] = None        # [E, V]
+  partial_top5_se: Optional[np.ndarray] = None        # [E, V]
+  partial_kl_se: Optional[np.ndarray] = None          # [E, V]
+
+  @property
+  def subset_images(self) -> int:
+    """Images the curves and partial pruning were computed on."""
+    return self.images if self.subset_index is None else len(self.subset_index)
 
 
 @dataclasses.dataclass(frozen=True)

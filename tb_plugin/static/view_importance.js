@@ -112,21 +112,52 @@ function drawScatter(box, imp) {
 
 function drawCurves(box, imp) {
   const {meta, curves, L, H} = imp;
+  // Runs that averaged the curves over a subset store standard errors: fetched once, then
+  // drawn as a band of +-1.96 SE (95%) around each metric order's curve.
+  if (meta.subset_images != null && imp.curveSe === undefined) {
+    imp.curveSe = null;
+    arrays('importance', ['curve_top1_se', 'curve_kl_se', 'curve_loss_se'])
+        .then((se) => { imp.curveSe = {top1: se.curve_top1_se, kl: se.curve_kl_se,
+                                       loss: se.curve_loss_se}; drawCurves(box, imp); })
+        .catch(() => {});
+  }
   const m = state.curveMetric, rows = curves[m], counts = curves.counts;
-  const f = frame(380, 240, [0, 100], extent(rows), '% of heads removed (least important first)',
+  const se = imp.curveSe ? imp.curveSe[m] : null;
+  const span = se ? extent(rows.flatMap((r, i) => r.flatMap((v, j) => {
+    const e = Number.isFinite(se[i][j]) ? 1.96 * se[i][j] : 0;
+    return [v - e, v + e];
+  }))) : extent(rows);
+  const f = frame(380, 240, [0, 100], span, '% of heads removed (least important first)',
                   m === 'top1' ? 'top-1 accuracy' : m === 'kl' ? 'KL to unmasked (nats)' : 'loss');
   const s = svg('svg', {width: 380, height: 240, id: 'pruning-curves'}, f.g);
   const px = counts.map((c) => 100 * c / (L * H));
   const randomRows = meta.curve_orders.map((o, i) => o.startsWith('random') ? rows[i] : null)
       .filter(Boolean);
   if (randomRows.length) s.append(...randomBand(f, px, randomRows));
+  if (se) {
+    meta.curve_orders.forEach((o, i) => {
+      if (o.startsWith('random')) return;
+      const e = se[i].map((v) => Number.isFinite(v) ? 1.96 * v : 0);
+      const band = px.map((p, j) => `${f.x(p)},${f.y(rows[i][j] + e[j])}`).concat(
+          px.map((p, j) => `${f.x(p)},${f.y(rows[i][j] - e[j])}`).reverse()).join(' ');
+      s.append(svg('polygon', {points: band, class: 'se-band',
+                               fill: CURVE_PALETTE[i % CURVE_PALETTE.length],
+                               'fill-opacity': 0.12, stroke: 'none'}));
+    });
+  }
   const keys = el('div', {class: 'keys'});
   orderCurves(s, keys, f, px, rows, counts, meta.curve_orders);
   if (randomRows.length) keys.append(el('span', {class: 'random-key'},
                                        `■ random (mean, min–max of ${randomRows.length})`));
+  const n = meta.subset_images, of = meta.images;
+  const note = n == null ? '' : n < of
+      ? `Means over a class-stratified subset of ${n} of the ${of} images` +
+        (se ? '; shaded: ±1.96 standard errors.' : '.')
+      : `Means over all ${n} images` + (se ? '; shaded: ±1.96 standard errors.' : '.');
   box.replaceChildren(el('h3', {}, 'Pruning curves: metric orders against random'),
       dropdown([['top1', 'top-1 accuracy'], ['kl', 'KL'], ['loss', 'loss']], m,
-               (v) => { state.curveMetric = v; drawCurves(box, imp); }), el('div', {}, s), keys);
+               (v) => { state.curveMetric = v; drawCurves(box, imp); }), el('div', {}, s), keys,
+      el('div', {class: 'note', id: 'curve-subset'}, note));
 }
 
 // The random orders as one grey band (min–max) around their dashed mean.

@@ -36,6 +36,9 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
       'images': r.images, 'labelled_images': r.labelled_images, 'label_free': r.label_free,
       'curve_orders': list(r.curve_orders),
       'partial_variants': [{'name': n, 'description': d} for n, d in r.partial_variants],
+      'subset_images': r.subset_images,
+      'subset_baseline': (dataclasses.asdict(r.subset_baseline)
+                          if r.subset_baseline is not None else None),
   })}
   for name, description in IMPORTANCE_DEFINITIONS.items():
     values[name] = Value.array(getattr(r, name), LH, description)
@@ -52,6 +55,16 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
   for k in PER_IMAGE:
     if getattr(r, k) is not None:
       values[k] = Value.array(getattr(r, k), IMAGE_LH)
+  if r.subset_index is not None:
+    values['subset_index'] = Value.array(
+        np.asarray(r.subset_index, np.int64), ('subset_image',),
+        'images (indices into image_names) the pruning curves and partial pruning averaged')
+    for m in METRICS:
+      values[f'curve_{m}_se'] = Value.array(getattr(r, f'curve_{m}_se'), ('order', 'point'),
+                                            f'standard error of curve_{m} over the subset')
+      values[f'partial_{m}_se'] = Value.array(getattr(r, f'partial_{m}_se'),
+                                              ('head_index', 'variant'),
+                                              f'standard error of partial_{m} over the subset')
   return values
 
 
@@ -68,7 +81,12 @@ def importance_from(tags: dict) -> ImportanceResult:
       partial_variants=tuple((v['name'], v['description']) for v in meta['partial_variants']),
       **{f'partial_{m}': get(f'partial_{m}') for m in METRICS},
       images=meta['images'], labelled_images=meta['labelled_images'],
-      label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE})
+      label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE},
+      subset_index=get('subset_index'),
+      subset_baseline=(Baseline(**meta['subset_baseline']) if meta.get('subset_baseline')
+                       else None),
+      **{f'{kind}_{m}_se': get(f'{kind}_{m}_se') for kind in ('curve', 'partial')
+         for m in METRICS})
 
 
 # --- strength --------------------------------------------------------------------------------

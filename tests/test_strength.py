@@ -160,3 +160,29 @@ print('ok', one.images)
 
 def test_eight_devices_match_one(image_set):
   assert 'ok 10' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.image_set.root)
+
+def test_baselines_match_brute_force_and_a_uniform_head(tmp_path):
+  """strength.baselines: plain loops over queries and keys, and the statistics the analysis
+  measures on a hand-built head that attends uniformly."""
+  params, config = offset_heads_model(grid=4, patterns=('left', 'uniform'))
+  n, t, px = config.grid_size, config.num_tokens, config.patch_size
+  b = strength.baselines(config)
+  dists, within = [], np.zeros(n)
+  for q in range(n * n):
+    for k in range(n * n):
+      (qy, qx), (ky, kx) = divmod(q, n), divmod(k, n)
+      dists.append(np.hypot(qy - ky, qx - kx) * px)
+      within[max(abs(qy - ky), abs(qx - kx)):] += 1
+  u = b['uniform']
+  np.testing.assert_allclose(u['mean_distance'], np.mean(dists), rtol=1e-9)
+  np.testing.assert_allclose(u['neighbourhood_share'], within / (n * n) / t, rtol=1e-9)
+  np.testing.assert_allclose(u['entropy'], np.log(t))
+  assert b['self'] == {'mean_distance': 0., 'neighbourhood_share': [1.] * n, 'entropy': 0.,
+                       'self_share': 1., 'cls_share': 0., 'offset_ratio_centre': float(t)}
+  images = folder_source(tmp_path / 'imgs', n=2, config=config)
+  r = strength.compute_strength(params, config, images, opts(batch_size=2))
+  assert r.baselines == b
+  for name in ('mean_distance', 'entropy', 'self_share', 'cls_share'):
+    np.testing.assert_allclose(getattr(r, name)[:, 1], u[name], rtol=1e-4, err_msg=name)
+  np.testing.assert_allclose(r.neighbourhood_share[:, 1], [u['neighbourhood_share']] * 2,
+                             rtol=1e-4)

@@ -373,15 +373,19 @@ def stage1_sums(config: ViTConfig, n_images: int, per_image: bool) -> dict:
   if per_image:
     for k in PER_IMAGE:
       acc[f'per_image_{k}'] = np.full((n_images, L, H), np.nan, np.float32)
+    # The unmasked model on each image (the image overview): NaN / -1 where unreadable.
+    acc['per_image_loss'] = np.full(n_images, np.nan, np.float32)
+    acc['per_image_prediction'] = np.full(n_images, -1., np.float32)
   return acc
 
 
 PER_IMAGE = ('taylor', 'ablation_loss', 'ablation_kl')
 
 
-def add_stage1(acc: dict, batch, grads, ablation, full) -> None:
+def add_stage1(acc: dict, batch, grads, ablation, full, logits=None) -> None:
   """Adds one batch's Taylor |grads| [B, L, H], ablation {metric: [L, H, B]} and unmasked
-  {metric: [B]} metrics of the valid images to the sums (and per-image rows)."""
+  {metric: [B]} metrics of the valid images to the sums (and per-image rows; with the
+  unmasked logits [B, C], also each image's loss and predicted class)."""
   valid = batch.valid
   acc['count'] += valid.sum()
   acc['labelled'] += (valid & (batch.labels >= 0)).sum()
@@ -396,6 +400,9 @@ def add_stage1(acc: dict, batch, grads, ablation, full) -> None:
     acc['per_image_ablation_loss'][rows] = np.moveaxis(
         np.asarray(ablation['loss']) - full_loss, -1, 0)[valid]
     acc['per_image_ablation_kl'][rows] = np.moveaxis(np.asarray(ablation['kl']), -1, 0)[valid]
+    if logits is not None and 'per_image_prediction' in acc:
+      acc['per_image_loss'][rows] = full_loss[valid]
+      acc['per_image_prediction'][rows] = np.argmax(np.asarray(logits), -1)[valid]
 
 
 def head_scores(acc: dict) -> tuple:
@@ -453,7 +460,7 @@ def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save) -> 
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
     grads, logits = taylor_batch(params, config, images, labels)
     ablation, _ = ablation_batch(params, config, images, labels, chunk)
-    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels))
+    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels), logits)
     save(acc, 1, k + 1)
   save(acc, 2, 0, force=True)
 
@@ -496,7 +503,10 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list) -> ImportanceResult:
       **{f'partial_{m}': partial[m] for m in ABLATION_METRICS},
       images=int(count), labelled_images=int(acc['labelled']),
       label_free=int(acc['labelled']) < int(count),
-      **{f'per_image_{k}': acc.get(f'per_image_{k}') for k in PER_IMAGE})
+      **{f'per_image_{k}': acc.get(f'per_image_{k}') for k in PER_IMAGE},
+      per_image_loss=acc.get('per_image_loss'),
+      per_image_prediction=(None if acc.get('per_image_prediction') is None
+                            else acc['per_image_prediction'].astype(np.int32)))
 
 
 def compute_importance(params, config: ViTConfig, source: BatchSource,

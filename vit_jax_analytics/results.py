@@ -51,6 +51,8 @@ class ImportanceResult:
   per_image_taylor: Optional[np.ndarray] = None         # [N, L, H], NaN if unreadable
   per_image_ablation_loss: Optional[np.ndarray] = None  # [N, L, H]
   per_image_ablation_kl: Optional[np.ndarray] = None    # [N, L, H]
+  per_image_loss: Optional[np.ndarray] = None           # [N] unmasked loss, NaN if unreadable
+  per_image_prediction: Optional[np.ndarray] = None     # [N] int predicted class, -1 if unreadable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,7 @@ class StrengthResult:
       default_factory=lambda: np.zeros(0, np.int32))  # [M] image of each stored map
   map_attention: Optional[np.ndarray] = None   # [M, L, H, T, T] float16
   map_rollout: Optional[np.ndarray] = None     # [M, L, T, T] float16
+  baselines: Optional[dict] = None             # strength.baselines(config): uniform / self
 
 
 @dataclasses.dataclass

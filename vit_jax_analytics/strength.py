@@ -50,6 +50,31 @@ def scalar_ranges(config: ViTConfig) -> dict:
           'self_share': (0., 1.), 'cls_share': (0., 1.)}
 
 
+def baselines(config: ViTConfig) -> dict:
+  """The statistics of two reference heads, as `layer_statistics` and `finish` define them:
+  'uniform' (every query attends 1/T to every token) and 'self' (every patch query attends
+  only to itself). {reference: {mean_distance (px), neighbourhood_share [n], entropy,
+  self_share, cls_share, offset_ratio_centre}}. The plugin draws them in every locality plot.
+  """
+  n, t = config.grid_size, config.num_tokens
+  p = n * n
+  dist = patch_distances(n).astype(np.float64) * config.patch_size
+  r, c = np.divmod(np.arange(p), n)
+  cheb = np.maximum(np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None]))   # [P, P]
+  # Uniform: each patch query gives 1/T to each key; renormalised over patch keys the mean
+  # distance is the plain mean over (query, key) patch pairs.
+  uniform = {
+      'mean_distance': float(dist.mean()),
+      'neighbourhood_share': [float((cheb <= d).sum() / (p * t)) for d in range(n)],
+      'entropy': float(np.log(t)), 'self_share': 1. / t,
+      'cls_share': 1. / t if config.has_cls_token else None,
+      'offset_ratio_centre': 1.}
+  self_only = {
+      'mean_distance': 0., 'neighbourhood_share': [1.] * n, 'entropy': 0., 'self_share': 1.,
+      'cls_share': 0. if config.has_cls_token else None, 'offset_ratio_centre': float(t)}
+  return {'uniform': uniform, 'self': self_only}
+
+
 def layer_statistics(weights, config: ViTConfig):
   """Per-image statistics of one layer's attention weights [B, H, T, T], reduced over
   queries on the device (only these leave the forward pass):
@@ -184,7 +209,7 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
       distributions={s: ScalarDistribution(
           ranges[s], sums[f'{s}_hist'],
           histogram_quantiles(sums[f'{s}_hist'], *ranges[s])) for s in scalars},
-      **cls_maps)
+      baselines=baselines(config), **cls_maps)
 
 
 def spread_indices(n: int, count: int) -> np.ndarray:

@@ -28,6 +28,12 @@ IMPORTANCE_DEFINITIONS = {
                    '(label-free)',
 }
 PER_IMAGE = ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl')
+# Per image, the unmasked model: [image] (with --per-image).
+PER_IMAGE_MODEL = {
+    'per_image_loss': 'cross-entropy of the unmasked model with the target, per image '
+                      '(NaN if unreadable)',
+    'per_image_prediction': "the unmasked model's top-1 class per image (-1 if unreadable)",
+}
 
 
 def importance_values(r: ImportanceResult, meta: dict) -> dict:
@@ -52,6 +58,9 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
   for k in PER_IMAGE:
     if getattr(r, k) is not None:
       values[k] = Value.array(getattr(r, k), IMAGE_LH)
+  for k, description in PER_IMAGE_MODEL.items():
+    if getattr(r, k) is not None:
+      values[k] = Value.array(getattr(r, k), ('image',), description)
   return values
 
 
@@ -68,7 +77,8 @@ def importance_from(tags: dict) -> ImportanceResult:
       partial_variants=tuple((v['name'], v['description']) for v in meta['partial_variants']),
       **{f'partial_{m}': get(f'partial_{m}') for m in METRICS},
       images=meta['images'], labelled_images=meta['labelled_images'],
-      label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE})
+      label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE},
+      **{k: get(k) for k in PER_IMAGE_MODEL})
 
 
 # --- strength --------------------------------------------------------------------------------
@@ -102,7 +112,8 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
       **meta, 'definitions': STRENGTH_DEFINITIONS, 'images': r.images,
       'quantiles': list(r.quantile_levels),
       'histogram_ranges': {k: list(d.range) for k, d in r.distributions.items()},
-      'map_image_index': [int(i) for i in r.map_image_index]})}
+      'map_image_index': [int(i) for i in r.map_image_index],
+      **({'baselines': r.baselines} if r.baselines else {})})}
   for name, description in STRENGTH_DEFINITIONS.items():
     if getattr(r, name) is not None:
       values[name] = Value.array(getattr(r, name), _STRENGTH_AXES.get(name, LH), description)
@@ -130,6 +141,7 @@ def strength_from(tags: dict) -> StrengthResult:
       distributions={s: ScalarDistribution(tuple(rng), get(f'{s}_hist'), get(f'{s}_quantiles'))
                      for s, rng in meta['histogram_ranges'].items()},
       map_image_index=np.asarray(meta['map_image_index'], np.int32),
+      baselines=meta.get('baselines'),
       map_attention=stack('map_attention'), map_rollout=stack('map_rollout'))
 
 

@@ -51,9 +51,9 @@ export function sequential(lo, hi, label) {
 
 export function signed(values, label) {
   const [lo, hi] = extent(values);
-  const m = Math.max(Math.abs(lo), Math.abs(hi)) || 1e-12;
+  const max = Math.max(Math.abs(lo), Math.abs(hi)), m = max || 1;
   return {kind: 'signed', lo: -m, hi: m, label, colour: (v) => divergingColour(v / m),
-          ticks: [[-m, fmt(-m)], [0, '0'], [m, fmt(m)]]};
+          ticks: max ? [[-m, fmt(-m)], [0, '0'], [m, fmt(m)]] : [[0, 'all 0']]};
 }
 
 // A metric with negative values gets the signed scale, else the sequential one.
@@ -108,7 +108,7 @@ export function niceTicks(lo, hi, count = 5, integer = false) {
   if (!(hi > lo)) return [lo];
   let step = Math.pow(10, Math.floor(Math.log10((hi - lo) / count)));
   for (const m of [1, 2, 5, 10]) {
-    if ((hi - lo) / (step * m) <= count) { step *= m; break; }
+    if ((hi - lo) / (step * m) <= count * 1.5) { step *= m; break; }
   }
   if (integer) step = Math.max(1, Math.round(step));
   const out = [];

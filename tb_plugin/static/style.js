@@ -76,7 +76,7 @@ h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .offset-small, .pattern-cell { cursor: pointer; image-rendering: pixelated; border: 2px solid transparent; }
 .offset-small.selected { border-color: #e15759; }
 .pattern-map { display: grid; gap: 4px; }
-.cluster { display: flex; gap: 8px; align-items: center; padding: 4px; }
+.cluster { display: grid; grid-template-columns: 110px 300px auto; gap: 8px; align-items: center; padding: 4px; }
 .cluster.selected { background: #fdecea; }
 .chips { display: flex; flex-wrap: wrap; gap: 4px; }
 .chip { border: 1px solid #bdbdbd; border-radius: 10px; background: #fafafa; cursor: pointer; padding: 1px 8px; font-size: 11px; }

@@ -161,7 +161,7 @@ async function compareDistance(cmp) {
   }
   if (!trends.length) return;
   const L = Math.max(...trends.map(([, t]) => t.length));
-  const f = frame(340, 210, [-0.3, Math.max(1, L - 1) + 0.3], yDomain(trends.map(([, t]) => t), [uniform]),
+  const f = frame(340, 210, [-0.3, Math.max(1, L - 1) + 0.3], yDomain(trends.map(([, t]) => t), [uniform], state.yFromZero),
                   'layer', 'mean attention distance (px)', {xTicks: niceTicks(0, Math.max(0, L - 1), 8, true)});
   const s = svg('svg', {width: 340, height: 210, class: 'compare-trend'}, f.g, ...reference(f, uniform, 'uniform'));
   const keys = el('div', {class: 'keys'});

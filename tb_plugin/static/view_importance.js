@@ -211,7 +211,8 @@ function partialBars(imp, l, h, box) {
   bars.forEach((b, j) => {
     const y = f.m.t + 4 + j * 22, xv = f.x(b.x);
     s.append(svg('text', {x: f.m.l - 4, y: y + 12, 'text-anchor': 'end', class: 'tick bar-label'}, b.v.name),
-             tip(svg('rect', {x: Math.min(x0, xv), y, width: Math.max(1, Math.abs(xv - x0)), height: 15,
+             tip(svg('rect', {x: b.x >= 0 ? x0 : x0 - Math.max(1, x0 - xv), y,
+                              width: Math.max(1, Math.abs(xv - x0)), height: 15,
                               class: b.x >= 0 ? 'bar' : 'bar negative', 'data-value': b.x}),
                  `${b.v.description}: ${m} ${b.x >= 0 ? '+' : ''}${fmt(b.x)}`),
              svg('text', {x: b.x >= 0 ? xv + 3 : x0 + 3, y: y + 12, class: 'tick bar-value'},

@@ -245,7 +245,8 @@ function drawClusterList(clusterBox, pt) {
         stats);
   });
   clusterBox.replaceChildren(el('h3', {}, 'Head clusters: mean re-centred attention of the members (× uniform), and why each got its name'),
-                             el('p', {class: 'help'}, 'The first rule whose statistic passes its threshold names the cluster (highlighted).'),
+                             el('p', {class: 'help'}, 'The first rule whose statistic passes its threshold names the cluster (highlighted). ' +
+                                    'Offsets far from the centre lie inside the image for fewer query patches, so their mean (and colour) is lower.'),
                              state.scaleMode === 'shared' ? legend(shared, 180, 'cluster-legend') : null,
                              ...rows, el('h3', {}, 'Autoencoder training'),
                              trainingChart(pt.train_loss, pt.val_loss),

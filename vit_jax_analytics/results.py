@@ -84,6 +84,8 @@ class StrengthResult:
   map_attention: Optional[np.ndarray] = None   # [M, L, H, T, T] float16
   map_rollout: Optional[np.ndarray] = None     # [M, L, T, T] float16
   baselines: Optional[dict] = None             # strength.baselines(config): uniform / self
+  qk_embedding: Optional[np.ndarray] = None    # [L, H, 2, Mq * T, 2] joint query/key PCA
+  qk_images: Optional[np.ndarray] = None       # [Mq] int: stored map k of each embedded image
 
 
 @dataclasses.dataclass

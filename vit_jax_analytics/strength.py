@@ -136,6 +136,62 @@ def attention_maps(params, config: ViTConfig, images):
   return model_lib.apply(params, config, images, return_attention=True)[1]
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def queries_keys(params, config: ViTConfig, images):
+  """Every block's queries and keys [B, L, H, T, D/H] each, from the block inputs the model
+  sows ('intermediates'): q = LayerNorm_0(block_input) @ query kernel + bias, likewise k."""
+  import flax.linen as nn
+  _, state = model_lib.VisionTransformer(config).apply({'params': params}, images,
+                                                       mutable=['intermediates'])
+  blocks = state['intermediates']['Transformer']
+  qs, ks = [], []
+  for layer in range(config.num_layers):
+    name = f'encoderblock_{layer}'
+    x = blocks[name]['block_input'][0]
+    p = params['Transformer'][name]
+    y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply({'params': p['LayerNorm_0']}, x)
+    att = p['MultiHeadDotProductAttention_1']
+    proj = lambda w: jnp.einsum('btd,dhe->bhte', y, w['kernel']) + w['bias'][None, :, None]
+    qs.append(proj(att['query']))
+    ks.append(proj(att['key']))
+  return jnp.stack(qs, 1), jnp.stack(ks, 1)
+
+
+def joint_embedding(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+  """Queries and keys of one head [N, d] each -> [2, N, 2]: both projected together onto
+  their first two principal axes, as AttentionViz (Yeh et al. 2023) does. Attention is
+  unchanged by translating the keys (softmax over keys) and by scaling q by c and k by 1/c,
+  so first the keys are moved onto the queries' centroid and both scaled to the same mean
+  spread (distance from their centroid); then queries near keys are the pairs that attend
+  to each other."""
+  q = np.asarray(q, np.float64)
+  k = np.asarray(k, np.float64)
+  k = k - k.mean(0) + q.mean(0)
+  qn = np.linalg.norm(q - q.mean(0), axis=1).mean()
+  kn = np.linalg.norm(k - k.mean(0), axis=1).mean()
+  c = np.sqrt(kn / qn) if qn > 1e-12 and kn > 1e-12 else 1.
+  x = np.concatenate([q * c, k / c])
+  x = x - x.mean(0)
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  axes = vt[:2]
+  if axes.shape[0] < 2:
+    axes = np.concatenate([axes, np.zeros((2 - axes.shape[0], x.shape[1]))])
+  coords = x @ axes.T
+  return coords.reshape(2, len(q), 2).astype(np.float32)
+
+
+def qk_embeddings(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+  """[M, L, H, T, d] queries and keys -> [L, H, 2 (query, key), M * T, 2] joint embeddings
+  per head of the tokens of the M images (token m * T + t)."""
+  m, L, H, t, d = q.shape
+  out = np.zeros((L, H, 2, m * t, 2), np.float32)
+  for layer in range(L):
+    for head in range(H):
+      out[layer, head] = joint_embedding(q[:, layer, head].reshape(-1, d),
+                                         k[:, layer, head].reshape(-1, d))
+  return out
+
+
 def attention_rollout(attention):
   """Attention rollout (Abnar & Zuidema 2020): [..., L, H, T, T] -> [..., L, T, T].
 
@@ -164,11 +220,14 @@ class StrengthOptions:
   batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
   map_images: int = option(
       8, 'images (spread over the set) whose full attention maps and rollout are stored')
+  qk_images: int = option(
+      4, 'of the stored images, how many go into the joint query/key embedding of each head')
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
 
   def __post_init__(self):
     check(self, 'batch_size', self.batch_size, low=1)
     check(self, 'map_images', self.map_images, low=0)
+    check(self, 'qk_images', self.qk_images, low=0)
 
 
 def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) -> np.ndarray:
@@ -230,6 +289,7 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   params = parallel.replicate(mesh, params)
   sums, count = {}, 0
   maps, map_index = [], []
+  qk = ([], [])                          # queries, keys of the first qk_images stored images
   wanted = spread_indices(len(source), options.map_images)
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
@@ -239,10 +299,18 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
     if len(rows):
       maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
       map_index += batch.index[rows].tolist()
+      take = rows[:max(0, options.qk_images - sum(len(x) for x in qk[0]))]
+      if len(take):
+        q, k = queries_keys(params, config, batch.images[take])
+        qk[0].append(np.asarray(q)); qk[1].append(np.asarray(k))
   result = finish(sums, count, config)
   if not maps:
     return result
   attention = np.concatenate(maps)
+  if qk[0]:
+    q, k = np.concatenate(qk[0]), np.concatenate(qk[1])
+    result = dataclasses.replace(result, qk_embedding=qk_embeddings(q, k),
+                                 qk_images=np.arange(len(q), dtype=np.int32))
   return dataclasses.replace(
       result, map_image_index=np.asarray(map_index, np.int32),
       map_attention=attention.astype(np.float16),                              # [M, L, H, T, T]

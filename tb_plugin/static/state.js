@@ -9,7 +9,7 @@ export const state = {run: null, layer: 0, head: 0, image: 0, query: null, cell:
                       metric: 'taylor', scatterX: 'taylor', scatterY: 'ablation_loss',
                       curveMetric: 'top1', partialMetric: 'loss', overlay: 'head',
                       compare: '', scaleMode: 'shared', yFromZero: false, radius: 1,
-                      sampleColour: 'layer', imageSort: 'index', imageSortDesc: false,
+                      sampleColour: 'layer', qkColour: 'role', imageSort: 'index', imageSortDesc: false,
                       imagePage: 0, imageFilter: null, overviewImage: null};
 const listeners = [];
 const metricListeners = [];

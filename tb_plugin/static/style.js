@@ -1,6 +1,7 @@
 // The page's whole stylesheet, in one place.
 
 export const CSS = `
+html { scroll-padding-top: 96px; }   /* scrollIntoView stops below the sticky header */
 body { font: 13px/1.4 Roboto, system-ui, sans-serif; margin: 0; color: #212121; }
 #vit-root { padding: 12px 16px; }
 #sticky-header { position: sticky; top: 0; z-index: 5; background: #fff; border-bottom: 1px solid #ddd; padding: 6px 0; margin-bottom: 8px; }
@@ -53,6 +54,8 @@ table.rules tr.fired td { color: #212121; font-weight: 600; }
 .sample-stage canvas.translucent { opacity: 0.7; }
 .bar.hist-bar { cursor: pointer; } .bar.hist-bar.selected { fill: #e15759; }
 .empty-view { font-style: italic; }
+.qk-point { cursor: pointer; } .qk-point.faded { opacity: 0.25; }
+.qk-selected { fill: none; stroke: #111; stroke-width: 2; }
 h2 { font-size: 16px; margin: 18px 0 4px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .help { color: #616161; margin: 2px 0 6px; }

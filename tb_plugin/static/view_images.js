@@ -1,15 +1,15 @@
 // Images view: the stored images; clicking a patch overlays where it attends (selected head
 // or rollout) and shows that patch's attention in every head, as multiples of uniform.
 
-import {heatCanvas, legend, ratio} from './charts.js';
-import {getJSON, q, unpack} from './data.js';
-import {dropdown, el, hideTooltip, tip} from './dom.js';
+import {frame, heatCanvas, legend, ratio} from './charts.js';
+import {array, getJSON, q, unpack} from './data.js';
+import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, headName, tokens} from './format.js';
 import {changed, onSelect, select, state} from './state.js';
 
 const STAGE_PX = 336;
 
-export async function renderImages(body) {
+export async function renderImages(body, info) {
   const meta = await getJSON(`./meta?${q({analysis: 'strength'})}`);
   const indices = meta.map_image_index;
   if (!indices.length) {
@@ -21,7 +21,9 @@ export async function renderImages(body) {
   // cls: 1 when token 0 is the class token, so patch p is token p + cls.
   const im = {meta, indices, cfg, n, cls: cfg.classifier === 'token' ? 1 : 0, T: tokens(cfg),
               patch: STAGE_PX / n, result: null, key: null, thumbs: el('div', {class: 'thumbs'}),
-              main: el('div', {class: 'panel'}), heads: el('div', {class: 'panel'})};
+              main: el('div', {class: 'panel'}), heads: el('div', {class: 'panel'}),
+              qkBox: el('div', {class: 'panel', id: 'qk-panel'}), qk: {},
+              hasQK: 'strength/qk_embedding' in info.tags};
   const labels = meta.labels || [], classes = meta.class_names || [];
   indices.forEach((idx, i) => {
     const label = labels[idx] >= 0 ? ` (${classes[labels[idx]] ?? labels[idx]})` : '';
@@ -32,10 +34,11 @@ export async function renderImages(body) {
   });
   body.append(el('p', {class: 'help'}, `${indices.length} of ${meta.images} images have stored attention maps. ` +
                  'Click a patch of the image to see where it attends.'),
-              im.thumbs, el('div', {class: 'row'}, im.main, im.heads));
+              im.thumbs, el('div', {class: 'row'}, im.main, im.heads, im.qkBox));
+  if (im.hasQK) im.qkImages = await array('strength/qk_images');
   state.showImage = (i) => showImage(im, i);
   state.storedImages = indices;
-  const draw = () => drawImage(im);
+  const draw = () => { drawImage(im); drawQK(im); };
   if (state.query != null) await fetchQuery(im);
   draw();
   onSelect(draw);
@@ -45,6 +48,7 @@ export async function renderImages(body) {
 function showImage(im, i) {
   state.image = i; state.query = null; im.result = null; im.key = null;
   drawImage(im);
+  drawQK(im);
   changed();
 }
 
@@ -119,6 +123,7 @@ function imageStage(im, weights) {
     state.query = r * n + k;
     await fetchQuery(im);
     drawImage(im);
+    drawQK(im);
     changed();
   });
   return tip(stage, () => weights ? 'attention overlay: red = above uniform, blue = below' : 'click a patch');
@@ -147,4 +152,72 @@ function headMultiples(im, result) {
   }));
   return el('div', {}, grid, state.scaleMode === 'shared' ? legend(shared, 220, 'multiples-image-legend')
       : el('p', {class: 'help', id: 'multiples-image-legend'}, 'Each map on its own log scale centred at 1× uniform.'));
+}
+
+// The selected head's queries and keys of the embedded images' tokens, projected together
+// (AttentionViz): a query near keys attends to them. Coloured by role or by patch position;
+// the selected image's tokens drawn strong, its selected query ringed; a click on a point
+// opens that image with that token as the query.
+async function drawQK(im) {
+  const box = im.qkBox;
+  if (!im.hasQK) {
+    box.replaceChildren(el('h3', {}, 'Queries and keys'), el('p', {class: 'help empty-view'},
+        'No query/key embedding stored. Run: vit-analytics strength ... --qk-images N'));
+    return;
+  }
+  const {layer: l, head: h} = state;
+  const key = `${l},${h}`;
+  im.qk[key] = im.qk[key] || array('strength/qk_embedding', {index: l, index2: h});
+  const e = await im.qk[key];
+  if (key !== `${state.layer},${state.head}`) return;
+  const {n, cls, T} = im;
+  const size = 300;
+  const xs = e.flat().map((p) => p[0]), ys = e.flat().map((p) => p[1]);
+  const pad = (a) => { const lo = Math.min(...a), hi = Math.max(...a), d = (hi - lo) * 0.05 || 1; return [lo - d, hi + d]; };
+  const f = frame(size, size, pad(xs), pad(ys), 'principal axis 1', 'principal axis 2', {xTicks: [], yTicks: [], margin: {l: 24}});
+  const s = svg('svg', {width: size, height: size, id: 'qk-scatter', 'data-colour': state.qkColour || 'role'}, f.g);
+  const shown = im.qkImages.indexOf(state.image);   // embedded index of the selected image
+  const colourOf = (role, t) => {
+    if ((state.qkColour || 'role') === 'role') return role ? '#f28e2b' : '#4e79a7';
+    if (t < cls) return '#212121';
+    const p = t - cls, r = Math.floor(p / n), c = p % n;
+    return `hsl(${Math.round(300 * c / Math.max(1, n - 1))}, 70%, ${Math.round(30 + 45 * r / Math.max(1, n - 1))}%)`;
+  };
+  const later = [];
+  for (let role = 0; role < 2; role++) {
+    e[role].forEach(([x, y], j) => {
+      const m = Math.floor(j / T), t = j % T;
+      const mine = m === shown;
+      const dot = svg('circle', {cx: f.x(x), cy: f.y(y), r: mine ? 3 : 2, fill: colourOf(role, t),
+                                 class: 'qk-point' + (mine ? ' mine' : ' faded'), 'data-role': role,
+                                 'data-image': im.qkImages[m], 'data-token': t,
+                                 onclick: () => openToken(im, im.qkImages[m], t)});
+      tip(dot, `${role ? 'key' : 'query'} of ${t < cls ? 'the class token' : `patch (row ${Math.floor((t - cls) / n)}, col ${(t - cls) % n})`}` +
+               `, image ${im.meta.image_names[im.indices[im.qkImages[m]]]}; click to make it the query`);
+      if (mine) later.push(dot); else s.append(dot);
+      if (mine && role === 0 && state.query != null && t === state.query + cls) {
+        later.push(svg('circle', {cx: f.x(x), cy: f.y(y), r: 7, class: 'qk-selected', id: 'qk-selected'}));
+      }
+    });
+  }
+  s.append(...later);
+  box.replaceChildren(el('h3', {}, `${headName(l, h)}: queries and keys together`),
+      el('label', {}, 'colour by ', dropdown([['role', 'query / key'], ['position', 'patch position']], state.qkColour || 'role',
+                                             (v) => { state.qkColour = v; drawQK(im); }, 'qk-colour')),
+      el('div', {}, s),
+      (state.qkColour || 'role') === 'role'
+          ? el('div', {class: 'keys'}, el('span', {style: 'color:#4e79a7'}, '● query '), el('span', {style: 'color:#f28e2b'}, '● key'))
+          : el('div', {class: 'keys help'}, 'hue = column (left → right), lightness = row (top dark → bottom light); black = class token'),
+      el('p', {class: 'help'}, shown >= 0 ? `Strong: this image's ${T} tokens; faint: the other ${im.qkImages.length - 1} embedded images. Ringed: the selected query.`
+          : `This image is not among the ${im.qkImages.length} embedded images; all are drawn faint.`));
+}
+
+async function openToken(im, k, t) {
+  if (t < im.cls) return;     // the class token is not a patch of the image
+  if (state.image !== k) { state.image = k; im.result = null; im.key = null; }
+  state.query = t - im.cls;
+  await fetchQuery(im);
+  drawImage(im);
+  drawQK(im);
+  changed();
 }

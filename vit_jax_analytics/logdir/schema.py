@@ -127,6 +127,14 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
     values[f'map_rollout/{k}'] = Value.array(r.map_rollout[k], ('layer', 'query', 'key'))
   for k, image in enumerate(map_images):
     values[f'map_image/{k}'] = Value.png(image)
+  if r.qk_embedding is not None:
+    values['qk_embedding'] = Value.array(
+        r.qk_embedding, ('layer', 'head', 'role', 'token', 'axis'),
+        'queries (role 0) and keys (role 1) of the tokens of the embedded images, projected '
+        'together onto the first two principal axes of each head; token m * T + t is token t '
+        'of stored map qk_images[m]')
+    values['qk_images'] = Value.array(r.qk_images, ('image',),
+                                      'the stored map (index k of map_image/k) of each embedded image')
   return values
 
 
@@ -141,7 +149,8 @@ def strength_from(tags: dict) -> StrengthResult:
       distributions={s: ScalarDistribution(tuple(rng), get(f'{s}_hist'), get(f'{s}_quantiles'))
                      for s, rng in meta['histogram_ranges'].items()},
       map_image_index=np.asarray(meta['map_image_index'], np.int32),
-      baselines=meta.get('baselines'),
+      baselines=meta.get('baselines'), qk_embedding=get('qk_embedding'),
+      qk_images=get('qk_images'),
       map_attention=stack('map_attention'), map_rollout=stack('map_rollout'))
 
 

@@ -475,6 +475,33 @@ def test_13_locality_table_and_class_token_attention(server, browser, written):
   p.shot('views-strength.png', '#view-strength')
 
 
+def test_14_joint_query_key_embedding_linked_to_the_image_view(server, browser, written):
+  p = Page(browser, server)
+  embedding = written['strength/qk_embedding']
+  L, H, roles, tokens, _ = embedding.shape
+  T = tokens // len(written['strength/qk_images'])
+  p.head(1, 2)
+  p.wait.until(lambda d: 'L1 H2' in p.one('#qk-panel h3').text)
+  points = p.all('#qk-scatter circle.qk-point')
+  assert len(points) == roles * tokens
+  # The scatter is the stored embedding of the selected head (first query point).
+  xs = sorted(float(c.get_attribute('cx')) for c in points)
+  assert xs[0] < xs[-1]
+  assert len(p.all('#qk-scatter circle.qk-point.mine')) == 2 * T   # image 0's tokens
+  p.select('#qk-colour', 'position')
+  p.wait.until(lambda d: p.one('#qk-scatter').get_attribute('data-colour') == 'position')
+  # A click on a query point of image 1 opens image 1 with that patch as the query.
+  target = next(c for c in p.all('#qk-scatter circle.qk-point')
+                if c.get_attribute('data-image') == '1' and c.get_attribute('data-role') == '0'
+                and c.get_attribute('data-token') == '6')
+  p.js("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", target)
+  p.wait.until(lambda d: 'selected' in p.all('.thumb')[1].get_attribute('class'))
+  p.wait.until(lambda d: 'row 1, col 1' in p.one('#query-label').text)   # token 6 = patch 5
+  p.wait.until(lambda d: p.all('#qk-selected'))
+  assert len(p.all('#head-multiples canvas')) == L * H
+  p.shot('views-qk.png', '#view-images')
+
+
 def test_15_sticky_header_url_state_and_wide_layout(server, browser, written):
   p = Page(browser, server)
   p.head(2, 3)

@@ -225,3 +225,17 @@ def test_stored_qk_embedding(image_set):
   assert r.qk_embedding.shape == (3, 4, 2, 2 * 17, 2)
   assert r.qk_images.tolist() == [0, 1]
   assert np.isfinite(r.qk_embedding).all()
+
+
+def test_map_budget_stores_as_many_images_as_fit(image_set):
+  per_image = strength.map_bytes(TINY)
+  assert per_image == 2 * 3 * 5 * 17 ** 2
+  options = opts(batch_size=4, map_budget_mib=2.5 * per_image / 2 ** 20)
+  assert options.stored_maps(TINY, 10) == 2
+  r = strength.compute_strength(tiny_params(), TINY, image_set, options)
+  assert r.map_image_index.tolist() == [0, 9]
+  assert r.map_attention.nbytes + r.map_rollout.nbytes <= 2.5 * per_image
+  everything = opts(map_budget_mib=1000.)
+  assert everything.stored_maps(TINY, 10) == 10
+  with pytest.raises(Exception):
+    opts(map_budget_mib=-1.)

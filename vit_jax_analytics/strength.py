@@ -13,6 +13,7 @@ centres; "Chebyshev distance" is max(|dy|, |dx|).
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 import functools
 
 import jax
@@ -220,6 +221,10 @@ class StrengthOptions:
   batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
   map_images: int = option(
       8, 'images (spread over the set) whose full attention maps and rollout are stored')
+  map_budget_mib: Optional[float] = option(
+      None, 'store the maps of as many images (spread over the set) as fit in this many MiB '
+      '(float16 attention and rollout, 2 L (H + 1) T^2 bytes an image; all images if they '
+      'fit); overrides --map-images', parse=float)
   qk_images: int = option(
       4, 'of the stored images, how many go into the joint query/key embedding of each head')
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
@@ -228,6 +233,19 @@ class StrengthOptions:
     check(self, 'batch_size', self.batch_size, low=1)
     check(self, 'map_images', self.map_images, low=0)
     check(self, 'qk_images', self.qk_images, low=0)
+    check(self, 'map_budget_mib', self.map_budget_mib, low=0, optional=True, what='a number')
+
+  def stored_maps(self, config: ViTConfig, n_images: int) -> int:
+    """How many images get their full maps stored: map_images, or as many as fit in
+    map_budget_mib."""
+    if self.map_budget_mib is None:
+      return min(self.map_images, n_images)
+    return min(n_images, int(self.map_budget_mib * 2 ** 20 // map_bytes(config)))
+
+
+def map_bytes(config: ViTConfig) -> int:
+  """Bytes of one stored image's maps: float16 attention [L, H, T, T] and rollout [L, T, T]."""
+  return 2 * config.num_layers * (config.num_heads + 1) * config.num_tokens ** 2
 
 
 def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) -> np.ndarray:
@@ -288,16 +306,18 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   batch_size = parallel.device_batch_size(options.batch_size, mesh)
   params = parallel.replicate(mesh, params)
   sums, count = {}, 0
-  maps, map_index = [], []
+  maps, rollouts, map_index = [], [], []
   qk = ([], [])                          # queries, keys of the first qk_images stored images
-  wanted = spread_indices(len(source), options.map_images)
+  wanted = spread_indices(len(source), options.stored_maps(config, len(source)))
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
     sums = accumulate(sums, stats, batch.valid, config)
     count += int(batch.valid.sum())
     rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
     if len(rows):
-      maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
+      attention = attention_maps(params, config, batch.images[rows])      # [B, L, H, T, T]
+      maps.append(np.asarray(attention).astype(np.float16))                # kept as stored
+      rollouts.append(np.asarray(attention_rollout(attention)).astype(np.float16))
       map_index += batch.index[rows].tolist()
       take = rows[:max(0, options.qk_images - sum(len(x) for x in qk[0]))]
       if len(take):
@@ -306,12 +326,11 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   result = finish(sums, count, config)
   if not maps:
     return result
-  attention = np.concatenate(maps)
   if qk[0]:
     q, k = np.concatenate(qk[0]), np.concatenate(qk[1])
     result = dataclasses.replace(result, qk_embedding=qk_embeddings(q, k),
                                  qk_images=np.arange(len(q), dtype=np.int32))
   return dataclasses.replace(
       result, map_image_index=np.asarray(map_index, np.int32),
-      map_attention=attention.astype(np.float16),                              # [M, L, H, T, T]
-      map_rollout=np.asarray(attention_rollout(attention), np.float16))        # [M, L, T, T]
+      map_attention=np.concatenate(maps),                                      # [M, L, H, T, T]
+      map_rollout=np.concatenate(rollouts))                                    # [M, L, T, T]

@@ -8,6 +8,7 @@ import {fmt, headName, tokens} from './format.js';
 import {changed, onSelect, select, state} from './state.js';
 
 const STAGE_PX = 336;
+const THUMBS = 24;
 
 export async function renderImages(body, info) {
   const meta = await getJSON(`./meta?${q({analysis: 'strength'})}`);
@@ -25,15 +26,19 @@ export async function renderImages(body, info) {
               qkBox: el('div', {class: 'panel', id: 'qk-panel'}), qk: {},
               hasQK: 'strength/qk_embedding' in info.tags};
   const labels = meta.labels || [], classes = meta.class_names || [];
-  indices.forEach((idx, i) => {
+  // At most THUMBS thumbnails (the image overview lists and opens every stored image).
+  indices.slice(0, THUMBS).forEach((idx, i) => {
     const label = labels[idx] >= 0 ? ` (${classes[labels[idx]] ?? labels[idx]})` : '';
     const img = el('img', {src: `./png?${q({tag: `strength/map_image/${i}`})}`, class: 'thumb',
                            title: meta.image_names[idx] + label, 'data-image': idx,
                            onclick: () => showImage(im, i)});
     im.thumbs.append(img);
   });
-  body.append(el('p', {class: 'help'}, `${indices.length} of ${meta.images} images have stored attention maps. ` +
-                 'Click a patch of the image to see where it attends.'),
+  if (indices.length > THUMBS) {
+    im.thumbs.append(el('span', {class: 'help'}, `… and ${indices.length - THUMBS} more: open any from the image overview.`));
+  }
+  body.append(el('p', {class: 'help'}, `${indices.length} of ${meta.images} images have stored attention maps ` +
+                 '(store more, or all, with --map-images N or --map-budget-mib MIB). Click a patch of the image to see where it attends.'),
               im.thumbs, el('div', {class: 'row'}, im.main, im.heads, im.qkBox));
   if (im.hasQK) im.qkImages = await array('strength/qk_images');
   state.showImage = (i) => showImage(im, i);
@@ -90,7 +95,7 @@ function drawImage(im) {
   const {layer: l, head: h} = state;
   const {meta, indices, n} = im;
   const result = current(im);
-  for (const [i, t] of [...im.thumbs.children].entries()) t.classList.toggle('selected', i === state.image);
+  for (const [i, t] of [...im.thumbs.querySelectorAll('.thumb')].entries()) t.classList.toggle('selected', i === state.image);
   const weights = result ? (state.overlay === 'rollout' ? result.rollout[l] : result.attention[l][h]) : null;
   const sc = weights ? ratio(weights.slice(im.cls).map((w) => w * im.T)) : null;
   const label = state.query == null ? 'no patch selected' :

@@ -240,7 +240,11 @@ function perImageHistogram(pairs, imp) {
   const counts = members.map((m) => m.length);
   const f = frame(400, 170, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
                   'images', {yInteger: true, xTicks: niceTicks(lo, hi, 5, true).length >= 2 ? niceTicks(lo, hi, 5, true) : niceTicks(lo, hi, 4),
-                             xFormat: (v) => Number.isInteger(v) ? `1e${v}` : `${+Math.pow(10, v).toPrecision(2)}`});
+                             xFormat: (v) => {
+                               const x = Math.pow(10, v);
+                               if (x >= 1e-3 && x < 1e4) return `${+x.toPrecision(2)}`;
+                               return Number.isInteger(v) ? `1e${v}` : x.toExponential(1);
+                             }});
   const s = svg('svg', {width: 400, height: 170, id: 'per-image-hist'}, f.g);
   const width = (f.x(hi) - f.x(lo)) / bins;
   members.forEach((m, i) => {

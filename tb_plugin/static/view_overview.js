@@ -106,8 +106,8 @@ function drawTable(ov) {
   ov.table.replaceChildren(nav, el('div', {class: 'table-scroll tall'},
       el('table', {class: 'data', id: 'overview-table'}, el('thead', {}, head), el('tbody', {}, body))),
       el('p', {class: 'help', id: 'overview-note'}, stored.length
-          ? `Rows in bold have stored attention maps (${stored.length}); click one to show them below. Store more with --map-images.`
-          : 'No attention maps stored; run strength with --map-images N.'));
+          ? `Rows in bold have stored attention maps (${stored.length} of ${N}); click one to show them below. Store more, or all, with --map-images N or --map-budget-mib MIB.`
+          : 'No attention maps stored; run strength with --map-images N or --map-budget-mib MIB.'));
 }
 
 function openImage(ov, i) {
@@ -121,6 +121,6 @@ function openImage(ov, i) {
     document.getElementById('view-images')?.scrollIntoView({block: 'start'});
   } else if (note) {
     note.textContent = `${ov.meta.image_names[i]}: its attention maps are not stored (${stored.length} images have them). ` +
-                       'Re-run strength with a larger --map-images to store more.';
+                       'Re-run strength with a larger --map-images, or --map-budget-mib to store every image that fits.';
   }
 }

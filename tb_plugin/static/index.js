@@ -100,7 +100,7 @@ async function showRun(page, run, keep = {}) {
   if (state.compare) {
     const sec = section('view-compare', state.compare === run ? `${run} compared with itself` :
                         `${run} compared with ${state.compare}`,
-                        'Each run on its own colour scale (or one shared: Maps, above); the Δ grid and the rank scatter say how they differ. The metric is the one chosen in the importance view.');
+                        'Each run on its own colour scale; the Δ grid (one scale centred at 0) and the rank scatter say how they differ. The metric is the one chosen in the importance view.');
     sec.classList.add('wide');
     content.append(sec);
     try {

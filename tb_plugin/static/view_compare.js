@@ -64,10 +64,11 @@ async function compareImportance(cmp) {
   const grids = await Promise.all(runs.map((run) => values(cmp, run, metric).catch(() => null)));
   if (metric !== state.metric) return;    // a newer metric is being drawn
   const panels = [];
-  const sharedScale = autoScale(grids.filter(Boolean), label);
+  // Each run on its own scale (one shared scale turns a run with smaller values dark); the
+  // Δ grid shows the differences on one scale centred at 0.
   runs.forEach((run, i) => {
     if (!grids[i]) return;
-    const sc = state.scaleMode === 'shared' ? sharedScale : autoScale(grids[i], label);
+    const sc = autoScale(grids[i], label);
     panels.push(grid(grids[i], sc, `compare-grid-${i}`, `${run}: ${label}`,
                      (l, h, x) => `${run} ${headName(l, h)}: ${fmt(x)}`));
   });

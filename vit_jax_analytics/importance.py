@@ -615,15 +615,20 @@ def stage1_sums(config: ViTConfig, n_images: int, per_image: bool) -> dict:
   if per_image:
     for k in PER_IMAGE:
       acc[f'per_image_{k}'] = np.full((n_images, L, H), np.nan, np.float32)
+    # The unmasked model on each image (the image overview): NaN / -1 where unreadable.
+    acc['per_image_loss'] = np.full(n_images, np.nan, np.float32)
+    acc['per_image_prediction'] = np.full(n_images, -1., np.float32)
   return acc
 
 
 PER_IMAGE = ('taylor', 'ablation_loss', 'ablation_kl')
 
 
-def add_stage1(acc: dict, batch, grads, ablation, full, targets=None) -> None:
+def add_stage1(acc: dict, batch, grads, ablation, full, targets=None, logits=None) -> None:
   """Adds one batch's Taylor |grads| [B, L, H], ablation {metric: [L, H, B]} and unmasked
-  {metric: [B]} metrics of the valid images to the sums (and per-image rows)."""
+  {metric: [B]} metrics of the valid images to the sums (and per-image rows; with the
+  targets [B], each image's target class, the strata of the stage-2 subset; with the
+  unmasked logits [B, C], also each image's loss and predicted class)."""
   valid = batch.valid
   bad = valid & ~np.isfinite(np.asarray(full['loss']))
   if bad.any():
@@ -643,6 +648,9 @@ def add_stage1(acc: dict, batch, grads, ablation, full, targets=None) -> None:
     acc['per_image_ablation_loss'][rows] = np.moveaxis(
         np.asarray(ablation['loss']) - full_loss, -1, 0)[valid]
     acc['per_image_ablation_kl'][rows] = np.moveaxis(np.asarray(ablation['kl']), -1, 0)[valid]
+    if logits is not None and 'per_image_prediction' in acc:
+      acc['per_image_loss'][rows] = full_loss[valid]
+      acc['per_image_prediction'][rows] = np.argmax(np.asarray(logits), -1)[valid]
 
 
 def head_scores(acc: dict) -> tuple:
@@ -757,7 +765,7 @@ def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
     clock.compile(stage1_batch, params, config, images, labels, chunk)
     grads, ablation, logits = stage1_batch(params, config, images, labels, chunk)
     targets = targets_from(logits, labels)
-    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels), targets)
+    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels), targets, logits)
     save(acc, 1, k + 1)
     clock.batch(batch.valid)
   clock.done()
@@ -845,7 +853,10 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list) -> ImportanceResult:
       **{f'per_image_{k}': acc.get(f'per_image_{k}') for k in PER_IMAGE},
       subset_index=np.asarray(plan.subset, np.int64), subset_baseline=subset_base,
       **{f'curve_{m}_se': curves[m][1].reshape(shape) for m in ABLATION_METRICS},
-      **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS})
+      **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS},
+      per_image_loss=acc.get('per_image_loss'),
+      per_image_prediction=(None if acc.get('per_image_prediction') is None
+                            else acc['per_image_prediction'].astype(np.int32)))
 
 
 def compute_importance(params, config: ViTConfig, source: BatchSource,

@@ -51,6 +51,8 @@ class ImportanceResult:
   per_image_taylor: Optional[np.ndarray] = None         # [N, L, H], NaN if unreadable
   per_image_ablation_loss: Optional[np.ndarray] = None  # [N, L, H]
   per_image_ablation_kl: Optional[np.ndarray] = None    # [N, L, H]
+  per_image_loss: Optional[np.ndarray] = None           # [N] unmasked loss, NaN if unreadable
+  per_image_prediction: Optional[np.ndarray] = None     # [N] int predicted class, -1 if unreadable
   # Pruning curves and partial pruning are means over a class-stratified subset of the
   # images (all of them when there are at most `subset_images` option): its image indices,
   # its own unmasked baseline (the curves' first point), and standard errors of the means
@@ -100,6 +102,9 @@ class StrengthResult:
       default_factory=lambda: np.zeros(0, np.int32))  # [M] image of each stored map
   map_attention: Optional[np.ndarray] = None   # [M, L, H, T, T] float16
   map_rollout: Optional[np.ndarray] = None     # [M, L, T, T] float16
+  baselines: Optional[dict] = None             # strength.baselines(config): uniform / self
+  qk_embedding: Optional[np.ndarray] = None    # [L, H, 2, Mq * T, 2] joint query/key PCA
+  qk_images: Optional[np.ndarray] = None       # [Mq] int: stored map k of each embedded image
 
 
 @dataclasses.dataclass

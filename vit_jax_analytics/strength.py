@@ -13,6 +13,7 @@ centres; "Chebyshev distance" is max(|dy|, |dx|).
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 import functools
 
 import jax
@@ -48,6 +49,31 @@ def scalar_ranges(config: ViTConfig) -> dict:
   return {'mean_distance': (0., float(np.sqrt(2) * (n - 1) * config.patch_size)),
           'entropy': (0., float(np.log(config.num_tokens))),
           'self_share': (0., 1.), 'cls_share': (0., 1.)}
+
+
+def baselines(config: ViTConfig) -> dict:
+  """The statistics of two reference heads, as `layer_statistics` and `finish` define them:
+  'uniform' (every query attends 1/T to every token) and 'self' (every patch query attends
+  only to itself). {reference: {mean_distance (px), neighbourhood_share [n], entropy,
+  self_share, cls_share, offset_ratio_centre}}. The plugin draws them in every locality plot.
+  """
+  n, t = config.grid_size, config.num_tokens
+  p = n * n
+  dist = patch_distances(n).astype(np.float64) * config.patch_size
+  r, c = np.divmod(np.arange(p), n)
+  cheb = np.maximum(np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None]))   # [P, P]
+  # Uniform: each patch query gives 1/T to each key; renormalised over patch keys the mean
+  # distance is the plain mean over (query, key) patch pairs.
+  uniform = {
+      'mean_distance': float(dist.mean()),
+      'neighbourhood_share': [float((cheb <= d).sum() / (p * t)) for d in range(n)],
+      'entropy': float(np.log(t)), 'self_share': 1. / t,
+      'cls_share': 1. / t if config.has_cls_token else None,
+      'offset_ratio_centre': 1.}
+  self_only = {
+      'mean_distance': 0., 'neighbourhood_share': [1.] * n, 'entropy': 0., 'self_share': 1.,
+      'cls_share': 0. if config.has_cls_token else None, 'offset_ratio_centre': float(t)}
+  return {'uniform': uniform, 'self': self_only}
 
 
 def layer_statistics(weights, config: ViTConfig):
@@ -111,6 +137,62 @@ def attention_maps(params, config: ViTConfig, images):
   return model_lib.apply(params, config, images, return_attention=True)[1]
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def queries_keys(params, config: ViTConfig, images):
+  """Every block's queries and keys [B, L, H, T, D/H] each, from the block inputs the model
+  sows ('intermediates'): q = LayerNorm_0(block_input) @ query kernel + bias, likewise k."""
+  import flax.linen as nn
+  _, state = model_lib.VisionTransformer(config).apply({'params': params}, images,
+                                                       mutable=['intermediates'])
+  blocks = state['intermediates']['Transformer']
+  qs, ks = [], []
+  for layer in range(config.num_layers):
+    name = f'encoderblock_{layer}'
+    x = blocks[name]['block_input'][0]
+    p = params['Transformer'][name]
+    y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply({'params': p['LayerNorm_0']}, x)
+    att = p['MultiHeadDotProductAttention_1']
+    proj = lambda w: jnp.einsum('btd,dhe->bhte', y, w['kernel']) + w['bias'][None, :, None]
+    qs.append(proj(att['query']))
+    ks.append(proj(att['key']))
+  return jnp.stack(qs, 1), jnp.stack(ks, 1)
+
+
+def joint_embedding(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+  """Queries and keys of one head [N, d] each -> [2, N, 2]: both projected together onto
+  their first two principal axes, as AttentionViz (Yeh et al. 2023) does. Attention is
+  unchanged by translating the keys (softmax over keys) and by scaling q by c and k by 1/c,
+  so first the keys are moved onto the queries' centroid and both scaled to the same mean
+  spread (distance from their centroid); then queries near keys are the pairs that attend
+  to each other."""
+  q = np.asarray(q, np.float64)
+  k = np.asarray(k, np.float64)
+  k = k - k.mean(0) + q.mean(0)
+  qn = np.linalg.norm(q - q.mean(0), axis=1).mean()
+  kn = np.linalg.norm(k - k.mean(0), axis=1).mean()
+  c = np.sqrt(kn / qn) if qn > 1e-12 and kn > 1e-12 else 1.
+  x = np.concatenate([q * c, k / c])
+  x = x - x.mean(0)
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  axes = vt[:2]
+  if axes.shape[0] < 2:
+    axes = np.concatenate([axes, np.zeros((2 - axes.shape[0], x.shape[1]))])
+  coords = x @ axes.T
+  return coords.reshape(2, len(q), 2).astype(np.float32)
+
+
+def qk_embeddings(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+  """[M, L, H, T, d] queries and keys -> [L, H, 2 (query, key), M * T, 2] joint embeddings
+  per head of the tokens of the M images (token m * T + t)."""
+  m, L, H, t, d = q.shape
+  out = np.zeros((L, H, 2, m * t, 2), np.float32)
+  for layer in range(L):
+    for head in range(H):
+      out[layer, head] = joint_embedding(q[:, layer, head].reshape(-1, d),
+                                         k[:, layer, head].reshape(-1, d))
+  return out
+
+
 def attention_rollout(attention):
   """Attention rollout (Abnar & Zuidema 2020): [..., L, H, T, T] -> [..., L, T, T].
 
@@ -139,11 +221,31 @@ class StrengthOptions:
   batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
   map_images: int = option(
       8, 'images (spread over the set) whose full attention maps and rollout are stored')
+  map_budget_mib: Optional[float] = option(
+      None, 'store the maps of as many images (spread over the set) as fit in this many MiB '
+      '(float16 attention and rollout, 2 L (H + 1) T^2 bytes an image; all images if they '
+      'fit); overrides --map-images', parse=float)
+  qk_images: int = option(
+      4, 'of the stored images, how many go into the joint query/key embedding of each head')
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
 
   def __post_init__(self):
     check(self, 'batch_size', self.batch_size, low=1)
     check(self, 'map_images', self.map_images, low=0)
+    check(self, 'qk_images', self.qk_images, low=0)
+    check(self, 'map_budget_mib', self.map_budget_mib, low=0, optional=True, what='a number')
+
+  def stored_maps(self, config: ViTConfig, n_images: int) -> int:
+    """How many images get their full maps stored: map_images, or as many as fit in
+    map_budget_mib."""
+    if self.map_budget_mib is None:
+      return min(self.map_images, n_images)
+    return min(n_images, int(self.map_budget_mib * 2 ** 20 // map_bytes(config)))
+
+
+def map_bytes(config: ViTConfig) -> int:
+  """Bytes of one stored image's maps: float16 attention [L, H, T, T] and rollout [L, T, T]."""
+  return 2 * config.num_layers * (config.num_heads + 1) * config.num_tokens ** 2
 
 
 def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) -> np.ndarray:
@@ -184,7 +286,7 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
       distributions={s: ScalarDistribution(
           ranges[s], sums[f'{s}_hist'],
           histogram_quantiles(sums[f'{s}_hist'], *ranges[s])) for s in scalars},
-      **cls_maps)
+      baselines=baselines(config), **cls_maps)
 
 
 def spread_indices(n: int, count: int) -> np.ndarray:
@@ -204,21 +306,31 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   batch_size = parallel.device_batch_size(options.batch_size, mesh)
   params = parallel.replicate(mesh, params)
   sums, count = {}, 0
-  maps, map_index = [], []
-  wanted = spread_indices(len(source), options.map_images)
+  maps, rollouts, map_index = [], [], []
+  qk = ([], [])                          # queries, keys of the first qk_images stored images
+  wanted = spread_indices(len(source), options.stored_maps(config, len(source)))
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
     sums = accumulate(sums, stats, batch.valid, config)
     count += int(batch.valid.sum())
     rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
     if len(rows):
-      maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
+      attention = attention_maps(params, config, batch.images[rows])      # [B, L, H, T, T]
+      maps.append(np.asarray(attention).astype(np.float16))                # kept as stored
+      rollouts.append(np.asarray(attention_rollout(attention)).astype(np.float16))
       map_index += batch.index[rows].tolist()
+      take = rows[:max(0, options.qk_images - sum(len(x) for x in qk[0]))]
+      if len(take):
+        q, k = queries_keys(params, config, batch.images[take])
+        qk[0].append(np.asarray(q)); qk[1].append(np.asarray(k))
   result = finish(sums, count, config)
   if not maps:
     return result
-  attention = np.concatenate(maps)
+  if qk[0]:
+    q, k = np.concatenate(qk[0]), np.concatenate(qk[1])
+    result = dataclasses.replace(result, qk_embedding=qk_embeddings(q, k),
+                                 qk_images=np.arange(len(q), dtype=np.int32))
   return dataclasses.replace(
       result, map_image_index=np.asarray(map_index, np.int32),
-      map_attention=attention.astype(np.float16),                              # [M, L, H, T, T]
-      map_rollout=np.asarray(attention_rollout(attention), np.float16))        # [M, L, T, T]
+      map_attention=np.concatenate(maps),                                      # [M, L, H, T, T]
+      map_rollout=np.concatenate(rollouts))                                    # [M, L, T, T]

@@ -11,3 +11,5 @@ export const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 
 export const headName = (l, h) => `L${l} H${h}`;
 export const tickFmt = (v) => Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0)
     ? v.toExponential(1) : `${+v.toPrecision(3)}`;
+// T: the tokens of a model config as stored in meta (patches, plus the class token).
+export const tokens = (cfg) => (cfg.image_size / cfg.patch_size) ** 2 + (cfg.classifier === 'token' ? 1 : 0);

@@ -28,6 +28,12 @@ IMPORTANCE_DEFINITIONS = {
                    '(label-free)',
 }
 PER_IMAGE = ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl')
+# Per image, the unmasked model: [image] (with --per-image).
+PER_IMAGE_MODEL = {
+    'per_image_loss': 'cross-entropy of the unmasked model with the target, per image '
+                      '(NaN if unreadable)',
+    'per_image_prediction': "the unmasked model's top-1 class per image (-1 if unreadable)",
+}
 
 
 def importance_values(r: ImportanceResult, meta: dict) -> dict:
@@ -65,6 +71,9 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
       values[f'partial_{m}_se'] = Value.array(getattr(r, f'partial_{m}_se'),
                                               ('head_index', 'variant'),
                                               f'standard error of partial_{m} over the subset')
+  for k, description in PER_IMAGE_MODEL.items():
+    if getattr(r, k) is not None:
+      values[k] = Value.array(getattr(r, k), ('image',), description)
   return values
 
 
@@ -86,7 +95,8 @@ def importance_from(tags: dict) -> ImportanceResult:
       subset_baseline=(Baseline(**meta['subset_baseline']) if meta.get('subset_baseline')
                        else None),
       **{f'{kind}_{m}_se': get(f'{kind}_{m}_se') for kind in ('curve', 'partial')
-         for m in METRICS})
+         for m in METRICS},
+      **{k: get(k) for k in PER_IMAGE_MODEL})
 
 
 # --- strength --------------------------------------------------------------------------------
@@ -120,7 +130,8 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
       **meta, 'definitions': STRENGTH_DEFINITIONS, 'images': r.images,
       'quantiles': list(r.quantile_levels),
       'histogram_ranges': {k: list(d.range) for k, d in r.distributions.items()},
-      'map_image_index': [int(i) for i in r.map_image_index]})}
+      'map_image_index': [int(i) for i in r.map_image_index],
+      **({'baselines': r.baselines} if r.baselines else {})})}
   for name, description in STRENGTH_DEFINITIONS.items():
     if getattr(r, name) is not None:
       values[name] = Value.array(getattr(r, name), _STRENGTH_AXES.get(name, LH), description)
@@ -134,6 +145,14 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
     values[f'map_rollout/{k}'] = Value.array(r.map_rollout[k], ('layer', 'query', 'key'))
   for k, image in enumerate(map_images):
     values[f'map_image/{k}'] = Value.png(image)
+  if r.qk_embedding is not None:
+    values['qk_embedding'] = Value.array(
+        r.qk_embedding, ('layer', 'head', 'role', 'token', 'axis'),
+        'queries (role 0) and keys (role 1) of the tokens of the embedded images, projected '
+        'together onto the first two principal axes of each head; token m * T + t is token t '
+        'of stored map qk_images[m]')
+    values['qk_images'] = Value.array(r.qk_images, ('image',),
+                                      'the stored map (index k of map_image/k) of each embedded image')
   return values
 
 
@@ -148,6 +167,8 @@ def strength_from(tags: dict) -> StrengthResult:
       distributions={s: ScalarDistribution(tuple(rng), get(f'{s}_hist'), get(f'{s}_quantiles'))
                      for s, rng in meta['histogram_ranges'].items()},
       map_image_index=np.asarray(meta['map_image_index'], np.int32),
+      baselines=meta.get('baselines'), qk_embedding=get('qk_embedding'),
+      qk_images=get('qk_images'),
       map_attention=stack('map_attention'), map_rollout=stack('map_rollout'))
 
 

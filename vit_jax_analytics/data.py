@@ -485,6 +485,12 @@ class ImageFolderSource:
   def take(self, n: Optional[int]) -> 'ImageFolderSource':
     return dataclasses.replace(self, image_set=self.image_set.take(n))
 
+  def slice(self, start: int, stop: int) -> 'ImageFolderSource':
+    """Images [start, stop) only (a process's shard): nothing else is read."""
+    s = self.image_set
+    return dataclasses.replace(self, image_set=dataclasses.replace(
+        s, paths=s.paths[start:stop], labels=s.labels[start:stop]))
+
   def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
               desc: str = 'images') -> 'BatchStream':
     return BatchStream(self.image_set, self.image_size, batch_size, self.mean, self.std,

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, ProgressStore
+from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, ProgressStore,
+                                       process_shard)
 from vit_jax_analytics.errors import NonFiniteError, OptionError
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option, parse_ints
@@ -456,7 +457,8 @@ def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save) -> 
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
     grads, logits = taylor_batch(params, config, images, labels)
     ablation, _ = ablation_batch(params, config, images, labels, chunk)
-    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels))
+    add_stage1(acc, _global_batch(batch, mesh),
+               *parallel.to_host((grads, ablation, full_metrics(logits, labels))))
     save(acc, 1, k + 1)
   save(acc, 2, 0, force=True)
 
@@ -474,10 +476,31 @@ def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, reno
     curves, partial = pruning_batch(params, config, images, labels, masks,
                                     jnp.asarray(plan.heads), jnp.asarray(plan.keeps),
                                     renormalize, plan.layers, chunk)
+    curves, partial = parallel.to_host((curves, partial))
+    valid = parallel.global_rows(batch.valid, mesh)
     for m in ABLATION_METRICS:
-      acc[f'curve_{m}'] += _valid_sum(curves[m], batch.valid)
-      acc[f'partial_{m}'] += _valid_sum(partial[m], batch.valid)
+      acc[f'curve_{m}'] += _valid_sum(curves[m], valid)
+      acc[f'partial_{m}'] += _valid_sum(partial[m], valid)
     save(acc, 2, k + 1)
+
+
+def _global_batch(batch, mesh):
+  """This process's batch at its rows of the global batch (the others invalid)."""
+  if not parallel.is_multiprocess(mesh):
+    return batch
+  return batch._replace(valid=parallel.global_rows(batch.valid, mesh),
+                        labels=parallel.global_rows(batch.labels, mesh, -1),
+                        index=parallel.global_rows(batch.index, mesh, -1))
+
+
+def reduce_sums(acc: dict, mesh) -> dict:
+  """The sums of every process of `mesh` (exact, float64); per-image rows merged."""
+  if not parallel.is_multiprocess(mesh):
+    return acc
+  rows = {k: v for k, v in acc.items() if k.startswith('per_image_')}
+  out = parallel.allreduce_sums({k: v for k, v in acc.items() if k not in rows}, mesh)
+  out.update({k: parallel.allgather_rows(v, mesh) for k, v in rows.items()})
+  return out
 
 
 def finalise(acc: dict, plan: Stage2Plan, variants: list) -> ImportanceResult:
@@ -507,11 +530,17 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
                        store: Optional[ProgressStore] = None) -> ImportanceResult:
   """Every importance metric, streamed over the images of `source`.
 
-  mesh: a parallel.batch_mesh() (default: all local devices). store: where progress is
-  saved after batches, so that an interrupted run with the same store continues.
+  mesh: a parallel.batch_mesh() (default: every device of every process; with several
+  processes each reads only its shard of `source` and the sums are reduced exactly).
+  store: where progress is saved after batches, so that an interrupted run with the same
+  store continues (one store per process; all processes resume together or start over).
   """
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  batch_size = parallel.local_batch_size(options.batch_size, mesh)
+  n_images = len(source)
+  if parallel.is_multiprocess(mesh):
+    source = process_shard(source, batch_size, jax.process_index(),
+                           parallel.process_count(mesh))
   chunk = options.chunk or default_chunk()
   variants = partial_variants(config, options.partial_radii, options.partial_region)
   params = parallel.replicate(mesh, params)
@@ -521,15 +550,17 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
     return source.batches(batch_size, first, progress=options.progress,
                           desc=f'importance {stage}/2')
 
-  stage, first, acc = 1, 0, stage1_sums(config, len(source), options.per_image)
+  stage, first, acc = 1, 0, stage1_sums(config, n_images, options.per_image)
   saved = store.load() if store else None
+  if not parallel.agree(-1 if saved is None else saved[0] * 4 + int(saved[1]['stage']), mesh):
+    saved = None  # processes saved at different batches: all start over
   if saved is not None:
     first, acc = saved
     stage = int(acc.pop('stage'))
   if stage == 1:
     run_stage1(params, config, batches(1, first), first, acc, chunk, mesh, save)
     first = 0
-  plan = plan_stage2(acc, config, options, variants)
+  plan = plan_stage2(reduce_sums(acc, mesh), config, options, variants)
   run_stage2(params, config, batches(2, first), first, acc, plan, options.renormalize, chunk,
              mesh, save)
-  return finalise(acc, plan, variants)
+  return finalise(reduce_sums(acc, mesh), plan, variants)

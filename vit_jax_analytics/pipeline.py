@@ -152,8 +152,11 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
                 timings=None) -> tuple:
   from vit_jax_analytics import importance
 
-  store = progress_store.LogdirProgressStore(logdir, run, 'importance',
-                                             computation_key(inputs, loaded, options))
+  import jax
+  key = computation_key(inputs, loaded, options)
+  if jax.process_count() > 1:  # each process saves (and resumes) its own sums
+    key += f'-p{jax.process_index()}of{jax.process_count()}'
+  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key)
   result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
                                          store=store, timings=timings)
   return result, lambda meta: schema.importance_values(result, meta), store.clear
@@ -264,7 +267,8 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
     if name != 'importance':
       timings[name] = {'seconds': time.perf_counter() - start}
     meta = common_meta(inputs, loaded, options[name])
-    written.append(writer.write_analysis(logdir, run, name, values(meta)))
+    if _writes():  # every process holds the reduced result; process 0 alone writes it
+      written.append(writer.write_analysis(logdir, run, name, values(meta)))
     if done:
       done()  # progress is dropped only once the results are safely written
   for s in stages:  # what each stage actually did and took
@@ -277,6 +281,11 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
   print(cost.format_table(stages, loaded.config, n_images, title='done'), file=sys.stderr,
         flush=True)
   return written
+
+
+def _writes() -> bool:
+  import jax
+  return jax.process_index() == 0
 
 
 def run_importance(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:

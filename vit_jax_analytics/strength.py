@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource
+from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, process_shard,
+                                       shard_range)
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
 from vit_jax_analytics.results import ScalarDistribution, StrengthResult
@@ -301,28 +302,40 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
                      options: StrengthOptions = StrengthOptions(),
                      mesh=None) -> StrengthResult:
   """Streams the strength statistics over the images of `source`; also the full attention
-  maps and rollout of `options.map_images` images spread evenly over it."""
+  maps and rollout of `options.map_images` images spread evenly over it (over process 0's
+  shard when the mesh spans several processes; every process returns the same sums)."""
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  multi = parallel.is_multiprocess(mesh)
+  batch_size = parallel.local_batch_size(options.batch_size, mesh)
+  wanted = spread_indices(len(source), options.stored_maps(config, len(source)))
+  if multi:  # the stored maps come from process 0's shard, which writes them
+    count_p, p = parallel.process_count(mesh), jax.process_index()
+    first_shard = shard_range(len(source), 0, count_p)[1]
+    wanted = spread_indices(first_shard, options.stored_maps(config, first_shard))
+    source = process_shard(source, batch_size, p, count_p)
   params = parallel.replicate(mesh, params)
+  local_params = parallel.local_copy(params) if multi else params
   sums, count = {}, 0
   maps, rollouts, map_index = [], [], []
   qk = ([], [])                          # queries, keys of the first qk_images stored images
-  wanted = spread_indices(len(source), options.stored_maps(config, len(source)))
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
-    sums = accumulate(sums, stats, batch.valid, config)
+    sums = accumulate(sums, parallel.to_host(stats), parallel.global_rows(batch.valid, mesh),
+                      config)
     count += int(batch.valid.sum())
     rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
     if len(rows):
-      attention = attention_maps(params, config, batch.images[rows])      # [B, L, H, T, T]
+      attention = attention_maps(local_params, config, batch.images[rows])  # [B, L, H, T, T]
       maps.append(np.asarray(attention).astype(np.float16))                # kept as stored
       rollouts.append(np.asarray(attention_rollout(attention)).astype(np.float16))
       map_index += batch.index[rows].tolist()
       take = rows[:max(0, options.qk_images - sum(len(x) for x in qk[0]))]
       if len(take):
-        q, k = queries_keys(params, config, batch.images[take])
+        q, k = queries_keys(local_params, config, batch.images[take])
         qk[0].append(np.asarray(q)); qk[1].append(np.asarray(k))
+  if multi:  # exact: float64 sums and counts, added in process order
+    sums = parallel.allreduce_sums({**sums, '__count__': np.asarray(count, np.float64)}, mesh)
+    count = int(sums.pop('__count__'))
   result = finish(sums, count, config)
   if not maps:
     return result

@@ -2,7 +2,7 @@
 // Plain ES modules, no dependencies: TensorBoard calls render() inside the plugin's iframe.
 // Data comes only from this plugin's JSON routes (./runs, ./meta, ./array, ./png, ./attention).
 
-import {getJSON} from './data.js';
+import {getJSON, view} from './data.js';
 import {checkbox, createTooltip, dropdown, el, hideTooltip, section} from './dom.js';
 import {fmt, headName} from './format.js';
 import {changed, onChange, resetForRun, state} from './state.js';
@@ -14,6 +14,7 @@ import {renderImportance} from './view_importance.js';
 import {renderOverview} from './view_overview.js';
 import {renderPatterns} from './view_patterns.js';
 import {renderStrength} from './view_strength.js';
+import {renderTraining, trainingSteps} from './view_training.js';
 
 // [section id, title, help, render, analysis it needs (default: the id), what to run]
 const VIEWS = [
@@ -28,6 +29,8 @@ const VIEWS = [
    renderOverview, 'importance', 'vit-analytics importance ... --per-image'],
   ['images', 'Attention of one image', null, renderImages, 'strength',
    'vit-analytics strength ... --map-images N'],
+  ['training', 'Over training', 'Per-head importance, mean distance and entropy against the training step (rows: layers, columns: heads). The selected head is highlighted; the dashed line marks the step shown.',
+   renderTraining, 'steps', 'vit-analytics train-demo --log-every K, or training.analyse_step in your loop'],
 ];
 const RELOAD_MS = 5000;   // the run list follows new runs (TensorBoard reloads every few s)
 
@@ -57,7 +60,12 @@ export async function render() {
   const content = el('div', {id: 'content'});
   const page = {runs, content};
   const show = (run, keep) => showRun(page, run, keep);
-  const runSelect = dropdown(runs.map((r) => [r.run, r.run]), first, (r) => show(r), 'run-select');
+  const runSelect = dropdown(runs.map((r) => [r.run, r.run]), first,
+                             (r) => { view.step = null; show(r); }, 'run-select');
+  // Training steps of the run (filled by showRun); choosing one redraws every view there.
+  const stepSelect = dropdown([], '', (s) => { view.step = s === '' ? null : +s;
+                                              show(state.run, keepSelection()); },
+                              'step-select');
   const compareSelect = dropdown([['', 'none'], ...runs.map((r) => [r.run, r.run])], state.compare,
                                  (r) => { state.compare = r; show(state.run, keepSelection()); },
                                  'compare-select');
@@ -68,6 +76,7 @@ export async function render() {
   root.append(el('header', {id: 'sticky-header'},
                  el('div', {class: 'header-row'},
                     el('label', {}, 'Run ', runSelect),
+                    el('label', {id: 'step-label'}, 'Step ', stepSelect),
                     el('label', {}, 'Compare with ', compareSelect),
                     el('label', {}, 'Maps: ', scaleSelect),
                     el('span', {id: 'run-note', class: 'help'})),
@@ -94,7 +103,14 @@ async function showRun(page, run, keep = {}) {
   resetForRun(run, keep);
   state.data = {};
   page.runSelect.value = run;
-  const info = runs.find((r) => r.run === run);
+  const info = {...runs.find((r) => r.run === run)};
+  info.steps = await trainingSteps(run);
+  const stepSelect = document.getElementById('step-select');
+  stepSelect.replaceChildren(el('option', {value: ''}, 'latest'),
+                             ...info.steps.map((s) => el('option', {value: s}, `${s}`)));
+  stepSelect.value = view.step == null ? '' : `${view.step}`;
+  document.getElementById('step-label').style.display = info.steps.length > 1 ? '' : 'none';
+  if (info.steps.length > 1) info.analyses = [...info.analyses, 'steps'];
   document.getElementById('selected-head').textContent = headName(state.layer, state.head);
   content.replaceChildren(about(info));
   if (state.compare) {

@@ -36,6 +36,10 @@ PER_IMAGE_MODEL = {
 }
 
 
+def _array(data, *args):
+  return None if data is None else Value.array(data, *args)
+
+
 def importance_values(r: ImportanceResult, meta: dict) -> dict:
   values = {'meta': Value.json({
       **meta, 'definitions': IMPORTANCE_DEFINITIONS, 'baseline': dataclasses.asdict(r.baseline),
@@ -47,34 +51,34 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
                           if r.subset_baseline is not None else None),
   })}
   for name, description in IMPORTANCE_DEFINITIONS.items():
-    values[name] = Value.array(getattr(r, name), LH, description)
-  values['curve_counts'] = Value.array(r.curve_counts, ('point',),
-                                       'heads removed at each point of the pruning curves')
+    values[name] = _array(getattr(r, name), LH, description)
+  values['curve_counts'] = _array(r.curve_counts, ('point',),
+                                  'heads removed at each point of the pruning curves')
   for m in METRICS:
-    values[f'curve_{m}'] = Value.array(getattr(r, f'curve_{m}'), ('order', 'point'),
-                                       f'mean {m} with the first heads of each order removed')
-  values['partial_heads'] = Value.array(r.partial_heads, ('head_index',),
-                                        'flat index layer * heads + head of each row')
+    values[f'curve_{m}'] = _array(getattr(r, f'curve_{m}'), ('order', 'point'),
+                                  f'mean {m} with the first heads of each order removed')
+  values['partial_heads'] = _array(r.partial_heads, ('head_index',),
+                                   'flat index layer * heads + head of each row')
   for m in METRICS:
-    values[f'partial_{m}'] = Value.array(getattr(r, f'partial_{m}'), ('head_index', 'variant'),
-                                         f'{m} change with part of the head removed')
+    values[f'partial_{m}'] = _array(getattr(r, f'partial_{m}'), ('head_index', 'variant'),
+                                    f'{m} change with part of the head removed')
   for k in PER_IMAGE:
-    if getattr(r, k) is not None:
-      values[k] = Value.array(getattr(r, k), IMAGE_LH)
+    values[k] = _array(getattr(r, k), IMAGE_LH)
   if r.subset_index is not None:
     values['subset_index'] = Value.array(
         np.asarray(r.subset_index, np.int64), ('subset_image',),
         'images (indices into image_names) the pruning curves and partial pruning averaged')
     for m in METRICS:
-      values[f'curve_{m}_se'] = Value.array(getattr(r, f'curve_{m}_se'), ('order', 'point'),
-                                            f'standard error of curve_{m} over the subset')
-      values[f'partial_{m}_se'] = Value.array(getattr(r, f'partial_{m}_se'),
-                                              ('head_index', 'variant'),
-                                              f'standard error of partial_{m} over the subset')
+      values[f'curve_{m}_se'] = _array(getattr(r, f'curve_{m}_se'), ('order', 'point'),
+                                       f'standard error of curve_{m} over the subset')
+      values[f'partial_{m}_se'] = _array(getattr(r, f'partial_{m}_se'),
+                                         ('head_index', 'variant'),
+                                         f'standard error of partial_{m} over the subset')
   for k, description in PER_IMAGE_MODEL.items():
-    if getattr(r, k) is not None:
-      values[k] = Value.array(getattr(r, k), ('image',), description)
-  return values
+    values[k] = _array(getattr(r, k), ('image',), description)
+  # Metrics not computed (in-training analysis without the ablation scan or curves) are
+  # None and have no tag.
+  return {k: v for k, v in values.items() if v is not None}
 
 
 def importance_from(tags: dict) -> ImportanceResult:

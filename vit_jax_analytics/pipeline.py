@@ -159,6 +159,13 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   store = progress_store.LogdirProgressStore(logdir, run, 'importance', key)
   result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
                                          store=store, timings=timings)
+  if timings is not None:  # forward-equivalents per image of what each stage evaluated
+    from vit_jax_analytics import cost
+    timings.setdefault('importance stage 1', {})['forward_eq'] = cost.stage1(loaded.config)
+    s2 = timings.get('importance stage 2')
+    if s2 and 'layers' in s2:
+      s2['forward_eq'] = cost.stage2(loaded.config, s2.pop('first_layers'), s2.pop('layers'),
+                                     s2.pop('variants'))
   return result, lambda meta: schema.importance_values(result, meta), store.clear
 
 

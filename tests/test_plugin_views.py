@@ -349,11 +349,14 @@ def test_10_new_runs_appear_without_a_reload(server, browser, logdir):
   p = Page(browser, server)
   p.js('window.__marker = 1')
   shutil.copytree(logdir / 'importance-only', logdir / 'added-run')
-  options = lambda d: [o.get_attribute('value') for o in p.all('#run-select option')]
+  # Read in the page: the select's options are replaced when the run list changes.
+  options = lambda d: p.js("return [...document.querySelectorAll('#run-select option')]"
+                           ".map((o) => o.value)")
   p.wait.until(lambda d: 'added-run' in options(d))
   assert p.js('return window.__marker') == 1       # the page was not reloaded
   assert 'added-run' in p.one('#run-note').text
-  assert 'added-run' in [o.get_attribute('value') for o in p.all('#compare-select option')]
+  assert 'added-run' in p.js("return [...document.querySelectorAll('#compare-select option')]"
+                             ".map((o) => o.value)")
 
 
 def test_11_per_image_histogram_is_log_scaled_and_linked_to_images(server, browser, written):

@@ -166,6 +166,11 @@ def cmd_analyses(names):
   def command(args):
     from vit_jax_analytics import pipeline
 
+    if args.distributed:
+      import jax
+      # Cloud TPU, SLURM and Open MPI are detected; elsewhere give JAX_COORDINATOR_ADDRESS
+      # and run with jax.distributed's num_processes / process_id (see docs/scaling.md).
+      jax.distributed.initialize()
     paths = pipeline.run_analysis(inputs_from(args), args.logdir, args.run,
                                   analysis_options(args, names), names,
                                   options_from(pipeline.RunOptions, args))
@@ -230,6 +235,9 @@ def _analysis_parser(sub, name, names):
   p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
   p.add_argument('--run', default=None,
                  help='run name inside the logdir (default: the checkpoint name)')
+  p.add_argument('--distributed', action='store_true',
+                 help='jax.distributed.initialize() first: run the same command in every '
+                      'process; the mesh spans all their devices, process 0 writes')
   types = options_types()
   for n in names:
     add_options(p, types[n], seen)

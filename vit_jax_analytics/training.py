@@ -87,6 +87,7 @@ def _probe_batches(probe: Probe, batch_size: int, dtype: str):
 def probe_strength(params, config: ViTConfig, probe: Probe, options=None):
   """StrengthResult of the probe batch (no stored maps)."""
   options = options or TrainingAnalysisOptions()
+  params = cast(params, options.dtype)
   sums, count = {}, 0
   for batch, images in _probe_batches(probe, options.batch_size, options.dtype):
     stats = strength.strength_batch(params, config, images)
@@ -100,6 +101,7 @@ def probe_importance(params, config: ViTConfig, probe: Probe, options=None) -> I
   batch. Not computed: the ablation metrics are NaN, the curves and partial pruning
   empty."""
   options = options or TrainingAnalysisOptions()
+  params = cast(params, options.dtype)
   L, H = config.num_layers, config.num_heads
   acc = importance.stage1_sums(config, 0, False)
   for batch, images in _probe_batches(probe, options.batch_size, options.dtype):

@@ -80,7 +80,7 @@ def parse_image_size(text: str):
     values = tuple(int(v) for v in parts)
   except ValueError:
     values = ()
-  if len(values) not in (1, 2) or min(values) < 1:
+  if len(values) not in (1, 2):  # sizes below 1 are refused by Inputs, naming the flag
     raise argparse.ArgumentTypeError(f'expected S or HxW in pixels (e.g. 224 or 224x336), '
                                      f'got {text!r}')
   return values[0] if len(values) == 1 or values[0] == values[1] else values

@@ -329,26 +329,25 @@ def _to_unit_float(img: Image.Image) -> np.ndarray:
   return np.clip(a, 0., 1.)
 
 
-def image_hw(image_size) -> tuple:
-  """S or (height, width) -> (height, width)."""
-  return (tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list))
-          else (int(image_size),) * 2)
-
-
 def _channels(a: np.ndarray, op) -> np.ndarray:
   """`op` applied to each channel of [h, w, 3] float32 `a` as a Pillow 'F' image."""
   return np.stack([np.asarray(op(Image.fromarray(np.ascontiguousarray(a[..., c]), 'F')))
                    for c in range(3)], axis=-1)
 
 
+def image_hw(image_size) -> tuple:
+  """S or (height, width) -> (height, width)."""
+  return (tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list))
+          else (int(image_size),) * 2)
+
+
 def _reduce_factors(size, image_size) -> tuple:
   """Integer (x, y) factors that shrink an image of `size` (w, h) to no less than
-  REDUCING_GAP x the model's image size (S, or (height, width)) on each axis, so the
-  bilinear resize after them still antialiases and barely differs from one of the full
-  image. (1, 1), the exact full-size path, unless both factors are at least 2, or the image
-  is a long strip over _REDUCE_ANYWAY_PIXELS."""
-  h, w = image_hw(image_size)
-  fx, fy = size[0] // (REDUCING_GAP * w), size[1] // (REDUCING_GAP * h)
+  REDUCING_GAP x image_size, so the bilinear resize after them still antialiases and
+  barely differs from one of the full image. (1, 1), the exact full-size path, unless both
+  factors are at least 2, or the image is a long strip over _REDUCE_ANYWAY_PIXELS."""
+  th, tw = image_hw(image_size)
+  fx, fy = size[0] // (REDUCING_GAP * tw), size[1] // (REDUCING_GAP * th)
   if min(fx, fy) >= 2 or (size[0] * size[1] > _REDUCE_ANYWAY_PIXELS and max(fx, fy) >= 2):
     return max(1, fx), max(1, fy)
   return 1, 1
@@ -372,8 +371,8 @@ def _decode(img: Image.Image, image_size) -> tuple:
   if _reduce_factors(img.size, image_size) == (1, 1):
     img.load()
     return _to_unit_float(img), None
-  out_h, out_w = image_hw(image_size)
-  drafted = img.draft(None, (REDUCING_GAP * out_w, REDUCING_GAP * out_h))  # JPEG: 1/2-1/8
+  th, tw = image_hw(image_size)
+  drafted = img.draft(None, (REDUCING_GAP * tw, REDUCING_GAP * th))  # JPEG: 1/2 to 1/8 scale
   w, h = drafted[1][2:] if drafted else img.size
   img.load()
   fx, fy = _reduce_factors(img.size, image_size)
@@ -409,9 +408,9 @@ def load_image(path, image_size, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN_STD[
   Raises OSError/ValueError for files Pillow cannot decode, and DataError for images over
   MAX_IMAGE_PIXELS.
   """
-  h, w = image_hw(image_size)
   with _open(path) as img:
     a, box = _decode(img, image_size)
+  h, w = image_hw(image_size)
   if box is not None or a.shape[:2] != (h, w):
     a = _channels(a, lambda c: c.resize((w, h), Image.BILINEAR, box=box))
   return ((a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)

@@ -72,7 +72,7 @@ class Inputs:
   def load(self) -> 'Loaded':
     params, config = self.load_model()
     image_set = data.image_folder(self.images, self.labels).take(self.max_images)
-    if config.num_classes and (image_set.labels >= 0).any():
+    if config.has_classifier and (image_set.labels >= 0).any():
       image_set.check_labels(config.num_classes)  # shifted or foreign labels: fail now
     source = data.ImageFolderSource(image_set, config.image_size, self.mean, self.std)
     return Loaded(params, config, image_set, source)

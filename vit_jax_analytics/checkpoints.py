@@ -329,6 +329,7 @@ def infer_config(flat: dict, path='checkpoint', **overrides) -> ViTConfig:
       num_classes=_shape(flat, 'head/kernel', path, 2)[1] if 'head/kernel' in flat else 0,
       classifier=classifier,
       num_registers=_shape(flat, 'registers', path, 3)[1] if 'registers' in flat else 0,
+      pre_norm='Transformer/pre_norm/scale' in flat,
       representation_size=(_shape(flat, 'pre_logits/kernel', path, 2)[1]
                            if 'pre_logits/kernel' in flat else None))
   fields.update({k: v for k, v in overrides.items() if v is not None and k != 'classifier'})
@@ -573,6 +574,7 @@ def save_orbax(path, params, config: dict) -> Path:
 _FIELD_TYPES = {'int': ((int,), 'an integer'), 'float': ((int, float), 'a number'),
                 'bool': ((bool,), 'true or false'), 'str': ((str,), 'a string'),
                 'Optional[int]': ((int, type(None)), 'an integer or null'),
+                'Optional[str]': ((str, type(None)), 'a string or null'),
                 'Any': ((int, list), 'an integer or [height, width]')}
 
 
@@ -615,14 +617,17 @@ def load_orbax(path, config: Optional[ViTConfig] = None, image_size=None,
                           f'{str(e).splitlines()[0] if str(e) else ""})') from None
   saved = _config_from_dict(restored['config'], path)
   if gelu_approximate is not None:
-    saved = saved.replace(gelu_approximate=gelu_approximate)
+    saved = saved.replace(gelu_approximate=gelu_approximate, activation=None)
   flat = {k: _to_float32(k, v, path) for k, v in flatten(restored['params']).items()}
   return params_from_flat(flat, path, config or saved, image_size)
 
 
 def load_checkpoint(path, config: Optional[ViTConfig] = None, image_size=None,
                     gelu_approximate: Optional[bool] = None, pooling: Optional[str] = None):
-  """(params, config) from an `.npz` (vit_jax or big_vision) or an orbax directory.
+  """(params, config) from an `.npz` (vit_jax or big_vision), an orbax directory, a Hugging
+  Face `transformers` checkpoint (`.safetensors` file with config.json beside it, or its
+  directory), a timm state dict (`.safetensors` without config.json) or an ONNX export
+  (`.onnx`); see `load_with_source`.
 
   image_size: S or (height, width): resize the position embedding to this resolution
     (bilinear per axis, class token kept); also what tells a rectangular grid's shape.
@@ -630,12 +635,54 @@ def load_checkpoint(path, config: Optional[ViTConfig] = None, image_size=None,
   A path 'file.npz:img' loads the subtree 'img' of the file's params (one tower of a
   two-tower model such as SigLIP; found by itself when the params have an img/ subtree).
   """
+  params, config, _ = load_with_source(path, config, image_size, gelu_approximate, pooling)
+  return params, config
+
+
+def source_format(path) -> str:
+  """'npz', 'orbax', 'safetensors' or 'onnx', from the path alone."""
+  path = Path(path)
+  if path.is_dir():
+    if (path / 'config.json').exists() or any(path.glob('*.safetensors')):
+      return 'safetensors'
+    if any(path.glob('*.onnx')) and not (path / 'params').exists():
+      return 'onnx'
+    return 'orbax'
+  suffix = path.suffix.lower()
+  return {'.safetensors': 'safetensors', '.onnx': 'onnx'}.get(suffix, 'npz')
+
+
+def load_with_source(path, config: Optional[ViTConfig] = None, image_size=None,
+                     gelu_approximate: Optional[bool] = None, pooling: Optional[str] = None):
+  """(params, config, source): `source` says which family and format the weights came
+  from, how the position embedding is resampled, and what of the file was not used."""
   path, subtree = _split_subtree(path)
   if not path.exists():
     raise CheckpointError(f'{path}: no such checkpoint file or directory')
+  fmt = source_format(path)
+  if fmt in ('safetensors', 'onnx'):
+    if fmt == 'safetensors':
+      from vit_jax_analytics.families import hf
+      mapped = hf.load(path, image_size)
+    else:
+      from vit_jax_analytics.families import onnx_graph
+      mapped = onnx_graph.load(path if path.is_file() else sorted(path.glob('*.onnx'))[0],
+                               image_size)
+    mapped_config = mapped.config
+    if gelu_approximate is not None:
+      mapped_config = mapped_config.replace(gelu_approximate=gelu_approximate, activation=None)
+    flat = {k: _to_float32(k, v, path) for k, v in mapped.flat.items()}
+    params, cfg = params_from_flat(flat, path, config or mapped_config)
+    return params, cfg, dict(mapped.source)
   if path.is_dir():
-    return load_orbax(path, config, image_size, gelu_approximate)
-  return load_npz(path, config, image_size, gelu_approximate, subtree, pooling)
+    params, cfg = load_orbax(path, config, image_size, gelu_approximate)
+    return params, cfg, {'family': 'ViT (this project)', 'format': 'orbax',
+                         'posemb_resize': 'bilinear'}
+  params, cfg = load_npz(path, config, image_size, gelu_approximate, subtree, pooling)
+  with _open_npz(path) as zf:
+    layout = detect_layout({k: None for k in _npz_member_headers(zf, path)})
+  return params, cfg, {'family': f'ViT ({layout})', 'format': 'npz',
+                       'posemb_resize': 'bilinear'}
 
 
 def _split_subtree(path):

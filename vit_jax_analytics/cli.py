@@ -89,8 +89,11 @@ def parse_image_size(text: str):
 def add_model_args(p):
   p.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
                  help='vit_jax or big_vision .npz file (file.npz:img for one tower of a '
-                      'two-tower model such as SigLIP; found by itself), or an orbax '
-                      'checkpoint directory (default: %(default)s)')
+                      'two-tower model such as SigLIP; found by itself), an orbax '
+                      'checkpoint directory, a Hugging Face transformers checkpoint '
+                      '(.safetensors with config.json beside it, or its directory: ViT, DeiT, '
+                      'DINOv2, DINOv2 with registers, CLIP vision), a timm .safetensors state '
+                      'dict, or an .onnx export of one of these (default: %(default)s)')
   p.add_argument('--image-size', type=parse_image_size, default=None,
                  help="resolution to run at, S or HxW (e.g. 224x336); resizes the position "
                       "embedding per axis (default: the checkpoint's own; a rectangular "
@@ -177,15 +180,23 @@ def cmd_evaluate(args):
 
 
 def cmd_info(args):
+  from vit_jax_analytics import checkpoints
   from vit_jax_analytics.checkpoints import flatten
 
-  from vit_jax_analytics import checkpoints
-
   inputs = inputs_from(args)
-  params, config = inputs.load_model()
+  params, config, source = checkpoints.load_with_source(
+      inputs.checkpoint, image_size=inputs.image_size, gelu_approximate=inputs.gelu_approximate,
+      pooling=inputs.pooling)
   n = sum(v.size for v in flatten(params).values())
-  print(json.dumps({'checkpoint': str(args.checkpoint),
-                    'family': checkpoints.describe_family(args.checkpoint, config),
+  fmt = checkpoints.source_format(checkpoints._split_subtree(inputs.checkpoint)[0])
+  family = (source['family'] if fmt in ('safetensors', 'onnx')
+            else checkpoints.describe_family(args.checkpoint, config))
+  details = {k: v for k, v in source.items() if k not in ('family', 'format', 'ignored')}
+  if 'ignored' in source:  # weights in the file that the ViT does not use
+    details['ignored_count'] = len(source['ignored'])
+    details['ignored'] = source['ignored'][:10] + (['...'] if len(source['ignored']) > 10 else [])
+  print(json.dumps({'checkpoint': str(args.checkpoint), 'family': family,
+                    'format': source['format'], 'source': details,
                     'pooling': config.pooling, 'output': config.output,
                     'token_layout': config.token_layout(),
                     'grid': f'{config.grid_shape[0]} x {config.grid_shape[1]} patches of '

@@ -313,6 +313,14 @@ def _unmasked_state(params, config, images, labels, objective=None):
   by model.py) -> (targets [B], reference (log p_full [B, C] or the embedding),
   intermediates, outputs)."""
   obj = _objective(config, objective)
+  if not model_lib.supports_prefix_reuse(config):
+    # A foreign (intercepted) model: no intermediates to resume from; each layer's "input"
+    # is the images, from which it runs whole (edits and masks name their layer).
+    logits = model_lib.apply(params, config, images)
+    state = {'intermediates': {'Transformer': {
+        f'encoderblock_{l}': {'block_input': (images,)} for l in range(config.num_layers)}}}
+    return targets_from(logits, labels, obj), obj.reference(logits), state['intermediates'], \
+        logits
   logits, state = model_lib.VisionTransformer(config).apply(
       {'params': params}, images, mutable=['intermediates'])
   return (targets_from(logits, labels, obj), obj.reference(logits), state['intermediates'],
@@ -430,6 +438,9 @@ def ablation_pool_batch(params, config: ViTConfig, images, labels, chunk: int = 
   recorded input. -> ({metric: [L, H, B]}, {metric: [H, B]} or None, full outputs).
   """
   obj = _objective(config, objective)
+  if not model_lib.supports_prefix_reuse(config):
+    blocks, out = ablation_batch_no_reuse(params, config, images, labels, chunk, objective)
+    return blocks, None, out
   targets, reference, state, out = _unmasked_state(params, config, images, labels, obj)
   return (*_ablation_all(params, config, state, targets, reference, chunk, obj), out)
 
@@ -454,12 +465,28 @@ def stage1_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
   {metric: [H, B]} or None, full outputs [B, ...]).
   """
   obj = _objective(config, objective)
+  reuse = model_lib.supports_prefix_reuse(config)
   grads, pool_grads, out, state = _taylor(params, config, images, labels, obj, index,
-                                          record=True)
+                                          record=reuse)
   targets, reference = targets_from(out, labels, obj), obj.reference(out)
+  if not reuse:  # an intercepted model records nothing to resume from: full forwards
+    ablation = _metrics_for_masks(params, config, images, targets, reference,
+                                  single_head_masks(config), chunk, obj)
+    shape = (config.num_layers, config.num_heads, images.shape[0])
+    return grads, None, {k: v.reshape(shape) for k, v in ablation.items()}, None, out
   ablation, pool_ablation = _ablation_all(params, config, state, targets, reference, chunk,
                                           obj)
   return grads, pool_grads, ablation, pool_ablation, out
+
+
+def ablation_strategy(config: ViTConfig) -> str:
+  """How the single-head ablation scan runs, for cost tables and reports."""
+  n = config.num_layers * config.num_heads
+  if model_lib.supports_prefix_reuse(config):
+    return (f'prefix reuse: one unmasked forward, then per head only the rest of its layer '
+            f'and the layers after it ({n} partial forwards, about L/2 layers each)')
+  return (f'full forwards vmapped over the {n} single-head masks (no prefix reuse: the model '
+          f'is intercepted, not resumable mid-way; about L/2 times the cost of prefix reuse)')
 
 
 def full_metrics(logits, labels, objective: Optional[Objective] = None):
@@ -723,10 +750,16 @@ def stage2_batch(params, config: ViTConfig, images, labels, masks, first_layers,
   objective = _objective(config, objective)
   targets, logp_full, blocks, logits = _unmasked(params, config, images, labels, objective)
   full = image_metrics(logits, targets, logp_full, objective)
-  curves = (_curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers,
-                          chunk, objective) if masks.shape[0] else {})
-  partial = (_partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
-                            renormalize, layers, chunk, objective)
+  reuse = model_lib.supports_prefix_reuse(config)
+  # An intercepted model cannot resume mid-way: curve masks run as full forwards, partial
+  # pruning reruns the whole model with the edit in its layer.
+  curves_fn = _curves_reuse if reuse else (
+      lambda p, c, b, t, r, m, _, *rest: _metrics_for_masks(p, c, images, t, r, m, *rest))
+  partial_fn = _partial_reuse if reuse else _partial_metrics
+  curves = (curves_fn(params, config, blocks, targets, logp_full, masks, first_layers,
+                      chunk, objective) if masks.shape[0] else {})
+  partial = (partial_fn(params, config, blocks, targets, logp_full, head_index, keeps,
+                        renormalize, layers, chunk, objective)
              if head_index.shape[0] else {})
   return full, curves, partial
 

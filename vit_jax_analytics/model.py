@@ -43,7 +43,10 @@ AttentionReduce = Callable[[Array, int], Any]
 AttentionEdit = Callable[[Array, int], Array]
 
 
-POOLINGS = ('token', 'gap', 'map', 'none')
+POOLINGS = ('token', 'gap', 'map', 'none', 'token_gap', 'token_dist')
+# The MLP's nonlinearity: tanh-approximated GELU (vit_jax, big_vision), exact GELU (timm, HF
+# ViT/DeiT/DINOv2), CLIP's quick GELU x * sigmoid(1.702 x).
+ACTIVATIONS = ('gelu_tanh', 'gelu', 'quick_gelu')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,15 +60,23 @@ class ViTConfig:
   mlp_dim: int = 3072
   num_classes: int = 1000              # 0: no head; the model outputs its pooled embedding
   # The pooling: 'token' (class token), 'gap' (mean over patches), 'map' (big_vision's
-  # multi-head attention pooling: a learned probe attends to all tokens), 'none' (all tokens).
+  # multi-head attention pooling: a learned probe attends to all tokens), 'none' (all tokens),
+  # 'token_gap' (class token and mean patch token concatenated: HF Dinov2ForImageClassification),
+  # 'token_dist' (class and distillation token concatenated: DeiT with its teacher head, whose
+  # two heads' average is one head on the concatenation).
   classifier: str = 'token'
   representation_size: Optional[int] = None  # a tanh `pre_logits` layer when set
   gelu_approximate: bool = True        # vit_jax and big_vision use tanh-GELU; timm/HF exact
+  activation: Optional[str] = None     # one of ACTIVATIONS; None: from gelu_approximate
   layer_norm_epsilon: float = 1e-6
   num_registers: int = 0               # extra learned tokens (no position embedding)
   # What the output is: 'logits' over classes, or an 'embedding' (the image tower of a
   # two-tower model such as SigLIP, whose `head` projects into the shared space; or no head).
   output: str = 'logits'
+  # A LayerNorm on the tokens before the first block (CLIP's `pre_layrnorm`).
+  pre_norm: bool = False
+  # The first register is DeiT's distillation token (its position embedding folded into it).
+  distillation_token: bool = False
 
   def __post_init__(self):
     size = self.image_size
@@ -88,7 +99,19 @@ class ViTConfig:
       raise ValueError(f"ViTConfig.output: expected 'logits' or 'embedding', got {self.output!r}")
     if self.num_registers < 0:
       raise ValueError(f'ViTConfig.num_registers: expected >= 0, got {self.num_registers}')
+    if self.activation is not None and self.activation not in ACTIVATIONS:
+      raise ValueError(f'ViTConfig.activation: expected one of {ACTIVATIONS} or None, got '
+                       f'{self.activation!r}')
+    if (self.distillation_token or self.classifier == 'token_dist') and not self.num_registers:
+      raise ValueError('ViTConfig: a distillation token is the first register; expected '
+                       'num_registers >= 1')
 
+  @property
+  def mlp_activation(self) -> str:
+    """The MLP's nonlinearity (one of ACTIVATIONS)."""
+    if self.activation is not None:
+      return self.activation
+    return 'gelu_tanh' if self.gelu_approximate else 'gelu'
   @property
   def image_hw(self) -> tuple:
     """(height, width) in pixels."""
@@ -115,7 +138,7 @@ class ViTConfig:
 
   @property
   def has_cls_token(self) -> bool:
-    return self.classifier == 'token'
+    return self.classifier in ('token', 'token_gap', 'token_dist')
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -145,16 +168,26 @@ class ViTConfig:
   @property
   def embedding_size(self) -> int:
     """Width of the model's output per image (logits or the pooled embedding)."""
-    return self.num_classes or self.representation_size or self.hidden_size
+    return self.num_classes or self.representation_size or self.pooled_size
+
+  @property
+  def pooled_size(self) -> int:
+    """Width of the pooled representation (two tokens concatenated for 'token_gap' and
+    'token_dist')."""
+    return self.hidden_size * (2 if self.classifier in ('token_gap', 'token_dist') else 1)
 
   def token_layout(self) -> dict:
     """Which tokens are what: {'cls': [..], 'registers': [..], 'patches': [start, stop],
     'grid': [h, w]}."""
     cls = int(self.has_cls_token)
-    return {'cls': list(range(cls)),
-            'registers': list(range(cls, cls + self.num_registers)),
-            'patches': [self.num_prefix_tokens, self.num_tokens],
-            'grid': list(self.grid_shape)}
+    dist = int(self.distillation_token or self.classifier == 'token_dist')
+    layout = {'cls': list(range(cls)),
+              'registers': list(range(cls + dist, cls + self.num_registers)),
+              'patches': [self.num_prefix_tokens, self.num_tokens],
+              'grid': list(self.grid_shape)}
+    if dist:
+      layout['distillation'] = [cls]
+    return layout
 
   def replace(self, **changes) -> 'ViTConfig':
     return dataclasses.replace(self, **changes)
@@ -228,14 +261,23 @@ class MultiHeadDotProductAttention(nn.Module):
     return y, weights
 
 
+def activation_fn(name: str):
+  """One of ACTIVATIONS (or a bool: gelu_approximate) -> the function."""
+  if isinstance(name, bool):
+    name = 'gelu_tanh' if name else 'gelu'
+  if name == 'quick_gelu':
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  return functools.partial(nn.gelu, approximate=name == 'gelu_tanh')
+
+
 class MlpBlock(nn.Module):
   mlp_dim: int
-  gelu_approximate: bool = True
+  gelu_approximate: Any = True  # a bool (tanh or exact GELU) or one of ACTIVATIONS
 
   @nn.compact
   def __call__(self, x):
     y = nn.Dense(self.mlp_dim, name='Dense_0')(x)
-    y = nn.gelu(y, approximate=self.gelu_approximate)
+    y = activation_fn(self.gelu_approximate)(y)
     return nn.Dense(x.shape[-1], name='Dense_1')(y)
 
 
@@ -257,7 +299,7 @@ class Encoder1DBlock(nn.Module):
       x = x + y
       self.sow('intermediates', 'post_attention', x)
     y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_2')(x)
-    y = MlpBlock(c.mlp_dim, c.gelu_approximate, name='MlpBlock_3')(y)
+    y = MlpBlock(c.mlp_dim, c.mlp_activation, name='MlpBlock_3')(y)
     return x + y, weights
 
 
@@ -280,7 +322,7 @@ class MAPHead(nn.Module):
             probe, head_mask_row, attention_edit, c.num_layers, inputs_kv=x)
     self.sow('intermediates', 'pool_attention', weights)
     z = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_0')(y)
-    y = y + MlpBlock(c.mlp_dim, c.gelu_approximate, name='MlpBlock_0')(z)
+    y = y + MlpBlock(c.mlp_dim, c.mlp_activation, name='MlpBlock_0')(z)
     return y[:, 0]
 
 
@@ -308,6 +350,8 @@ class Encoder(nn.Module):
         cls = int(c.has_cls_token)
         x = jnp.concatenate([x[:, :cls], jnp.tile(registers, (x.shape[0], 1, 1)), x[:, cls:]],
                             axis=1)
+      if c.pre_norm:
+        x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='pre_norm')(x)
     per_layer = []
     for i in range(first_layer, last_layer):
       mask_row = None
@@ -405,6 +449,10 @@ def pool(module, c: ViTConfig, x, pool_mask=None, attention_edit=None):
     return x[:, 0]
   if c.classifier == 'gap':
     return jnp.mean(x[:, c.num_prefix_tokens:], axis=1)
+  if c.classifier == 'token_gap':
+    return jnp.concatenate([x[:, 0], jnp.mean(x[:, c.num_prefix_tokens:], axis=1)], axis=-1)
+  if c.classifier == 'token_dist':
+    return jnp.concatenate([x[:, 0], x[:, 1]], axis=-1)
   if c.classifier == 'map':
     return MAPHead(c, name='MAPHead_0')(x, pool_mask, attention_edit)
   return x  # 'none'
@@ -434,5 +482,15 @@ def param_shapes(config: ViTConfig):
 
 
 def apply(params, config: ViTConfig, inputs, **kwargs):
-  """Pure-function form of `VisionTransformer(config)(inputs, **kwargs)`."""
+  """Pure-function form of `VisionTransformer(config)(inputs, **kwargs)`; a config carrying
+  a `foreign_model` (families/intercept.py: any Flax linen ViT) runs that model instead."""
+  foreign = getattr(config, 'foreign_model', None)
+  if foreign is not None:
+    return foreign.apply(params, inputs, **kwargs)
   return VisionTransformer(config).apply({'params': params}, inputs, **kwargs)
+
+
+def supports_prefix_reuse(config: ViTConfig) -> bool:
+  """Whether the model can resume from a layer's sown intermediates (`first_layer` with
+  tokens, `skip_first_attention`): this model yes, an intercepted foreign model no."""
+  return getattr(config, 'foreign_model', None) is None

@@ -607,6 +607,34 @@ def _partial_metrics(params, config, blocks, targets, logp_full, head_index, kee
   return {k: jnp.concatenate([r[k] for r in results]) for k in ABLATION_METRICS}
 
 
+def _partial_whole(params, config, images, targets, logp_full, head_index, keeps,
+                   renormalize, chunk, objective=None):
+  """Partial pruning by rerunning the whole model with the edit in each head's layer (for
+  intercepted models, which cannot resume mid-way; the layer may be traced)
+  -> {metric: [P, V, B]}."""
+  h_count, p_count, v_count = config.num_heads, head_index.shape[0], keeps.shape[0]
+
+  def run(pair):
+    flat_head, keep = pair
+    layer = flat_head // h_count
+    edit_mask = 1. - jax.nn.one_hot(flat_head % h_count, h_count)[:, None, None] * (
+        1. - keep)[None]                                                # [H, T, T]
+
+    def edit(weights, l):
+      w = weights * edit_mask
+      if renormalize:
+        total = jnp.sum(w, -1, keepdims=True)
+        w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.), 0.)
+      return jnp.where(l == layer, w, weights)
+
+    out = model_lib.apply(params, config, images, attention_edit=edit)
+    return image_metrics(out, targets, logp_full, objective)
+
+  pairs = (jnp.repeat(head_index, v_count), jnp.tile(keeps, (p_count, 1, 1)))
+  m = jax.lax.map(run, pairs, batch_size=chunk)
+  return {k: v.reshape(p_count, v_count, -1) for k, v in m.items()}
+
+
 @functools.partial(jax.jit, static_argnums=(1, 6, 7, 8, 9))
 def partial_batch_plain(params, config: ViTConfig, images, labels, head_index, keeps,
                         renormalize: bool, layers: tuple, chunk: int = 8, objective=None):
@@ -753,14 +781,17 @@ def stage2_batch(params, config: ViTConfig, images, labels, masks, first_layers,
   reuse = model_lib.supports_prefix_reuse(config)
   # An intercepted model cannot resume mid-way: curve masks run as full forwards, partial
   # pruning reruns the whole model with the edit in its layer.
-  curves_fn = _curves_reuse if reuse else (
-      lambda p, c, b, t, r, m, _, *rest: _metrics_for_masks(p, c, images, t, r, m, *rest))
-  partial_fn = _partial_reuse if reuse else _partial_metrics
-  curves = (curves_fn(params, config, blocks, targets, logp_full, masks, first_layers,
-                      chunk, objective) if masks.shape[0] else {})
-  partial = (partial_fn(params, config, blocks, targets, logp_full, head_index, keeps,
-                        renormalize, layers, chunk, objective)
-             if head_index.shape[0] else {})
+  if reuse:
+    curves = (_curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers,
+                            chunk, objective) if masks.shape[0] else {})
+    partial = (_partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
+                              renormalize, layers, chunk, objective)
+               if head_index.shape[0] else {})
+  else:
+    curves = (_metrics_for_masks(params, config, images, targets, logp_full, masks, chunk,
+                                 objective) if masks.shape[0] else {})
+    partial = (_partial_whole(params, config, images, targets, logp_full, head_index, keeps,
+                              renormalize, chunk, objective) if head_index.shape[0] else {})
   return full, curves, partial
 
 

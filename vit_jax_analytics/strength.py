@@ -376,7 +376,10 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
       for name, value in _image_maps(local_params, config, batch.images[rows]).items():
         maps.setdefault(name, []).append(value)
       map_index += batch.index[rows].tolist()
-      take = rows[:max(0, options.qk_images - sum(len(x) for x in qk[0]))]
+      # Queries and keys are read from this model's sown block inputs: none for an
+      # intercepted foreign model, whose view then shows no Q/K embedding.
+      qk_left = options.qk_images if model_lib.supports_prefix_reuse(config) else 0
+      take = rows[:max(0, qk_left - sum(len(x) for x in qk[0]))]
       if len(take):
         q, k = queries_keys(local_params, config, batch.images[take])
         qk[0].append(np.asarray(q)); qk[1].append(np.asarray(k))

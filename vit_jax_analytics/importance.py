@@ -890,11 +890,12 @@ def curve_counts(config: ViTConfig, points: Optional[int]) -> list:
   return sorted({int(round(x)) for x in np.linspace(0, n, points)})
 
 
-def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int) -> dict:
-  """Flat head orders, least important first: one per metric of `scores` ({name: [L, H]}),
-  plus seeded random ones."""
+def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int,
+                metrics: Sequence[str] = ORDER_METRICS) -> dict:
+  """Flat head orders, least important first: one per metric of `scores` ({name: [L, H]})
+  in `metrics`, plus seeded random ones."""
   orders = {}
-  for name in ORDER_METRICS:
+  for name in metrics:
     # Stable sort; ties broken by head index so orders are reproducible.
     orders[name] = np.argsort(np.asarray(scores[name]).ravel(), kind='stable')
   rng = np.random.default_rng(seed)
@@ -1043,9 +1044,12 @@ class Stage2Plan(NamedTuple):
 
 
 def plan_stage2(acc: dict, config: ViTConfig, options: ImportanceOptions,
-                variants: list) -> Stage2Plan:
+                variants: list, objective: Optional[Objective] = None) -> Stage2Plan:
   scores, _ = head_scores(acc)
-  orders = head_orders(scores, config, options.random_orders, options.seed)
+  # Without labels' metrics (the embedding objective) top-1 drops are all 0: no order.
+  metrics = tuple(m for m in ORDER_METRICS if m != 'ablation_top1' or objective is None
+                  or objective.label_metrics)
+  orders = head_orders(scores, config, options.random_orders, options.seed, metrics)
   counts = curve_counts(config, options.curve_points)
   masks = np.concatenate([pruning_masks(o, counts, config) for o in orders.values()])
   heads = select_partial_heads(scores['taylor'], options.partial_heads)
@@ -1297,7 +1301,7 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
                                               desc='importance 1/2'),
                first, acc, chunk, mesh, save, timings, objective)
     first = 0
-  plan = plan_stage2(reduce_sums(acc, mesh), config, options, variants)
+  plan = plan_stage2(reduce_sums(acc, mesh), config, options, variants, objective)
   subset = subset_source(whole, plan.subset)
   # No more padding than the device count needs when the subset is smaller than a batch.
   batch2 = parallel.local_batch_size(min(options.batch_size, max(len(subset), 1)), mesh)

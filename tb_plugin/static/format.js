@@ -15,6 +15,7 @@ export const tickFmt = (v) => Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !==
 export const gridShape = (cfg) => (Array.isArray(cfg.image_size) ? cfg.image_size : [cfg.image_size, cfg.image_size])
     .map((s) => s / cfg.patch_size);
 // The tokens before the patches: the class token (if any) and the registers.
-export const prefixTokens = (cfg) => (cfg.classifier === 'token' ? 1 : 0) + (cfg.num_registers || 0);
+export const prefixTokens = (cfg) => (['token', 'token_gap', 'token_dist'].includes(cfg.classifier) ? 1 : 0) +
+    (cfg.num_registers || 0);
 // T: the tokens of a model config (patches, plus the class token and registers).
 export const tokens = (cfg) => gridShape(cfg)[0] * gridShape(cfg)[1] + prefixTokens(cfg);

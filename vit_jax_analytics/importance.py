@@ -10,6 +10,26 @@ Metrics (each [layer, head], means over images):
   ablation_*   exactly one head masked out: change in loss, in top-1 and top-5 accuracy
                (drops are positive when the head helps), and KL(p_full || p_masked).
 Targets are the labels, or the unmasked model's own prediction for unlabelled images.
+
+What "the model's output got worse" means is the `Objective`:
+  classification  the model's logits (a classifier), or logits made from its embedding by a
+                  user-supplied class matrix (`--classes-npz`: SigLIP text embeddings for
+                  zero-shot, or a linear probe). Metrics: cross-entropy, top-1/5, KL.
+  embedding       models without a classifier (SigLIP image towers, self-supervised
+                  backbones): ablation is embedding distortion against the unmasked model's
+                  pooled embedding e of the same image, per image:
+                    loss slot: 1 - cos(e_masked, e)          ('cosine distortion')
+                    kl slot:   |e_masked - e| / |e|          ('relative L2 distortion')
+                    top1/top5: undefined (always 1, so their drops are 0)
+                  Taylor: a first-order estimate of the relative L2 distortion. At xi = 1
+                  every distortion is at its minimum, so its own gradient is 0 and says
+                  nothing; instead we take the scalar s = u . e(xi) / |e| for K random
+                  Gaussian probes u per image (seeded by the image index) and report
+                  sqrt(pi/2) * mean_k |ds/dxi|, whose expectation is |de/dxi| / |e|: the
+                  first-order change of the embedding when the head is removed, relative to
+                  its norm (E|u.v| = sqrt(2/pi)|v| for Gaussian u).
+The metric slots keep their names (loss, top1, top5, kl) under both objectives, so pruning
+curves and partial pruning run unchanged; `Objective.definitions` says what each slot is.
 """
 
 from __future__ import annotations
@@ -35,15 +55,154 @@ ABLATION_METRICS = ('loss', 'top1', 'top5', 'kl')
 ORDER_METRICS = ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1')
 
 
+# --- objectives: what "the output got worse" means ------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Objective:
+  """How model outputs become per-image metrics (see the module docstring).
+
+  kind: 'classification' or 'embedding'. classes [C, E], bias [C], scale, normalize: the
+  class matrix turning an embedding e into logits scale * e' @ W'.T + bias (e', W' L2-
+  normalised rows when `normalize`, as SigLIP's zero-shot classifier does). Hashable (by
+  value), so that jitted functions can take it as a static argument."""
+  kind: str = 'classification'
+  classes: Optional[np.ndarray] = None
+  bias: Optional[np.ndarray] = None
+  scale: float = 1.
+  normalize: bool = False
+  taylor_probes: int = 4
+  seed: int = 0
+  source: str = 'the model head'
+
+  def __post_init__(self):
+    if self.kind not in ('classification', 'embedding'):
+      raise ValueError(f"Objective.kind: expected 'classification' or 'embedding', got "
+                       f'{self.kind!r}')
+
+  def _key(self):
+    arrays = tuple(None if a is None else (a.shape, np.ascontiguousarray(a).tobytes())
+                   for a in (self.classes, self.bias))
+    return (self.kind, arrays, float(self.scale), self.normalize, self.taylor_probes,
+            self.seed)
+
+  def __hash__(self):
+    return hash(self._key())
+
+  def __eq__(self, other):
+    return isinstance(other, Objective) and self._key() == other._key()
+
+  @property
+  def label_metrics(self) -> bool:
+    return self.kind == 'classification'
+
+  def logits(self, out):
+    """Model output [..., E] -> logits [..., C] (the output itself for a classifier)."""
+    if self.classes is None:
+      return out
+    w = jnp.asarray(self.classes, out.dtype)
+    if self.normalize:
+      out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+      w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+    logits = self.scale * out @ w.T
+    return logits if self.bias is None else logits + jnp.asarray(self.bias, out.dtype)
+
+  def reference(self, out_full):
+    """What masked outputs are compared with: log p of the unmasked model, or its
+    embedding (flattened over tokens for pooling 'none')."""
+    if self.kind == 'classification':
+      return jax.nn.log_softmax(self.logits(out_full))
+    return _flat_embedding(out_full)
+
+  def describe(self) -> dict:
+    """For the logdir's meta: the objective and what each metric slot means under it."""
+    d = {'kind': self.kind, 'source': self.source}
+    if self.classes is not None:
+      d.update(classes=int(self.classes.shape[0]), normalize=self.normalize,
+               scale=float(self.scale), bias=self.bias is not None)
+    if self.kind == 'embedding':
+      d['taylor_probes'] = self.taylor_probes
+    d['definitions'] = objective_definitions(self)
+    return d
+
+
+def _flat_embedding(out):
+  """[B, E] or [B, T, E] (pooling 'none') -> [B, E']."""
+  return out.reshape(out.shape[0], -1) if out.ndim > 2 else out
+
+
+def objective_definitions(objective: Objective) -> dict:
+  if objective.kind == 'classification':
+    where = ('the logits of the model' if objective.classes is None else
+             f'logits from the embedding and the class matrix of {objective.source}')
+    return {'taylor': f'mean over images of |dL/d xi[l,h]| at xi = 1 (Michel et al. 2019); L is '
+                      f'the cross-entropy with the target, on {where}',
+            'loss': 'cross-entropy with the target', 'top1': 'top-1 accuracy',
+            'top5': 'top-5 accuracy', 'kl': 'KL(p_unmasked || p_masked)'}
+  return {'taylor': 'first-order estimate of the relative L2 distortion |e_masked - e| / |e| '
+                    'of the pooled embedding: sqrt(pi/2) * mean over random Gaussian probes '
+                    'u of |d(u . e / |e|)/d xi[l,h]| at xi = 1, mean over images',
+          'loss': 'cosine distortion 1 - cos(e_masked, e) of the pooled embedding against '
+                  'the unmasked one, same image',
+          'kl': 'relative L2 distortion |e_masked - e| / |e| of the pooled embedding',
+          'top1': 'undefined without a classifier (always 1; drops are 0)',
+          'top5': 'undefined without a classifier (always 1; drops are 0)'}
+
+
+def default_objective(config: ViTConfig) -> Objective:
+  """Classification for a classifier, embedding distortion for everything else."""
+  if config.has_classifier:
+    return Objective('classification')
+  return Objective('embedding', source='the pooled embedding')
+
+
+def classes_objective(config: ViTConfig, classes, bias=None, scale=1., normalize=False,
+                      source='a class matrix') -> Objective:
+  """Classification through a class matrix [C, E] on the model's embedding."""
+  classes = np.asarray(classes, np.float32)
+  if classes.ndim != 2 or classes.shape[1] != config.embedding_size or config.classifier == 'none':
+    raise OptionError('classes_npz', f'{source}: the class matrix has shape '
+                      f'{tuple(classes.shape)}; expected [classes, {config.embedding_size}] '
+                      f'for this model (pooling {config.pooling!r}, output {config.output!r})')
+  if bias is not None:
+    bias = np.asarray(bias, np.float32).reshape(-1)
+    if bias.shape != (classes.shape[0],):
+      raise OptionError('classes_npz', f'{source}: bias has shape {bias.shape}; expected '
+                        f'[{classes.shape[0]}]')
+  return Objective('classification', classes, bias, float(scale), bool(normalize),
+                   source=str(source))
+
+
+def _objective(config, objective):
+  return default_objective(config) if objective is None else objective
+
+
 # --- per-image metrics -------------------------------------------------------------------
 
-def targets_from(logits_full, labels):
-  """labels [B] (-1 unknown) -> targets [B]: the label, else the unmasked prediction."""
+def targets_from(logits_full, labels, objective: Optional[Objective] = None):
+  """labels [B] (-1 unknown) -> targets [B]: the label, else the unmasked prediction.
+  (Ignored by the embedding objective: its target is the unmasked embedding.)"""
+  if objective is not None and objective.kind == 'embedding':
+    return labels
+  if objective is not None:
+    logits_full = objective.logits(logits_full)
   return jnp.where(labels >= 0, labels, jnp.argmax(logits_full, -1))
 
 
-def image_metrics(logits, targets, logp_full):
-  """logits [..., B, C] -> {'loss', 'top1', 'top5', 'kl'} each [..., B]."""
+def image_metrics(logits, targets, logp_full, objective: Optional[Objective] = None):
+  """Model outputs [..., B, C] -> {'loss', 'top1', 'top5', 'kl'} each [..., B].
+  logp_full: objective.reference(unmasked output) (log p, or the embedding)."""
+  if objective is not None and objective.kind == 'embedding':
+    e, ref = logits, logp_full
+    if e.shape[-1] != ref.shape[-1]:  # pooling 'none': [..., B, T, E] -> [..., B, T * E]
+      e = e.reshape(*e.shape[:-2], -1)
+    norm_ref = jnp.linalg.norm(ref, axis=-1)
+    diff = jnp.linalg.norm(e - ref, axis=-1)
+    cos = jnp.sum(e * ref, -1) / jnp.maximum(jnp.linalg.norm(e, axis=-1) * norm_ref, 1e-30)
+    ones = jnp.ones_like(cos)
+    return {'loss': 1. - cos, 'top1': ones, 'top5': ones,
+            'kl': diff / jnp.maximum(norm_ref, 1e-30)}
+  if objective is not None:
+    logits = objective.logits(logits)
   logp = jax.nn.log_softmax(logits)
   loss = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)
@@ -55,24 +214,67 @@ def image_metrics(logits, targets, logp_full):
 
 # --- Taylor importance -------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=1)
-def taylor_batch(params, config: ViTConfig, images, labels):
-  """One forward + backward: (|dL_i/d xi| [B, L, H], full logits [B, C]).
+def _taylor(params, config, images, labels, obj: Objective, index, record=False):
+  """One forward + backward: (|dL_i/d xi| [B, L, H], |dL_i/d xi_pool| [B, H] or None (no
+  MAP head), full outputs [B, ...], the forward's intermediates of the B images when
+  `record`, else None).
 
   Each image gets its own copy of the mask, so the gradient of the summed loss with respect
-  to the [B, L, H] mask is every image's own gradient, in one backward pass.
+  to the [B, L, H] mask is every image's own gradient, in one backward pass. Under the
+  embedding objective each image is run once per random probe (see the module docstring);
+  index [B] seeds an image's probes, so they do not depend on batching.
   """
   b = images.shape[0]
+  k = obj.taylor_probes if obj.kind == 'embedding' else 1
+  x = jnp.tile(images, (k, 1, 1, 1)) if k > 1 else images
+  index = jnp.arange(b) if index is None else index
+  pool = config.has_pool_attention
 
-  def total_loss(mask):
-    logits = model_lib.apply(params, config, images, head_mask=mask)
-    targets = targets_from(jax.lax.stop_gradient(logits), labels)
-    logp = jax.nn.log_softmax(logits)
-    return -jnp.sum(jnp.take_along_axis(logp, targets[:, None], axis=-1)), logits
+  def forward(mask, pool_mask):
+    masks = dict(head_mask=mask, pool_mask=pool_mask if pool else None)
+    if not record:
+      return model_lib.apply(params, config, x, **masks), None
+    out, state = model_lib.VisionTransformer(config).apply(
+        {'params': params}, x, mutable=['intermediates'], **masks)
+    return out, state['intermediates']
 
-  grads, logits = jax.grad(total_loss, has_aux=True)(
-      jnp.ones((b, config.num_layers, config.num_heads), jnp.float32))
-  return jnp.abs(grads), logits
+  def total(masks):
+    out, state = forward(*masks)
+    if obj.kind == 'classification':
+      targets = targets_from(jax.lax.stop_gradient(out), labels, obj)
+      logp = jax.nn.log_softmax(obj.logits(out))
+      return -jnp.sum(jnp.take_along_axis(logp, targets[:, None], axis=-1)), (out, state)
+    e = _flat_embedding(out)                                          # [K * B, E]
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(obj.seed), i))(index)
+    u = jax.vmap(lambda key: jax.random.normal(key, (k, e.shape[-1]), e.dtype))(keys)
+    u = jnp.swapaxes(u, 0, 1).reshape(k * b, -1)                      # [K * B, E]
+    norm = jax.lax.stop_gradient(jnp.linalg.norm(e, axis=-1, keepdims=True))
+    return jnp.sum(u * e / jnp.maximum(norm, 1e-30)), (out, state)
+
+  ones = (jnp.ones((k * b, config.num_layers, config.num_heads), jnp.float32),
+          jnp.ones((k * b, config.num_heads), jnp.float32))
+  (grads, pool_grads), (out, state) = jax.grad(total, has_aux=True)(ones)
+  factor = np.sqrt(np.pi / 2) if obj.kind == 'embedding' else 1.
+  grads = factor * jnp.mean(jnp.abs(grads).reshape(k, b, *grads.shape[1:]), 0)
+  pool_grads = (factor * jnp.mean(jnp.abs(pool_grads).reshape(k, b, -1), 0) if pool else None)
+  return grads, pool_grads, out[:b], jax.tree.map(lambda a: a[:b], state)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def taylor_pool_batch(params, config: ViTConfig, images, labels,
+                      objective: Optional[Objective] = None, index=None):
+  """One forward + backward: (|dL_i/d xi| [B, L, H], |dL_i/d xi_pool| [B, H] or None (no
+  MAP head), full outputs [B, ...]); see _taylor."""
+  grads, pool_grads, out, _ = _taylor(params, config, images, labels,
+                                      _objective(config, objective), index)
+  return grads, pool_grads, out
+
+
+def taylor_batch(params, config: ViTConfig, images, labels,
+                 objective: Optional[Objective] = None, index=None):
+  """(|dL_i/d xi| [B, L, H], full outputs [B, C]); see taylor_pool_batch."""
+  grads, _, out = taylor_pool_batch(params, config, images, labels, objective, index)
+  return grads, out
 
 
 # --- single-head ablation ----------------------------------------------------------------
@@ -83,33 +285,53 @@ def single_head_masks(config: ViTConfig) -> jnp.ndarray:
   return 1. - jnp.eye(n, dtype=jnp.float32).reshape(n, config.num_layers, config.num_heads)
 
 
-def _metrics_for_masks(params, config, images, targets, logp_full, masks, chunk):
+def _metrics_for_masks(params, config, images, targets, logp_full, masks, chunk,
+                       objective=None):
   """Full forwards, vmapped over masks [M, L, H] in chunks -> metrics [M, B]."""
   def one(mask):
     return image_metrics(model_lib.apply(params, config, images, head_mask=mask), targets,
-                         logp_full)
+                         logp_full, objective)
   return jax.lax.map(one, masks, batch_size=chunk)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def ablation_batch_no_reuse(params, config: ViTConfig, images, labels, chunk: int = 8):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def ablation_batch_no_reuse(params, config: ViTConfig, images, labels, chunk: int = 8,
+                            objective: Optional[Objective] = None):
   """Every single-head ablation as a full forward, vmapped over the L*H masks.
   -> ({metric: [L, H, B]}, full logits [B, C])."""
+  obj = _objective(config, objective)
   logits = model_lib.apply(params, config, images)
-  targets, logp_full = targets_from(logits, labels), jax.nn.log_softmax(logits)
+  targets, logp_full = targets_from(logits, labels, obj), obj.reference(logits)
   m = _metrics_for_masks(params, config, images, targets, logp_full,
-                         single_head_masks(config), chunk)
+                         single_head_masks(config), chunk, obj)
   shape = (config.num_layers, config.num_heads, images.shape[0])
   return {k: v.reshape(shape) for k, v in m.items()}, logits
 
 
-def _unmasked(params, config, images, labels):
-  """One unmasked forward recording each block's intermediates (the 'intermediates'
-  collection sown by model.py) -> (targets [B], log p_full [B, C], blocks, logits)."""
+def _unmasked_state(params, config, images, labels, objective=None):
+  """One unmasked forward recording the intermediates (the 'intermediates' collection sown
+  by model.py) -> (targets [B], reference (log p_full [B, C] or the embedding),
+  intermediates, outputs)."""
+  obj = _objective(config, objective)
+  if not model_lib.supports_prefix_reuse(config):
+    # A foreign (intercepted) model: no intermediates to resume from; each layer's "input"
+    # is the images, from which it runs whole (edits and masks name their layer).
+    logits = model_lib.apply(params, config, images)
+    state = {'intermediates': {'Transformer': {
+        f'encoderblock_{l}': {'block_input': (images,)} for l in range(config.num_layers)}}}
+    return targets_from(logits, labels, obj), obj.reference(logits), state['intermediates'], \
+        logits
   logits, state = model_lib.VisionTransformer(config).apply(
       {'params': params}, images, mutable=['intermediates'])
-  return (targets_from(logits, labels), jax.nn.log_softmax(logits),
-          state['intermediates']['Transformer'], logits)
+  return (targets_from(logits, labels, obj), obj.reference(logits), state['intermediates'],
+          logits)
+
+
+def _unmasked(params, config, images, labels, objective=None):
+  """As _unmasked_state, with the blocks' intermediates only (the 'Transformer' subtree)."""
+  targets, reference, state, logits = _unmasked_state(params, config, images, labels,
+                                                      objective)
+  return targets, reference, state['Transformer'], logits
 
 
 def _stacked_layers(params, config):
@@ -156,7 +378,7 @@ def suffix(params, config: ViTConfig, stacked, x, start, head_mask=None,
   return model_lib.apply(params, config, x, first_layer=config.num_layers)
 
 
-def _ablation_from(params, config, blocks, targets, logp_full, chunk):
+def _ablation_from(params, config, blocks, targets, logp_full, chunk, objective=None):
   """The single-head ablation scan from one unmasked forward's intermediates `blocks`
   (see ablation_batch) -> {metric: [L, H, B]}. One compiled suffix graph serves every
   layer: a scan over layers, the heads of each mapped in chunks."""
@@ -172,57 +394,107 @@ def _ablation_from(params, config, blocks, targets, logp_full, chunk):
       share = jnp.einsum('bte,ed->btd', heads[:, :, h], out_kernel[h])
       logits_h = suffix(params, config, stacked, post - share, layer,
                         skip_first_attention=True)
-      return image_metrics(logits_h, targets, logp_full)
+      return image_metrics(logits_h, targets, logp_full, objective)
 
     return jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk)
 
   return jax.lax.map(per_layer, jnp.arange(config.num_layers))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def ablation_batch(params, config: ViTConfig, images, labels, chunk: int = 8):
-  """Every single-head ablation, reusing what the ablation cannot change.
+def _pool_ablation(params, config, state, targets, reference, objective, chunk):
+  """Every single MAP-head (pooling) head masked out, rerunning only the pooling on its
+  sown input -> {metric: [H, B]}."""
+  tokens = state['pool_input'][0]
+
+  def without_head(h):
+    mask = 1. - jax.nn.one_hot(h, config.num_heads)
+    out = model_lib.apply_pooling(params, config, tokens, pool_mask=mask)
+    return image_metrics(out, targets, reference, objective)
+
+  return jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk)
+
+
+def _ablation_all(params, config, state, targets, reference, chunk, objective):
+  """The single-head ablation scan and, with a MAP head, its pooling row, from one unmasked
+  forward's intermediates `state` -> ({metric: [L, H, B]}, {metric: [H, B]} or None)."""
+  blocks = _ablation_from(params, config, state['Transformer'], targets, reference, chunk,
+                          objective)
+  pool = (_pool_ablation(params, config, state, targets, reference, objective, chunk)
+          if config.has_pool_attention else None)
+  return blocks, pool
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def ablation_pool_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
+                        objective: Optional[Objective] = None):
+  """Every single-head ablation, reusing what the ablation cannot change, plus the pooling
+  heads of a MAP head.
 
   Masking head h of layer l leaves layers < l and the other heads of layer l as they were:
   one unmasked forward records, per layer, the residual stream after attention and each
   head's output; removing head h is subtracting its share of the `out` projection from that
   stream, and only the rest of layer l (its MLP) and the layers after it are run again,
-  vmapped over the heads. -> ({metric: [L, H, B]}, full logits [B, C]).
+  vmapped over the heads. A pooling head is removed by rerunning only the MAP head on its
+  recorded input. -> ({metric: [L, H, B]}, {metric: [H, B]} or None, full outputs).
   """
-  targets, logp_full, blocks, logits = _unmasked(params, config, images, labels)
-  return _ablation_from(params, config, blocks, targets, logp_full, chunk), logits
+  obj = _objective(config, objective)
+  if not model_lib.supports_prefix_reuse(config):
+    blocks, out = ablation_batch_no_reuse(params, config, images, labels, chunk, objective)
+    return blocks, None, out
+  targets, reference, state, out = _unmasked_state(params, config, images, labels, obj)
+  return (*_ablation_all(params, config, state, targets, reference, chunk, obj), out)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def stage1_batch(params, config: ViTConfig, images, labels, chunk: int = 8):
-  """Taylor importance and the single-head ablation scan sharing one forward.
+def ablation_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
+                   objective: Optional[Objective] = None):
+  """ablation_pool_batch without the pooling row -> ({metric: [L, H, B]}, full outputs)."""
+  blocks, _, out = ablation_pool_batch(params, config, images, labels, chunk, objective)
+  return blocks, out
 
-  The forward of the Taylor pass (all-ones per-image mask, whose multiplications by 1 leave
-  every value as the unmasked forward computes it) also records the intermediates the
-  ablation scan starts from, so the scan's "1 +" unmasked forward is not paid again.
-  -> (|dL_i/d xi| [B, L, H], {metric: [L, H, B]}, full logits [B, C]).
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def stage1_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
+                 objective: Optional[Objective] = None, index=None):
+  """Taylor importance and the single-head ablation scan (and a MAP head's pooling row)
+  sharing one forward.
+
+  The forward of the Taylor pass (all-ones per-image masks, whose multiplications by 1
+  leave every value as the unmasked forward computes it) also records the intermediates
+  the ablation scan starts from, so the scan's "1 +" unmasked forward is not paid again.
+  -> (|dL_i/d xi| [B, L, H], |dL_i/d xi_pool| [B, H] or None, {metric: [L, H, B]},
+  {metric: [H, B]} or None, full outputs [B, ...]).
   """
-  b = images.shape[0]
-
-  def total_loss(mask):
-    logits, state = model_lib.VisionTransformer(config).apply(
-        {'params': params}, images, head_mask=mask, mutable=['intermediates'])
-    targets = targets_from(jax.lax.stop_gradient(logits), labels)
-    logp = jax.nn.log_softmax(logits)
-    return (-jnp.sum(jnp.take_along_axis(logp, targets[:, None], axis=-1)),
-            (logits, state['intermediates']['Transformer']))
-
-  grads, (logits, blocks) = jax.grad(total_loss, has_aux=True)(
-      jnp.ones((b, config.num_layers, config.num_heads), jnp.float32))
-  targets, logp_full = targets_from(logits, labels), jax.nn.log_softmax(logits)
-  ablation = _ablation_from(params, config, blocks, targets, logp_full, chunk)
-  return jnp.abs(grads), ablation, logits
+  obj = _objective(config, objective)
+  reuse = model_lib.supports_prefix_reuse(config)
+  grads, pool_grads, out, state = _taylor(params, config, images, labels, obj, index,
+                                          record=reuse)
+  targets, reference = targets_from(out, labels, obj), obj.reference(out)
+  if not reuse:  # an intercepted model records nothing to resume from: full forwards
+    ablation = _metrics_for_masks(params, config, images, targets, reference,
+                                  single_head_masks(config), chunk, obj)
+    shape = (config.num_layers, config.num_heads, images.shape[0])
+    return grads, None, {k: v.reshape(shape) for k, v in ablation.items()}, None, out
+  ablation, pool_ablation = _ablation_all(params, config, state, targets, reference, chunk,
+                                          obj)
+  return grads, pool_grads, ablation, pool_ablation, out
 
 
-def full_metrics(logits, labels):
+def ablation_strategy(config: ViTConfig) -> str:
+  """How the single-head ablation scan runs, for cost tables and reports."""
+  n = config.num_layers * config.num_heads
+  if model_lib.supports_prefix_reuse(config):
+    return (f'prefix reuse: one unmasked forward, then per head only the rest of its layer '
+            f'and the layers after it ({n} partial forwards, about L/2 layers each)')
+  return (f'full forwards vmapped over the {n} single-head masks (no prefix reuse: the model '
+          f'is intercepted, not resumable mid-way; about L/2 times the cost of prefix reuse)')
+
+
+def full_metrics(logits, labels, objective: Optional[Objective] = None):
   """Per-image metrics of the unmasked model, {metric: [B]}."""
-  targets = targets_from(logits, labels)
-  return image_metrics(logits, targets, jax.nn.log_softmax(logits))
+  if objective is None:
+    objective = Objective('classification') if logits.ndim == 2 else Objective('embedding')
+  targets = targets_from(logits, labels, objective)
+  return image_metrics(logits, targets, objective.reference(logits), objective)
 
 
 # --- pruning curves ----------------------------------------------------------------------
@@ -250,21 +522,24 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
   """The ways of removing part of a head's attention.
 
   region: (row0, col0, row1, col1) in patch units, half-open; default the central half.
+  Grids may be rectangular (h x w); tokens before the patches (class token, registers) are
+  untouched by the spatial variants.
   """
-  n, cls = config.grid_size, int(config.has_cls_token)
+  (gh, gw), cls, pre = config.grid_shape, int(config.has_cls_token), config.num_prefix_tokens
   t = config.num_tokens
-  rows, cols = np.divmod(np.arange(n * n), n)
+  rows, cols = np.divmod(np.arange(gh * gw), gw)
   cheb = np.maximum(abs(rows[:, None] - rows[None]), abs(cols[:, None] - cols[None]))
   variants = []
 
   def patch_pairs(remove):  # remove [P, P] over patch pairs; class-token pairs untouched
     keep = np.ones((t, t), np.float32)
-    keep[cls:, cls:] = 1. - remove
+    keep[pre:, pre:] = 1. - remove
     return keep
 
   for r in radii:
-    if r >= n:
-      raise OptionError('partial_radii', f'radius {r} must be below the patch grid size {n}')
+    if r >= max(gh, gw):
+      raise OptionError('partial_radii', f'radius {r} must be below the patch grid size '
+                        f'{max(gh, gw)}')
     variants.append(PartialVariant(f'local_r{r}', f'attention to keys within Chebyshev '
                                    f'distance {r} of the query patch removed',
                                    patch_pairs((cheb <= r).astype(np.float32))))
@@ -279,15 +554,15 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
     keep[0, :] = 0.
     variants.append(PartialVariant('from_cls', "the class token's own attention removed", keep))
   if region is None:
-    region = (n // 4, n // 4, n - n // 4, n - n // 4)
+    region = (gh // 4, gw // 4, gh - gh // 4, gw - gw // 4)
   r0, c0, r1, c1 = region
-  if not (0 <= r0 < r1 <= n and 0 <= c0 < c1 <= n):
+  if not (0 <= r0 < r1 <= gh and 0 <= c0 < c1 <= gw):
     raise OptionError('partial_region', f'{tuple(region)}: expected row0 < row1 and '
-                      f'col0 < col1 within the {n} x {n} patch grid')
+                      f'col0 < col1 within the {gh} x {gw} patch grid')
   inside = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
   for name, queries in (('region_in', inside), ('region_out', ~inside)):
     keep = np.ones((t, t), np.float32)
-    keep[cls:][queries] = 0.
+    keep[pre:][queries] = 0.
     variants.append(PartialVariant(
         name, f"attention of query patches {'inside' if name == 'region_in' else 'outside'} "
               f'rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1} removed', keep))
@@ -295,7 +570,7 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
 
 
 def _partial_metrics(params, config, blocks, targets, logp_full, head_index, keeps,
-                     renormalize, layers, chunk):
+                     renormalize, layers, chunk, objective=None):
   """Metrics with part of one head's attention removed, for every (head, variant) pair.
 
   head_index [P] flat head indices sorted ascending, `layers` (static) their layers;
@@ -319,7 +594,7 @@ def _partial_metrics(params, config, blocks, targets, logp_full, head_index, kee
 
     block_input = blocks[f'encoderblock_{layer}']['block_input'][0]
     out = model_lib.apply(params, config, block_input, first_layer=layer, attention_edit=edit)
-    return image_metrics(out, targets, logp_full)
+    return image_metrics(out, targets, logp_full, objective)
 
   results = []
   for layer in sorted(set(layers)):  # one suffix graph per layer, vmapped over its pairs
@@ -332,14 +607,43 @@ def _partial_metrics(params, config, blocks, targets, logp_full, head_index, kee
   return {k: jnp.concatenate([r[k] for r in results]) for k in ABLATION_METRICS}
 
 
-@functools.partial(jax.jit, static_argnums=(1, 6, 7, 8))
+def _partial_whole(params, config, images, targets, logp_full, head_index, keeps,
+                   renormalize, chunk, objective=None):
+  """Partial pruning by rerunning the whole model with the edit in each head's layer (for
+  intercepted models, which cannot resume mid-way; the layer may be traced)
+  -> {metric: [P, V, B]}."""
+  h_count, p_count, v_count = config.num_heads, head_index.shape[0], keeps.shape[0]
+
+  def run(pair):
+    flat_head, keep = pair
+    layer = flat_head // h_count
+    edit_mask = 1. - jax.nn.one_hot(flat_head % h_count, h_count)[:, None, None] * (
+        1. - keep)[None]                                                # [H, T, T]
+
+    def edit(weights, l):
+      w = weights * edit_mask
+      if renormalize:
+        total = jnp.sum(w, -1, keepdims=True)
+        w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.), 0.)
+      return jnp.where(l == layer, w, weights)
+
+    out = model_lib.apply(params, config, images, attention_edit=edit)
+    return image_metrics(out, targets, logp_full, objective)
+
+  pairs = (jnp.repeat(head_index, v_count), jnp.tile(keeps, (p_count, 1, 1)))
+  m = jax.lax.map(run, pairs, batch_size=chunk)
+  return {k: v.reshape(p_count, v_count, -1) for k, v in m.items()}
+
+
+@functools.partial(jax.jit, static_argnums=(1, 6, 7, 8, 9))
 def partial_batch_plain(params, config: ViTConfig, images, labels, head_index, keeps,
-                        renormalize: bool, layers: tuple, chunk: int = 8):
+                        renormalize: bool, layers: tuple, chunk: int = 8, objective=None):
   """Partial pruning of one batch by rerunning each head's whole layer from its input
   (the reference for partial_batch) -> {metric: [P, V, B]}."""
-  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels)
+  objective = _objective(config, objective)
+  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels, objective)
   return _partial_metrics(params, config, blocks, targets, logp_full, head_index, keeps,
-                          renormalize, layers, chunk)
+                          renormalize, layers, chunk, objective)
 
 
 def _one_head_attention(p, config, block_input, h):
@@ -369,7 +673,7 @@ def _edit_weights(w, keep, renormalize):
 
 
 def _partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
-                   renormalize, layers, chunk):
+                   renormalize, layers, chunk, objective=None):
   """Partial pruning with prefix reuse -> {metric: [P, V, B]} (as _partial_metrics).
 
   Removing part of head h's attention in layer l changes only head h's output, by
@@ -395,21 +699,22 @@ def _partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps
       removed = jnp.einsum('bqk,bke->bqe', w - _edit_weights(w, keep, renormalize), v)
       share = jnp.einsum('bte,ed->btd', removed, out_kernel)
       out = suffix(params, config, stacked, post - share, layer, skip_first_attention=True)
-      return image_metrics(out, targets, logp_full)
+      return image_metrics(out, targets, logp_full, objective)
 
     return jax.lax.map(per_variant, keeps, batch_size=chunk)
 
   return jax.lax.map(per_head, (jnp.asarray(head_index), jnp.asarray(layers, jnp.int32)))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 6, 8))
+@functools.partial(jax.jit, static_argnums=(1, 6, 8, 9))
 def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
-                  renormalize: bool, layers, chunk: int = 8):
+                  renormalize: bool, layers, chunk: int = 8, objective=None):
   """Partial pruning of one batch with prefix reuse -> {metric: [P, V, B]}
   (see _partial_reuse; head_index sorted ascending, `layers` their layers)."""
-  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels)
+  objective = _objective(config, objective)
+  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels, objective)
   return _partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
-                        renormalize, layers, chunk)
+                        renormalize, layers, chunk, objective)
 
 
 def first_masked_layers(masks: np.ndarray) -> tuple:
@@ -418,7 +723,8 @@ def first_masked_layers(masks: np.ndarray) -> tuple:
   return tuple(int(np.argmax(r)) if r.any() else None for r in removed)
 
 
-def _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk):
+def _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk,
+                  objective=None):
   """Metrics of head masks [M, L, H], each run from the recorded input of its first layer
   with a head removed (`first_layers` [M], may be traced; none may be None), through one
   compiled suffix graph -> {metric: [M, B]}.
@@ -442,7 +748,7 @@ def _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layer
 
     def one(mask):
       out = suffix(params, config, stacked, inputs_all[start], start, head_mask=mask)
-      return image_metrics(out, targets, logp_full)
+      return image_metrics(out, targets, logp_full, objective)
 
     return jax.vmap(one)(g_masks) if chunk > 1 else jax.tree.map(
         lambda a: a[None], one(g_masks[0]))
@@ -452,26 +758,40 @@ def _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layer
   return {k: v.reshape(groups * chunk, -1)[:m][inverse] for k, v in result.items()}
 
 
-@functools.partial(jax.jit, static_argnums=(1, 6))
+@functools.partial(jax.jit, static_argnums=(1, 6, 7))
 def curves_batch(params, config: ViTConfig, images, labels, masks, first_layers,
-                 chunk: int = 8):
+                 chunk: int = 8, objective=None):
   """Pruning-curve masks [M, L, H] of one batch with prefix reuse -> {metric: [M, B]}."""
-  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels)
-  return _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk)
+  objective = _objective(config, objective)
+  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels, objective)
+  return _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk,
+                       objective)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 8, 10))
+@functools.partial(jax.jit, static_argnums=(1, 8, 10, 11))
 def stage2_batch(params, config: ViTConfig, images, labels, masks, first_layers,
-                 head_index, keeps, renormalize: bool, layers, chunk: int = 8):
+                 head_index, keeps, renormalize: bool, layers, chunk: int = 8,
+                 objective=None):
   """Stage 2 of one batch, sharing one unmasked forward: (unmasked {metric: [B]}, curve
   masks {metric: [M, B]} (prefix reuse from each mask's first masked layer), partial
   pruning {metric: [P, V, B]} (prefix reuse, see _partial_reuse))."""
-  targets, logp_full, blocks, logits = _unmasked(params, config, images, labels)
-  full = image_metrics(logits, targets, logp_full)
-  curves = (_curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers,
-                          chunk) if masks.shape[0] else {})
-  partial = (_partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
-                            renormalize, layers, chunk) if head_index.shape[0] else {})
+  objective = _objective(config, objective)
+  targets, logp_full, blocks, logits = _unmasked(params, config, images, labels, objective)
+  full = image_metrics(logits, targets, logp_full, objective)
+  reuse = model_lib.supports_prefix_reuse(config)
+  # An intercepted model cannot resume mid-way: curve masks run as full forwards, partial
+  # pruning reruns the whole model with the edit in its layer.
+  if reuse:
+    curves = (_curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers,
+                            chunk, objective) if masks.shape[0] else {})
+    partial = (_partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
+                              renormalize, layers, chunk, objective)
+               if head_index.shape[0] else {})
+  else:
+    curves = (_metrics_for_masks(params, config, images, targets, logp_full, masks, chunk,
+                                 objective) if masks.shape[0] else {})
+    partial = (_partial_whole(params, config, images, targets, logp_full, head_index, keeps,
+                              renormalize, chunk, objective) if head_index.shape[0] else {})
   return full, curves, partial
 
 
@@ -518,6 +838,13 @@ class ImportanceOptions:
   renormalize: bool = option(
       False, 'renormalise the attention left after partial pruning (default: no, so that '
              'removing part of a head removes only that part of its output)')
+  classes_npz: Optional[str] = option(
+      None, 'an .npz with a class matrix `classes` [C, E] (and optionally `bias` [C], '
+            '`scale`, `normalize`) turning the embedding of a model without a classifier '
+            'into logits: SigLIP text embeddings (normalize=1, scale=exp(t), bias=b) or a '
+            'linear probe; then the classification metrics apply', parse=str)
+  taylor_probes: int = option(
+      4, 'random probes per image for the Taylor score under the embedding objective')
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
   save_every_seconds: float = option(30., cli=False)
 
@@ -529,6 +856,7 @@ class ImportanceOptions:
       check(self, 'curve_points', self.curve_points, low=2)
     check(self, 'random_orders', self.random_orders, low=0)
     check(self, 'partial_heads', self.partial_heads, low=0, optional=True)
+    check(self, 'taylor_probes', self.taylor_probes, low=1)
     if not self.partial_radii:
       raise OptionError('partial_radii', 'expected at least one radius')
     for r in self.partial_radii:
@@ -546,6 +874,15 @@ class ImportanceOptions:
     cap = self.subset_images or n_images
     return min(n_images, cap)
 
+  def curve_masks(self, config: ViTConfig) -> int:
+    """Pruning-curve masks stage 2 computes at most: every order's inner points, and the
+    all-removed mask once (none removed is the unmasked model)."""
+    n = config.num_layers * config.num_heads
+    counts = curve_counts(config, self.curve_points)
+    inner = [c for c in counts if 0 < c < n]
+    orders = len(ORDER_METRICS) + self.random_orders
+    return orders * len(inner) + (1 if counts[-1] == n else 0)
+
 
 def curve_counts(config: ViTConfig, points: Optional[int]) -> list:
   n = config.num_layers * config.num_heads
@@ -553,11 +890,12 @@ def curve_counts(config: ViTConfig, points: Optional[int]) -> list:
   return sorted({int(round(x)) for x in np.linspace(0, n, points)})
 
 
-def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int) -> dict:
-  """Flat head orders, least important first: one per metric of `scores` ({name: [L, H]}),
-  plus seeded random ones."""
+def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int,
+                metrics: Sequence[str] = ORDER_METRICS) -> dict:
+  """Flat head orders, least important first: one per metric of `scores` ({name: [L, H]})
+  in `metrics`, plus seeded random ones."""
   orders = {}
-  for name in ORDER_METRICS:
+  for name in metrics:
     # Stable sort; ties broken by head index so orders are reproducible.
     orders[name] = np.argsort(np.asarray(scores[name]).ravel(), kind='stable')
   rng = np.random.default_rng(seed)
@@ -610,8 +948,11 @@ def stage1_sums(config: ViTConfig, n_images: int, per_image: bool) -> dict:
   acc = {'count': np.zeros(()), 'labelled': np.zeros(()), 'taylor': np.zeros((L, H))}
   acc.update({f'full_{k}': np.zeros(()) for k in ABLATION_METRICS})
   acc.update({f'ablation_{k}': np.zeros((L, H)) for k in ABLATION_METRICS})
-  # Each image's target class (-1: not read), the strata of the stage-2 subset.
+  # Each image's stratum (its target class; -1: not read) for the stage-2 subset.
   acc['target'] = np.full(n_images, -1, np.int32)
+  if config.has_pool_attention:  # the MAP head's heads: a pooling row
+    acc['pool_taylor'] = np.zeros(H)
+    acc.update({f'pool_ablation_{k}': np.zeros(H) for k in ABLATION_METRICS})
   if per_image:
     for k in PER_IMAGE:
       acc[f'per_image_{k}'] = np.full((n_images, L, H), np.nan, np.float32)
@@ -624,15 +965,29 @@ def stage1_sums(config: ViTConfig, n_images: int, per_image: bool) -> dict:
 PER_IMAGE = ('taylor', 'ablation_loss', 'ablation_kl')
 
 
-def add_stage1(acc: dict, batch, grads, ablation, full, targets=None, logits=None) -> None:
+def _strata(out, labels, objective: Objective):
+  """Each image's stratum for the stage-2 subset: its target class; under the embedding
+  objective its label (unlabelled images are one stratum, 0)."""
+  if objective.label_metrics:
+    return targets_from(out, labels, objective)
+  return jnp.maximum(labels, 0)
+
+
+def add_stage1(acc: dict, batch, grads, ablation, full, targets=None, logits=None,
+               pool_grads=None, pool_ablation=None) -> None:
   """Adds one batch's Taylor |grads| [B, L, H], ablation {metric: [L, H, B]} and unmasked
   {metric: [B]} metrics of the valid images to the sums (and per-image rows; with the
-  targets [B], each image's target class, the strata of the stage-2 subset; with the
-  unmasked logits [B, C], also each image's loss and predicted class)."""
+  targets [B], each image's stratum of the stage-2 subset; with the unmasked logits
+  [B, C], also each image's loss and predicted class); with a MAP head also its heads'
+  pool_grads [B, H] and pool_ablation {metric: [H, B]}."""
   valid = batch.valid
   bad = valid & ~np.isfinite(np.asarray(full['loss']))
   if bad.any():
     raise NonFiniteError("the model's loss", batch.index[bad])
+  if pool_grads is not None:
+    acc['pool_taylor'] += _valid_sum(np.moveaxis(np.asarray(pool_grads), 0, -1), valid)
+    for m in ABLATION_METRICS:
+      acc[f'pool_ablation_{m}'] += _valid_sum(pool_ablation[m], valid)
   acc['count'] += valid.sum()
   acc['labelled'] += (valid & (batch.labels >= 0)).sum()
   acc['taylor'] += _valid_sum(np.moveaxis(np.asarray(grads), 0, -1), valid)
@@ -664,6 +1019,12 @@ def head_scores(acc: dict) -> tuple:
   scores['ablation_top1'] = base['top1'] - acc['ablation_top1'] / count
   scores['ablation_top5'] = base['top5'] - acc['ablation_top5'] / count
   scores['ablation_kl'] = acc['ablation_kl'] / count
+  if 'pool_taylor' in acc:
+    scores['pool_taylor'] = acc['pool_taylor'] / count
+    scores['pool_ablation_loss'] = acc['pool_ablation_loss'] / count - base['loss']
+    scores['pool_ablation_top1'] = base['top1'] - acc['pool_ablation_top1'] / count
+    scores['pool_ablation_top5'] = base['top5'] - acc['pool_ablation_top5'] / count
+    scores['pool_ablation_kl'] = acc['pool_ablation_kl'] / count
   baseline = Baseline(float(base['loss']), float(base['top1']), float(base['top5']))
   return scores, baseline
 
@@ -683,9 +1044,12 @@ class Stage2Plan(NamedTuple):
 
 
 def plan_stage2(acc: dict, config: ViTConfig, options: ImportanceOptions,
-                variants: list) -> Stage2Plan:
+                variants: list, objective: Optional[Objective] = None) -> Stage2Plan:
   scores, _ = head_scores(acc)
-  orders = head_orders(scores, config, options.random_orders, options.seed)
+  # Without labels' metrics (the embedding objective) top-1 drops are all 0: no order.
+  metrics = tuple(m for m in ORDER_METRICS if m != 'ablation_top1' or objective is None
+                  or objective.label_metrics)
+  orders = head_orders(scores, config, options.random_orders, options.seed, metrics)
   counts = curve_counts(config, options.curve_points)
   masks = np.concatenate([pruning_masks(o, counts, config) for o in orders.values()])
   heads = select_partial_heads(scores['taylor'], options.partial_heads)
@@ -757,17 +1121,22 @@ class _StageClock:
 
 
 def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
-               timings=None) -> None:
+               timings=None, objective=None) -> None:
   """Taylor and the ablation scan over `batches` (batch numbers from first_batch)."""
+  objective = _objective(config, objective)
   clock = _StageClock(timings, 'importance stage 1')
   for k, batch in enumerate(batches, start=first_batch):
-    images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
-    clock.compile(stage1_batch, params, config, images, labels, chunk)
-    grads, ablation, logits = stage1_batch(params, config, images, labels, chunk)
-    full, targets = full_metrics(logits, labels), targets_from(logits, labels)
+    images, labels, index = parallel.shard_batch(
+        mesh, (batch.images, batch.labels, np.asarray(batch.index, np.int32)))
+    args = (params, config, images, labels, chunk, objective, index)
+    clock.compile(stage1_batch, *args)
+    grads, pool_grads, ablation, pool_ablation, out = stage1_batch(*args)
+    full = full_metrics(out, labels, objective)
+    strata = _strata(out, labels, objective)
+    logits = objective.logits(out) if objective.label_metrics else None
     # With several processes, each reads back (and adds) only its own rows.
-    add_stage1(acc, _global_batch(batch, mesh),
-               *parallel.to_host((grads, ablation, full, targets, logits)))
+    add_stage1(acc, _global_batch(batch, mesh), *parallel.to_host(
+        (grads, ablation, full, strata, logits, pool_grads, pool_ablation)))
     save(acc, 1, k + 1)
     clock.batch(batch.valid)
   clock.done()
@@ -786,7 +1155,7 @@ def stage2_sums(plan: Stage2Plan) -> dict:
 
 
 def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, renormalize,
-               chunk, mesh, save, timings=None) -> None:
+               chunk, mesh, save, timings=None, objective=None) -> None:
   """Pruning curves and partial pruning over `batches` of the subset, into `acc`'s
   per-subset-image rows (batch.index indexes the subset)."""
   if 's2_full_loss' not in acc:
@@ -798,11 +1167,10 @@ def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, reno
   clock = _StageClock(timings, 'importance stage 2')
   for k, batch in enumerate(batches, start=first_batch):
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
-    clock.compile(stage2_batch, params, config, images, labels, masks, first_layers,
-                  heads, keeps, renormalize, layers, chunk)
-    full, curves, partial = parallel.to_host(stage2_batch(
-        params, config, images, labels, masks, first_layers, heads, keeps, renormalize,
-        layers, chunk))
+    args = (params, config, images, labels, masks, first_layers, heads, keeps, renormalize,
+            layers, chunk, objective)
+    clock.compile(stage2_batch, *args)
+    full, curves, partial = parallel.to_host(stage2_batch(*args))
     valid = _global_batch(batch, mesh).valid
     rows = _global_batch(batch, mesh).index[valid]
     for m in ABLATION_METRICS:
@@ -850,7 +1218,8 @@ def reduce_sums(acc: dict, mesh) -> dict:
   return out
 
 
-def finalise(acc: dict, plan: Stage2Plan, variants: list) -> ImportanceResult:
+def finalise(acc: dict, plan: Stage2Plan, variants: list,
+             objective: Optional[Objective] = None) -> ImportanceResult:
   """Means and changes against the unmasked model, from the sums of stage 1 and the
   per-image rows of stage 2 (means over its subset, with standard errors)."""
   scores, baseline = head_scores(acc)
@@ -884,13 +1253,15 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list) -> ImportanceResult:
       **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS},
       per_image_loss=acc.get('per_image_loss'),
       per_image_prediction=(None if acc.get('per_image_prediction') is None
-                            else acc['per_image_prediction'].astype(np.int32)))
+                            else acc['per_image_prediction'].astype(np.int32)),
+      objective=objective.describe() if objective is not None else None)
 
 
 def compute_importance(params, config: ViTConfig, source: BatchSource,
                        options: ImportanceOptions = ImportanceOptions(), mesh=None,
                        store: Optional[ProgressStore] = None,
-                       timings: Optional[dict] = None) -> ImportanceResult:
+                       timings: Optional[dict] = None,
+                       objective: Optional[Objective] = None) -> ImportanceResult:
   """Every importance metric, streamed over the images of `source`.
 
   Stage 1 (Taylor, ablation) reads every image; stage 2 (pruning curves, partial pruning)
@@ -900,7 +1271,13 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
   reduced exactly). store: where progress is saved after batches, so that an interrupted
   run with the same store continues (one store per process; all processes resume together
   or start over). timings: a dict to which each stage's wall time is added.
+  objective: default classification for a classifier, embedding distortion otherwise
+  (`classes_objective` for a class matrix).
   """
+  objective = _objective(config, objective)
+  if objective.kind == 'embedding':
+    objective = dataclasses.replace(objective, taylor_probes=options.taylor_probes,
+                                    seed=options.seed)
   mesh = mesh or parallel.batch_mesh()
   batch_size = parallel.local_batch_size(options.batch_size, mesh)
   n_images, whole = len(source), source
@@ -922,9 +1299,9 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
   if stage == 1:
     run_stage1(params, config, source.batches(batch_size, first, progress=options.progress,
                                               desc='importance 1/2'),
-               first, acc, chunk, mesh, save, timings)
+               first, acc, chunk, mesh, save, timings, objective)
     first = 0
-  plan = plan_stage2(reduce_sums(acc, mesh), config, options, variants)
+  plan = plan_stage2(reduce_sums(acc, mesh), config, options, variants, objective)
   subset = subset_source(whole, plan.subset)
   # No more padding than the device count needs when the subset is smaller than a batch.
   batch2 = parallel.local_batch_size(min(options.batch_size, max(len(subset), 1)), mesh)
@@ -932,9 +1309,11 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
     subset = process_shard(subset, batch2, jax.process_index(), parallel.process_count(mesh))
   run_stage2(params, config, subset.batches(batch2, first, progress=options.progress,
                                             desc='importance 2/2'),
-             first, acc, plan, options.renormalize, chunk, mesh, save, timings)
-  if timings is not None:  # what stage 2 evaluated, for the cost report (cost.stage2)
+             first, acc, plan, options.renormalize, chunk, mesh, save, timings, objective)
+  if timings is not None:  # what each stage evaluated, for the cost report (cost.stage1/2)
+    timings.setdefault('importance stage 1', {}).update(
+        taylor_probes=objective.taylor_probes if objective.kind == 'embedding' else 1)
     timings.setdefault('importance stage 2', {}).update(
         images=len(plan.subset), first_layers=plan.first_layers, layers=plan.layers,
         variants=len(variants))
-  return finalise(reduce_sums(acc, mesh), plan, variants)
+  return finalise(reduce_sums(acc, mesh), plan, variants, objective)

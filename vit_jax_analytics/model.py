@@ -15,6 +15,13 @@ checkpoints load by name:
   Transformer/encoder_norm
   pre_logits (optional, tanh), head
 
+and, beyond vit_jax, big_vision's pooling head `MAPHead_0/{probe, MultiHeadDotProductAttention_0,
+LayerNorm_0, MlpBlock_0}` (classifier='map': a learned probe attends to all tokens) and
+`registers` [1, R, D] (extra tokens without a position embedding, after the class token).
+
+Token layout: [class token (classifier='token')] + [R registers] + [h x w patches, row-major].
+`ViTConfig.num_prefix_tokens` tokens come before the patches; `grid_shape` is (h, w).
+
 Shapes in this package: B batch, L layers, H heads, T tokens (= Q queries = K keys),
 D hidden size.
 """
@@ -36,50 +43,160 @@ AttentionReduce = Callable[[Array, int], Any]
 AttentionEdit = Callable[[Array, int], Array]
 
 
+POOLINGS = ('token', 'gap', 'map', 'none', 'token_gap', 'token_dist')
+# The MLP's nonlinearity: tanh-approximated GELU (vit_jax, big_vision), exact GELU (timm, HF
+# ViT/DeiT/DINOv2), CLIP's quick GELU x * sigmoid(1.702 x).
+ACTIVATIONS = ('gelu_tanh', 'gelu', 'quick_gelu')
+
+
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
   """Architecture of a ViT, as plain data (JSON-serialisable with `dataclasses.asdict`)."""
-  image_size: int = 224
+  image_size: Any = 224                # S (square) or (height, width) in pixels
   patch_size: int = 16
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
   mlp_dim: int = 3072
-  num_classes: int = 1000
-  classifier: str = 'token'            # 'token' (class token) or 'gap' (global average pool)
+  num_classes: int = 1000              # 0: no head; the model outputs its pooled embedding
+  # The pooling: 'token' (class token), 'gap' (mean over patches), 'map' (big_vision's
+  # multi-head attention pooling: a learned probe attends to all tokens), 'none' (all tokens),
+  # 'token_gap' (class token and mean patch token concatenated: HF Dinov2ForImageClassification),
+  # 'token_dist' (class and distillation token concatenated: DeiT with its teacher head, whose
+  # two heads' average is one head on the concatenation).
+  classifier: str = 'token'
   representation_size: Optional[int] = None  # a tanh `pre_logits` layer when set
   gelu_approximate: bool = True        # vit_jax and big_vision use tanh-GELU; timm/HF exact
+  activation: Optional[str] = None     # one of ACTIVATIONS; None: from gelu_approximate
   layer_norm_epsilon: float = 1e-6
+  num_registers: int = 0               # extra learned tokens (no position embedding)
+  # What the output is: 'logits' over classes, or an 'embedding' (the image tower of a
+  # two-tower model such as SigLIP, whose `head` projects into the shared space; or no head).
+  output: str = 'logits'
+  # A LayerNorm on the tokens before the first block (CLIP's `pre_layrnorm`).
+  pre_norm: bool = False
+  # The first register is DeiT's distillation token (its position embedding folded into it).
+  distillation_token: bool = False
 
   def __post_init__(self):
-    if self.classifier not in ('token', 'gap'):
-      raise ValueError(f"ViTConfig.classifier: expected 'token' or 'gap', got {self.classifier!r}")
+    size = self.image_size
+    if isinstance(size, (list, tuple)):
+      if len(size) != 2:
+        raise ValueError(f'ViTConfig.image_size: expected S or (height, width), got {size!r}')
+      size = (int(size[0]), int(size[1]))
+      size = size[0] if size[0] == size[1] else size
+      object.__setattr__(self, 'image_size', size)
+    if self.classifier not in POOLINGS:
+      raise ValueError(f'ViTConfig.classifier: expected one of {POOLINGS}, got '
+                       f'{self.classifier!r}')
     if self.hidden_size % self.num_heads:
       raise ValueError(f'ViTConfig: hidden_size {self.hidden_size} is not divisible by '
                        f'num_heads {self.num_heads}')
-    if self.image_size % self.patch_size:
+    if any(s % self.patch_size for s in self.image_hw):
       raise ValueError(f'ViTConfig: image_size {self.image_size} is not a multiple of '
                        f'patch_size {self.patch_size}')
+    if self.output not in ('logits', 'embedding'):
+      raise ValueError(f"ViTConfig.output: expected 'logits' or 'embedding', got {self.output!r}")
+    if self.num_registers < 0:
+      raise ValueError(f'ViTConfig.num_registers: expected >= 0, got {self.num_registers}')
+    if self.activation is not None and self.activation not in ACTIVATIONS:
+      raise ValueError(f'ViTConfig.activation: expected one of {ACTIVATIONS} or None, got '
+                       f'{self.activation!r}')
+    if (self.distillation_token or self.classifier == 'token_dist') and not self.num_registers:
+      raise ValueError('ViTConfig: a distillation token is the first register; expected '
+                       'num_registers >= 1')
+
+  @property
+  def mlp_activation(self) -> str:
+    """The MLP's nonlinearity (one of ACTIVATIONS)."""
+    if self.activation is not None:
+      return self.activation
+    return 'gelu_tanh' if self.gelu_approximate else 'gelu'
+  @property
+  def image_hw(self) -> tuple:
+    """(height, width) in pixels."""
+    s = self.image_size
+    return tuple(s) if isinstance(s, tuple) else (s, s)
+
+  @property
+  def grid_shape(self) -> tuple:
+    """(h, w): patch rows and columns."""
+    return tuple(s // self.patch_size for s in self.image_hw)
+
+  @property
+  def num_patches(self) -> int:
+    h, w = self.grid_shape
+    return h * w
 
   @property
   def grid_size(self) -> int:
-    """Patches per side (n of the n x n patch grid)."""
-    return self.image_size // self.patch_size
-
-  @property
-  def num_tokens(self) -> int:
-    """T: patches plus the class token when there is one."""
-    return self.grid_size ** 2 + (1 if self.classifier == 'token' else 0)
+    """Patches per side (n of an n x n patch grid); for square grids only."""
+    h, w = self.grid_shape
+    if h != w:
+      raise ValueError(f'this needs a square patch grid; the model has {h} x {w} patches')
+    return h
 
   @property
   def has_cls_token(self) -> bool:
-    return self.classifier == 'token'
+    return self.classifier in ('token', 'token_gap', 'token_dist')
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    """Tokens before the patches: the class token (if any) and the registers."""
+    return int(self.has_cls_token) + self.num_registers
+
+  @property
+  def num_tokens(self) -> int:
+    """T: patches plus the class token and registers."""
+    return self.num_patches + self.num_prefix_tokens
+
+  @property
+  def pooling(self) -> str:
+    """big_vision's name of the pooling: 'tok', 'gap', 'map' or 'none'."""
+    return {'token': 'tok'}.get(self.classifier, self.classifier)
+
+  @property
+  def has_pool_attention(self) -> bool:
+    """The pooling is an attention with its own heads (a MAP head)."""
+    return self.classifier == 'map'
+
+  @property
+  def has_classifier(self) -> bool:
+    """The output is logits over classes (else an embedding)."""
+    return bool(self.num_classes) and self.output == 'logits' and self.classifier != 'none'
+
+  @property
+  def embedding_size(self) -> int:
+    """Width of the model's output per image (logits or the pooled embedding)."""
+    return self.num_classes or self.representation_size or self.pooled_size
+
+  @property
+  def pooled_size(self) -> int:
+    """Width of the pooled representation (two tokens concatenated for 'token_gap' and
+    'token_dist')."""
+    return self.hidden_size * (2 if self.classifier in ('token_gap', 'token_dist') else 1)
+
+  def token_layout(self) -> dict:
+    """Which tokens are what: {'cls': [..], 'registers': [..], 'patches': [start, stop],
+    'grid': [h, w]}."""
+    cls = int(self.has_cls_token)
+    dist = int(self.distillation_token or self.classifier == 'token_dist')
+    layout = {'cls': list(range(cls)),
+              'registers': list(range(cls + dist, cls + self.num_registers)),
+              'patches': [self.num_prefix_tokens, self.num_tokens],
+              'grid': list(self.grid_shape)}
+    if dist:
+      layout['distillation'] = [cls]
+    return layout
 
   def replace(self, **changes) -> 'ViTConfig':
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    d = dataclasses.asdict(self)
+    if isinstance(d['image_size'], tuple):
+      d['image_size'] = list(d['image_size'])
+    return d
 
   @classmethod
   def from_dict(cls, d: dict) -> 'ViTConfig':
@@ -119,14 +236,16 @@ class MultiHeadDotProductAttention(nn.Module):
   num_heads: int
 
   @nn.compact
-  def __call__(self, x, head_mask_row=None, attention_edit=None, layer=0):
-    """x [B, T, D], head_mask_row [H] or [B, H] -> (y [B, T, D], weights [B, H, Q, K])."""
+  def __call__(self, x, head_mask_row=None, attention_edit=None, layer=0, inputs_kv=None):
+    """x [B, Q, D] (queries), inputs_kv [B, K, D] (keys and values; default x),
+    head_mask_row [H] or [B, H] -> (y [B, Q, D], weights [B, H, Q, K])."""
     d = x.shape[-1]
+    kv = x if inputs_kv is None else inputs_kv
     head_dim = d // self.num_heads
     proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim))
     q = proj(name='query')(x)
-    k = proj(name='key')(x)
-    v = proj(name='value')(x)
+    k = proj(name='key')(kv)
+    v = proj(name='value')(kv)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q / jnp.sqrt(head_dim).astype(q.dtype), k)
     weights = jax.nn.softmax(logits, axis=-1)
     if attention_edit is not None:
@@ -142,14 +261,23 @@ class MultiHeadDotProductAttention(nn.Module):
     return y, weights
 
 
+def activation_fn(name: str):
+  """One of ACTIVATIONS (or a bool: gelu_approximate) -> the function."""
+  if isinstance(name, bool):
+    name = 'gelu_tanh' if name else 'gelu'
+  if name == 'quick_gelu':
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  return functools.partial(nn.gelu, approximate=name == 'gelu_tanh')
+
+
 class MlpBlock(nn.Module):
   mlp_dim: int
-  gelu_approximate: bool = True
+  gelu_approximate: Any = True  # a bool (tanh or exact GELU) or one of ACTIVATIONS
 
   @nn.compact
   def __call__(self, x):
     y = nn.Dense(self.mlp_dim, name='Dense_0')(x)
-    y = nn.gelu(y, approximate=self.gelu_approximate)
+    y = activation_fn(self.gelu_approximate)(y)
     return nn.Dense(x.shape[-1], name='Dense_1')(y)
 
 
@@ -171,8 +299,31 @@ class Encoder1DBlock(nn.Module):
       x = x + y
       self.sow('intermediates', 'post_attention', x)
     y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_2')(x)
-    y = MlpBlock(c.mlp_dim, c.gelu_approximate, name='MlpBlock_3')(y)
+    y = MlpBlock(c.mlp_dim, c.mlp_activation, name='MlpBlock_3')(y)
     return x + y, weights
+
+
+class MAPHead(nn.Module):
+  """big_vision's multi-head attention pooling (`MAPHead`): a learned probe attends to all
+  tokens, then a LayerNorm + MLP residual; its output is the pooled token.
+
+  Its attention weights [B, H, 1, T] are sown as 'pool_attention' (collection
+  'intermediates'); `head_mask_row` masks its heads, `attention_edit(w, L)` edits them."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x, head_mask_row=None, attention_edit=None):
+    c = self.config
+    b, _, d = x.shape
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d))
+    probe = jnp.tile(probe.astype(x.dtype), (b, 1, 1))
+    y, weights = MultiHeadDotProductAttention(
+        c.num_heads, name='MultiHeadDotProductAttention_0')(
+            probe, head_mask_row, attention_edit, c.num_layers, inputs_kv=x)
+    self.sow('intermediates', 'pool_attention', weights)
+    z = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_0')(y)
+    y = y + MlpBlock(c.mlp_dim, c.mlp_activation, name='MlpBlock_0')(z)
+    return y[:, 0]
 
 
 class PositionEmbedding(nn.Module):
@@ -190,11 +341,17 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x, head_mask=None, attention_reduce=None, attention_edit=None,
                first_layer=0, last_layer=None, skip_first_attention=False,
-               add_position_embedding=True):
+               add_position_embedding=True, registers=None):
     c = self.config
     last_layer = c.num_layers if last_layer is None else last_layer
     if add_position_embedding:
       x = PositionEmbedding(name='posembed_input')(x)
+      if registers is not None:  # after the class token, without a position embedding
+        cls = int(c.has_cls_token)
+        x = jnp.concatenate([x[:, :cls], jnp.tile(registers, (x.shape[0], 1, 1)), x[:, cls:]],
+                            axis=1)
+      if c.pre_norm:
+        x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='pre_norm')(x)
     per_layer = []
     for i in range(first_layer, last_layer):
       mask_row = None
@@ -214,30 +371,34 @@ class Encoder(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """ViT classifier.
+  """ViT classifier or embedding model.
 
   __call__(inputs, head_mask=None, attention_reduce=None, attention_edit=None,
-           return_attention=False, first_layer=0, last_layer=None)
+           return_attention=False, first_layer=0, last_layer=None, pool_mask=None)
 
-  inputs: images [B, S, S, 3] in [-1, 1], or the tokens [B, T, D] entering block
+  inputs: images [B, height, width, 3] in [-1, 1], or the tokens [B, T, D] entering block
     `first_layer` (position embedding included; from a call with last_layer=first_layer), or
     with skip_first_attention the residual stream after that block's attention (sown as
     'post_attention' in the 'intermediates' collection). Both let callers reuse a prefix.
   head_mask: [L, H] float, or [B, L, H] per example; 1 keeps a head, 0 removes it,
     fractions scale it.
+  pool_mask: [H] or [B, H], the same for the heads of a MAP pooling head.
   attention_reduce: fn(weights [B, H, Q, K], layer) -> pytree, stacked to [L', ...].
-  attention_edit: fn(weights [B, H, Q, K], layer) -> weights, to mask parts of attention.
+  attention_edit: fn(weights [B, H, Q, K], layer) -> weights, to mask parts of attention;
+    the MAP head's weights [B, H, 1, T] come as layer L.
   return_attention: also return all attention weights [B, L, H, Q, K].
 
-  Returns logits [B, num_classes] (or features [B, D] when num_classes == 0), or tokens
-  [B, T, D] when last_layer < L; paired with the per-layer results when any were asked for.
+  Returns logits [B, num_classes] (or the pooled embedding [B, D] when num_classes == 0;
+  [B, T, ...] with pooling 'none'), or tokens [B, T, D] when last_layer < L; paired with the
+  per-layer results when any were asked for. The MAP head's attention is sown as
+  'pool_attention' (apply with mutable=['intermediates']).
   """
   config: ViTConfig
 
   @nn.compact
   def __call__(self, inputs, head_mask=None, attention_reduce=None, attention_edit=None,
                return_attention=False, first_layer=0, last_layer=None,
-               skip_first_attention=False):
+               skip_first_attention=False, pool_mask=None):
     c = self.config
     if return_attention:
       if attention_reduce is not None:
@@ -247,8 +408,15 @@ class VisionTransformer(nn.Module):
         head_mask is not None and head_mask.ndim not in (2, 3)):
       raise ValueError(f'head_mask: expected shape [layers, heads] = ({c.num_layers}, '
                        f'{c.num_heads}) or [batch, layers, heads], got {tuple(head_mask.shape)}')
+    if pool_mask is not None and (not c.has_pool_attention or pool_mask.shape[-1] != c.num_heads):
+      raise ValueError(f'pool_mask: expected [heads] = ({c.num_heads},) for a MAP-pooled '
+                       f'model, got {tuple(pool_mask.shape)} (pooling {c.pooling!r})')
     x = inputs
     from_images = inputs.ndim == 4
+    registers = None
+    if c.num_registers:
+      registers = self.param('registers', nn.initializers.normal(0.02),
+                             (1, c.num_registers, c.hidden_size))
     if from_images:
       x = nn.Conv(c.hidden_size, (c.patch_size,) * 2, strides=(c.patch_size,) * 2,
                   padding='VALID', name='embedding')(x)
@@ -259,9 +427,11 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)), x], axis=1)
     x, per_layer = Encoder(c, name='Transformer')(
         x, head_mask, attention_reduce, attention_edit, first_layer, last_layer,
-        skip_first_attention, from_images)
+        skip_first_attention, from_images, registers)
     if last_layer is None or last_layer == c.num_layers:
-      x = x[:, 0] if c.has_cls_token else jnp.mean(x, axis=1)
+      if c.has_pool_attention:  # for callers that rerun only the pooling (apply_pooling)
+        self.sow('intermediates', 'pool_input', x)
+      x = pool(self, c, x, pool_mask, attention_edit)
       if c.representation_size is not None:
         x = jnp.tanh(nn.Dense(c.representation_size, name='pre_logits')(x))
       if c.num_classes:
@@ -273,9 +443,36 @@ class VisionTransformer(nn.Module):
     return x, per_layer
 
 
+def pool(module, c: ViTConfig, x, pool_mask=None, attention_edit=None):
+  """The encoder's output tokens [B, T, D] -> the pooled representation."""
+  if c.classifier == 'token':
+    return x[:, 0]
+  if c.classifier == 'gap':
+    return jnp.mean(x[:, c.num_prefix_tokens:], axis=1)
+  if c.classifier == 'token_gap':
+    return jnp.concatenate([x[:, 0], jnp.mean(x[:, c.num_prefix_tokens:], axis=1)], axis=-1)
+  if c.classifier == 'token_dist':
+    return jnp.concatenate([x[:, 0], x[:, 1]], axis=-1)
+  if c.classifier == 'map':
+    return MAPHead(c, name='MAPHead_0')(x, pool_mask, attention_edit)
+  return x  # 'none'
+
+
+def apply_pooling(params, config: ViTConfig, tokens, pool_mask=None, attention_edit=None):
+  """The MAP head, `pre_logits` and `head` alone, on the normalised encoder output
+  [B, T, D] (sown as 'pool_input'): the same output as `apply`, for callers that rerun
+  only the pooling (e.g. with pool heads masked)."""
+  x = MAPHead(config).apply({'params': params['MAPHead_0']}, tokens, pool_mask, attention_edit)
+  if config.representation_size is not None:
+    x = jnp.tanh(x @ params['pre_logits']['kernel'] + params['pre_logits']['bias'])
+  if config.num_classes:
+    x = x @ params['head']['kernel'] + params['head']['bias']
+  return x
+
+
 def init_params(config: ViTConfig, rng: Array):
   """Random parameters (a nested dict) for `config`."""
-  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  images = jnp.zeros((1, *config.image_hw, 3), jnp.float32)
   return VisionTransformer(config).init(rng, images)['params']
 
 
@@ -285,5 +482,15 @@ def param_shapes(config: ViTConfig):
 
 
 def apply(params, config: ViTConfig, inputs, **kwargs):
-  """Pure-function form of `VisionTransformer(config)(inputs, **kwargs)`."""
+  """Pure-function form of `VisionTransformer(config)(inputs, **kwargs)`; a config carrying
+  a `foreign_model` (families/intercept.py: any Flax linen ViT) runs that model instead."""
+  foreign = getattr(config, 'foreign_model', None)
+  if foreign is not None:
+    return foreign.apply(params, inputs, **kwargs)
   return VisionTransformer(config).apply({'params': params}, inputs, **kwargs)
+
+
+def supports_prefix_reuse(config: ViTConfig) -> bool:
+  """Whether the model can resume from a layer's sown intermediates (`first_layer` with
+  tokens, `skip_first_attention`): this model yes, an intercepted foreign model no."""
+  return getattr(config, 'foreign_model', None) is None

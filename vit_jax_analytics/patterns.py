@@ -3,7 +3,8 @@
 1. Samples: for (image, layer, head, query patch) tuples, the query's attention over the
    patch grid, re-centred on the query onto a (2n-1) x (2n-1) canvas (cell (dy + n-1,
    dx + n-1) holds the weight on the key at offset (dy, dx)), with a mask of the cells that
-   fall inside the image; and the plain n x n map.
+   fall inside the image; and the plain n x n map. A rectangular h x w grid is re-centred
+   onto the square canvas of side 2 max(h, w) - 1 (the cells beyond the grid are outside).
 2. A small convolutional autoencoder (Flax, trained with Optax) embeds each sample's
    pattern (the canvas scaled to a peak of 1) in a 2-D latent space.
 3. The summary: the latent plane decoded on a regular grid (a map of every pattern the
@@ -32,18 +33,26 @@ from vit_jax_analytics.results import PatternResult, Samples, TrainingHistory
 
 # --- samples -------------------------------------------------------------------------------
 
-def recentre(maps, query_rows, query_cols, n: int):
+def _grid(n) -> tuple:
+  return tuple(n) if isinstance(n, (tuple, list)) else (n, n)
+
+
+def recentre(maps, query_rows, query_cols, n):
   """maps [S, n, n], query positions [S] -> (canvas [S, 2n-1, 2n-1], inside [S, 2n-1, 2n-1]).
+  n: the grid side, or (h, w) for maps [S, h, w] on the canvas of side 2 max(h, w) - 1.
 
   Cell (dy + n - 1, dx + n - 1) of a canvas is the weight on the key at offset (dy, dx)
   from the query; `inside` marks the cells whose key lies in the image (elsewhere the
   canvas is 0 because there is no key, not because attention is 0).
   """
+  gh, gw = _grid(n)
+  n = max(gh, gw)
+
   def one(m, r, c):
     start = (n - 1 - r, n - 1 - c)
     canvas = jax.lax.dynamic_update_slice(jnp.zeros((2 * n - 1, 2 * n - 1), m.dtype), m, start)
     inside = jax.lax.dynamic_update_slice(jnp.zeros((2 * n - 1, 2 * n - 1), bool),
-                                          jnp.ones((n, n), bool), start)
+                                          jnp.ones((gh, gw), bool), start)
     return canvas, inside
   return jax.vmap(one)(maps, query_rows, query_cols)
 
@@ -56,7 +65,7 @@ def sample_queries(image_index: np.ndarray, config: ViTConfig, per_head: int,
   keyed by (seed, image index), so samples do not depend on batching; over images the
   positions cover the grid evenly.
   """
-  p = config.grid_size ** 2
+  p = config.num_patches
   out = np.zeros((len(image_index), config.num_layers, config.num_heads, per_head), np.int32)
   for i, idx in enumerate(image_index):
     rng = np.random.default_rng([seed, max(int(idx), 0)])
@@ -69,14 +78,14 @@ def sample_queries(image_index: np.ndarray, config: ViTConfig, per_head: int,
 @functools.partial(jax.jit, static_argnums=1)
 def extract_batch(params, config: ViTConfig, images, queries):
   """queries [B, L, H, S] patch indices -> attention rows over the patch grid
-  [B, L, H, S, n, n] and the weight on the class token [B, L, H, S] (0 without one)."""
-  n, cls = config.grid_size, int(config.has_cls_token)
+  [B, L, H, S, h, w] and the weight on the class token [B, L, H, S] (0 without one)."""
+  grid, cls, pre = config.grid_shape, int(config.has_cls_token), config.num_prefix_tokens
 
   def reduce(weights, layer):  # weights [B, H, T, T]
-    q = queries[:, layer] + cls                                   # [B, H, S]
+    q = queries[:, layer] + pre                                   # [B, H, S]
     rows = jnp.take_along_axis(weights, q[..., None], axis=2)     # [B, H, S, T]
     to_cls = rows[..., 0] if cls else jnp.zeros(rows.shape[:-1], rows.dtype)
-    return rows[..., cls:].reshape(rows.shape[:-1] + (n, n)), to_cls
+    return rows[..., pre:].reshape(rows.shape[:-1] + grid), to_cls
 
   _, (rows, to_cls) = model_lib.apply(params, config, images, attention_reduce=reduce)
   return jnp.moveaxis(rows, 0, 1), jnp.moveaxis(to_cls, 0, 1)
@@ -110,20 +119,20 @@ def extract_samples(params, config: ViTConfig, source: BatchSource, per_head: in
 def _batch_samples(rows, to_cls, queries, image_index, config: ViTConfig) -> Samples:
   """One batch's samples from attention rows [B, L, H, S, n, n], class-token weights
   [B, L, H, S] and query patches [B, L, H, S] of images `image_index` [B]."""
-  n, (b, L, H, per_head) = config.grid_size, queries.shape
+  (gh, gw), (b, L, H, per_head) = config.grid_shape, queries.shape
   grid = np.meshgrid(image_index, np.arange(L), np.arange(H), np.arange(per_head),
                      indexing='ij')
   index = np.stack([grid[0], grid[1], grid[2], queries], -1).reshape(-1, 4)
-  plain = rows.reshape(-1, n, n)
-  qr, qc = np.divmod(index[:, 3], n)
-  canvas, _ = recentre(jnp.asarray(plain), qr, qc, n)
+  plain = rows.reshape(-1, gh, gw)
+  qr, qc = np.divmod(index[:, 3], gw)
+  canvas, _ = recentre(jnp.asarray(plain), qr, qc, (gh, gw))
   return Samples(np.asarray(canvas, np.float16), plain.astype(np.float16),
                  to_cls.reshape(-1).astype(np.float16), index.astype(np.int32))
 
 
 # --- autoencoder ---------------------------------------------------------------------------
 
-def ae_inputs(samples: Samples, n: int) -> np.ndarray:
+def ae_inputs(samples: Samples, n) -> np.ndarray:
   """[S, 2n-1, 2n-1, 2] float32: the pattern (canvas scaled to a peak of 1) and the
   inside-the-image mask, so that 'no key here' differs from 'no attention here'."""
   canvas = samples.recentred.astype(np.float32)
@@ -449,7 +458,7 @@ def head_errors(errors: np.ndarray, index: np.ndarray, config: ViTConfig) -> np.
 
 def name_clusters(labels: np.ndarray, samples: Samples, config: ViTConfig, k: int) -> tuple:
   """(mean re-centred pattern of each cluster's samples [k, c, c], suggested names [k])."""
-  canvas = 2 * config.grid_size - 1
+  canvas = 2 * max(config.grid_shape) - 1
   head_of_sample = samples.index[:, 1] * config.num_heads + samples.index[:, 2]
   recentred = samples.recentred.astype(np.float32)
   representatives, names = [], []
@@ -472,8 +481,8 @@ def masked_variance(x: np.ndarray) -> float:
 def summarise(samples: Samples, config: ViTConfig, options: PatternOptions) -> tuple:
   """Trains the autoencoder, maps the samples, clusters the heads and names the clusters.
   Returns (PatternResult, autoencoder params)."""
-  n, g = config.grid_size, options.grid
-  canvas = 2 * n - 1
+  n, g = config.grid_shape, options.grid
+  canvas = 2 * max(n) - 1
   x = ae_inputs(samples, n)
   ae_params, history = train_autoencoder(x, canvas, options.ae)
   latent = encode(ae_params, x, canvas, options.ae)

@@ -47,14 +47,16 @@ class Inputs:
   images: Path
   labels: Optional[Path] = None
   max_images: Optional[int] = None
-  image_size: Optional[int] = None
+  image_size: Any = None                   # S or (height, width)
   gelu_approximate: Optional[bool] = None  # None: tanh (vit_jax), or what orbax recorded
   mean: tuple = data.VIT_JAX_MEAN_STD[0]
   std: tuple = data.VIT_JAX_MEAN_STD[1]
+  pooling: Optional[str] = None  # 'none' for a big_vision pool_type='none' model
 
   def __post_init__(self):
     check(self, 'max_images', self.max_images, low=1, optional=True)
-    check(self, 'image_size', self.image_size, low=1, optional=True)
+    for size in (() if self.image_size is None else data.image_hw(self.image_size)):
+      check(self, 'image_size', size, low=1)
     if len(self.mean) != 3 or not all(np.isfinite(self.mean)):
       raise OptionError('mean', f'expected three finite numbers, got {self.mean!r}', Inputs)
     if len(self.std) != 3 or not all(np.isfinite(s) and s > 0 for s in self.std):
@@ -64,12 +66,13 @@ class Inputs:
   def load_model(self) -> tuple:
     """(params, config)."""
     return checkpoints.load_checkpoint(self.checkpoint, image_size=self.image_size,
-                                       gelu_approximate=self.gelu_approximate)
+                                       gelu_approximate=self.gelu_approximate,
+                                       pooling=self.pooling)
 
   def load(self) -> 'Loaded':
     params, config = self.load_model()
     image_set = data.image_folder(self.images, self.labels).take(self.max_images)
-    if config.num_classes and (image_set.labels >= 0).any():
+    if config.has_classifier and (image_set.labels >= 0).any():
       image_set.check_labels(config.num_classes)  # shifted or foreign labels: fail now
     source = data.ImageFolderSource(image_set, config.image_size, self.mean, self.std)
     return Loaded(params, config, image_set, source)
@@ -124,6 +127,9 @@ def computation_key(inputs: Inputs, loaded: Loaded, options) -> str:
     settings.pop(name, None)
   h.update(json.dumps([settings, list(inputs.mean), list(inputs.std)], sort_keys=True,
                       default=str).encode())
+  classes = getattr(options, 'classes_npz', None)
+  if classes and Path(classes).is_file():  # the class matrix's contents, not only its path
+    h.update(Path(classes).read_bytes())
   return h.hexdigest()[:20]
 
 
@@ -143,7 +149,7 @@ def model_view_images(inputs: Inputs, loaded: Loaded, indices) -> np.ndarray:
     x = data.load_image(loaded.image_set.paths[i], size, inputs.mean, inputs.std)
     x = x * np.asarray(inputs.std, np.float32) + np.asarray(inputs.mean, np.float32)
     out.append(np.clip(np.round(x * 255.), 0, 255).astype(np.uint8))
-  return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+  return np.stack(out) if out else np.zeros((0, *data.image_hw(size), 3), np.uint8)
 
 
 # --- the analyses: compute a result, then its tags -------------------------------------------
@@ -157,11 +163,16 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   if jax.process_count() > 1:  # each process saves (and resumes) its own sums
     key += f'-p{jax.process_index()}of{jax.process_count()}'
   store = progress_store.LogdirProgressStore(logdir, run, 'importance', key)
+  objective = None
+  if options.classes_npz:
+    objective = importance.classes_objective(
+        loaded.config, **checkpoints.load_class_matrix(options.classes_npz))
   result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
-                                         store=store, timings=timings)
+                                         store=store, timings=timings, objective=objective)
   if timings is not None:  # forward-equivalents per image of what each stage evaluated
     from vit_jax_analytics import cost
-    timings.setdefault('importance stage 1', {})['forward_eq'] = cost.stage1(loaded.config)
+    s1 = timings.setdefault('importance stage 1', {})
+    s1['forward_eq'] = cost.stage1(loaded.config, s1.pop('taylor_probes', 1))
     s2 = timings.get('importance stage 2')
     if s2 and 'layers' in s2:
       s2['forward_eq'] = cost.stage2(loaded.config, s2.pop('first_layers'), s2.pop('layers'),
@@ -188,7 +199,7 @@ def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   result, ae_params = patterns.summarise(samples, loaded.config, options)
   # The autoencoder itself, beside the event file.
   checkpoints.save_orbax(writer.run_directory(logdir, run) / 'pattern_autoencoder', ae_params,
-                         {'canvas': 2 * loaded.config.grid_size - 1,
+                         {'canvas': 2 * max(loaded.config.grid_shape) - 1,
                           **dataclasses.asdict(options.ae)})
   return result, lambda meta: schema.patterns_values(result, meta), None
 

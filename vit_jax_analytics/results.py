@@ -72,6 +72,14 @@ class ImportanceResult:
   def subset_images(self) -> int:
     """Images the curves and partial pruning were computed on."""
     return self.images if self.subset_index is None else len(self.subset_index)
+  # The objective (importance.Objective.describe()): kind, source, what each metric means.
+  objective: Optional[dict] = None
+  # A MAP pooling head's heads (probe -> tokens), as one more row; None without one.
+  pool_taylor: Optional[np.ndarray] = None              # [H]
+  pool_ablation_loss: Optional[np.ndarray] = None       # [H]
+  pool_ablation_top1: Optional[np.ndarray] = None       # [H]
+  pool_ablation_top5: Optional[np.ndarray] = None       # [H]
+  pool_ablation_kl: Optional[np.ndarray] = None         # [H]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +113,10 @@ class StrengthResult:
   baselines: Optional[dict] = None             # strength.baselines(config): uniform / self
   qk_embedding: Optional[np.ndarray] = None    # [L, H, 2, Mq * T, 2] joint query/key PCA
   qk_images: Optional[np.ndarray] = None       # [Mq] int: stored map k of each embedded image
+  # Models with a MAP pooling head (no class token): where the model looks.
+  pool_attention: Optional[np.ndarray] = None      # [H, h, w] the MAP probe's attention
+  map_pool_attention: Optional[np.ndarray] = None  # [M, H, T] float16, per stored image
+  map_pool_rollout: Optional[np.ndarray] = None    # [M, T] float16: rollout from the probe
 
 
 @dataclasses.dataclass
@@ -117,12 +129,15 @@ class Samples:
   to_cls: Optional[np.ndarray]
   index: np.ndarray
 
-  def inside(self, n: int) -> np.ndarray:
-    """[S, 2n-1, 2n-1] the canvas cells whose key lies inside the image."""
-    r, c = np.divmod(self.index[:, 3], n)
+  def inside(self, n) -> np.ndarray:
+    """[S, 2n-1, 2n-1] the canvas cells whose key lies inside the image; n the grid side,
+    or (h, w) for a rectangular grid (canvas side 2 max(h, w) - 1)."""
+    gh, gw = tuple(n) if isinstance(n, (tuple, list)) else (n, n)
+    n = max(gh, gw)
+    r, c = np.divmod(self.index[:, 3], gw)
     dy = np.arange(2 * n - 1) - (n - 1)
-    rows = (r[:, None] + dy[None] >= 0) & (r[:, None] + dy[None] < n)   # [S, 2n-1]
-    cols = (c[:, None] + dy[None] >= 0) & (c[:, None] + dy[None] < n)
+    rows = (r[:, None] + dy[None] >= 0) & (r[:, None] + dy[None] < gh)   # [S, 2n-1]
+    cols = (c[:, None] + dy[None] >= 0) & (c[:, None] + dy[None] < gw)
     return rows[:, :, None] & cols[:, None, :]
 
 

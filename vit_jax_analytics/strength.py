@@ -5,9 +5,11 @@ sums over the images of a batch, so [B, L, H, Q, K] never exists and memory does
 with the number of images. Spreads over images come from fixed-range histograms (exact
 counts, so independent of batch size and device count).
 
-Geometry: an n x n patch grid; offsets (dy, dx) = key position - query position, each in
--(n-1) .. n-1, stored at index (dy + n - 1, dx + n - 1). Distances are between patch
-centres; "Chebyshev distance" is max(|dy|, |dx|).
+Geometry: an h x w patch grid (n x n when square); offsets (dy, dx) = key position - query
+position, dy in -(h-1) .. h-1 and dx in -(w-1) .. w-1, stored at index (dy + h - 1,
+dx + w - 1). Distances are between patch centres; "Chebyshev distance" is max(|dy|, |dx|).
+Only patch queries and patch keys enter the offset statistics: the tokens before the patches
+(class token, registers) are left out of them.
 """
 
 from __future__ import annotations
@@ -38,16 +40,17 @@ def offset_one_hot(n: int) -> np.ndarray:
   return np.eye(2 * n - 1, dtype=np.float32)[k - q + n - 1]
 
 
-def patch_distances(n: int) -> np.ndarray:
-  """[P, P] Euclidean distance between patch centres, in patches."""
-  r, c = np.divmod(np.arange(n * n), n)
+def patch_distances(n, w=None) -> np.ndarray:
+  """[P, P] Euclidean distance between patch centres, in patches (an n x n or n x w grid)."""
+  w = n if w is None else w
+  r, c = np.divmod(np.arange(n * w), w)
   return np.sqrt((r[:, None] - r[None]) ** 2 + (c[:, None] - c[None]) ** 2).astype(np.float32)
 
 
 def scalar_ranges(config: ViTConfig) -> dict:
   """Fixed histogram range of each per-image scalar."""
-  n = config.grid_size
-  return {'mean_distance': (0., float(np.sqrt(2) * (n - 1) * config.patch_size)),
+  h, w = config.grid_shape
+  return {'mean_distance': (0., float(np.hypot(h - 1, w - 1) * config.patch_size)),
           'entropy': (0., float(np.log(config.num_tokens))),
           'self_share': (0., 1.), 'cls_share': (0., 1.)}
 
@@ -58,10 +61,10 @@ def baselines(config: ViTConfig) -> dict:
   only to itself). {reference: {mean_distance (px), neighbourhood_share [n], entropy,
   self_share, cls_share, offset_ratio_centre}}. The plugin draws them in every locality plot.
   """
-  n, t = config.grid_size, config.num_tokens
-  p = n * n
-  dist = patch_distances(n).astype(np.float64) * config.patch_size
-  r, c = np.divmod(np.arange(p), n)
+  (gh, gw), t = config.grid_shape, config.num_tokens
+  n, p = max(gh, gw), gh * gw
+  dist = patch_distances(gh, gw).astype(np.float64) * config.patch_size
+  r, c = np.divmod(np.arange(p), gw)
   cheb = np.maximum(np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None]))   # [P, P]
   # Uniform: each patch query gives 1/T to each key; renormalised over patch keys the mean
   # distance is the plain mean over (query, key) patch pairs.
@@ -87,14 +90,15 @@ def layer_statistics(weights, config: ViTConfig):
   Sums over images happen on the host in float64, so results do not depend on how images
   are split over batches and devices.
   """
-  n, cls = config.grid_size, int(config.has_cls_token)
+  (gh, gw), cls, pre = config.grid_shape, int(config.has_cls_token), config.num_prefix_tokens
   b, h = weights.shape[:2]
-  patches = weights[:, :, cls:, cls:].reshape(b, h, n, n, n, n)  # [B, H, qy, qx, ky, kx]
-  one_hot = jnp.asarray(offset_one_hot(n))
-  out = {'offset_sum': jnp.einsum('bhyxYX,yYd,xXe->bhde', patches, one_hot, one_hot)}
-  a = weights[:, :, cls:, :]                                     # patch queries, all keys
-  a_pp = a[:, :, :, cls:]
-  dist = jnp.asarray(patch_distances(n)) * config.patch_size
+  patches = weights[:, :, pre:, pre:].reshape(b, h, gh, gw, gh, gw)  # [B, H, qy, qx, ky, kx]
+  out = {'offset_sum': jnp.einsum('bhyxYX,yYd,xXe->bhde', patches,
+                                  jnp.asarray(offset_one_hot(gh)),
+                                  jnp.asarray(offset_one_hot(gw)))}
+  a = weights[:, :, pre:, :]                                     # patch queries, all keys
+  a_pp = a[:, :, :, pre:]
+  dist = jnp.asarray(patch_distances(gh, gw)) * config.patch_size
   # Mass-weighted over queries and renormalised over patch keys: mass sent to the class
   # token has no distance.
   out['mean_distance'] = (jnp.einsum('bhqk,qk->bh', a_pp, dist) /
@@ -103,17 +107,25 @@ def layer_statistics(weights, config: ViTConfig):
   out['self_share'] = jnp.mean(jnp.diagonal(a_pp, axis1=2, axis2=3), -1)
   if cls:
     out['cls_share'] = jnp.mean(a[:, :, :, 0], -1)
-    out['cls_attention'] = weights[:, :, 0, 1:]
-    out['to_cls'] = weights[:, :, 1:, 0]
+    out['cls_attention'] = weights[:, :, 0, pre:]
+    out['to_cls'] = weights[:, :, pre:, 0]
   return out
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def strength_batch(params, config: ViTConfig, images):
-  """One batch -> {name: [B, L, ...]} per-image statistics (see layer_statistics)."""
+  """One batch -> {name: [B, L, ...]} per-image statistics (see layer_statistics); with a
+  MAP head also 'pool_attention' [B, H, P], its probe's attention to each patch."""
   reduce = lambda weights, layer: layer_statistics(weights, config)
-  _, per_layer = model_lib.apply(params, config, images, attention_reduce=reduce)
-  return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_layer)
+  if not config.has_pool_attention:
+    _, per_layer = model_lib.apply(params, config, images, attention_reduce=reduce)
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_layer)
+  (_, per_layer), state = model_lib.VisionTransformer(config).apply(
+      {'params': params}, images, attention_reduce=reduce, mutable=['intermediates'])
+  out = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_layer)
+  pool = state['intermediates']['MAPHead_0']['pool_attention'][0]  # [B, H, 1, T]
+  out['pool_attention'] = pool[:, :, 0, config.num_prefix_tokens:]
+  return out
 
 
 def accumulate(sums: dict, stats: dict, valid: np.ndarray, config: ViTConfig) -> dict:
@@ -194,6 +206,36 @@ def qk_embeddings(q: np.ndarray, k: np.ndarray) -> np.ndarray:
   return out
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def pool_attention_maps(params, config: ViTConfig, images):
+  """(attention [B, L, H, T, T], the MAP head's attention [B, H, T]) for a few images."""
+  (_, attention), state = model_lib.VisionTransformer(config).apply(
+      {'params': params}, images, return_attention=True, mutable=['intermediates'])
+  return attention, state['intermediates']['MAPHead_0']['pool_attention'][0][:, :, 0]
+
+
+def pool_rollout(pool_attention, rollout):
+  """Rollout started from the MAP probe: its head-averaged attention [..., H, T] (with no
+  residual: the probe is not a token) times the rollout through all layers [..., T, T]
+  -> [..., T], how much each input token flows into the pooled embedding."""
+  return jnp.einsum('...q,...qk->...k', jnp.mean(pool_attention, axis=-2), rollout)
+
+
+def _image_maps(params, config: ViTConfig, images) -> dict:
+  """The stored maps of a few images, in float16: 'map_attention' [B, L, H, T, T],
+  'map_rollout' [B, L, T, T], and with a MAP head 'map_pool_attention' [B, H, T] and
+  'map_pool_rollout' [B, T]."""
+  if config.has_pool_attention:
+    attention, pool = pool_attention_maps(params, config, images)
+  else:
+    attention, pool = attention_maps(params, config, images), None
+  rollout = attention_rollout(attention)
+  maps = {'map_attention': attention, 'map_rollout': rollout}
+  if pool is not None:
+    maps.update(map_pool_attention=pool, map_pool_rollout=pool_rollout(pool, rollout[:, -1]))
+  return {k: np.asarray(v).astype(np.float16) for k, v in maps.items()}
+
+
 def attention_rollout(attention):
   """Attention rollout (Abnar & Zuidema 2020): [..., L, H, T, T] -> [..., L, T, T].
 
@@ -245,8 +287,11 @@ class StrengthOptions:
 
 
 def map_bytes(config: ViTConfig) -> int:
-  """Bytes of one stored image's maps: float16 attention [L, H, T, T] and rollout [L, T, T]."""
-  return 2 * config.num_layers * (config.num_heads + 1) * config.num_tokens ** 2
+  """Bytes of one stored image's maps: float16 attention [L, H, T, T] and rollout [L, T, T]
+  (with a MAP head also its attention [H, T] and the rollout from it [T])."""
+  t = config.num_tokens
+  pool = (config.num_heads + 1) * t if config.has_pool_attention else 0
+  return 2 * (config.num_layers * (config.num_heads + 1) * t ** 2 + pool)
 
 
 def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) -> np.ndarray:
@@ -263,11 +308,12 @@ def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) ->
 
 def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
   """Means and derived statistics from the summed accumulators of `count` images."""
-  n, t = config.grid_size, config.num_tokens
-  dy = np.abs(np.arange(-(n - 1), n))
-  pairs = np.outer(n - dy, n - dy)                               # [2n-1, 2n-1] per image
+  (gh, gw), t = config.grid_shape, config.num_tokens
+  n = max(gh, gw)
+  dy, dx = np.abs(np.arange(-(gh - 1), gh)), np.abs(np.arange(-(gw - 1), gw))
+  pairs = np.outer(gh - dy, gw - dx)                             # [2h-1, 2w-1] per image
   offset_mean = sums['offset_sum'] / (pairs * count)
-  cheb = np.maximum(dy[:, None], dy[None])
+  cheb = np.maximum(dy[:, None], dx[None])
   mass = np.stack([np.sum(np.where(cheb == d, sums['offset_sum'], 0.), axis=(-2, -1))
                    for d in range(n)], -1)                        # [L, H, n]
   ranges = scalar_ranges(config)
@@ -275,11 +321,13 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
   cls_maps = {}
   if config.has_cls_token:
     for name in ('cls_attention', 'to_cls'):
-      cls_maps[name] = (sums[name] / count).reshape(sums[name].shape[:-1] + (n, n))
+      cls_maps[name] = (sums[name] / count).reshape(sums[name].shape[:-1] + (gh, gw))
+  if 'pool_attention' in sums:  # [H, P] -> [H, h, w]
+    cls_maps['pool_attention'] = (sums['pool_attention'] / count).reshape(-1, gh, gw)
   return StrengthResult(
       images=count, offset_mean=offset_mean, offset_ratio=offset_mean * t,  # x uniform 1/T
       offset_pairs=pairs * count,
-      neighbourhood_share=np.cumsum(mass, -1) / (n * n * count),
+      neighbourhood_share=np.cumsum(mass, -1) / (gh * gw * count),
       mean_distance=sums['mean_distance'] / count, entropy=sums['entropy'] / count,
       self_share=sums['self_share'] / count,
       cls_share=sums['cls_share'] / count if config.has_cls_token else None,
@@ -316,7 +364,7 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   params = parallel.replicate(mesh, params)
   local_params = parallel.local_copy(params) if multi else params
   sums, count = {}, 0
-  maps, rollouts, map_index = [], [], []
+  maps, map_index = {}, []               # {field: [per-batch arrays]}
   qk = ([], [])                          # queries, keys of the first qk_images stored images
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
@@ -325,11 +373,13 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
     count += int(batch.valid.sum())
     rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
     if len(rows):
-      attention = attention_maps(local_params, config, batch.images[rows])  # [B, L, H, T, T]
-      maps.append(np.asarray(attention).astype(np.float16))                # kept as stored
-      rollouts.append(np.asarray(attention_rollout(attention)).astype(np.float16))
+      for name, value in _image_maps(local_params, config, batch.images[rows]).items():
+        maps.setdefault(name, []).append(value)
       map_index += batch.index[rows].tolist()
-      take = rows[:max(0, options.qk_images - sum(len(x) for x in qk[0]))]
+      # Queries and keys are read from this model's sown block inputs: none for an
+      # intercepted foreign model, whose view then shows no Q/K embedding.
+      qk_left = options.qk_images if model_lib.supports_prefix_reuse(config) else 0
+      take = rows[:max(0, qk_left - sum(len(x) for x in qk[0]))]
       if len(take):
         q, k = queries_keys(local_params, config, batch.images[take])
         qk[0].append(np.asarray(q)); qk[1].append(np.asarray(k))
@@ -343,7 +393,5 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
     q, k = np.concatenate(qk[0]), np.concatenate(qk[1])
     result = dataclasses.replace(result, qk_embedding=qk_embeddings(q, k),
                                  qk_images=np.arange(len(q), dtype=np.int32))
-  return dataclasses.replace(
-      result, map_image_index=np.asarray(map_index, np.int32),
-      map_attention=np.concatenate(maps),                                      # [M, L, H, T, T]
-      map_rollout=np.concatenate(rollouts))                                    # [M, L, T, T]
+  return dataclasses.replace(result, map_image_index=np.asarray(map_index, np.int32),
+                             **{name: np.concatenate(v) for name, v in maps.items()})

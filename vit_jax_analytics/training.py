@@ -150,10 +150,10 @@ def cost_forward_equivalents(params, config: ViTConfig, probe: Probe, options=No
   labels = jnp.zeros((b,), jnp.int32)
   forward = _flops(jax.jit(model_lib.apply, static_argnums=1).lower(params, config, images))
   parts = {'strength': _flops(strength.strength_batch.lower(params, config, images)),
-           'taylor': _flops(importance.taylor_batch.lower(params, config, images, labels))}
+           'taylor': _flops(importance.taylor_pool_batch.lower(params, config, images, labels))}
   if options.ablation or options.curves:
     # Every mask vmapped at once (no loop): XLA counts a loop body once, not per iteration.
-    parts['ablation'] = _flops(importance.ablation_batch.lower(
+    parts['ablation'] = _flops(importance.ablation_pool_batch.lower(
         params, config, images, labels, 1_000_000))
   return {k: v / max(forward, 1.) for k, v in parts.items()}
 

@@ -1,10 +1,13 @@
 // Images view: the stored images; clicking a patch overlays where it attends (selected head
-// or rollout) and shows that patch's attention in every head, as multiples of uniform.
+// or rollout) and shows that patch's attention in every head, as multiples of uniform. Grids
+// may be h × w; tokens before the patches (class token, registers) are skipped. For a model
+// pooled by a MAP head (no class token), with no patch selected the overlay is where the
+// model looks: the MAP head's attention (selected head) or the rollout started from it.
 
 import {frame, heatCanvas, legend, ratio} from './charts.js';
 import {array, getJSON, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
-import {fmt, headName, tokens} from './format.js';
+import {fmt, gridShape, headName, prefixTokens, tokens} from './format.js';
 import {changed, onSelect, select, state} from './state.js';
 
 const STAGE_PX = 336;
@@ -17,11 +20,13 @@ export async function renderImages(body, info) {
     body.append(el('p', {class: 'help empty-view'}, 'No stored attention maps. Run: vit-analytics strength ... --map-images N'));
     return;
   }
-  const cfg = meta.config, n = cfg.image_size / cfg.patch_size;
+  const cfg = meta.config, [gh, n] = gridShape(cfg);
   if (!(state.image < indices.length)) state.image = 0;
-  // cls: 1 when token 0 is the class token, so patch p is token p + cls.
-  const im = {meta, indices, cfg, n, cls: cfg.classifier === 'token' ? 1 : 0, T: tokens(cfg),
-              patch: STAGE_PX / n, result: null, key: null, thumbs: el('div', {class: 'thumbs'}),
+  // n: patches per row, gh: rows; cls: the tokens before the patches (class token,
+  // registers), so patch p is token p + cls.
+  const im = {meta, indices, cfg, n, gh, hasCls: cfg.classifier === 'token', cls: prefixTokens(cfg),
+              T: tokens(cfg), pool: cfg.classifier === 'map', poolResult: null,
+              patch: STAGE_PX / Math.max(gh, n), result: null, key: null, thumbs: el('div', {class: 'thumbs'}),
               main: el('div', {class: 'panel'}), heads: el('div', {class: 'panel'}),
               qkBox: el('div', {class: 'panel', id: 'qk-panel'}), qk: {},
               hasQK: 'strength/qk_embedding' in info.tags};
@@ -68,12 +73,29 @@ async function fetchQuery(im) {
   im.key = key;
 }
 
+// The MAP pooling head's attention [H, T] and the rollout from it [T] of the shown image.
+async function fetchPool(im) {
+  const image = state.image;
+  const [attention, rollout] = await Promise.all([
+      array(`strength/map_pool_attention/${image}`), array(`strength/map_pool_rollout/${image}`)]);
+  im.poolResult = {image, attention, rollout};
+}
+
 // The result, only if it belongs to the selected image and patch.
 const current = (im) => im.result && im.key === `${state.image}:${state.query}` ? im.result : null;
 
+// Without a selected patch, a MAP-pooled model's own view of the shown image (null if none
+// or not fetched yet: then it is fetched and the image redrawn).
+function currentPool(im) {
+  if (!im.pool || state.query != null) return null;
+  if ((im.poolResult || {}).image === state.image) return im.poolResult;
+  fetchPool(im).then(() => drawImage(im));
+  return null;
+}
+
 function overlayCanvas(im, weights, sc, alpha = 0.7) {
-  const {n, cls, patch, T} = im;
-  const c = el('canvas', {width: STAGE_PX, height: STAGE_PX, class: 'overlay'});
+  const {n, gh, cls, patch, T} = im;
+  const c = el('canvas', {width: n * patch, height: gh * patch, class: 'overlay'});
   if (!weights) return c;
   const ctx = c.getContext('2d');
   weights.slice(cls).forEach((w, p) => {
@@ -94,11 +116,15 @@ function drawImage(im) {
   hideTooltip();
   const {layer: l, head: h} = state;
   const {meta, indices, n} = im;
-  const result = current(im);
+  const result = current(im), pool = currentPool(im);
   for (const [i, t] of [...im.thumbs.querySelectorAll('.thumb')].entries()) t.classList.toggle('selected', i === state.image);
-  const weights = result ? (state.overlay === 'rollout' ? result.rollout[l] : result.attention[l][h]) : null;
+  let weights = result ? (state.overlay === 'rollout' ? result.rollout[l] : result.attention[l][h]) : null;
+  const poolHead = pool ? Math.min(h, pool.attention.length - 1) : 0;
+  if (pool) weights = state.overlay === 'rollout' ? pool.rollout : pool.attention[poolHead];
   const sc = weights ? ratio(weights.slice(im.cls).map((w) => w * im.T)) : null;
-  const label = state.query == null ? 'no patch selected' :
+  const label = pool ? (state.overlay === 'rollout' ? 'where the model looks: rollout from the MAP pooling head' :
+                        `where the model looks: MAP pooling head ${poolHead} (click a patch for its attention)`) :
+      state.query == null ? 'no patch selected' :
       `query patch (row ${Math.floor(state.query / n)}, col ${state.query % n}) · ` +
       (state.overlay === 'rollout' ? `rollout to layer ${l}` : `${headName(l, h)}`);
   const idx = indices[state.image];
@@ -115,16 +141,17 @@ function drawImage(im) {
 
 // The image with the attention overlay; a click picks the query patch.
 function imageStage(im, weights) {
-  const {n, patch} = im;
-  const stage = el('div', {class: 'stage', style: `width:${STAGE_PX}px;height:${STAGE_PX}px`},
-      el('img', {src: `./png?${q({tag: `strength/map_image/${state.image}`})}`, width: STAGE_PX,
-                 height: STAGE_PX, class: 'base'}),
+  const {n, gh, patch} = im;
+  const [width, height] = [n * patch, gh * patch];
+  const stage = el('div', {class: 'stage', style: `width:${width}px;height:${height}px`},
+      el('img', {src: `./png?${q({tag: `strength/map_image/${state.image}`})}`, width,
+                 height, class: 'base'}),
       overlayCanvas(im, weights, weights ? ratio(weights.slice(im.cls).map((w) => w * im.T)) : null));
   stage.id = 'image-stage';
   stage.addEventListener('click', async (e) => {
     const rect = stage.getBoundingClientRect();
     const k = Math.min(n - 1, Math.floor((e.clientX - rect.left) / patch));
-    const r = Math.min(n - 1, Math.floor((e.clientY - rect.top) / patch));
+    const r = Math.min(gh - 1, Math.floor((e.clientY - rect.top) / patch));
     state.query = r * n + k;
     await fetchQuery(im);
     drawImage(im);
@@ -136,11 +163,11 @@ function imageStage(im, weights) {
 
 // The query patch's attention as a small map per head (× uniform); a click selects that head.
 function headMultiples(im, result) {
-  const {cfg, n, cls, T} = im;
+  const {cfg, n, gh, cls, hasCls, T} = im;
   const {layer: l, head: h} = state;
   const maps = result.attention.map((layer) => layer.map((w) => {
     const m = [];
-    for (let r = 0; r < n; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n).map((v) => v * T));
+    for (let r = 0; r < gh; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n).map((v) => v * T));
     return m;
   }));
   const shared = ratio(maps);
@@ -148,12 +175,12 @@ function headMultiples(im, result) {
                           style: `grid-template-columns: repeat(${cfg.num_heads}, auto)`});
   maps.forEach((layer, li) => layer.forEach((m, hi) => {
     const sc = state.scaleMode === 'shared' ? shared : ratio(m);
-    const c = heatCanvas(m, sc, Math.max(3, Math.floor(48 / n)),
+    const c = heatCanvas(m, sc, Math.max(3, Math.floor(48 / Math.max(n, gh))),
                          {cls: 'offset-small' + (li === l && hi === h ? ' selected' : '')});
     c.addEventListener('click', () => select(li, hi));
     const w = result.attention[li][hi];
     grid.append(tip(c, `${headName(li, hi)}: max ${fmt(Math.max(...w.slice(cls)))} (${fmt(Math.max(...m.flat()))}× uniform)` +
-                       (cls ? `, to class token ${fmt(w[0])}` : '')));
+                       (hasCls ? `, to class token ${fmt(w[0])}` : '')));
   }));
   return el('div', {}, grid, state.scaleMode === 'shared' ? legend(shared, 220, 'multiples-image-legend')
       : el('p', {class: 'help', id: 'multiples-image-legend'}, 'Each map on its own log scale centred at 1× uniform.'));
@@ -175,7 +202,7 @@ async function drawQK(im) {
   im.qk[key] = im.qk[key] || array('strength/qk_embedding', {index: l, index2: h});
   const e = await im.qk[key];
   if (key !== `${state.layer},${state.head}`) return;
-  const {n, cls, T} = im;
+  const {n, gh, cls, T} = im;
   const size = 300;
   const xs = e.flat().map((p) => p[0]), ys = e.flat().map((p) => p[1]);
   const pad = (a) => { const lo = Math.min(...a), hi = Math.max(...a), d = (hi - lo) * 0.05 || 1; return [lo - d, hi + d]; };
@@ -186,7 +213,7 @@ async function drawQK(im) {
     if ((state.qkColour || 'role') === 'role') return role ? '#f28e2b' : '#4e79a7';
     if (t < cls) return '#212121';
     const p = t - cls, r = Math.floor(p / n), c = p % n;
-    return `hsl(${Math.round(300 * c / Math.max(1, n - 1))}, 70%, ${Math.round(30 + 45 * r / Math.max(1, n - 1))}%)`;
+    return `hsl(${Math.round(300 * c / Math.max(1, n - 1))}, 70%, ${Math.round(30 + 45 * r / Math.max(1, gh - 1))}%)`;
   };
   const later = [];
   for (let role = 0; role < 2; role++) {
@@ -197,7 +224,7 @@ async function drawQK(im) {
                                  class: 'qk-point' + (mine ? ' mine' : ' faded'), 'data-role': role,
                                  'data-image': im.qkImages[m], 'data-token': t,
                                  onclick: () => openToken(im, im.qkImages[m], t)});
-      tip(dot, `${role ? 'key' : 'query'} of ${t < cls ? 'the class token' : `patch (row ${Math.floor((t - cls) / n)}, col ${(t - cls) % n})`}` +
+      tip(dot, `${role ? 'key' : 'query'} of ${tokenName(im, t)}` +
                `, image ${im.meta.image_names[im.indices[im.qkImages[m]]]}; click to make it the query`);
       if (mine) later.push(dot); else s.append(dot);
       if (mine && role === 0 && state.query != null && t === state.query + cls) {
@@ -212,13 +239,20 @@ async function drawQK(im) {
       el('div', {}, s),
       (state.qkColour || 'role') === 'role'
           ? el('div', {class: 'keys'}, el('span', {style: 'color:#4e79a7'}, '● query '), el('span', {style: 'color:#f28e2b'}, '● key'))
-          : el('div', {class: 'keys help'}, 'hue = column (left → right), lightness = row (top dark → bottom light); black = class token'),
+          : el('div', {class: 'keys help'}, 'hue = column (left → right), lightness = row (top dark → bottom light); black = class token, registers'),
       el('p', {class: 'help'}, shown >= 0 ? `Strong: this image's ${T} tokens; faint: the other ${im.qkImages.length - 1} embedded images. Ringed: the selected query.`
           : `This image is not among the ${im.qkImages.length} embedded images; all are drawn faint.`));
 }
 
+// Token t in words: the class token, a register or a patch.
+function tokenName(im, t) {
+  const {n, cls, hasCls} = im;
+  if (t >= cls) return `patch (row ${Math.floor((t - cls) / n)}, col ${(t - cls) % n})`;
+  return hasCls && t === 0 ? 'the class token' : `register ${t - (hasCls ? 1 : 0)}`;
+}
+
 async function openToken(im, k, t) {
-  if (t < im.cls) return;     // the class token is not a patch of the image
+  if (t < im.cls) return;     // the class token and registers are not patches of the image
   if (state.image !== k) { state.image = k; im.result = null; im.key = null; }
   state.query = t - im.cls;
   await fetchQuery(im);

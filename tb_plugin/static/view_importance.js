@@ -9,14 +9,41 @@ import {changed, onMetric, onSelect, select, setMetric, state} from './state.js'
 
 const CURVE_PALETTE = ['#e15759', '#4e79a7', '#59a14f', '#f28e2b', '#b07aa1'];
 const PARTIAL_METRICS = [['loss', 'loss increase'], ['top1', 'top-1 drop'], ['kl', 'KL to unmasked (nats)']];
+// Under the embedding objective (no classifier) the metric slots keep their names but measure
+// the distortion of the pooled embedding (importance/meta 'definitions' says so in full).
+const EMBEDDING_LABELS = {
+  taylor: 'Taylor (embedding distortion)', taylor_normalized: 'Taylor (embedding, layer-normalised)',
+  ablation_loss: 'ablation: cosine distortion', ablation_kl: 'ablation: relative L2 distortion',
+  ablation_top1: 'ablation: top-1 (undefined)', ablation_top5: 'ablation: top-5 (undefined)',
+};
+// Curve and partial-pruning metrics [slot, label] under each objective.
+const CURVE_METRICS = {classification: [['top1', 'top-1 accuracy'], ['kl', 'KL'], ['loss', 'loss']],
+                       embedding: [['loss', 'cosine distortion'], ['kl', 'relative L2 distortion']]};
+const PARTIAL_EMBEDDING = [['loss', 'cosine distortion'], ['kl', 'relative L2 distortion']];
+const isEmbedding = (meta) => !!meta.objective && meta.objective.kind === 'embedding';
+const POOL_METRICS = ['taylor', 'ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'];
+
+// What importance was measured against, in one sentence for the summary.
+function objectiveText(meta) {
+  const o = meta.objective;
+  if (!o || o.kind === 'classification' && o.classes == null) return 'Measured against the model\'s own classifier.';
+  if (o.kind === 'classification') return `Measured against logits from the embedding and a class matrix (${o.source}, ${o.classes} classes).`;
+  return 'Measured against the pooled embedding (the model has no classifier): "loss" = cosine ' +
+         'distortion 1 − cos(e_masked, e), "KL" = relative L2 distortion |e_masked − e| / |e|; ' +
+         'top-1/top-5 are undefined.';
+}
 
 export async function renderImportance(body, info) {
   const imp = await loadImportance(info.tags);
   const {meta} = imp;
   const summary = el('p', {class: 'help'},
-      `${meta.images} images (${meta.labelled_images} labelled${meta.label_free ?
-        '; unlabelled images use the model\'s own prediction as target' : ''}). ` +
-      `Unmasked: top-1 ${fmt(meta.baseline.top1)}, loss ${fmt(meta.baseline.loss)}.`);
+      (isEmbedding(meta) ? `${meta.images} images. ` :
+       `${meta.images} images (${meta.labelled_images} labelled${meta.label_free ?
+        '; unlabelled images use the model\'s own prediction as target' : ''}). `) +
+      (meta.objective && meta.objective.kind === 'embedding' ? '' :
+       `Unmasked: top-1 ${fmt(meta.baseline.top1)}, loss ${fmt(meta.baseline.loss)}. `) +
+      objectiveText(meta));
+  summary.id = 'importance-summary';
   const gridBox = el('div', {class: 'panel'});
   const scatterBox = el('div', {class: 'panel'});
   const curveBox = el('div', {class: 'panel'});
@@ -38,7 +65,7 @@ export async function renderImportance(body, info) {
 function publish(imp) {
   const v = imp.values[state.metric] || imp.values.taylor;
   const flat = v.flat().filter((x) => Number.isFinite(x)).sort((a, b) => b - a);
-  Object.assign(state.data, {importance: imp.values, metricLabel: METRIC_LABELS[state.metric] || state.metric,
+  Object.assign(state.data, {importance: imp.values, metricLabel: imp.label(state.metric),
                              heads: imp.L * imp.H, rank: (l, h) => flat.indexOf(v[l][h]) + 1});
 }
 
@@ -51,14 +78,21 @@ async function loadImportance(tags) {
       arrays('importance', ['curve_counts', 'curve_top1', 'curve_kl', 'curve_loss']),
       arrays('importance', ['partial_heads', 'partial_loss', 'partial_top1', 'partial_kl'])]);
   if (!(state.metric in values)) state.metric = 'taylor';
+  // A MAP head's pooling heads ([H] per metric): a row of their own below the layers.
+  const poolNames = meta.pool_heads ? POOL_METRICS.filter((m) => `importance/pool_${m}` in tags) : [];
+  const poolArrays = poolNames.length ? await arrays('importance', poolNames.map((m) => `pool_${m}`)) : {};
+  const pool = Object.fromEntries(poolNames.map((m) => [m, poolArrays[`pool_${m}`]]));
+  const labels = meta.objective && meta.objective.kind === 'embedding' ? {...METRIC_LABELS, ...EMBEDDING_LABELS}
+                                                                        : METRIC_LABELS;
+  const label = (m) => labels[m] || m;
   let perImageTaylor = null;
   return {
-    meta, values,
+    meta, values, pool, label,
     curves: {counts: c.curve_counts, top1: c.curve_top1, kl: c.curve_kl, loss: c.curve_loss},
     partial: {heads: p.partial_heads, loss: p.partial_loss, top1: p.partial_top1,
               kl: p.partial_kl},
     L: values.taylor.length, H: values.taylor[0].length,
-    options: metrics.map((m) => [m, METRIC_LABELS[m] || m]),
+    options: metrics.map((m) => [m, label(m)]),
     // Large, and only the detail panel and the image overview need it: fetched once, on
     // first use; null when the run has no per-image importance.
     perImageTaylor: 'importance/per_image_taylor' in tags
@@ -70,12 +104,15 @@ function drawGrid(box, imp) {
   hideTooltip();
   const {values, L, H, options, meta} = imp;
   const v = values[state.metric];
-  const label = METRIC_LABELS[state.metric] || state.metric;
-  // Signed metrics (an ablation can help) on a diverging scale centred at 0.
-  const sc = autoScale(v, label);
+  const label = imp.label(state.metric);
+  const poolRow = imp.pool[state.metric] || null;
+  // Signed metrics (an ablation can help) on a diverging scale centred at 0; the pooling
+  // row on the same scale as the layers.
+  const sc = autoScale(poolRow ? [...v, poolRow] : v, label);
   const cell = Math.max(14, Math.min(34, Math.floor(300 / Math.max(L, H))));
-  const s = svg('svg', {width: H * cell + 40, height: L * cell + 30, id: 'importance-grid',
-                        'data-scale': sc.kind});
+  const poolY = 20 + L * cell + 8;
+  const s = svg('svg', {width: H * cell + 40, height: L * cell + 30 + (poolRow ? cell + 8 : 0),
+                        id: 'importance-grid', 'data-scale': sc.kind});
   for (let l = 0; l < L; l++) {
     s.append(svg('text', {x: 26, y: 20 + l * cell + cell / 2 + 4, 'text-anchor': 'end',
                           class: 'tick'}, `L${l}`));
@@ -86,7 +123,7 @@ function drawGrid(box, imp) {
                                                      ' selected' : ''),
                                 'data-layer': l, 'data-head': h,
                                 onclick: () => select(l, h)});
-      s.append(tip(rect, () => `${headName(l, h)} · ${METRIC_LABELS[state.metric] || state.metric}` +
+      s.append(tip(rect, () => `${headName(l, h)} · ${imp.label(state.metric)}` +
                    ` = ${fmt(values[state.metric][l][h])}`));
     }
   }
@@ -94,9 +131,20 @@ function drawGrid(box, imp) {
     s.append(svg('text', {x: 30 + h * cell + cell / 2, y: 14, 'text-anchor': 'middle',
                           class: 'tick'}, `H${h}`));
   }
+  if (poolRow) {
+    s.append(svg('text', {x: 26, y: poolY + cell / 2 + 4, 'text-anchor': 'end', class: 'tick'}, 'pool'));
+    poolRow.forEach((x, h) => s.append(tip(svg('rect', {
+        x: 30 + h * cell, y: poolY, width: cell - 1, height: cell - 1, fill: sc.colour(x),
+        class: 'imp-cell pool-cell', 'data-pool-head': h}),
+        () => `MAP pooling head ${h} (probe → tokens) · ${imp.label(state.metric)} = ${fmt(x)}`)));
+  }
+  const poolNote = Object.keys(imp.pool).length ? (poolRow
+      ? ' The "pool" row: the MAP head\'s pooling heads (masking one reruns only the pooling); they are not in the pruning curves or partial pruning.'
+      : ' (This metric has no pooling-head row.)') : '';
   box.replaceChildren(el('h3', {}, 'Importance of each layer × head'),
       dropdown(options, state.metric, (m) => setMetric(m), 'metric-select'),
-      el('p', {class: 'help definition', id: 'metric-definition'}, meta.definitions[state.metric] || ''),
+      el('p', {class: 'help definition', id: 'metric-definition'},
+         (meta.definitions[state.metric] || '') + (poolNote ? '.' + poolNote : '')),
       el('div', {}, s), legend(sc, 200, 'importance-legend'));
 }
 
@@ -104,8 +152,8 @@ function drawScatter(box, imp) {
   hideTooltip();
   const {values, L, H, options} = imp;
   const xs = values[state.scatterX].flat(), ys = values[state.scatterY].flat();
-  const f = frame(320, 250, extent(xs), extent(ys), METRIC_LABELS[state.scatterX],
-                  METRIC_LABELS[state.scatterY]);
+  const f = frame(320, 250, extent(xs), extent(ys), imp.label(state.scatterX),
+                  imp.label(state.scatterY));
   const s = svg('svg', {width: 320, height: 250, id: 'importance-scatter'}, f.g);
   const layerScale = sequential(0, Math.max(1, L - 1), 'layer');
   layerScale.ticks = [[0, 'L0'], [Math.max(1, L - 1), `L${L - 1}`]];
@@ -140,6 +188,8 @@ function drawCurves(box, imp) {
                                        loss: se.curve_loss_se}; drawCurves(box, imp); })
         .catch(() => {});
   }
+  const choices = CURVE_METRICS[isEmbedding(meta) ? 'embedding' : 'classification'];
+  if (!choices.some(([k]) => k === state.curveMetric)) state.curveMetric = choices[0][0];
   const m = state.curveMetric, rows = curves[m], counts = curves.counts;
   const se = imp.curveSe ? imp.curveSe[m] : null;
   const span = se ? extent(rows.flatMap((r, i) => r.flatMap((v, j) => {
@@ -147,7 +197,7 @@ function drawCurves(box, imp) {
     return [v - e, v + e];
   }))) : extent(rows);
   const f = frame(380, 240, [0, 100], span, '% of heads removed (least important first)',
-                  m === 'top1' ? 'top-1 accuracy' : m === 'kl' ? 'KL to unmasked (nats)' : 'loss');
+                  choices.find(([k]) => k === m)[1]);
   const s = svg('svg', {width: 380, height: 240, id: 'pruning-curves'}, f.g);
   const px = counts.map((c) => 100 * c / (L * H));
   const randomRows = meta.curve_orders.map((o, i) => o.startsWith('random') ? rows[i] : null)
@@ -174,7 +224,7 @@ function drawCurves(box, imp) {
         (se ? '; shaded: ±1.96 standard errors.' : '.')
       : `Means over all ${n} images` + (se ? '; shaded: ±1.96 standard errors.' : '.');
   box.replaceChildren(el('h3', {}, 'Pruning curves: metric orders against random'),
-      dropdown([['top1', 'top-1 accuracy'], ['kl', 'KL'], ['loss', 'loss']], m,
+      dropdown(choices, m,
                (v) => { state.curveMetric = v; drawCurves(box, imp); }), el('div', {}, s), keys,
       el('div', {class: 'note', id: 'curve-subset'}, note));
 }
@@ -228,6 +278,8 @@ function partialBars(imp, l, h, box) {
     return [el('p', {class: 'help'}, 'Partial pruning was not computed for this head ' +
                '(only for the most important ones; see --partial-heads).')];
   }
+  const choices = isEmbedding(meta) ? PARTIAL_EMBEDDING : PARTIAL_METRICS;
+  if (!choices.some(([k]) => k === state.partialMetric)) state.partialMetric = choices[0][0];
   const m = state.partialMetric;
   const whole = {loss: values.ablation_loss, top1: values.ablation_top1, kl: values.ablation_kl}[m][l][h];
   const bars = [{v: {name: 'whole head', description: 'the whole head masked out'}, x: whole},
@@ -235,7 +287,7 @@ function partialBars(imp, l, h, box) {
   const [lo, hi] = extent([bars.map((b) => b.x), 0]);
   const pad = (hi - lo) * 0.05 || 1e-6;
   const f = frame(400, 22 * bars.length + 44, [lo - pad, hi + pad], [0, bars.length],
-                  PARTIAL_METRICS.find((p) => p[0] === m)[1], '', {yTicks: [], margin: {l: 84, r: 60}});
+                  choices.find((p) => p[0] === m)[1], '', {yTicks: [], margin: {l: 84, r: 60}});
   const s = svg('svg', {width: 400, height: 22 * bars.length + 44, id: 'partial-bars', 'data-metric': m}, f.g);
   const x0 = f.x(0);
   s.append(svg('line', {x1: x0, x2: x0, y1: f.m.t, y2: f.y(0), class: 'zero-line'}));
@@ -252,9 +304,11 @@ function partialBars(imp, l, h, box) {
   const defs = el('dl', {class: 'variant-definitions', id: 'variant-definitions'},
                   bars.map((b) => [el('dt', {}, b.v.name), el('dd', {}, b.v.description)]));
   return [el('div', {class: 'controls'}, 'Change when only part of its attention is removed: ',
-             dropdown(PARTIAL_METRICS, m, (v) => { state.partialMetric = v; drawDetail(box, imp); },
+             dropdown(choices, m, (v) => { state.partialMetric = v; drawDetail(box, imp); },
                       'partial-metric')),
-          el('p', {class: 'help'}, 'Bars right of 0: removing that part hurts (loss up, top-1 down, predictions change); left: it helps.'),
+          el('p', {class: 'help'}, isEmbedding(meta)
+              ? 'Bars right of 0: removing that part distorts the embedding more.'
+              : 'Bars right of 0: removing that part hurts (loss up, top-1 down, predictions change); left: it helps.'),
           s, defs];
 }
 

@@ -7,7 +7,7 @@ import {CATEGORICAL, categoryKey, extent, frame, heatCanvas, legend, niceTicks, 
         sequential} from './charts.js';
 import {array, arrays, getJSON, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
-import {fmt, headName, tokens} from './format.js';
+import {fmt, gridShape, headName, tokens} from './format.js';
 import {onSelect, select, state} from './state.js';
 
 const SAMPLES_SHOWN = 6;
@@ -24,6 +24,7 @@ export async function renderPatterns(body, info) {
   const pt = {...a, ...samples, meta, info, g: map.length, c: map[0][0].length, L: density.length,
               H: density[0].length, n: (map[0][0].length + 1) / 2};
   pt.T = tokens(meta.config);
+  [pt.gh, pt.gw] = gridShape(meta.config);   // the patch grid of a plain sample map
   // Samples per cell, and per head and cell.
   const g = pt.g;
   pt.cellSamples = Array.from({length: g * g}, () => []);
@@ -172,24 +173,26 @@ async function drawCell(box, pt) {
   if (!state.cell || state.cell[0] !== r || state.cell[1] !== k) return;
   const names = pt.meta.image_names || [];
   const stored = state.storedImages || [];
-  const cell = Math.max(4, Math.floor(84 / pt.n));
+  const {gh, gw} = pt;
+  const cell = Math.max(4, Math.floor(84 / Math.max(gh, gw)));
   pick.forEach((s, j) => {
     const [image, l, h, query] = pt.sample_index[s];
     const m = maps[j].map((row) => row.map((v) => v * pt.T));
     const sc = ratio(m);
-    const stage = el('div', {class: 'sample-stage', style: `width:${pt.n * cell}px;height:${pt.n * cell}px`});
+    const stage = el('div', {class: 'sample-stage', style: `width:${gw * cell}px;height:${gh * cell}px`});
     const k2 = stored.indexOf(image);
     if (k2 >= 0) stage.append(el('img', {src: `./png?${q({tag: `strength/map_image/${k2}`})}`, class: 'base',
-                                          width: pt.n * cell, height: pt.n * cell}));
+                                          width: gw * cell, height: gh * cell}));
     const c = heatCanvas(m, sc, cell, {cls: 'overlay sample-map' + (k2 >= 0 ? ' translucent' : '')});
     const ctx = c.getContext('2d');
     ctx.strokeStyle = '#111'; ctx.lineWidth = 2;
-    ctx.strokeRect((query % pt.n) * cell + 1, Math.floor(query / pt.n) * cell + 1, cell - 2, cell - 2);
+    const [qr, qc] = [Math.floor(query / gw), query % gw];
+    ctx.strokeRect(qc * cell + 1, qr * cell + 1, cell - 2, cell - 2);
     stage.append(c);
     gallery.append(el('div', {class: 'sample', 'data-sample': s},
-        tip(stage, `${headName(l, h)}, image ${names[image] ?? image}, query patch (row ${Math.floor(query / pt.n)}, col ${query % pt.n}) outlined; × uniform, ${sc.ticks[0][1]} … ${sc.ticks[2][1]}`),
+        tip(stage, `${headName(l, h)}, image ${names[image] ?? image}, query patch (row ${qr}, col ${qc}) outlined; × uniform, ${sc.ticks[0][1]} … ${sc.ticks[2][1]}`),
         el('div', {class: 'caption'}, `${headName(l, h)} · ${names[image] ?? `image ${image}`}`),
-        el('div', {class: 'caption'}, `query (${Math.floor(query / pt.n)}, ${query % pt.n}) · peak ${fmt(Math.max(...m.flat()))}×`)));
+        el('div', {class: 'caption'}, `query (${qr}, ${qc}) · peak ${fmt(Math.max(...m.flat()))}×`)));
   });
 }
 

@@ -13,18 +13,20 @@ import {changed, onSelect, select, state} from './state.js';
 export async function renderStrength(body, info) {
   const names = ['offset_ratio', 'offset_mean', 'offset_pairs', 'neighbourhood_share',
                  'mean_distance', 'entropy', 'self_share'];
-  for (const k of ['cls_share', 'cls_attention', 'to_cls', 'mean_distance_quantiles',
-                   'entropy_quantiles']) {
+  for (const k of ['cls_share', 'cls_attention', 'to_cls', 'pool_attention',
+                   'mean_distance_quantiles', 'entropy_quantiles']) {
     if (`strength/${k}` in info.tags) names.push(k);
   }
   const [meta, a] = await Promise.all([getJSON(`./meta?${q({analysis: 'strength'})}`),
                                        arrays('strength', names)]);
   const {offset_ratio: ratioMaps} = a;
   const cfg = meta.config;
-  // span: offsets per axis (2n - 1 for an n × n patch grid); T tokens.
-  const st = {...a, meta, L: ratioMaps.length, H: ratioMaps[0].length, span: ratioMaps[0][0].length,
-              n: (ratioMaps[0][0].length + 1) / 2, T: tokens(cfg),
-              base: meta.baselines || null};
+  // spanY × spanX: offsets per axis (2h - 1 by 2w - 1 for an h × w patch grid); n: distances
+  // 0 … max(h, w) - 1 (Chebyshev); T tokens.
+  const spanY = ratioMaps[0][0].length, spanX = ratioMaps[0][0][0].length;
+  const st = {...a, meta, L: ratioMaps.length, H: ratioMaps[0].length, spanY, spanX,
+              span: Math.max(spanY, spanX), nY: (spanY + 1) / 2, nX: (spanX + 1) / 2,
+              n: a.neighbourhood_share[0][0].length, T: tokens(cfg), base: meta.baselines || null};
   st.scale = ratio(ratioMaps);
   Object.assign(state.data, {distance: a.mean_distance, entropy: a.entropy,
                              uniformDistance: st.base ? st.base.uniform.mean_distance : null});
@@ -80,36 +82,39 @@ function smallMultiples(st) {
 
 // The selected head's offset map, large, with dx/dy numbers and the query outlined.
 function drawOffsetFocus(focus, grid, st) {
-  const {offset_ratio: ratioMaps, offset_mean: mean, offset_pairs: pairs, span, n} = st;
+  const {offset_ratio: ratioMaps, offset_mean: mean, offset_pairs: pairs, span, spanY, spanX,
+         nY, nX} = st;
   const {layer: l, head: h} = state;
   const cell = Math.max(8, Math.floor(260 / span));
   const m = ratioMaps[l][h];
   const sc = mapScale(st, m);
-  const x0 = 52, y0 = 10;
-  const s = svg('svg', {width: span * cell + x0 + 10, height: span * cell + 64, id: 'offset-focus'});
-  for (let r = 0; r < span; r++) {
-    for (let k = 0; k < span; k++) {
+  const x0 = 52, y0 = 10, w = spanX * cell, hgt = spanY * cell;
+  const s = svg('svg', {width: Math.max(w, 230) + x0 + 10, height: hgt + 64, id: 'offset-focus'});
+  for (let r = 0; r < spanY; r++) {
+    for (let k = 0; k < spanX; k++) {
       s.append(tip(svg('rect', {x: x0 + k * cell, y: y0 + r * cell, width: cell, height: cell,
                                 fill: sc.colour(m[r][k]), class: 'offset-cell'}),
-          `offset (dy ${r - n + 1}, dx ${k - n + 1}): mean ${fmt(mean[l][h][r][k])} = ` +
+          `offset (dy ${r - nY + 1}, dx ${k - nX + 1}): mean ${fmt(mean[l][h][r][k])} = ` +
           `${fmt(m[r][k])} × uniform; ${pairs[r][k]} query-key pairs`));
     }
   }
   // Whole-patch offsets on both axes (a few, so that they stay legible).
-  for (const d of niceTicks(-(n - 1), n - 1, 6, true)) {
-    s.append(svg('text', {x: x0 + (d + n - 1 + 0.5) * cell, y: y0 + span * cell + 12,
-                          'text-anchor': 'middle', class: 'tick offset-tick'}, `${d}`),
-             svg('text', {x: x0 - 4, y: y0 + (d + n - 1 + 0.5) * cell + 3, 'text-anchor': 'end',
+  for (const d of niceTicks(-(nX - 1), nX - 1, 6, true)) {
+    s.append(svg('text', {x: x0 + (d + nX - 1 + 0.5) * cell, y: y0 + hgt + 12,
+                          'text-anchor': 'middle', class: 'tick offset-tick'}, `${d}`));
+  }
+  for (const d of niceTicks(-(nY - 1), nY - 1, 6, true)) {
+    s.append(svg('text', {x: x0 - 4, y: y0 + (d + nY - 1 + 0.5) * cell + 3, 'text-anchor': 'end',
                           class: 'tick offset-tick'}, `${d}`));
   }
-  s.append(svg('rect', {x: x0 + (n - 1) * cell, y: y0 + (n - 1) * cell, width: cell,
+  s.append(svg('rect', {x: x0 + (nX - 1) * cell, y: y0 + (nY - 1) * cell, width: cell,
                         height: cell, class: 'centre'}),
-           svg('text', {x: x0 + span * cell / 2, y: y0 + span * cell + 28, 'text-anchor': 'middle',
+           svg('text', {x: x0 + w / 2, y: y0 + hgt + 28, 'text-anchor': 'middle',
                         class: 'axis-label'}, 'dx = key − query column (→ key to the right)'),
-           svg('text', {x: x0 + span * cell / 2, y: y0 + span * cell + 44, 'text-anchor': 'middle',
+           svg('text', {x: x0 + w / 2, y: y0 + hgt + 44, 'text-anchor': 'middle',
                         class: 'axis-label'}, 'outlined: the query itself (dx = dy = 0)'),
-           svg('text', {x: 12, y: y0 + span * cell / 2, 'text-anchor': 'middle',
-                        transform: `rotate(-90 12 ${y0 + span * cell / 2})`, class: 'axis-label'},
+           svg('text', {x: 12, y: y0 + hgt / 2, 'text-anchor': 'middle',
+                        transform: `rotate(-90 12 ${y0 + hgt / 2})`, class: 'axis-label'},
                'dy = key − query row (↓ key below)'));
   focus.replaceChildren(el('h3', {}, `${headName(l, h)}: attention by offset`), s,
                         legend(sc, 220, 'focus-legend'));
@@ -248,15 +253,21 @@ function drawLocalityTable(box, st) {
   if (selected && !sortCol) selected.scrollIntoView({block: 'nearest'});
 }
 
-// The class token's attention to each patch, and each patch's attention to it (× uniform).
+// The class token's attention to each patch, and each patch's attention to it (× uniform);
+// without a class token, a MAP head's probe attention to each patch.
 function drawClassToken(box, st) {
-  const {cls_attention: fromCls, to_cls: toCls, n, T} = st;
+  const {cls_attention: fromCls, to_cls: toCls, pool_attention: pool, span} = st;
   const {layer: l, head: h} = state;
-  if (!fromCls || !toCls) {
-    box.replaceChildren(el('h3', {}, 'Class token'), el('p', {class: 'help'},
-        'This model has no class token (gap pooling): nothing to show.'));
+  if ((!fromCls || !toCls) && pool) {
+    drawPoolProbe(box, pool, h, span);
     return;
   }
+  if (!fromCls || !toCls) {
+    box.replaceChildren(el('h3', {}, 'Class token'), el('p', {class: 'help'},
+        `This model has no class token (${st.meta.config.classifier} pooling): nothing to show.`));
+    return;
+  }
+  const T = st.T, n = (span + 1) / 2;
   const times = (m) => m.map((row) => row.map((v) => v * T));
   const maps = [[times(fromCls[l][h]), 'class token → each patch', 'cls-attention'],
                 [times(toCls[l][h]), 'each patch → class token', 'to-cls']];
@@ -269,4 +280,21 @@ function drawClassToken(box, st) {
   });
   box.replaceChildren(el('h3', {}, `${headName(l, h)}: class-token attention (× uniform, mean over images)`),
                       el('div', {class: 'row tight'}, ...panels));
+}
+
+// The MAP head's probe → each patch, for the pooling head with the selected head's index
+// (× uniform over the patches, mean over images).
+function drawPoolProbe(box, pool, h, span) {
+  const P = pool[0].length * pool[0][0].length;
+  const head = Math.min(h, pool.length - 1);
+  const m = pool[head].map((row) => row.map((v) => v * P));
+  const sc = state.scaleMode === 'shared' ? ratio(pool.map((x) => x.map((r) => r.map((v) => v * P))))
+                                          : ratio(m);
+  const c = heatCanvas(m, sc, Math.max(4, Math.floor(280 / span)), {cls: 'cls-map'});
+  c.id = 'pool-attention';
+  box.replaceChildren(el('h3', {}, `Pooling (MAP) head ${head}: probe → each patch (× uniform, mean over images)`),
+      el('p', {class: 'help'}, 'This model pools with a MAP head: a learned probe attends to the ' +
+         'tokens. Its attention is where the pooled embedding looks; select a head to see that ' +
+         'pooling head.'),
+      tip(c, `pooling head ${head}: mean over images, × uniform (1/patches)`), legend(sc, 160));
 }

@@ -34,6 +34,21 @@ PER_IMAGE_MODEL = {
                       '(NaN if unreadable)',
     'per_image_prediction': "the unmasked model's top-1 class per image (-1 if unreadable)",
 }
+POOL = ('pool_taylor', 'pool_ablation_loss', 'pool_ablation_top1', 'pool_ablation_top5',
+        'pool_ablation_kl')
+
+
+def importance_definitions(objective) -> dict:
+  """IMPORTANCE_DEFINITIONS, reworded for the objective of the run (None: classification)."""
+  if not objective or objective.get('kind', 'classification') == 'classification' and (
+      objective.get('classes') is None):
+    return dict(IMPORTANCE_DEFINITIONS)
+  d = objective['definitions']
+  return {'taylor': d['taylor'], 'taylor_normalized': 'taylor, L2-normalised within each layer',
+          'ablation_loss': f"increase of the mean {d['loss']} when only this head is masked out",
+          'ablation_top1': f"drop of {d['top1']} when only this head is masked out",
+          'ablation_top5': f"drop of {d['top5']} when only this head is masked out",
+          'ablation_kl': f"mean {d['kl']} when only this head is masked out"}
 
 
 def _array(data, *args):
@@ -41,8 +56,10 @@ def _array(data, *args):
 
 
 def importance_values(r: ImportanceResult, meta: dict) -> dict:
+  definitions = importance_definitions(r.objective)
   values = {'meta': Value.json({
-      **meta, 'definitions': IMPORTANCE_DEFINITIONS, 'baseline': dataclasses.asdict(r.baseline),
+      **meta, 'definitions': definitions, 'objective': r.objective,
+      'pool_heads': r.pool_taylor is not None, 'baseline': dataclasses.asdict(r.baseline),
       'images': r.images, 'labelled_images': r.labelled_images, 'label_free': r.label_free,
       'curve_orders': list(r.curve_orders),
       'partial_variants': [{'name': n, 'description': d} for n, d in r.partial_variants],
@@ -50,8 +67,12 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
       'subset_baseline': (dataclasses.asdict(r.subset_baseline)
                           if r.subset_baseline is not None else None),
   })}
-  for name, description in IMPORTANCE_DEFINITIONS.items():
+  for name, description in definitions.items():
     values[name] = _array(getattr(r, name), LH, description)
+  for name in POOL:  # the MAP head's heads: the pooling row
+    if getattr(r, name) is not None:
+      values[name] = Value.array(getattr(r, name), ('head',),
+                                 f"{definitions[name[len('pool_'):]]} (MAP pooling head)")
   values['curve_counts'] = _array(r.curve_counts, ('point',),
                                   'heads removed at each point of the pruning curves')
   for m in METRICS:
@@ -100,7 +121,8 @@ def importance_from(tags: dict) -> ImportanceResult:
                        else None),
       **{f'{kind}_{m}_se': get(f'{kind}_{m}_se') for kind in ('curve', 'partial')
          for m in METRICS},
-      **{k: get(k) for k in PER_IMAGE_MODEL})
+      **{k: get(k) for k in PER_IMAGE_MODEL},
+      objective=meta.get('objective'), **{k: get(k) for k in POOL})
 
 
 # --- strength --------------------------------------------------------------------------------
@@ -120,11 +142,15 @@ STRENGTH_DEFINITIONS = {
     'cls_share': 'attention of a query patch to the class token, mean over queries and images',
     'cls_attention': "the class token's attention to each patch, mean over images",
     'to_cls': "each patch's attention to the class token, mean over images",
+    'pool_attention': "the MAP pooling head's attention (its learned probe, per head) to "
+                      'each patch, mean over images: where a model without a class token '
+                      'looks',
 }
 _STRENGTH_AXES = {
     'offset_mean': ('layer', 'head', 'dy', 'dx'), 'offset_ratio': ('layer', 'head', 'dy', 'dx'),
     'offset_pairs': ('dy', 'dx'), 'neighbourhood_share': ('layer', 'head', 'distance'),
     'cls_attention': ('layer', 'head', 'row', 'col'), 'to_cls': ('layer', 'head', 'row', 'col'),
+    'pool_attention': ('head', 'row', 'col'),
 }
 
 
@@ -147,6 +173,11 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
     values[f'map_attention/{k}'] = Value.array(r.map_attention[k],
                                                ('layer', 'head', 'query', 'key'))
     values[f'map_rollout/{k}'] = Value.array(r.map_rollout[k], ('layer', 'query', 'key'))
+    if r.map_pool_attention is not None:
+      values[f'map_pool_attention/{k}'] = Value.array(
+          r.map_pool_attention[k], ('head', 'key'), "the MAP pooling head's attention")
+      values[f'map_pool_rollout/{k}'] = Value.array(
+          r.map_pool_rollout[k], ('key',), 'rollout started from the MAP pooling head')
   for k, image in enumerate(map_images):
     values[f'map_image/{k}'] = Value.png(image)
   if r.qk_embedding is not None:
@@ -173,7 +204,10 @@ def strength_from(tags: dict) -> StrengthResult:
       map_image_index=np.asarray(meta['map_image_index'], np.int32),
       baselines=meta.get('baselines'), qk_embedding=get('qk_embedding'),
       qk_images=get('qk_images'),
-      map_attention=stack('map_attention'), map_rollout=stack('map_rollout'))
+      map_attention=stack('map_attention'), map_rollout=stack('map_rollout'),
+      **({'map_pool_attention': stack('map_pool_attention'),
+          'map_pool_rollout': stack('map_pool_rollout')}
+         if maps and get('map_pool_attention/0') is not None else {}))
 
 
 # --- patterns --------------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""timm VisionTransformer state dicts loaded without torch, against timm's forward (float64).
+
+timm imports torchvision at import time (for data transforms only); torchvision is not
+installed here, so a stand-in module answers those imports. timm itself is installed with
+`pip install --no-deps timm` (the Makefile's test install line)."""
+
+import enum
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+
+
+class _StandIn(types.ModuleType):
+  def __getattr__(self, name):
+    if name.startswith('__'):
+      raise AttributeError(name)
+    if name == 'InterpolationMode':
+      return enum.Enum('InterpolationMode',
+                       'NEAREST BILINEAR BICUBIC BOX HAMMING LANCZOS NEAREST_EXACT')
+    return type(name, (), {'__init__': lambda self, *a, **k: None})
+
+
+class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+  def find_spec(self, name, path, target=None):
+    if name == 'torchvision' or name.startswith('torchvision.'):
+      return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    return None
+
+  def create_module(self, spec):
+    m = _StandIn(spec.name)
+    m.__path__, m.__version__ = [], '0.0'
+    return m
+
+  def exec_module(self, module):
+    pass
+
+
+def _import_timm():
+  try:
+    import torchvision  # noqa: F401
+  except ImportError:
+    sys.meta_path.insert(0, _TorchvisionStandIn())
+  return pytest.importorskip('timm')
+
+
+timm = _import_timm()
+
+import jax  # noqa: E402
+
+from vit_jax_analytics import checkpoints, model as model_lib  # noqa: E402
+
+VARIANTS = {
+    'plain': dict(),
+    'layer_scale_registers': dict(init_values=0.5, reg_tokens=2),
+    'no_embed_class': dict(no_embed_class=True, reg_tokens=1, init_values=0.3),
+    'gap_pre_norm': dict(class_token=False, global_pool='avg', fc_norm=False, pre_norm=True),
+}
+
+
+def _timm_model(kw):
+  torch.manual_seed(0)
+  timm.layers.set_fused_attn(False)
+  return timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=28, patch_size=7,
+                           embed_dim=128, depth=2, num_heads=2, num_classes=5, **kw).double().eval()
+
+
+def _attention(m, x):
+  captured = []
+  hooks = [b.attn.attn_drop.register_forward_hook(lambda mod, i, o: captured.append(o))
+           for b in m.blocks]
+  with torch.no_grad():
+    out = m(torch.tensor(x)).numpy()
+  for h in hooks:
+    h.remove()
+  return out, [a.numpy() for a in captured]
+
+
+@pytest.mark.parametrize('variant', list(VARIANTS))
+def test_timm_state_dict_matches_timm(variant, tmp_path):
+  from safetensors.numpy import save_file
+  m = _timm_model(VARIANTS[variant])
+  path = tmp_path / 'model.safetensors'
+  save_file({k: v.float().numpy() for k, v in m.state_dict().items()}, str(path))
+  params, config, source = checkpoints.load_with_source(path)
+  assert source['family'] == 'ViT (timm)' and not source['ignored']
+  for size in (28, 42):
+    x = np.random.default_rng(1).normal(size=(2, 3, size, size))
+    if size != 28:
+      m = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=size,
+                            patch_size=7, embed_dim=128, depth=2, num_heads=2, num_classes=5,
+                            **VARIANTS[variant]).double().eval()
+      sd = {k: torch.tensor(v) for k, v in
+            __import__('safetensors.numpy').numpy.load_file(str(path)).items()}
+      sd = timm.models.vision_transformer.checkpoint_filter_fn(sd, m)
+      m.load_state_dict(sd)
+      params, config = checkpoints.load_checkpoint(path, image_size=size)
+    ref, ref_att = _attention(m, x)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    with jax.enable_x64(True):
+      out, att = model_lib.apply(p, config, x.transpose(0, 2, 3, 1), return_attention=True)
+    rel = lambda a, b: np.abs(np.asarray(a) - b).max() / np.abs(b).max()
+    assert rel(out, ref) <= 1e-4, (size, rel(out, ref))
+    for layer, a in enumerate(ref_att):
+      assert rel(att[:, layer], a) <= 1e-4

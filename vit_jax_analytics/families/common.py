@@ -1,0 +1,93 @@
+"""Fix-ups shared by the family mappers: PyTorch linear layouts -> vit_jax kernels, LayerScale
+folding, distillation tokens as registers."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from vit_jax_analytics.model import ViTConfig
+
+ATTN = 'MultiHeadDotProductAttention_1'
+
+
+class Mapped(NamedTuple):
+  """What a family mapper returns: flat vit_jax-layout params, the config, and a description
+  ({'family', 'format', 'posemb_resize', 'ignored': [...], ...}) for `vit-analytics info`."""
+  flat: dict
+  config: ViTConfig
+  source: dict
+
+
+def f32(a) -> np.ndarray:
+  return np.asarray(a, np.float32)
+
+
+def block(i: int) -> str:
+  return f'Transformer/encoderblock_{i}'
+
+
+def put_linear(out: dict, key: str, weight, bias, in_out: bool = False) -> None:
+  """A torch Linear (weight [out, in], or [in, out] when in_out) as a Dense kernel/bias."""
+  w = f32(weight)
+  w = w if in_out else w.T
+  out[f'{key}/kernel'] = w
+  out[f'{key}/bias'] = f32(bias) if bias is not None else np.zeros(w.shape[1], np.float32)
+
+
+def put_attention(out: dict, i: int, heads: int, q, k, v, o, in_out: bool = False) -> None:
+  """q, k, v, o: (weight, bias) pairs of torch Linears (weight [out, in] unless in_out)."""
+  base = f'{block(i)}/{ATTN}'
+  for name, (w, b) in (('query', q), ('key', k), ('value', v)):
+    w = f32(w) if in_out else f32(w).T          # [D_in, D]
+    d_in, d = w.shape
+    out[f'{base}/{name}/kernel'] = w.reshape(d_in, heads, d // heads)
+    b = np.zeros(d, np.float32) if b is None else f32(b)
+    out[f'{base}/{name}/bias'] = b.reshape(heads, d // heads)
+  w, b = o
+  w = f32(w) if in_out else f32(w).T            # [D, D_out]
+  d, d_out = w.shape
+  out[f'{base}/out/kernel'] = w.reshape(heads, d // heads, d_out)
+  out[f'{base}/out/bias'] = np.zeros(d_out, np.float32) if b is None else f32(b)
+
+
+def put_norm(out: dict, key: str, weight, bias) -> None:
+  out[f'{key}/scale'] = f32(weight)
+  out[f'{key}/bias'] = f32(bias)
+
+
+def fold_layer_scale(out: dict, i: int, ls1=None, ls2=None) -> None:
+  """LayerScale (x + ls * f(x)) folded into the last linear of f: `out` of the attention
+  (ls1) and `Dense_1` of the MLP (ls2). Exact in real arithmetic; it keeps the sown
+  `heads`/`post_attention` intermediates (and so the ablation scan's prefix reuse) exact."""
+  if ls1 is not None:
+    s = f32(ls1)
+    out[f'{block(i)}/{ATTN}/out/kernel'] = out[f'{block(i)}/{ATTN}/out/kernel'] * s
+    out[f'{block(i)}/{ATTN}/out/bias'] = out[f'{block(i)}/{ATTN}/out/bias'] * s
+  if ls2 is not None:
+    s = f32(ls2)
+    out[f'{block(i)}/MlpBlock_3/Dense_1/kernel'] = out[f'{block(i)}/MlpBlock_3/Dense_1/kernel'] * s
+    out[f'{block(i)}/MlpBlock_3/Dense_1/bias'] = out[f'{block(i)}/MlpBlock_3/Dense_1/bias'] * s
+
+
+def patch_kernel(weight, bias=None) -> tuple:
+  """torch Conv2d weight [D, 3, p, p] -> flax [p, p, 3, D]; a missing bias (CLIP) is zero."""
+  w = f32(weight)
+  if w.ndim != 4:
+    raise ValueError(f'patch embedding weight has shape {w.shape}; expected [D, 3, p, p]')
+  k = w.transpose(2, 3, 1, 0)
+  return k, (np.zeros(w.shape[0], np.float32) if bias is None else f32(bias))
+
+
+def activation_of(name: Optional[str]) -> str:
+  """A transformers/timm activation name -> model.ACTIVATIONS."""
+  name = (name or 'gelu').lower()
+  if name in ('gelu', 'gelu_python', 'nn.gelu', 'erf'):
+    return 'gelu'
+  if name in ('gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'gelu_tanh', 'tanh'):
+    return 'gelu_tanh'
+  if name in ('quick_gelu', 'quickgelu'):
+    return 'quick_gelu'
+  raise ValueError(f'activation {name!r} is not supported; expected gelu, gelu_pytorch_tanh '
+                   f'or quick_gelu')

@@ -1,0 +1,95 @@
+"""Position-embedding resampling the way each source model does it.
+
+* 'bilinear' — vit_jax / big_vision (corners to corners; `checkpoints.resize_position_embedding`).
+* 'bicubic' — `torch.nn.functional.interpolate(mode='bicubic', align_corners=False)`: the
+  Keys cubic kernel with a = -0.75, half-pixel centres, taps beyond the border clamped to the
+  edge. Used by Hugging Face ViT, DeiT, CLIP and Dinov2 (`interpolate_pos_encoding`, by
+  target size), and identical to ONNX `Resize` (mode=cubic, cubic_coeff_a=-0.75,
+  coordinate_transformation_mode=half_pixel, exclude_outside=0) that their exports contain.
+* 'bicubic_antialias' — the same call with `antialias=True` (PIL's filter: a = -0.5, support
+  widened by the downscaling factor, weights renormalised over the taps inside the image).
+  Used by Hugging Face Dinov2WithRegisters and timm (`resample_abs_pos_embed`).
+
+The original facebookresearch/dinov2 code interpolates by `scale_factor` with a +0.1 offset;
+the Hugging Face ports (and their exports) interpolate to the exact size, which is what is
+implemented here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ('bilinear', 'bicubic', 'bicubic_antialias')
+
+
+def _cubic(x, a):
+  x = np.abs(x)
+  return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                  np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.))
+
+
+def _linear_matrix(old: int, new: int) -> np.ndarray:
+  """[new, old] weights of a corner-aligned linear resize of one axis."""
+  w = np.zeros((new, old))
+  coords = np.arange(new) * ((old - 1) / (new - 1)) if new > 1 else np.zeros(1)
+  lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
+  hi = np.minimum(lo + 1, old - 1)
+  frac = coords - lo
+  np.add.at(w, (np.arange(new), lo), 1 - frac)
+  np.add.at(w, (np.arange(new), hi), frac)
+  return w
+
+
+def cubic_matrix(old: int, new: int, a: float = -0.75, antialias: bool = False) -> np.ndarray:
+  """[new, old] float64 weights of one axis of a bicubic resize."""
+  scale = old / new
+  w = np.zeros((new, old))
+  if not antialias:
+    for i in range(new):
+      src = (i + 0.5) * scale - 0.5
+      x0 = int(np.floor(src))
+      t = src - x0
+      for k in range(-1, 3):
+        w[i, min(max(x0 + k, 0), old - 1)] += _cubic(k - t, a)
+    return w
+  support = 2.0 * max(scale, 1.0)
+  inv = 1.0 / max(scale, 1.0)
+  for i in range(new):
+    centre = scale * (i + 0.5)
+    lo = max(int(centre - support + 0.5), 0)
+    hi = min(int(centre + support + 0.5), old)
+    j = np.arange(lo, hi)
+    taps = _cubic((j - centre + 0.5) * inv, a)
+    total = taps.sum()
+    w[i, lo:hi] = taps / total if total else taps
+  return w
+
+
+def resize_grid(grid: np.ndarray, new_hw, method: str = 'bicubic', a: float = None) -> np.ndarray:
+  """grid [h, w, D] -> [new_h, new_w, D] (float32), resampled as `method` (see METHODS)."""
+  if method not in METHODS:
+    raise ValueError(f'position-embedding resize: expected one of {METHODS}, got {method!r}')
+  h, w, _ = grid.shape
+  nh, nw = (int(v) for v in new_hw)
+  if (h, w) == (nh, nw):
+    return np.asarray(grid, np.float32)
+  if method == 'bilinear':  # corners to corners (checkpoints.resize_position_embedding)
+    out = np.einsum('ih,jw,hwd->ijd', _linear_matrix(h, nh), _linear_matrix(w, nw),
+                    np.asarray(grid, np.float64))
+    return out.astype(np.float32)
+  antialias = method == 'bicubic_antialias'
+  coeff = (-0.5 if antialias else -0.75) if a is None else a
+  rows = cubic_matrix(h, nh, coeff, antialias)
+  cols = cubic_matrix(w, nw, coeff, antialias)
+  out = np.einsum('ih,jw,hwd->ijd', rows, cols, np.asarray(grid, np.float64))
+  return out.astype(np.float32)
+
+
+def resize_posemb(posemb: np.ndarray, prefix: int, old_hw, new_hw, method: str) -> np.ndarray:
+  """[1, prefix + h*w, D] -> [1, prefix + nh*nw, D]: the first `prefix` entries (class /
+  distillation token) kept, the patch grid resampled."""
+  posemb = np.asarray(posemb, np.float32)
+  d = posemb.shape[-1]
+  grid = posemb[0, prefix:].reshape(*old_hw, d)
+  grid = resize_grid(grid, new_hw, method)
+  return np.concatenate([posemb[:, :prefix], grid.reshape(1, -1, d)], axis=1)

@@ -3,6 +3,13 @@
 import pytest
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _compile_cache_in_a_temporary_directory(tmp_path_factory):
+  """The CLI keeps compiled programs in $XDG_CACHE_HOME: not the user's, in tests."""
+  import os
+  os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('xdg_cache'))
+
+
 @pytest.fixture(scope='session')
 def analysis_logdir(tmp_path_factory):
   """A logdir written by the real analysis (importance, strength, patterns) of a tiny

@@ -32,6 +32,7 @@ from vit_jax_analytics.logdir import metadata
 
 STATIC = Path(__file__).parent / 'static'
 MAX_ARRAY_ELEMENTS = 4_000_000   # larger arrays are served only sliced (index=...)
+MAX_STEPS = 100_000  # steps of a tag read at once (all of them: the step is chosen here)
 CACHE_BYTES = 512 * 2 ** 20
 LISTING_TTL = 1.0
 METHODS = ('GET', 'HEAD')
@@ -204,6 +205,8 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
         '/array': self._serve_array,
         '/png': self._serve_png,
         '/attention': self._serve_attention,
+        '/steps': self._serve_steps,
+        '/series': self._serve_series,
     }
 
   # --- data access -------------------------------------------------------------------------
@@ -249,20 +252,24 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     return tags[run][tag]
 
   def _value(self, request, run, tag, kind, mismatch=400):
-    """The decoded value of (run, tag), which must be of `kind` (else status `mismatch`):
-    numpy array, parsed JSON, or PNG bytes. A stored value that does not hold what its
-    kind promises is 422, and that answer is cached like a value."""
+    """The decoded value of (run, tag) at the request's `step` (default: the latest),
+    which must be of `kind` (else status `mismatch`): numpy array, parsed JSON, or PNG
+    bytes. A stored value that does not hold what its kind promises is 422, and that
+    answer is cached like a value."""
     info = self._check(request, run, tag)
     if info['kind'] != kind:
       raise BadRequest(f'tag {_show(tag)} is not {WHAT[kind]} (kind {info["kind"]!r})',
                        mismatch)
-    key = (run, tag, info['wall_time'])  # a re-written analysis has a new wall time
+    step = _integer(request, 'step')
+    if step is not None and step < 0:
+      raise BadRequest(f'parameter "step" must be >= 0, got {step}')
+    key = (run, tag, step, info['wall_time'])  # a re-written analysis has a new wall time
     with self._lock:
       cached = self._cache.get(key)
       if cached is not None:
         self._cache.move_to_end(key)
     if cached is None:
-      cached = self._read(request, run, tag, kind)
+      cached = self._read(request, run, tag, kind, step)
       with self._lock:
         if key not in self._cache:
           self._cache[key] = cached
@@ -274,21 +281,37 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
       raise BadRequest(value.message, value.code)
     return info, value
 
-  def _read(self, request, run, tag, kind):
-    """(decoded value or _Failure, its size in bytes) of (run, tag), from the provider."""
+  def _series(self, request, run, tag):
+    """[(step, datum)] of (run, tag), one per step (a step written twice: the newer)."""
     ctx, eid = self._ctx(request)
+    data = self._provider.read_tensors(
+        ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, downsample=MAX_STEPS,
+        run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
+    by_step = {}
+    for datum in data.get(run, {}).get(tag) or ():
+      if datum.step not in by_step or datum.wall_time >= by_step[datum.step].wall_time:
+        by_step[datum.step] = datum
+    return sorted(by_step.items())
+
+  def _read(self, request, run, tag, kind, step=None):
+    """(decoded value or _Failure, its size in bytes) of (run, tag) at `step` (None: the
+    latest), from the provider."""
     try:
-      data = self._provider.read_tensors(
-          ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, downsample=1,
-          run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
+      series = self._series(request, run, tag)
     except Exception:  # a tensor proto that does not decode (bad dtype, size, shape)
       logger.warning('%s: cannot read %r of run %r', metadata.PLUGIN_NAME, tag, run,
                      exc_info=True)
       return _Failure(f'tag {_show(tag)} cannot be decoded', 422), 0
-    datum = data.get(run, {}).get(tag)
-    if not datum:
+    if not series:
       raise BadRequest(f'no data for {_show(tag)} in run {_show(run)}', 404)
-    arr = datum[-1].numpy
+    if step is None:
+      datum = series[-1][1]
+    else:
+      datum = dict(series).get(step)
+      if datum is None:
+        raise BadRequest(f'no step {step} of {_show(tag)} in run {_show(run)} (steps '
+                         f'{[s for s, _ in series][:20]})', 404)
+    arr = datum.numpy
     try:
       value = _decode(tag, kind, arr)
     except BadRequest as e:
@@ -382,3 +405,49 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     _in_range('query', query, attention.shape[2])
     return _json(request, {'attention': pack(attention[:, :, query]),
                            'rollout': pack(rollout[:, query])})
+
+  @_route
+  def _serve_steps(self, request):
+    """{analysis: [steps]} of a run: the steps at which each analysis was written."""
+    run = _param(request, 'run')
+    tags = self._tags(request)
+    if not run or run not in tags:
+      raise BadRequest(f'unknown run {_show(run)}', 404)
+    out = {}
+    for analysis in metadata.ANALYSES:
+      tag = f'{analysis}/meta'
+      if tag in tags[run]:
+        out[analysis] = [int(s) for s, _ in self._series(request, run, tag)]
+    return _json(request, {'steps': out})
+
+  @_route
+  def _serve_series(self, request):
+    """One [layer, head] array tag at every step: {steps, values: packed [step, layer,
+    head]} (the over-training view); steps where it is missing are left out."""
+    run, tag = _param(request, 'run'), _param(request, 'tag')
+    info = self._check(request, run, tag)
+    if info['kind'] != 'array' or list(info.get('axes') or []) != ['layer', 'head']:
+      raise BadRequest(f'tag {_show(tag)} is not a [layer, head] array', 400)
+    steps, values = [], []
+    for step, datum in self._series(request, run, tag):
+      arr = _decode(tag, 'array', datum.numpy)
+      if values and arr.shape != values[0].shape:
+        raise BadRequest(f'tag {_show(tag)} changes shape across steps', 422)
+      steps.append(int(step))
+      values.append(arr)
+    return _json(request, {'steps': steps, 'axes': ['step', 'layer', 'head'],
+                           **pack(np.stack(values) if values else np.zeros((0, 0, 0)))})
+
+
+class VitAnalyticsLoader(base_plugin.TBLoader):
+  """Loads the plugin and keeps every step of its values: TensorBoard keeps 10 samples
+  per tag of a plugin by default, so without this a run logged at more steps would lose
+  some. An explicit --samples_per_plugin=vit_analytics=N is left as given."""
+
+  def fix_flags(self, flags):
+    samples = getattr(flags, 'samples_per_plugin', None)
+    if isinstance(samples, dict):
+      samples.setdefault(metadata.PLUGIN_NAME, 0)  # 0: keep all
+
+  def load(self, context):
+    return VitAnalyticsPlugin(context)

@@ -127,6 +127,53 @@ def test_class_matrix_is_a_classifier_on_the_embedding(setup):
     importance.classes_objective(MAPCFG, classes[:, :5])
 
 
+
+@pytest.mark.parametrize('kind', ['embedding', 'classes'])
+def test_stage1_batch_shares_the_taylor_forward_with_a_map_head(setup, kind):
+  """Stage 1 in one forward + backward (the ablation scan starting from the Taylor pass's
+  intermediates) gives what taylor_pool_batch and ablation_pool_batch give, the pooling row
+  included, under both objectives."""
+  params, images, _ = setup
+  classes = np.random.default_rng(5).normal(0, 1, (6, MAPCFG.embedding_size))
+  obj = (importance.Objective('embedding', taylor_probes=2) if kind == 'embedding' else
+         importance.classes_objective(MAPCFG, classes))
+  x, labels, index = jnp.asarray(images), jnp.array([1, -1, 4]), jnp.arange(3)
+  grads, pool_grads, blocks, pool, out = importance.stage1_batch(params, MAPCFG, x, labels, 2,
+                                                                 obj, index)
+  ref_grads, ref_pool_grads, ref_out = importance.taylor_pool_batch(params, MAPCFG, x, labels,
+                                                                    obj, index)
+  ref_blocks, ref_pool, _ = importance.ablation_pool_batch(params, MAPCFG, x, labels, 2, obj)
+  np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(grads, ref_grads, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(pool_grads, ref_pool_grads, rtol=1e-5, atol=1e-7)
+  for m in importance.ABLATION_METRICS:
+    np.testing.assert_allclose(blocks[m], ref_blocks[m], rtol=1e-4, atol=1e-6, err_msg=m)
+    np.testing.assert_allclose(pool[m], ref_pool[m], rtol=1e-4, atol=1e-6, err_msg=m)
+
+
+def test_stage2_prefix_reuse_with_registers_and_a_map_head(setup):
+  """Curve masks and partial pruning through the suffix graph equal plain forwards under
+  the embedding objective, on the rectangular grid with registers."""
+  params, images, full = setup
+  obj = importance.default_objective(MAPCFG)
+  x, labels = jnp.asarray(images), jnp.full(3, -1)
+  masks = np.ones((2, MAPCFG.num_layers, MAPCFG.num_heads), np.float32)
+  masks[0, 0, 1] = masks[0, 1, 3] = 0.
+  masks[1, 1, :2] = 0.
+  curves = importance.curves_batch(params, MAPCFG, x, labels, jnp.asarray(masks),
+                                   importance.first_masked_layers(masks), 2, obj)
+  keeps = jnp.asarray(np.stack([v.keep for v in importance.partial_variants(MAPCFG, (1,))]))
+  heads, layers = jnp.array([1, 6]), (0, 1)
+  args = (params, MAPCFG, x, labels, heads, keeps, False)
+  got = importance.partial_batch(*args, jnp.asarray(layers), 2, obj)
+  ref = importance.partial_batch_plain(*args, layers, 2, obj)
+  for m in ('loss', 'kl'):
+    np.testing.assert_allclose(got[m], ref[m], rtol=1e-4, atol=1e-6, err_msg=m)
+    for i, mask in enumerate(masks):
+      want = distortion(model_lib.apply(params, MAPCFG, images, head_mask=mask), full)[m]
+      np.testing.assert_allclose(curves[m][i], want, rtol=1e-4, atol=1e-6, err_msg=m)
+  assert np.asarray(got['kl']).max() > 1e-4
+
 def planted_map_model():
   """A hand-built MAP-pooled model with 2 registers and 2 encoder layers of 2 heads, whose
   answers are known: every encoder head has a zero `out` projection (removing it changes

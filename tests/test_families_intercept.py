@@ -86,7 +86,9 @@ def test_analyse_equals_native_compute():
   for name, (ref, res) in {'importance': (ref_imp, got['importance']),
                            'strength': (ref_str, got['strength'])}.items():
     ref_arrays, got_arrays = arrays_of(ref), arrays_of(res)
-    assert set(ref_arrays) == set(got_arrays)
-    for k in ref_arrays:
+    # The Q/K embedding needs this model's sown block inputs: not stored for a foreign one.
+    missing = {'qk_images', 'qk_embedding'} if name == 'strength' else set()
+    assert set(got_arrays) == set(ref_arrays) - missing
+    for k in got_arrays:
       if np.issubdtype(np.asarray(ref_arrays[k]).dtype, np.number):
         _close(got_arrays[k], ref_arrays[k], f'{name}.{k}')

@@ -89,7 +89,7 @@ def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
 def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, tmp_path,
                                                          monkeypatch):
   calls = []
-  real = importance.taylor_batch
+  real = importance.stage1_batch
 
   def counting(*a, **k):
     calls.append(1)
@@ -98,7 +98,7 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
       raise KeyboardInterrupt
     return real(*a, **k)
 
-  monkeypatch.setattr(importance, 'taylor_batch', counting)
+  monkeypatch.setattr(importance, 'stage1_batch', counting)
   store = progress_store.LogdirProgressStore(tmp_path, 'run', 'importance', 'k1')
   opts = options(batch_size=4, save_every_seconds=0.)
   with pytest.raises(KeyboardInterrupt):
@@ -159,3 +159,15 @@ def test_cli_no_readable_images_is_one_line_error(tmp_path, capsys):
   err = capsys.readouterr().err
   assert code == 2 and 'no readable images' in err.strip().splitlines()[-1]
   assert not list((tmp_path / 'logs').rglob('events.out.tfevents*'))
+
+
+def test_per_image_loss_and_prediction(image_set, reference):
+  """The unmasked model's loss and top-1 class per image, as the image overview shows them."""
+  r = reference
+  assert r.per_image_prediction.shape == (N_IMAGES,) and r.per_image_prediction.dtype == np.int32
+  np.testing.assert_allclose(np.nanmean(r.per_image_loss), r.baseline.loss, rtol=1e-5)
+  labels = np.full(N_IMAGES, -2)
+  for batch in image_set.batches(5, progress=False):
+    labels[batch.index[batch.valid]] = batch.labels[batch.valid]
+  assert (labels >= 0).all()
+  np.testing.assert_allclose(np.mean(r.per_image_prediction == labels), r.baseline.top1)

@@ -52,15 +52,21 @@ def test_rectangular_checkpoint_without_its_size_is_a_clear_error(siglip_run, ca
   assert code != 0 and 'HxW' in err and 'Traceback' not in err
 
 
-def test_analyze_end_to_end_and_the_plugin_serves_it(siglip_run, capsys):
+@pytest.fixture(scope='module')
+def siglip_logdir(siglip_run):
   logdir = siglip_run / 'logs'
-  code, out, err = run(
-      capsys, 'analyze', '--checkpoint', f"{siglip_run / 'siglip_b16.npz'}:img",
+  code = cli.main([str(a) for a in (
+      'analyze', '--checkpoint', f"{siglip_run / 'siglip_b16.npz'}:img",
       '--image-size', '32x48', '--images', siglip_run / 'images', '--logdir', logdir,
       '--run', 'siglip', '--batch-size', '3', '--radii', '1', '--curve-points', '3',
       '--random-orders', '1', '--taylor-probes', '2', '--map-images', '2', '--per-head', '2',
-      '--grid', '3', '--clusters', '2', '--ae-epochs', '2', '--no-progress')
-  assert code == 0, err
+      '--grid', '3', '--clusters', '2', '--ae-epochs', '2', '--no-progress')])
+  assert code == 0
+  return logdir
+
+
+def test_analyze_end_to_end_and_the_plugin_serves_it(siglip_logdir):
+  logdir = siglip_logdir
   tags = reader.read_run(logdir / 'siglip')
   meta = tags['importance/meta']
   assert meta['objective']['kind'] == 'embedding'
@@ -90,3 +96,30 @@ def test_analyze_end_to_end_and_the_plugin_serves_it(siglip_run, capsys):
     assert code == 200, (tag, body)
   code, body = get(client, '/attention', run='siglip', image=0, query=4)
   assert code == 200 and 'attention' in body and 'rollout' in body
+
+
+def test_the_views_draw_the_pooling_row_and_the_rectangular_grid(siglip_logdir):
+  """In a real browser: the importance grid has the MAP head's pooling row and says what
+  importance was measured against; the offset map is 2h-1 x 2w-1 (3 x 5 for 2 x 3
+  patches); the MAP probe's attention replaces the class-token panel at the grid's aspect."""
+  from tb_plugin.browser import chromium, tensorboard
+  from tests.test_plugin_views import Page
+  with tensorboard(siglip_logdir, 'false') as url, chromium() as driver:
+    p = Page(driver, url, run='siglip')
+    assert len(p.all('#importance-grid rect.pool-cell')) == 12
+    assert len(p.all('#importance-grid rect.imp-cell:not(.pool-cell)')) == 2 * 12
+    assert 'pooled embedding' in p.one('#importance-summary').text
+    assert 'cosine distortion' in p.one('#metric-select').text
+    # Curves on the embedding objective: no top-1 (undefined without a classifier).
+    assert 'cosine distortion' in p.one('#pruning-curves').text
+    assert 'top-1' not in p.one('#pruning-curves').find_element(
+        'xpath', '..').find_element('xpath', '..').text
+    cells = p.all('#offset-focus rect.offset-cell')
+    assert len(cells) == 3 * 5
+    xs = {c.get_attribute('x') for c in cells}
+    ys = {c.get_attribute('y') for c in cells}
+    assert (len(xs), len(ys)) == (5, 3)   # dx spans the 3 columns, dy the 2 rows
+    width, height = p.js("const c = document.getElementById('pool-attention'); "
+                         "return [c.width, c.height]")
+    assert width * 2 == height * 3        # 2 x 3 patches
+    p.shot('siglip-views.png')

@@ -161,6 +161,86 @@ print('ok', one.images)
 def test_eight_devices_match_one(image_set):
   assert 'ok 10' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.image_set.root)
 
+def test_baselines_match_brute_force_and_a_uniform_head(tmp_path):
+  """strength.baselines: plain loops over queries and keys, and the statistics the analysis
+  measures on a hand-built head that attends uniformly."""
+  params, config = offset_heads_model(grid=4, patterns=('left', 'uniform'))
+  n, t, px = config.grid_size, config.num_tokens, config.patch_size
+  b = strength.baselines(config)
+  dists, within = [], np.zeros(n)
+  for q in range(n * n):
+    for k in range(n * n):
+      (qy, qx), (ky, kx) = divmod(q, n), divmod(k, n)
+      dists.append(np.hypot(qy - ky, qx - kx) * px)
+      within[max(abs(qy - ky), abs(qx - kx)):] += 1
+  u = b['uniform']
+  np.testing.assert_allclose(u['mean_distance'], np.mean(dists), rtol=1e-9)
+  np.testing.assert_allclose(u['neighbourhood_share'], within / (n * n) / t, rtol=1e-9)
+  np.testing.assert_allclose(u['entropy'], np.log(t))
+  assert b['self'] == {'mean_distance': 0., 'neighbourhood_share': [1.] * n, 'entropy': 0.,
+                       'self_share': 1., 'cls_share': 0., 'offset_ratio_centre': float(t)}
+  images = folder_source(tmp_path / 'imgs', n=2, config=config)
+  r = strength.compute_strength(params, config, images, opts(batch_size=2))
+  assert r.baselines == b
+  for name in ('mean_distance', 'entropy', 'self_share', 'cls_share'):
+    np.testing.assert_allclose(getattr(r, name)[:, 1], u[name], rtol=1e-4, err_msg=name)
+  np.testing.assert_allclose(r.neighbourhood_share[:, 1], [u['neighbourhood_share']] * 2,
+                             rtol=1e-4)
+
+
+def test_queries_and_keys_reproduce_the_attention(image_set):
+  """q and k rebuilt from the sown block inputs give the model's own attention weights."""
+  params = tiny_params()
+  batch = next(iter(image_set.batches(3, progress=False)))
+  q, k = (np.asarray(a, np.float64) for a in strength.queries_keys(params, TINY, batch.images))
+  assert q.shape == k.shape == (3, 3, 4, 17, 8)
+  logits = np.einsum('blhqd,blhkd->blhqk', q, k) / np.sqrt(8)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  ref = np.asarray(strength.attention_maps(params, TINY, batch.images))
+  np.testing.assert_allclose(weights, ref, atol=2e-5)
+
+
+def test_joint_embedding_ignores_what_attention_ignores():
+  """Translating the keys or trading scale between q and k leaves attention unchanged, and
+  leaves the joint embedding unchanged too; it is the PCA of the aligned points."""
+  rng = np.random.default_rng(0)
+  q, k = rng.normal(size=(50, 6)), rng.normal(size=(50, 6)) + 3.
+  e = strength.joint_embedding(q, k)
+  assert e.shape == (2, 50, 2)
+  moved = strength.joint_embedding(q, k + 5.)          # keys translated
+  np.testing.assert_allclose(np.abs(moved), np.abs(e), rtol=1e-4, atol=1e-5)  # up to sign
+  q0 = q - q.mean(0)                                  # scale traded (queries centred)
+  np.testing.assert_allclose(np.abs(strength.joint_embedding(q0 * 2., k / 2.)),
+                             np.abs(strength.joint_embedding(q0, k)), rtol=1e-4, atol=1e-5)
+  # The two coordinates are uncorrelated principal axes of the 100 points, the first the wider.
+  flat = e.reshape(-1, 2).astype(np.float64)
+  cov = np.cov(flat.T)
+  assert abs(cov[0, 1]) < 1e-4 * cov[0, 0] and cov[0, 0] >= cov[1, 1]
+
+
+def test_stored_qk_embedding(image_set):
+  r = strength.compute_strength(tiny_params(), TINY, image_set,
+                                opts(batch_size=4, map_images=3, qk_images=2))
+  assert r.qk_embedding.shape == (3, 4, 2, 2 * 17, 2)
+  assert r.qk_images.tolist() == [0, 1]
+  assert np.isfinite(r.qk_embedding).all()
+
+
+def test_map_budget_stores_as_many_images_as_fit(image_set):
+  per_image = strength.map_bytes(TINY)
+  assert per_image == 2 * 3 * 5 * 17 ** 2
+  options = opts(batch_size=4, map_budget_mib=2.5 * per_image / 2 ** 20)
+  assert options.stored_maps(TINY, 10) == 2
+  r = strength.compute_strength(tiny_params(), TINY, image_set, options)
+  assert r.map_image_index.tolist() == [0, 9]
+  assert r.map_attention.nbytes + r.map_rollout.nbytes <= 2.5 * per_image
+  everything = opts(map_budget_mib=1000.)
+  assert everything.stored_maps(TINY, 10) == 10
+  with pytest.raises(Exception):
+    opts(map_budget_mib=-1.)
+
+
 def test_hand_built_rectangular_grid_with_registers_and_a_map_head(tmp_path):
   """The left-neighbour and uniform heads on a 3 x 5 grid with two registers before the
   patches and MAP pooling (no class token): the same known answers, in h x w geometry."""
@@ -190,3 +270,9 @@ def test_hand_built_rectangular_grid_with_registers_and_a_map_head(tmp_path):
   assert 'cls_share' not in r
   # The MAP head (zero probe: uniform over all tokens) is stored per patch.
   np.testing.assert_allclose(r['pool_attention'], 1 / t, rtol=1e-5)
+  # The merged baselines hold on the same h x w grid with registers: the uniform head.
+  u = strength.baselines(config)['uniform']
+  np.testing.assert_allclose(r['entropy'][:, 1], u['entropy'], rtol=1e-5)
+  np.testing.assert_allclose(r['mean_distance'][:, 1], u['mean_distance'], rtol=1e-4)
+  np.testing.assert_allclose(r['neighbourhood_share'][:, 1], [u['neighbourhood_share']] * 2,
+                             rtol=1e-4)

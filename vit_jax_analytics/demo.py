@@ -103,9 +103,15 @@ def make_train_step(config, optimizer):
 
 def train_demo(output_dir='checkpoints', seed: int = 0, epochs: int = 60, batch_size: int = 128,
                learning_rate: float = 2e-3, held_out: int = 500, max_steps: Optional[int] = None,
-               mnist_csv=None, progress: bool = True) -> dict:
+               mnist_csv=None, progress: bool = True, log_every: Optional[int] = None,
+               logdir=None, run: str = 'demo-training', probe_images: int = 64,
+               analysis_options=None) -> dict:
   """Trains the 'demo' ViT; writes <output_dir>/demo_vit (orbax), demo_images/ (held-out
-  PNGs in ImageFolder layout) and demo_metrics.json. Returns the metrics."""
+  PNGs in ImageFolder layout) and demo_metrics.json. Returns the metrics.
+
+  log_every: every that many steps (and after the last), the in-training analysis
+  (`training.analyse_step`) of the current params on the first `probe_images` held-out
+  digits is written to <logdir>/<run> at that step."""
   output_dir = Path(output_dir)
   images, labels = read_mnist_csv(mnist_csv or find_mnist_csv())
   order = np.random.default_rng(seed).permutation(len(images))
@@ -126,9 +132,18 @@ def train_demo(output_dir='checkpoints', seed: int = 0, epochs: int = 60, batch_
   opt_state = optimizer.init(params)
   train_step = make_train_step(config, optimizer)
 
+  def analyse(at_step):
+    if log_every:
+      from vit_jax_analytics import training
+      probe = training.Probe(to_model_input(images[test_idx[:probe_images]]),
+                             labels[test_idx[:probe_images]])
+      training.analyse_step(params, config, probe, logdir or output_dir / 'logs', run,
+                            at_step, analysis_options)
+
   data_rng = np.random.default_rng(seed + 1)
   bar = progress_bar(total_steps, 'train-demo', 'step', disable=not progress)
   step, losses, start = 0, [], time.time()
+  analyse(0)  # the initialisation, so "over training" starts at step 0
   while step < total_steps:
     perm = data_rng.permutation(len(train_idx))
     for k in range(steps_per_epoch):
@@ -140,6 +155,8 @@ def train_demo(output_dir='checkpoints', seed: int = 0, epochs: int = 60, batch_
                                            step_rng)
       losses.append(float(loss))
       step += 1
+      if log_every and (step % log_every == 0 or step == total_steps):
+        analyse(step)
       bar.update(1)
       bar.set_postfix(loss=f'{np.mean(losses[-50:]):.3f}')
   bar.close()

@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, ProgressStore
+from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, ProgressStore,
+                                       process_shard, subset_source)
 from vit_jax_analytics.errors import NonFiniteError, OptionError
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option, parse_ints
@@ -213,46 +214,60 @@ def image_metrics(logits, targets, logp_full, objective: Optional[Objective] = N
 
 # --- Taylor importance -------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def taylor_pool_batch(params, config: ViTConfig, images, labels,
-                      objective: Optional[Objective] = None, index=None):
+def _taylor(params, config, images, labels, obj: Objective, index, record=False):
   """One forward + backward: (|dL_i/d xi| [B, L, H], |dL_i/d xi_pool| [B, H] or None (no
-  MAP head), full outputs [B, ...]).
+  MAP head), full outputs [B, ...], the forward's intermediates of the B images when
+  `record`, else None).
 
   Each image gets its own copy of the mask, so the gradient of the summed loss with respect
   to the [B, L, H] mask is every image's own gradient, in one backward pass. Under the
   embedding objective each image is run once per random probe (see the module docstring);
   index [B] seeds an image's probes, so they do not depend on batching.
   """
-  obj = _objective(config, objective)
   b = images.shape[0]
   k = obj.taylor_probes if obj.kind == 'embedding' else 1
   x = jnp.tile(images, (k, 1, 1, 1)) if k > 1 else images
   index = jnp.arange(b) if index is None else index
   pool = config.has_pool_attention
 
+  def forward(mask, pool_mask):
+    masks = dict(head_mask=mask, pool_mask=pool_mask if pool else None)
+    if not record:
+      return model_lib.apply(params, config, x, **masks), None
+    out, state = model_lib.VisionTransformer(config).apply(
+        {'params': params}, x, mutable=['intermediates'], **masks)
+    return out, state['intermediates']
+
   def total(masks):
-    mask, pool_mask = masks
-    out = model_lib.apply(params, config, x, head_mask=mask,
-                          pool_mask=pool_mask if pool else None)
+    out, state = forward(*masks)
     if obj.kind == 'classification':
       targets = targets_from(jax.lax.stop_gradient(out), labels, obj)
       logp = jax.nn.log_softmax(obj.logits(out))
-      return -jnp.sum(jnp.take_along_axis(logp, targets[:, None], axis=-1)), out
+      return -jnp.sum(jnp.take_along_axis(logp, targets[:, None], axis=-1)), (out, state)
     e = _flat_embedding(out)                                          # [K * B, E]
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(obj.seed), i))(index)
     u = jax.vmap(lambda key: jax.random.normal(key, (k, e.shape[-1]), e.dtype))(keys)
     u = jnp.swapaxes(u, 0, 1).reshape(k * b, -1)                      # [K * B, E]
     norm = jax.lax.stop_gradient(jnp.linalg.norm(e, axis=-1, keepdims=True))
-    return jnp.sum(u * e / jnp.maximum(norm, 1e-30)), out
+    return jnp.sum(u * e / jnp.maximum(norm, 1e-30)), (out, state)
 
   ones = (jnp.ones((k * b, config.num_layers, config.num_heads), jnp.float32),
           jnp.ones((k * b, config.num_heads), jnp.float32))
-  (grads, pool_grads), out = jax.grad(total, has_aux=True)(ones)
+  (grads, pool_grads), (out, state) = jax.grad(total, has_aux=True)(ones)
   factor = np.sqrt(np.pi / 2) if obj.kind == 'embedding' else 1.
   grads = factor * jnp.mean(jnp.abs(grads).reshape(k, b, *grads.shape[1:]), 0)
   pool_grads = (factor * jnp.mean(jnp.abs(pool_grads).reshape(k, b, -1), 0) if pool else None)
-  return grads, pool_grads, out[:b]
+  return grads, pool_grads, out[:b], jax.tree.map(lambda a: a[:b], state)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def taylor_pool_batch(params, config: ViTConfig, images, labels,
+                      objective: Optional[Objective] = None, index=None):
+  """One forward + backward: (|dL_i/d xi| [B, L, H], |dL_i/d xi_pool| [B, H] or None (no
+  MAP head), full outputs [B, ...]); see _taylor."""
+  grads, pool_grads, out, _ = _taylor(params, config, images, labels,
+                                      _objective(config, objective), index)
+  return grads, pool_grads, out
 
 
 def taylor_batch(params, config: ViTConfig, images, labels,
@@ -319,6 +334,73 @@ def _unmasked(params, config, images, labels, objective=None):
   return targets, reference, state['Transformer'], logits
 
 
+def _stacked_layers(params, config):
+  """Every encoder block's parameters stacked on a leading layer axis [L, ...]."""
+  blocks = [params['Transformer'][f'encoderblock_{i}'] for i in range(config.num_layers)]
+  return jax.tree.map(lambda *a: jnp.stack(a), *blocks)
+
+
+def _stacked(blocks, config, *path):
+  """A sown intermediate of every layer, stacked: [L, ...]."""
+  def get(i):
+    x = blocks[f'encoderblock_{i}']
+    for key in path:
+      x = x[key]
+    return x[0]
+  return jnp.stack([get(i) for i in range(config.num_layers)])
+
+
+def suffix(params, config: ViTConfig, stacked, x, start, head_mask=None,
+           skip_first_attention=False):
+  """The model from layer `start` (a traced scalar) to the logits, in one compiled graph
+  for every start: a scan over all layers whose body is the identity below `start`, the
+  block after its attention at `start` when skip_first_attention (x is then the residual
+  stream after that attention), and the whole block above. Equals
+  model.apply(params, config, x, first_layer=start, head_mask=head_mask,
+  skip_first_attention=skip_first_attention). `start` must not be batched (vmapped): the
+  branch is then a real branch, and layers below it cost nothing.
+  """
+  block = model_lib.Encoder1DBlock(config)
+
+  def body(x, layer):
+    i, p = layer
+    row = None if head_mask is None else head_mask[i]
+    run = lambda x: block.apply({'params': p}, x, row)[0]
+    if skip_first_attention:
+      after = lambda x: jax.lax.cond(
+          i == start, lambda x: block.apply({'params': p}, x, row, skip_attention=True)[0],
+          run, x)
+    else:
+      after = run
+    return jax.lax.cond(i < start, lambda x: x, after, x), None
+
+  x, _ = jax.lax.scan(body, x, (jnp.arange(config.num_layers), stacked))
+  return model_lib.apply(params, config, x, first_layer=config.num_layers)
+
+
+def _ablation_from(params, config, blocks, targets, logp_full, chunk, objective=None):
+  """The single-head ablation scan from one unmasked forward's intermediates `blocks`
+  (see ablation_batch) -> {metric: [L, H, B]}. One compiled suffix graph serves every
+  layer: a scan over layers, the heads of each mapped in chunks."""
+  stacked = _stacked_layers(params, config)
+  post_all = _stacked(blocks, config, 'post_attention')              # [L, B, T, D]
+  heads_all = _stacked(blocks, config, 'MultiHeadDotProductAttention_1', 'heads')
+  out_all = stacked['MultiHeadDotProductAttention_1']['out']['kernel']  # [L, H, D/H, D]
+
+  def per_layer(layer):
+    post, heads, out_kernel = post_all[layer], heads_all[layer], out_all[layer]
+
+    def without_head(h):
+      share = jnp.einsum('bte,ed->btd', heads[:, :, h], out_kernel[h])
+      logits_h = suffix(params, config, stacked, post - share, layer,
+                        skip_first_attention=True)
+      return image_metrics(logits_h, targets, logp_full, objective)
+
+    return jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk)
+
+  return jax.lax.map(per_layer, jnp.arange(config.num_layers))
+
+
 def _pool_ablation(params, config, state, targets, reference, objective, chunk):
   """Every single MAP-head (pooling) head masked out, rerunning only the pooling on its
   sown input -> {metric: [H, B]}."""
@@ -332,58 +414,69 @@ def _pool_ablation(params, config, state, targets, reference, objective, chunk):
   return jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk)
 
 
+def _ablation_all(params, config, state, targets, reference, chunk, objective):
+  """The single-head ablation scan and, with a MAP head, its pooling row, from one unmasked
+  forward's intermediates `state` -> ({metric: [L, H, B]}, {metric: [H, B]} or None)."""
+  blocks = _ablation_from(params, config, state['Transformer'], targets, reference, chunk,
+                          objective)
+  pool = (_pool_ablation(params, config, state, targets, reference, objective, chunk)
+          if config.has_pool_attention else None)
+  return blocks, pool
+
+
 @functools.partial(jax.jit, static_argnums=(1, 4, 5))
 def ablation_pool_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
                         objective: Optional[Objective] = None):
-  """ablation_batch, plus the pooling heads of a MAP head:
-  -> ({metric: [L, H, B]}, {metric: [H, B]} or None, full outputs)."""
-  obj = _objective(config, objective)
-  if not model_lib.supports_prefix_reuse(config):
-    blocks, logits = ablation_batch_no_reuse(params, config, images, labels, chunk, objective)
-    return blocks, None, logits
-  targets, logp_full, state, logits = _unmasked_state(params, config, images, labels, obj)
-  blocks = state['Transformer']
-  """Every single-head ablation, reusing what the ablation cannot change.
+  """Every single-head ablation, reusing what the ablation cannot change, plus the pooling
+  heads of a MAP head.
 
   Masking head h of layer l leaves layers < l and the other heads of layer l as they were:
   one unmasked forward records, per layer, the residual stream after attention and each
   head's output; removing head h is subtracting its share of the `out` projection from that
   stream, and only the rest of layer l (its MLP) and the layers after it are run again,
-  vmapped over the heads. -> ({metric: [L, H, B]}, full logits [B, C]).
+  vmapped over the heads. A pooling head is removed by rerunning only the MAP head on its
+  recorded input. -> ({metric: [L, H, B]}, {metric: [H, B]} or None, full outputs).
   """
-  per_layer = []
-  for layer in range(config.num_layers):
-    block = blocks[f'encoderblock_{layer}']
-    post_attention = block['post_attention'][0]                     # [B, T, D]
-    heads = block['MultiHeadDotProductAttention_1']['heads'][0]     # [B, T, H, D/H]
-    out_kernel = params['Transformer'][f'encoderblock_{layer}'][
-        'MultiHeadDotProductAttention_1']['out']['kernel']          # [H, D/H, D]
-
-    def without_head(h, layer=layer, post_attention=post_attention, heads=heads,
-                     out_kernel=out_kernel):
-      share = jnp.einsum('bte,ed->btd', heads[:, :, h], out_kernel[h])
-      logits_h = model_lib.apply(params, config, post_attention - share, first_layer=layer,
-                                 skip_first_attention=True)
-      return image_metrics(logits_h, targets, logp_full, obj)
-
-    per_layer.append(jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk))
-  pool = (_pool_ablation(params, config, state, targets, logp_full, obj, chunk)
-          if config.has_pool_attention else None)
-  return ({k: jnp.stack([m[k] for m in per_layer]) for k in ABLATION_METRICS}, pool, logits)
+  obj = _objective(config, objective)
+  if not model_lib.supports_prefix_reuse(config):
+    blocks, out = ablation_batch_no_reuse(params, config, images, labels, chunk, objective)
+    return blocks, None, out
+  targets, reference, state, out = _unmasked_state(params, config, images, labels, obj)
+  return (*_ablation_all(params, config, state, targets, reference, chunk, obj), out)
 
 
 def ablation_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
                    objective: Optional[Objective] = None):
-  """Every single-head ablation, reusing what the ablation cannot change.
+  """ablation_pool_batch without the pooling row -> ({metric: [L, H, B]}, full outputs)."""
+  blocks, _, out = ablation_pool_batch(params, config, images, labels, chunk, objective)
+  return blocks, out
 
-  Masking head h of layer l leaves layers < l and the other heads of layer l as they were:
-  one unmasked forward records, per layer, the residual stream after attention and each
-  head's output; removing head h is subtracting its share of the `out` projection from that
-  stream, and only the rest of layer l (its MLP) and the layers after it are run again,
-  vmapped over the heads. -> ({metric: [L, H, B]}, full logits [B, C]).
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def stage1_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
+                 objective: Optional[Objective] = None, index=None):
+  """Taylor importance and the single-head ablation scan (and a MAP head's pooling row)
+  sharing one forward.
+
+  The forward of the Taylor pass (all-ones per-image masks, whose multiplications by 1
+  leave every value as the unmasked forward computes it) also records the intermediates
+  the ablation scan starts from, so the scan's "1 +" unmasked forward is not paid again.
+  -> (|dL_i/d xi| [B, L, H], |dL_i/d xi_pool| [B, H] or None, {metric: [L, H, B]},
+  {metric: [H, B]} or None, full outputs [B, ...]).
   """
-  blocks, _, logits = ablation_pool_batch(params, config, images, labels, chunk, objective)
-  return blocks, logits
+  obj = _objective(config, objective)
+  reuse = model_lib.supports_prefix_reuse(config)
+  grads, pool_grads, out, state = _taylor(params, config, images, labels, obj, index,
+                                          record=reuse)
+  targets, reference = targets_from(out, labels, obj), obj.reference(out)
+  if not reuse:  # an intercepted model records nothing to resume from: full forwards
+    ablation = _metrics_for_masks(params, config, images, targets, reference,
+                                  single_head_masks(config), chunk, obj)
+    shape = (config.num_layers, config.num_heads, images.shape[0])
+    return grads, None, {k: v.reshape(shape) for k, v in ablation.items()}, None, out
+  ablation, pool_ablation = _ablation_all(params, config, state, targets, reference, chunk,
+                                          obj)
+  return grads, pool_grads, ablation, pool_ablation, out
 
 
 def ablation_strategy(config: ViTConfig) -> str:
@@ -514,34 +607,207 @@ def _partial_metrics(params, config, blocks, targets, logp_full, head_index, kee
   return {k: jnp.concatenate([r[k] for r in results]) for k in ABLATION_METRICS}
 
 
+def _partial_whole(params, config, images, targets, logp_full, head_index, keeps,
+                   renormalize, chunk, objective=None):
+  """Partial pruning by rerunning the whole model with the edit in each head's layer (for
+  intercepted models, which cannot resume mid-way; the layer may be traced)
+  -> {metric: [P, V, B]}."""
+  h_count, p_count, v_count = config.num_heads, head_index.shape[0], keeps.shape[0]
+
+  def run(pair):
+    flat_head, keep = pair
+    layer = flat_head // h_count
+    edit_mask = 1. - jax.nn.one_hot(flat_head % h_count, h_count)[:, None, None] * (
+        1. - keep)[None]                                                # [H, T, T]
+
+    def edit(weights, l):
+      w = weights * edit_mask
+      if renormalize:
+        total = jnp.sum(w, -1, keepdims=True)
+        w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.), 0.)
+      return jnp.where(l == layer, w, weights)
+
+    out = model_lib.apply(params, config, images, attention_edit=edit)
+    return image_metrics(out, targets, logp_full, objective)
+
+  pairs = (jnp.repeat(head_index, v_count), jnp.tile(keeps, (p_count, 1, 1)))
+  m = jax.lax.map(run, pairs, batch_size=chunk)
+  return {k: v.reshape(p_count, v_count, -1) for k, v in m.items()}
+
+
 @functools.partial(jax.jit, static_argnums=(1, 6, 7, 8, 9))
-def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
-                  renormalize: bool, layers: tuple, chunk: int = 8, objective=None):
-  """Partial pruning of one batch -> {metric: [P, V, B]} (see _partial_metrics)."""
+def partial_batch_plain(params, config: ViTConfig, images, labels, head_index, keeps,
+                        renormalize: bool, layers: tuple, chunk: int = 8, objective=None):
+  """Partial pruning of one batch by rerunning each head's whole layer from its input
+  (the reference for partial_batch) -> {metric: [P, V, B]}."""
   objective = _objective(config, objective)
   targets, logp_full, blocks, _ = _unmasked(params, config, images, labels, objective)
   return _partial_metrics(params, config, blocks, targets, logp_full, head_index, keeps,
                           renormalize, layers, chunk, objective)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 7, 8, 9, 10))
-def pruning_batch(params, config: ViTConfig, images, labels, masks, head_index, keeps,
-                  renormalize: bool, layers: tuple, chunk: int = 8, objective=None):
-  """Pruning curves and partial pruning of one batch, sharing one unmasked forward.
-  -> ({metric: [M, B]} for masks [M, L, H], {metric: [P, V, B]})."""
+def _one_head_attention(p, config, block_input, h):
+  """Head h's attention weights [B, Q, K] and values [B, K, D/H] in the block with
+  parameters `p`, recomputed from its recorded input as model.py computes them."""
+  import flax.linen as nn
+  att = p['MultiHeadDotProductAttention_1']
+  y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply(
+      {'params': p['LayerNorm_0']}, block_input)
+  head_dim = config.hidden_size // config.num_heads
+
+  def proj(name):
+    kernel, bias = att[name]['kernel'][:, h], att[name]['bias'][h]   # [D, D/H], [D/H]
+    return jnp.einsum('btd,de->bte', y, kernel) + bias
+
+  q, k, v = proj('query'), proj('key'), proj('value')
+  logits = jnp.einsum('bqe,bke->bqk', q / jnp.sqrt(head_dim).astype(q.dtype), k)
+  return jax.nn.softmax(logits, axis=-1), v
+
+
+def _edit_weights(w, keep, renormalize):
+  w_kept = w * keep
+  if renormalize:
+    total = jnp.sum(w_kept, -1, keepdims=True)
+    w_kept = jnp.where(total > 0, w_kept / jnp.where(total > 0, total, 1.), 0.)
+  return w_kept
+
+
+def _partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
+                   renormalize, layers, chunk, objective=None):
+  """Partial pruning with prefix reuse -> {metric: [P, V, B]} (as _partial_metrics).
+
+  Removing part of head h's attention in layer l changes only head h's output, by
+  (w - w_edited) @ v_h; its share of the `out` projection is subtracted from the recorded
+  residual stream after layer l's attention, and only the rest of layer l (its MLP) and the
+  later layers run again (one compiled suffix graph for every layer, see `suffix`), as in
+  the ablation scan. Head h's weights and values are recomputed from the recorded block
+  input (one head's projections, not the layer's). `layers` may be traced.
+  """
+  stacked = _stacked_layers(params, config)
+  inputs_all = _stacked(blocks, config, 'block_input')               # [L, B, T, D]
+  post_all = _stacked(blocks, config, 'post_attention')
+
+  def per_head(head_layer):
+    flat_head, layer = head_layer
+    h = flat_head % config.num_heads
+    p = jax.tree.map(lambda a: a[layer], stacked)
+    w, v = _one_head_attention(p, config, inputs_all[layer], h)
+    out_kernel = p['MultiHeadDotProductAttention_1']['out']['kernel'][h]   # [D/H, D]
+    post = post_all[layer]
+
+    def per_variant(keep):
+      removed = jnp.einsum('bqk,bke->bqe', w - _edit_weights(w, keep, renormalize), v)
+      share = jnp.einsum('bte,ed->btd', removed, out_kernel)
+      out = suffix(params, config, stacked, post - share, layer, skip_first_attention=True)
+      return image_metrics(out, targets, logp_full, objective)
+
+    return jax.lax.map(per_variant, keeps, batch_size=chunk)
+
+  return jax.lax.map(per_head, (jnp.asarray(head_index), jnp.asarray(layers, jnp.int32)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 6, 8, 9))
+def partial_batch(params, config: ViTConfig, images, labels, head_index, keeps,
+                  renormalize: bool, layers, chunk: int = 8, objective=None):
+  """Partial pruning of one batch with prefix reuse -> {metric: [P, V, B]}
+  (see _partial_reuse; head_index sorted ascending, `layers` their layers)."""
   objective = _objective(config, objective)
   targets, logp_full, blocks, _ = _unmasked(params, config, images, labels, objective)
-  curves = _metrics_for_masks(params, config, images, targets, logp_full, masks, chunk,
-                              objective)
-  partial = _partial_metrics(params, config, blocks, targets, logp_full, head_index, keeps,
-                             renormalize, layers, chunk, objective)
-  return curves, partial
+  return _partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
+                        renormalize, layers, chunk, objective)
+
+
+def first_masked_layers(masks: np.ndarray) -> tuple:
+  """masks [M, L, H] -> for each mask the first layer with a head removed (None: none)."""
+  removed = np.asarray(masks).min(axis=2) < 1.                     # [M, L]
+  return tuple(int(np.argmax(r)) if r.any() else None for r in removed)
+
+
+def _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk,
+                  objective=None):
+  """Metrics of head masks [M, L, H], each run from the recorded input of its first layer
+  with a head removed (`first_layers` [M], may be traced; none may be None), through one
+  compiled suffix graph -> {metric: [M, B]}.
+
+  Masks go in groups of `chunk` (vmapped), sorted by first layer; a group starts at its
+  first mask's layer (the smallest), which is exact for the others too: their rows of that
+  group's earlier layers keep every head, as the recorded stream did.
+  """
+  stacked = _stacked_layers(params, config)
+  inputs_all = _stacked(blocks, config, 'block_input')               # [L, B, T, D]
+  m = masks.shape[0]
+  first_layers = jnp.asarray(first_layers, jnp.int32)
+  order = jnp.argsort(first_layers)
+  groups = -(-m // chunk)
+  padded = jnp.concatenate([order, jnp.repeat(order[-1:], groups * chunk - m)])
+  group_masks = masks[padded].reshape(groups, chunk, *masks.shape[1:])
+  group_start = first_layers[padded].reshape(groups, chunk)[:, 0]
+
+  def per_group(group):
+    g_masks, start = group
+
+    def one(mask):
+      out = suffix(params, config, stacked, inputs_all[start], start, head_mask=mask)
+      return image_metrics(out, targets, logp_full, objective)
+
+    return jax.vmap(one)(g_masks) if chunk > 1 else jax.tree.map(
+        lambda a: a[None], one(g_masks[0]))
+
+  result = jax.lax.map(per_group, (group_masks, group_start))       # {k: [G, chunk, B]}
+  inverse = jnp.argsort(order)
+  return {k: v.reshape(groups * chunk, -1)[:m][inverse] for k, v in result.items()}
+
+
+@functools.partial(jax.jit, static_argnums=(1, 6, 7))
+def curves_batch(params, config: ViTConfig, images, labels, masks, first_layers,
+                 chunk: int = 8, objective=None):
+  """Pruning-curve masks [M, L, H] of one batch with prefix reuse -> {metric: [M, B]}."""
+  objective = _objective(config, objective)
+  targets, logp_full, blocks, _ = _unmasked(params, config, images, labels, objective)
+  return _curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers, chunk,
+                       objective)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 8, 10, 11))
+def stage2_batch(params, config: ViTConfig, images, labels, masks, first_layers,
+                 head_index, keeps, renormalize: bool, layers, chunk: int = 8,
+                 objective=None):
+  """Stage 2 of one batch, sharing one unmasked forward: (unmasked {metric: [B]}, curve
+  masks {metric: [M, B]} (prefix reuse from each mask's first masked layer), partial
+  pruning {metric: [P, V, B]} (prefix reuse, see _partial_reuse))."""
+  objective = _objective(config, objective)
+  targets, logp_full, blocks, logits = _unmasked(params, config, images, labels, objective)
+  full = image_metrics(logits, targets, logp_full, objective)
+  reuse = model_lib.supports_prefix_reuse(config)
+  # An intercepted model cannot resume mid-way: curve masks run as full forwards, partial
+  # pruning reruns the whole model with the edit in its layer.
+  if reuse:
+    curves = (_curves_reuse(params, config, blocks, targets, logp_full, masks, first_layers,
+                            chunk, objective) if masks.shape[0] else {})
+    partial = (_partial_reuse(params, config, blocks, targets, logp_full, head_index, keeps,
+                              renormalize, layers, chunk, objective)
+               if head_index.shape[0] else {})
+  else:
+    curves = (_metrics_for_masks(params, config, images, targets, logp_full, masks, chunk,
+                                 objective) if masks.shape[0] else {})
+    partial = (_partial_whole(params, config, images, targets, logp_full, head_index, keeps,
+                              renormalize, chunk, objective) if head_index.shape[0] else {})
+  return full, curves, partial
 
 
 # --- streaming driver ----------------------------------------------------------------------
 
 def default_chunk() -> int:
   return 1 if jax.default_backend() == 'cpu' else 8
+
+
+# Stage-2 defaults, chosen by the cost model (cost.py, README "Cost"): on ViT-Ti/16 and
+# ViT-B/16 the whole `analyze` stays within 2x the ablation scan's limit per image at 64
+# images and within 1.25x at 1,024.
+DEFAULT_SUBSET_IMAGES = 20
+DEFAULT_CURVE_POINTS = 6
+DEFAULT_RANDOM_ORDERS = 2
+DEFAULT_PARTIAL_HEADS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,13 +817,18 @@ class ImportanceOptions:
       None, 'head masks evaluated at once, vmapped; lower it to save memory (default: 1 on '
             'CPU, where big vmapped batches fall out of cache, 8 on accelerators)', parse=int)
   per_image: bool = option(False, "keep every image's values (per-image distributions)")
+  subset_images: Optional[int] = option(
+      DEFAULT_SUBSET_IMAGES,
+      'pruning curves and partial pruning on a class-stratified subset of this many images '
+      '(seeded by --seed; stored with standard errors); 0 for all images', parse=int)
   curve_points: Optional[int] = option(
-      None, 'points on each pruning curve (default: every head count, at most 21)', parse=int)
-  random_orders: int = option(5, 'random pruning orders to compare against')
-  seed: int = option(0, 'seed of the random pruning orders')
+      DEFAULT_CURVE_POINTS, 'points on each pruning curve, evenly spaced head counts from '
+      'none to all removed (0: every head count)', parse=int)
+  random_orders: int = option(DEFAULT_RANDOM_ORDERS, 'random pruning orders to compare against')
+  seed: int = option(0, 'seed of the random pruning orders and of the stage-2 subset')
   partial_heads: Optional[int] = option(
-      None, 'partial pruning for the N heads of highest Taylor importance (default: all '
-            'heads up to 48 of them, else 12)', parse=int)
+      DEFAULT_PARTIAL_HEADS, 'partial pruning for the N heads of highest Taylor importance '
+      '(0: all heads)', parse=int)
   partial_radii: tuple = option(
       (1, 2, 3), 'Chebyshev radii (patches) for local/global partial pruning',
       flag='--radii', parse=parse_ints())
@@ -580,9 +851,11 @@ class ImportanceOptions:
   def __post_init__(self):
     check(self, 'batch_size', self.batch_size, low=1)
     check(self, 'chunk', self.chunk, low=1, optional=True)
-    check(self, 'curve_points', self.curve_points, low=2, optional=True)
+    check(self, 'subset_images', self.subset_images, low=0, optional=True)
+    if self.curve_points not in (None, 0):
+      check(self, 'curve_points', self.curve_points, low=2)
     check(self, 'random_orders', self.random_orders, low=0)
-    check(self, 'partial_heads', self.partial_heads, low=1, optional=True)
+    check(self, 'partial_heads', self.partial_heads, low=0, optional=True)
     check(self, 'taylor_probes', self.taylor_probes, low=1)
     if not self.partial_radii:
       raise OptionError('partial_radii', 'expected at least one radius')
@@ -596,18 +869,33 @@ class ImportanceOptions:
     """Raises OptionError for radii or a region that do not fit the model's patch grid."""
     partial_variants(config, self.partial_radii, self.partial_region)
 
+  def subset_size(self, n_images: int) -> int:
+    """Images in the stage-2 subset for a source of n_images."""
+    cap = self.subset_images or n_images
+    return min(n_images, cap)
+
+  def curve_masks(self, config: ViTConfig) -> int:
+    """Pruning-curve masks stage 2 computes at most: every order's inner points, and the
+    all-removed mask once (none removed is the unmasked model)."""
+    n = config.num_layers * config.num_heads
+    counts = curve_counts(config, self.curve_points)
+    inner = [c for c in counts if 0 < c < n]
+    orders = len(ORDER_METRICS) + self.random_orders
+    return orders * len(inner) + (1 if counts[-1] == n else 0)
+
 
 def curve_counts(config: ViTConfig, points: Optional[int]) -> list:
   n = config.num_layers * config.num_heads
-  points = min(n + 1, 21) if points is None else max(2, min(points, n + 1))
+  points = n + 1 if not points else max(2, min(points, n + 1))
   return sorted({int(round(x)) for x in np.linspace(0, n, points)})
 
 
-def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int) -> dict:
-  """Flat head orders, least important first: one per metric of `scores` ({name: [L, H]}),
-  plus seeded random ones."""
+def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int,
+                metrics: Sequence[str] = ORDER_METRICS) -> dict:
+  """Flat head orders, least important first: one per metric of `scores` ({name: [L, H]})
+  in `metrics`, plus seeded random ones."""
   orders = {}
-  for name in ORDER_METRICS:
+  for name in metrics:
     # Stable sort; ties broken by head index so orders are reproducible.
     orders[name] = np.argsort(np.asarray(scores[name]).ravel(), kind='stable')
   rng = np.random.default_rng(seed)
@@ -619,12 +907,31 @@ def head_orders(scores: dict, config: ViTConfig, random_orders: int, seed: int) 
 
 def select_partial_heads(taylor: np.ndarray, count: Optional[int]) -> np.ndarray:
   """Flat indices (ascending) of the heads to partially prune: the `count` with the
-  highest Taylor importance; all heads when count is None and there are <= 48."""
+  highest Taylor importance (all heads when count is 0 or None)."""
   n = taylor.size
-  if count is None:
-    count = n if n <= 48 else 12
+  count = n if not count else count
   top = np.argsort(-taylor.ravel(), kind='stable')[:min(count, n)]
   return np.sort(top)
+
+
+def stratified_subset(strata: np.ndarray, size: int, seed: int) -> np.ndarray:
+  """Indices (ascending) of `size` of the images with strata >= 0, each stratum (class)
+  represented in proportion to its size; deterministic given the seed.
+
+  Each stratum is shuffled; image j of a stratum of n gets the key (j + 1/2) / n, and the
+  `size` smallest keys are taken (ties by stratum), so every prefix is proportional.
+  """
+  strata = np.asarray(strata)
+  rng = np.random.default_rng([seed, 1])
+  keys, index = [], []
+  for c in np.unique(strata[strata >= 0]):
+    members = rng.permutation(np.flatnonzero(strata == c))
+    keys.append((np.arange(len(members)) + .5) / len(members) + c * 1e-9)
+    index.append(members)
+  if not index:
+    return np.zeros(0, np.int64)
+  keys, index = np.concatenate(keys), np.concatenate(index)
+  return np.sort(index[np.argsort(keys, kind='stable')[:size]])
 
 
 def _valid_sum(x, valid):
@@ -641,23 +948,38 @@ def stage1_sums(config: ViTConfig, n_images: int, per_image: bool) -> dict:
   acc = {'count': np.zeros(()), 'labelled': np.zeros(()), 'taylor': np.zeros((L, H))}
   acc.update({f'full_{k}': np.zeros(()) for k in ABLATION_METRICS})
   acc.update({f'ablation_{k}': np.zeros((L, H)) for k in ABLATION_METRICS})
+  # Each image's stratum (its target class; -1: not read) for the stage-2 subset.
+  acc['target'] = np.full(n_images, -1, np.int32)
   if config.has_pool_attention:  # the MAP head's heads: a pooling row
     acc['pool_taylor'] = np.zeros(H)
     acc.update({f'pool_ablation_{k}': np.zeros(H) for k in ABLATION_METRICS})
   if per_image:
     for k in PER_IMAGE:
       acc[f'per_image_{k}'] = np.full((n_images, L, H), np.nan, np.float32)
+    # The unmasked model on each image (the image overview): NaN / -1 where unreadable.
+    acc['per_image_loss'] = np.full(n_images, np.nan, np.float32)
+    acc['per_image_prediction'] = np.full(n_images, -1., np.float32)
   return acc
 
 
 PER_IMAGE = ('taylor', 'ablation_loss', 'ablation_kl')
 
 
-def add_stage1(acc: dict, batch, grads, ablation, full, pool_grads=None,
-               pool_ablation=None) -> None:
+def _strata(out, labels, objective: Objective):
+  """Each image's stratum for the stage-2 subset: its target class; under the embedding
+  objective its label (unlabelled images are one stratum, 0)."""
+  if objective.label_metrics:
+    return targets_from(out, labels, objective)
+  return jnp.maximum(labels, 0)
+
+
+def add_stage1(acc: dict, batch, grads, ablation, full, targets=None, logits=None,
+               pool_grads=None, pool_ablation=None) -> None:
   """Adds one batch's Taylor |grads| [B, L, H], ablation {metric: [L, H, B]} and unmasked
-  {metric: [B]} metrics of the valid images to the sums (and per-image rows); with a MAP
-  head also its heads' pool_grads [B, H] and pool_ablation {metric: [H, B]}."""
+  {metric: [B]} metrics of the valid images to the sums (and per-image rows; with the
+  targets [B], each image's stratum of the stage-2 subset; with the unmasked logits
+  [B, C], also each image's loss and predicted class); with a MAP head also its heads'
+  pool_grads [B, H] and pool_ablation {metric: [H, B]}."""
   valid = batch.valid
   bad = valid & ~np.isfinite(np.asarray(full['loss']))
   if bad.any():
@@ -672,6 +994,8 @@ def add_stage1(acc: dict, batch, grads, ablation, full, pool_grads=None,
   for m in ABLATION_METRICS:
     acc[f'full_{m}'] += _valid_sum(full[m], valid)
     acc[f'ablation_{m}'] += _valid_sum(ablation[m], valid)
+  if targets is not None and 'target' in acc:
+    acc['target'][batch.index[valid]] = np.asarray(targets)[valid]
   if 'per_image_taylor' in acc:
     rows = batch.index[valid]
     acc['per_image_taylor'][rows] = np.asarray(grads)[valid]
@@ -679,6 +1003,9 @@ def add_stage1(acc: dict, batch, grads, ablation, full, pool_grads=None,
     acc['per_image_ablation_loss'][rows] = np.moveaxis(
         np.asarray(ablation['loss']) - full_loss, -1, 0)[valid]
     acc['per_image_ablation_kl'][rows] = np.moveaxis(np.asarray(ablation['kl']), -1, 0)[valid]
+    if logits is not None and 'per_image_prediction' in acc:
+      acc['per_image_loss'][rows] = full_loss[valid]
+      acc['per_image_prediction'][rows] = np.argmax(np.asarray(logits), -1)[valid]
 
 
 def head_scores(acc: dict) -> tuple:
@@ -710,18 +1037,37 @@ class Stage2Plan(NamedTuple):
   heads: np.ndarray        # [E] flat indices of the partially pruned heads, ascending
   layers: tuple            # [E] their layers (static for jit)
   keeps: np.ndarray        # [V, T, T]
+  subset: np.ndarray = np.zeros(0, np.int64)  # [S] image indices of the stage-2 subset
+  unique_masks: np.ndarray = np.zeros((0, 0, 0), np.float32)  # [U, L, H] computed masks
+  mask_of: np.ndarray = np.zeros(0, np.int64)  # [O * P] row of unique_masks, -1: none removed
+  first_layers: tuple = ()  # [U] first layer with a head removed (static for jit)
 
 
 def plan_stage2(acc: dict, config: ViTConfig, options: ImportanceOptions,
-                variants: list) -> Stage2Plan:
+                variants: list, objective: Optional[Objective] = None) -> Stage2Plan:
   scores, _ = head_scores(acc)
-  orders = head_orders(scores, config, options.random_orders, options.seed)
+  # Without labels' metrics (the embedding objective) top-1 drops are all 0: no order.
+  metrics = tuple(m for m in ORDER_METRICS if m != 'ablation_top1' or objective is None
+                  or objective.label_metrics)
+  orders = head_orders(scores, config, options.random_orders, options.seed, metrics)
   counts = curve_counts(config, options.curve_points)
   masks = np.concatenate([pruning_masks(o, counts, config) for o in orders.values()])
   heads = select_partial_heads(scores['taylor'], options.partial_heads)
   layers = tuple(int(h) // config.num_heads for h in heads)
+  # Masks are computed once each: no head removed is the unmasked model (free), all
+  # removed is the same for every order, and orders may share a prefix.
+  flat = masks.reshape(len(masks), -1)
+  unmasked = flat.min(axis=1) == 1.
+  unique, inverse = np.unique(flat[~unmasked], axis=0, return_inverse=True)
+  mask_of = np.full(len(masks), -1, np.int64)
+  mask_of[~unmasked] = np.ravel(inverse)
+  unique = unique.reshape(-1, config.num_layers, config.num_heads).astype(np.float32)
+  targets = acc['target']
+  subset = stratified_subset(targets, options.subset_size(int((targets >= 0).sum())),
+                             options.seed)
   return Stage2Plan(list(orders), counts, masks, heads, layers,
-                    np.stack([v.keep for v in variants]))
+                    np.stack([v.keep for v in variants]), subset, unique, mask_of,
+                    first_masked_layers(unique))
 
 
 class _Saver:
@@ -736,79 +1082,195 @@ class _Saver:
       self.last = time.monotonic()
 
 
+class _StageClock:
+  """Wall time of a stage, its first batch (which includes compilation) apart."""
+
+  def __init__(self, timings: Optional[dict], name: str):
+    self.timings, self.name = timings, name
+    self.start = self.last = time.perf_counter()
+    self.batches, self.images, self.first = 0, 0, None
+    self.compile_seconds = None
+
+  def compile(self, fn, *args) -> None:
+    """Compiles jitted `fn` for `args` ahead of its first call, timing it (the call then
+    finds the compiled program in JAX's cache; with the persistent cache on, a second run
+    loads it from disk instead)."""
+    if self.compile_seconds is None and hasattr(fn, 'lower'):
+      t0 = time.perf_counter()
+      fn.lower(*args).compile()
+      self.compile_seconds = time.perf_counter() - t0
+
+  def batch(self, valid) -> None:
+    now = time.perf_counter()
+    if self.first is None:
+      self.first = now - self.last
+    self.last = now
+    self.batches += 1
+    self.images += int(np.sum(valid))
+
+  def done(self) -> None:
+    if self.timings is not None and self.batches:
+      total = time.perf_counter() - self.start
+      steady = (total - self.first) / (self.batches - 1) if self.batches > 1 else None
+      self.timings[self.name] = {
+          'seconds': total, 'first_batch_seconds': self.first, 'batches': self.batches,
+          'images': self.images,
+          # The first batch's excess over a later one: compilation (or a cache load).
+          'compile_seconds': self.compile_seconds if self.compile_seconds is not None else
+                             max(self.first - steady, 0.) if steady is not None else None}
+
+
 def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
-               objective=None) -> None:
+               timings=None, objective=None) -> None:
   """Taylor and the ablation scan over `batches` (batch numbers from first_batch)."""
   objective = _objective(config, objective)
+  clock = _StageClock(timings, 'importance stage 1')
   for k, batch in enumerate(batches, start=first_batch):
     images, labels, index = parallel.shard_batch(
         mesh, (batch.images, batch.labels, np.asarray(batch.index, np.int32)))
-    if config.has_pool_attention:
-      grads, pool_grads, logits = taylor_pool_batch(params, config, images, labels, objective,
-                                                    index)
-      ablation, pool_ablation, _ = ablation_pool_batch(params, config, images, labels, chunk,
-                                                       objective)
-    else:
-      grads, logits = taylor_batch(params, config, images, labels, objective, index)
-      ablation, _ = ablation_batch(params, config, images, labels, chunk, objective)
-      pool_grads = pool_ablation = None
-    add_stage1(acc, batch, grads, ablation, full_metrics(logits, labels, objective),
-               pool_grads, pool_ablation)
+    args = (params, config, images, labels, chunk, objective, index)
+    clock.compile(stage1_batch, *args)
+    grads, pool_grads, ablation, pool_ablation, out = stage1_batch(*args)
+    full = full_metrics(out, labels, objective)
+    strata = _strata(out, labels, objective)
+    logits = objective.logits(out) if objective.label_metrics else None
+    # With several processes, each reads back (and adds) only its own rows.
+    add_stage1(acc, _global_batch(batch, mesh), *parallel.to_host(
+        (grads, ablation, full, strata, logits, pool_grads, pool_ablation)))
     save(acc, 1, k + 1)
+    clock.batch(batch.valid)
+  clock.done()
   save(acc, 2, 0, force=True)
 
 
+def stage2_sums(plan: Stage2Plan) -> dict:
+  """Per-image rows for the images of the stage-2 subset (bounded by its size)."""
+  s = len(plan.subset)
+  acc = {}
+  for m in ABLATION_METRICS:
+    acc[f's2_full_{m}'] = np.full(s, np.nan)
+    acc[f's2_curve_{m}'] = np.full((s, len(plan.unique_masks)), np.nan)
+    acc[f's2_partial_{m}'] = np.full((s, len(plan.heads), len(plan.keeps)), np.nan)
+  return acc
+
+
 def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, renormalize,
-               chunk, mesh, save, objective=None) -> None:
-  """Pruning curves and partial pruning over `batches`, added to `acc`."""
-  if 'curve_top1' not in acc:
-    acc.update({f'curve_{m}': np.zeros(len(plan.curve_masks)) for m in ABLATION_METRICS})
-    acc.update({f'partial_{m}': np.zeros((len(plan.heads), len(plan.keeps)))
-                for m in ABLATION_METRICS})
-  masks = parallel.replicate(mesh, plan.curve_masks)
+               chunk, mesh, save, timings=None, objective=None) -> None:
+  """Pruning curves and partial pruning over `batches` of the subset, into `acc`'s
+  per-subset-image rows (batch.index indexes the subset)."""
+  if 's2_full_loss' not in acc:
+    acc.update(stage2_sums(plan))
+  masks = parallel.replicate(mesh, plan.unique_masks)
+  heads, keeps = jnp.asarray(plan.heads), jnp.asarray(plan.keeps)
+  first_layers = jnp.asarray(plan.first_layers, jnp.int32)
+  layers = jnp.asarray(plan.layers, jnp.int32)
+  clock = _StageClock(timings, 'importance stage 2')
   for k, batch in enumerate(batches, start=first_batch):
     images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
-    curves, partial = pruning_batch(params, config, images, labels, masks,
-                                    jnp.asarray(plan.heads), jnp.asarray(plan.keeps),
-                                    renormalize, plan.layers, chunk, objective)
+    args = (params, config, images, labels, masks, first_layers, heads, keeps, renormalize,
+            layers, chunk, objective)
+    clock.compile(stage2_batch, *args)
+    full, curves, partial = parallel.to_host(stage2_batch(*args))
+    valid = _global_batch(batch, mesh).valid
+    rows = _global_batch(batch, mesh).index[valid]
     for m in ABLATION_METRICS:
-      acc[f'curve_{m}'] += _valid_sum(curves[m], batch.valid)
-      acc[f'partial_{m}'] += _valid_sum(partial[m], batch.valid)
+      acc[f's2_full_{m}'][rows] = np.asarray(full[m])[valid]
+      if curves:
+        acc[f's2_curve_{m}'][rows] = np.moveaxis(np.asarray(curves[m]), -1, 0)[valid]
+      if partial:
+        acc[f's2_partial_{m}'][rows] = np.moveaxis(np.asarray(partial[m]), -1, 0)[valid]
     save(acc, 2, k + 1)
+    clock.batch(batch.valid)
+  clock.done()
+
+
+def _mean_se(x: np.ndarray) -> tuple:
+  """Mean and standard error of the mean over the first axis (float64)."""
+  x = np.asarray(x, np.float64)
+  n = x.shape[0]
+  mean = x.mean(0)
+  se = x.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full_like(mean, np.nan)
+  return mean, se
+
+
+def _global_batch(batch, mesh):
+  """This process's batch at its rows of the global batch (the others invalid)."""
+  if not parallel.is_multiprocess(mesh):
+    return batch
+  return batch._replace(valid=parallel.global_rows(batch.valid, mesh),
+                        labels=parallel.global_rows(batch.labels, mesh, -1),
+                        index=parallel.global_rows(batch.index, mesh, -1))
+
+
+# Per-image rows (one process fills each row; the others hold the fill): merged, not summed.
+_ROWS_FILL = {'target': -1, 'per_image_prediction': -1}
+
+
+def reduce_sums(acc: dict, mesh) -> dict:
+  """The sums of every process of `mesh` (exact, float64); per-image rows merged."""
+  if not parallel.is_multiprocess(mesh):
+    return acc
+  rows = {k: v for k, v in acc.items()
+          if k.startswith(('per_image_', 's2_')) or k in _ROWS_FILL}
+  out = parallel.allreduce_sums({k: v for k, v in acc.items() if k not in rows}, mesh)
+  out.update({k: parallel.allgather_rows(v, mesh, _ROWS_FILL.get(k, np.nan))
+              for k, v in rows.items()})
+  return out
 
 
 def finalise(acc: dict, plan: Stage2Plan, variants: list,
              objective: Optional[Objective] = None) -> ImportanceResult:
-  """Means and changes against the unmasked model, from the sums of both stages."""
+  """Means and changes against the unmasked model, from the sums of stage 1 and the
+  per-image rows of stage 2 (means over its subset, with standard errors)."""
   scores, baseline = head_scores(acc)
   count = acc['count']
   shape = (len(plan.order_names), len(plan.counts))
-  curves = {m: (acc[f'curve_{m}'] / count).reshape(shape) for m in ABLATION_METRICS}
-  partial = {}
-  for m in ABLATION_METRICS:  # as for ablation: loss increase, accuracy drops, KL
-    pruned, base = acc[f'partial_{m}'] / count, acc[f'full_{m}'] / count
-    partial[m] = {'loss': pruned - base, 'kl': pruned}.get(m, base - pruned)
+  curves, partial = {}, {}
+  for m in ABLATION_METRICS:
+    full = acc[f's2_full_{m}']                                       # [S]
+    per_mask = np.concatenate([acc[f's2_curve_{m}'], full[:, None]], axis=1)
+    values = per_mask[:, plan.mask_of]                               # -1: the unmasked model
+    curves[m] = _mean_se(values)
+    # As for ablation: loss increase, accuracy drops, KL; paired with each image's own
+    # unmasked value.
+    pruned = acc[f's2_partial_{m}']                                  # [S, E, V]
+    sign = {'loss': 1., 'kl': 1.}.get(m, -1.)
+    change = pruned if m == 'kl' else sign * (pruned - full[:, None, None])
+    partial[m] = _mean_se(change)
+  subset_base = Baseline(*(float(np.mean(acc[f's2_full_{m}'])) for m in ('loss', 'top1', 'top5')))
   return ImportanceResult(
       **scores, baseline=baseline, curve_counts=np.asarray(plan.counts),
       curve_orders=tuple(plan.order_names),
-      **{f'curve_{m}': curves[m] for m in ABLATION_METRICS},
+      **{f'curve_{m}': curves[m][0].reshape(shape) for m in ABLATION_METRICS},
       partial_heads=np.asarray(plan.heads),
       partial_variants=tuple((v.name, v.description) for v in variants),
-      **{f'partial_{m}': partial[m] for m in ABLATION_METRICS},
+      **{f'partial_{m}': partial[m][0] for m in ABLATION_METRICS},
       images=int(count), labelled_images=int(acc['labelled']),
       label_free=int(acc['labelled']) < int(count),
       **{f'per_image_{k}': acc.get(f'per_image_{k}') for k in PER_IMAGE},
+      subset_index=np.asarray(plan.subset, np.int64), subset_baseline=subset_base,
+      **{f'curve_{m}_se': curves[m][1].reshape(shape) for m in ABLATION_METRICS},
+      **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS},
+      per_image_loss=acc.get('per_image_loss'),
+      per_image_prediction=(None if acc.get('per_image_prediction') is None
+                            else acc['per_image_prediction'].astype(np.int32)),
       objective=objective.describe() if objective is not None else None)
 
 
 def compute_importance(params, config: ViTConfig, source: BatchSource,
                        options: ImportanceOptions = ImportanceOptions(), mesh=None,
                        store: Optional[ProgressStore] = None,
+                       timings: Optional[dict] = None,
                        objective: Optional[Objective] = None) -> ImportanceResult:
   """Every importance metric, streamed over the images of `source`.
 
-  mesh: a parallel.batch_mesh() (default: all local devices). store: where progress is
-  saved after batches, so that an interrupted run with the same store continues.
+  Stage 1 (Taylor, ablation) reads every image; stage 2 (pruning curves, partial pruning)
+  a class-stratified subset of options.subset_images of them (all when there are fewer).
+  mesh: a parallel.batch_mesh() (default: every device of every process; with several
+  processes each reads only its shard of `source` — and of the subset — and the sums are
+  reduced exactly). store: where progress is saved after batches, so that an interrupted
+  run with the same store continues (one store per process; all processes resume together
+  or start over). timings: a dict to which each stage's wall time is added.
   objective: default classification for a classifier, embedding distortion otherwise
   (`classes_objective` for a class matrix).
   """
@@ -817,25 +1279,41 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
     objective = dataclasses.replace(objective, taylor_probes=options.taylor_probes,
                                     seed=options.seed)
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  batch_size = parallel.local_batch_size(options.batch_size, mesh)
+  n_images, whole = len(source), source
+  if parallel.is_multiprocess(mesh):
+    source = process_shard(source, batch_size, jax.process_index(),
+                           parallel.process_count(mesh))
   chunk = options.chunk or default_chunk()
   variants = partial_variants(config, options.partial_radii, options.partial_region)
   params = parallel.replicate(mesh, params)
   save = _Saver(store, options.save_every_seconds)
 
-  def batches(stage, first):
-    return source.batches(batch_size, first, progress=options.progress,
-                          desc=f'importance {stage}/2')
-
-  stage, first, acc = 1, 0, stage1_sums(config, len(source), options.per_image)
+  stage, first, acc = 1, 0, stage1_sums(config, n_images, options.per_image)
   saved = store.load() if store else None
+  if not parallel.agree(-1 if saved is None else saved[0] * 4 + int(saved[1]['stage']), mesh):
+    saved = None  # processes saved at different batches: all start over
   if saved is not None:
     first, acc = saved
     stage = int(acc.pop('stage'))
   if stage == 1:
-    run_stage1(params, config, batches(1, first), first, acc, chunk, mesh, save, objective)
+    run_stage1(params, config, source.batches(batch_size, first, progress=options.progress,
+                                              desc='importance 1/2'),
+               first, acc, chunk, mesh, save, timings, objective)
     first = 0
-  plan = plan_stage2(acc, config, options, variants)
-  run_stage2(params, config, batches(2, first), first, acc, plan, options.renormalize, chunk,
-             mesh, save, objective)
-  return finalise(acc, plan, variants, objective)
+  plan = plan_stage2(reduce_sums(acc, mesh), config, options, variants, objective)
+  subset = subset_source(whole, plan.subset)
+  # No more padding than the device count needs when the subset is smaller than a batch.
+  batch2 = parallel.local_batch_size(min(options.batch_size, max(len(subset), 1)), mesh)
+  if parallel.is_multiprocess(mesh):
+    subset = process_shard(subset, batch2, jax.process_index(), parallel.process_count(mesh))
+  run_stage2(params, config, subset.batches(batch2, first, progress=options.progress,
+                                            desc='importance 2/2'),
+             first, acc, plan, options.renormalize, chunk, mesh, save, timings, objective)
+  if timings is not None:  # what each stage evaluated, for the cost report (cost.stage1/2)
+    timings.setdefault('importance stage 1', {}).update(
+        taylor_probes=objective.taylor_probes if objective.kind == 'embedding' else 1)
+    timings.setdefault('importance stage 2', {}).update(
+        images=len(plan.subset), first_layers=plan.first_layers, layers=plan.layers,
+        variants=len(variants))
+  return finalise(reduce_sums(acc, mesh), plan, variants, objective)

@@ -97,7 +97,7 @@ def extract_samples(params, config: ViTConfig, source: BatchSource, per_head: in
                     progress: bool = True) -> Samples:
   """Pattern samples from the first `max_images` readable images of `source`: `per_head`
   query patches per (image, layer, head), so at most max_images * L * H * per_head."""
-  mesh = mesh or parallel.batch_mesh()
+  mesh = mesh or parallel.batch_mesh(jax.local_devices())  # each process: all its images
   params = parallel.replicate(mesh, params)
   parts = []
   batches = source.take(max_images).batches(parallel.device_batch_size(batch_size, mesh),

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
@@ -22,7 +23,21 @@ from vit_jax_analytics import checkpoints, data
 from vit_jax_analytics.errors import NonFiniteError, OptionError, VitAnalyticsError
 from vit_jax_analytics.logdir import progress_store, schema, writer
 from vit_jax_analytics.model import ViTConfig
-from vit_jax_analytics.options import check
+from vit_jax_analytics.options import check, option
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a run is carried out (not what it computes)."""
+  compile_cache: Optional[Path] = option(
+      None, "directory of JAX's persistent compilation cache, so that a second analysis of "
+            'the same model shape skips compiling (default: $XDG_CACHE_HOME or ~/.cache, '
+            '/vit_jax_analytics/jax)', parse=Path)
+  use_compile_cache: bool = option(True, 'no persistent compilation cache',
+                                   flag='--no-compile-cache')
+  dry_run: bool = option(False, 'print the planned cost of each stage (forward passes per '
+                                'image and estimated time on this device) and stop')
+  time_forward: bool = option(True, cli=False)  # time one forward for the estimate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,21 +154,34 @@ def model_view_images(inputs: Inputs, loaded: Loaded, indices) -> np.ndarray:
 
 # --- the analyses: compute a result, then its tags -------------------------------------------
 
-def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tuple:
+def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
+                timings=None) -> tuple:
   from vit_jax_analytics import importance
 
-  store = progress_store.LogdirProgressStore(logdir, run, 'importance',
-                                             computation_key(inputs, loaded, options))
+  import jax
+  key = computation_key(inputs, loaded, options)
+  if jax.process_count() > 1:  # each process saves (and resumes) its own sums
+    key += f'-p{jax.process_index()}of{jax.process_count()}'
+  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key)
   objective = None
   if options.classes_npz:
     objective = importance.classes_objective(
         loaded.config, **checkpoints.load_class_matrix(options.classes_npz))
   result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
-                                         store=store, objective=objective)
+                                         store=store, timings=timings, objective=objective)
+  if timings is not None:  # forward-equivalents per image of what each stage evaluated
+    from vit_jax_analytics import cost
+    s1 = timings.setdefault('importance stage 1', {})
+    s1['forward_eq'] = cost.stage1(loaded.config, s1.pop('taylor_probes', 1))
+    s2 = timings.get('importance stage 2')
+    if s2 and 'layers' in s2:
+      s2['forward_eq'] = cost.stage2(loaded.config, s2.pop('first_layers'), s2.pop('layers'),
+                                     s2.pop('variants'))
   return result, lambda meta: schema.importance_values(result, meta), store.clear
 
 
-def _strength(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tuple:
+def _strength(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
+              timings=None) -> tuple:
   from vit_jax_analytics import strength
 
   result = strength.compute_strength(loaded.params, loaded.config, loaded.source, options)
@@ -161,7 +189,8 @@ def _strength(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tupl
   return result, lambda meta: schema.strength_values(result, meta, images), None
 
 
-def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options) -> tuple:
+def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
+              timings=None) -> tuple:
   from vit_jax_analytics import patterns
 
   samples = patterns.extract_samples(loaded.params, loaded.config, loaded.source,
@@ -186,21 +215,38 @@ ANALYSES = ('importance', 'strength', 'patterns')
 _RUNNERS = {'importance': _importance, 'strength': _strength, 'patterns': _patterns}
 
 
+def _variants(config, options) -> int:
+  if 'importance' not in options:
+    return 0
+  from vit_jax_analytics import importance
+  o = options['importance']
+  return len(importance.partial_variants(config, o.partial_radii, o.partial_region))
+
+
 def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
                  options: Optional[Mapping[str, Any]] = None,
-                 analyses: Sequence[str] = ANALYSES) -> list:
+                 analyses: Sequence[str] = ANALYSES,
+                 run_options: Optional[RunOptions] = None) -> list:
   """Runs `analyses` in turn on one load of the checkpoint and images; each writes its own
   event file to <logdir>/<run> as soon as it is done. options: {analysis: its options}
-  (defaults for the others). Returns the files written."""
+  (defaults for the others). Prints the planned cost of each stage first and what each
+  cost at the end (stderr). run_options: the compilation cache and dry run (default: no
+  persistent cache, as for a library call). Returns the files written."""
+  from vit_jax_analytics import cost
+
   unknown = sorted(set(analyses) - set(ANALYSES))
   if unknown:
     raise ValueError(f'unknown analyses {unknown}; expected some of {ANALYSES}')
+  run_options = run_options or RunOptions(use_compile_cache=False)
+  if run_options.use_compile_cache:  # before anything compiles
+    cost.enable_compile_cache(run_options.compile_cache or cost.default_cache_dir())
   options = {name: (options or {}).get(name) or options_types()[name]() for name in analyses}
   run = writer.check_run_name(run or default_run_name(inputs.checkpoint))
-  writer.check_writable(logdir, run)  # before any work, not after it
+  if not run_options.dry_run:
+    writer.check_writable(logdir, run)  # before any work, not after it
   loaded = inputs.load()
   try:
-    return _run_loaded(inputs, loaded, logdir, run, options, analyses)
+    return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options)
   except NonFiniteError as e:
     raise name_images(e, loaded.image_set) from None
 
@@ -214,19 +260,50 @@ def name_images(e: NonFiniteError, image_set) -> VitAnalyticsError:
                            f'check the checkpoint and the normalisation (--mean/--std)')
 
 
-def _run_loaded(inputs, loaded, logdir, run, options, analyses) -> list:
+def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> list:
+  from vit_jax_analytics import cost
+
   for opts in options.values():  # options that depend on the model, before any work
     if hasattr(opts, 'check_model'):
       opts.check_model(loaded.config)
-  written = []
+  n_images = len(loaded.source)
+  stages = cost.plan(loaded.config, n_images, analyses, options,
+                     _variants(loaded.config, options))
+  per_forward = None
+  if run_options.time_forward:
+    batch = min(max(o.batch_size for o in options.values()), max(n_images, 1))
+    per_forward, _ = cost.time_forward(loaded.params, loaded.config, batch)
+  print(cost.format_table(stages, loaded.config, n_images, per_forward), file=sys.stderr,
+        flush=True)
+  if run_options.dry_run:
+    return []
+  written, timings = [], {}
   for k, name in enumerate(analyses, start=1):
     print(f'[{k}/{len(analyses)}] {name}', file=sys.stderr, flush=True)
-    result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name])
+    start = time.perf_counter()
+    result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name], timings)
+    if name != 'importance':
+      timings[name] = {'seconds': time.perf_counter() - start}
     meta = common_meta(inputs, loaded, options[name])
-    written.append(writer.write_analysis(logdir, run, name, values(meta)))
+    if _writes():  # every process holds the reduced result; process 0 alone writes it
+      written.append(writer.write_analysis(logdir, run, name, values(meta)))
     if done:
       done()  # progress is dropped only once the results are safely written
+  for s in stages:  # what each stage actually did and took
+    t = timings.get(s.name, {})
+    s.seconds = t.get('seconds')
+    s.compile_seconds = t.get('compile_seconds')
+    s.per_image = t.get('forward_eq', s.per_image)
+    s.images = t.get('images', s.images)
+    s.note = ''
+  print(cost.format_table(stages, loaded.config, n_images, title='done'), file=sys.stderr,
+        flush=True)
   return written
+
+
+def _writes() -> bool:
+  import jax
+  return jax.process_index() == 0
 
 
 def run_importance(inputs: Inputs, logdir, run: Optional[str] = None, options=None) -> Path:

@@ -51,6 +51,27 @@ class ImportanceResult:
   per_image_taylor: Optional[np.ndarray] = None         # [N, L, H], NaN if unreadable
   per_image_ablation_loss: Optional[np.ndarray] = None  # [N, L, H]
   per_image_ablation_kl: Optional[np.ndarray] = None    # [N, L, H]
+  per_image_loss: Optional[np.ndarray] = None           # [N] unmasked loss, NaN if unreadable
+  per_image_prediction: Optional[np.ndarray] = None     # [N] int predicted class, -1 if unreadable
+  # Pruning curves and partial pruning are means over a class-stratified subset of the
+  # images (all of them when there are at most `subset_images` option): its image indices,
+  # its own unmasked baseline (the curves' first point), and standard errors of the means
+  # over it (partial pruning: of the per-image changes). S = len(subset_index).
+  subset_index: Optional[np.ndarray] = None           # [S] int
+  subset_baseline: Optional[Baseline] = None
+  curve_top1_se: Optional[np.ndarray] = None          # [O, P]
+  curve_top5_se: Optional[np.ndarray] = None          # [O, P]
+  curve_kl_se: Optional[np.ndarray] = None            # [O, P]
+  curve_loss_se: Optional[np.ndarray] = None          # [O, P]
+  partial_loss_se: Optional[np.ndarray] = None        # [E, V]
+  partial_top1_se: Optional[np.ndarray] = None        # [E, V]
+  partial_top5_se: Optional[np.ndarray] = None        # [E, V]
+  partial_kl_se: Optional[np.ndarray] = None          # [E, V]
+
+  @property
+  def subset_images(self) -> int:
+    """Images the curves and partial pruning were computed on."""
+    return self.images if self.subset_index is None else len(self.subset_index)
   # The objective (importance.Objective.describe()): kind, source, what each metric means.
   objective: Optional[dict] = None
   # A MAP pooling head's heads (probe -> tokens), as one more row; None without one.
@@ -89,6 +110,9 @@ class StrengthResult:
       default_factory=lambda: np.zeros(0, np.int32))  # [M] image of each stored map
   map_attention: Optional[np.ndarray] = None   # [M, L, H, T, T] float16
   map_rollout: Optional[np.ndarray] = None     # [M, L, T, T] float16
+  baselines: Optional[dict] = None             # strength.baselines(config): uniform / self
+  qk_embedding: Optional[np.ndarray] = None    # [L, H, 2, Mq * T, 2] joint query/key PCA
+  qk_images: Optional[np.ndarray] = None       # [Mq] int: stored map k of each embedded image
   # Models with a MAP pooling head (no class token): where the model looks.
   pool_attention: Optional[np.ndarray] = None      # [H, h, w] the MAP probe's attention
   map_pool_attention: Optional[np.ndarray] = None  # [M, H, T] float16, per stored image

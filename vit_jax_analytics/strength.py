@@ -15,6 +15,7 @@ Only patch queries and patch keys enter the offset statistics: the tokens before
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 import functools
 
 import jax
@@ -22,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource
+from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, process_shard,
+                                       shard_range)
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
 from vit_jax_analytics.results import ScalarDistribution, StrengthResult
@@ -51,6 +53,31 @@ def scalar_ranges(config: ViTConfig) -> dict:
   return {'mean_distance': (0., float(np.hypot(h - 1, w - 1) * config.patch_size)),
           'entropy': (0., float(np.log(config.num_tokens))),
           'self_share': (0., 1.), 'cls_share': (0., 1.)}
+
+
+def baselines(config: ViTConfig) -> dict:
+  """The statistics of two reference heads, as `layer_statistics` and `finish` define them:
+  'uniform' (every query attends 1/T to every token) and 'self' (every patch query attends
+  only to itself). {reference: {mean_distance (px), neighbourhood_share [n], entropy,
+  self_share, cls_share, offset_ratio_centre}}. The plugin draws them in every locality plot.
+  """
+  (gh, gw), t = config.grid_shape, config.num_tokens
+  n, p = max(gh, gw), gh * gw
+  dist = patch_distances(gh, gw).astype(np.float64) * config.patch_size
+  r, c = np.divmod(np.arange(p), gw)
+  cheb = np.maximum(np.abs(r[:, None] - r[None]), np.abs(c[:, None] - c[None]))   # [P, P]
+  # Uniform: each patch query gives 1/T to each key; renormalised over patch keys the mean
+  # distance is the plain mean over (query, key) patch pairs.
+  uniform = {
+      'mean_distance': float(dist.mean()),
+      'neighbourhood_share': [float((cheb <= d).sum() / (p * t)) for d in range(n)],
+      'entropy': float(np.log(t)), 'self_share': 1. / t,
+      'cls_share': 1. / t if config.has_cls_token else None,
+      'offset_ratio_centre': 1.}
+  self_only = {
+      'mean_distance': 0., 'neighbourhood_share': [1.] * n, 'entropy': 0., 'self_share': 1.,
+      'cls_share': 0. if config.has_cls_token else None, 'offset_ratio_centre': float(t)}
+  return {'uniform': uniform, 'self': self_only}
 
 
 def layer_statistics(weights, config: ViTConfig):
@@ -124,6 +151,62 @@ def attention_maps(params, config: ViTConfig, images):
 
 
 @functools.partial(jax.jit, static_argnums=1)
+def queries_keys(params, config: ViTConfig, images):
+  """Every block's queries and keys [B, L, H, T, D/H] each, from the block inputs the model
+  sows ('intermediates'): q = LayerNorm_0(block_input) @ query kernel + bias, likewise k."""
+  import flax.linen as nn
+  _, state = model_lib.VisionTransformer(config).apply({'params': params}, images,
+                                                       mutable=['intermediates'])
+  blocks = state['intermediates']['Transformer']
+  qs, ks = [], []
+  for layer in range(config.num_layers):
+    name = f'encoderblock_{layer}'
+    x = blocks[name]['block_input'][0]
+    p = params['Transformer'][name]
+    y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply({'params': p['LayerNorm_0']}, x)
+    att = p['MultiHeadDotProductAttention_1']
+    proj = lambda w: jnp.einsum('btd,dhe->bhte', y, w['kernel']) + w['bias'][None, :, None]
+    qs.append(proj(att['query']))
+    ks.append(proj(att['key']))
+  return jnp.stack(qs, 1), jnp.stack(ks, 1)
+
+
+def joint_embedding(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+  """Queries and keys of one head [N, d] each -> [2, N, 2]: both projected together onto
+  their first two principal axes, as AttentionViz (Yeh et al. 2023) does. Attention is
+  unchanged by translating the keys (softmax over keys) and by scaling q by c and k by 1/c,
+  so first the keys are moved onto the queries' centroid and both scaled to the same mean
+  spread (distance from their centroid); then queries near keys are the pairs that attend
+  to each other."""
+  q = np.asarray(q, np.float64)
+  k = np.asarray(k, np.float64)
+  k = k - k.mean(0) + q.mean(0)
+  qn = np.linalg.norm(q - q.mean(0), axis=1).mean()
+  kn = np.linalg.norm(k - k.mean(0), axis=1).mean()
+  c = np.sqrt(kn / qn) if qn > 1e-12 and kn > 1e-12 else 1.
+  x = np.concatenate([q * c, k / c])
+  x = x - x.mean(0)
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  axes = vt[:2]
+  if axes.shape[0] < 2:
+    axes = np.concatenate([axes, np.zeros((2 - axes.shape[0], x.shape[1]))])
+  coords = x @ axes.T
+  return coords.reshape(2, len(q), 2).astype(np.float32)
+
+
+def qk_embeddings(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+  """[M, L, H, T, d] queries and keys -> [L, H, 2 (query, key), M * T, 2] joint embeddings
+  per head of the tokens of the M images (token m * T + t)."""
+  m, L, H, t, d = q.shape
+  out = np.zeros((L, H, 2, m * t, 2), np.float32)
+  for layer in range(L):
+    for head in range(H):
+      out[layer, head] = joint_embedding(q[:, layer, head].reshape(-1, d),
+                                         k[:, layer, head].reshape(-1, d))
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=1)
 def pool_attention_maps(params, config: ViTConfig, images):
   """(attention [B, L, H, T, T], the MAP head's attention [B, H, T]) for a few images."""
   (_, attention), state = model_lib.VisionTransformer(config).apply(
@@ -136,6 +219,21 @@ def pool_rollout(pool_attention, rollout):
   residual: the probe is not a token) times the rollout through all layers [..., T, T]
   -> [..., T], how much each input token flows into the pooled embedding."""
   return jnp.einsum('...q,...qk->...k', jnp.mean(pool_attention, axis=-2), rollout)
+
+
+def _image_maps(params, config: ViTConfig, images) -> dict:
+  """The stored maps of a few images, in float16: 'map_attention' [B, L, H, T, T],
+  'map_rollout' [B, L, T, T], and with a MAP head 'map_pool_attention' [B, H, T] and
+  'map_pool_rollout' [B, T]."""
+  if config.has_pool_attention:
+    attention, pool = pool_attention_maps(params, config, images)
+  else:
+    attention, pool = attention_maps(params, config, images), None
+  rollout = attention_rollout(attention)
+  maps = {'map_attention': attention, 'map_rollout': rollout}
+  if pool is not None:
+    maps.update(map_pool_attention=pool, map_pool_rollout=pool_rollout(pool, rollout[:, -1]))
+  return {k: np.asarray(v).astype(np.float16) for k, v in maps.items()}
 
 
 def attention_rollout(attention):
@@ -166,11 +264,34 @@ class StrengthOptions:
   batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
   map_images: int = option(
       8, 'images (spread over the set) whose full attention maps and rollout are stored')
+  map_budget_mib: Optional[float] = option(
+      None, 'store the maps of as many images (spread over the set) as fit in this many MiB '
+      '(float16 attention and rollout, 2 L (H + 1) T^2 bytes an image; all images if they '
+      'fit); overrides --map-images', parse=float)
+  qk_images: int = option(
+      4, 'of the stored images, how many go into the joint query/key embedding of each head')
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
 
   def __post_init__(self):
     check(self, 'batch_size', self.batch_size, low=1)
     check(self, 'map_images', self.map_images, low=0)
+    check(self, 'qk_images', self.qk_images, low=0)
+    check(self, 'map_budget_mib', self.map_budget_mib, low=0, optional=True, what='a number')
+
+  def stored_maps(self, config: ViTConfig, n_images: int) -> int:
+    """How many images get their full maps stored: map_images, or as many as fit in
+    map_budget_mib."""
+    if self.map_budget_mib is None:
+      return min(self.map_images, n_images)
+    return min(n_images, int(self.map_budget_mib * 2 ** 20 // map_bytes(config)))
+
+
+def map_bytes(config: ViTConfig) -> int:
+  """Bytes of one stored image's maps: float16 attention [L, H, T, T] and rollout [L, T, T]
+  (with a MAP head also its attention [H, T] and the rollout from it [T])."""
+  t = config.num_tokens
+  pool = (config.num_heads + 1) * t if config.has_pool_attention else 0
+  return 2 * (config.num_layers * (config.num_heads + 1) * t ** 2 + pool)
 
 
 def histogram_quantiles(hist: np.ndarray, lo: float, hi: float, qs=QUANTILES) -> np.ndarray:
@@ -214,7 +335,7 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
       distributions={s: ScalarDistribution(
           ranges[s], sums[f'{s}_hist'],
           histogram_quantiles(sums[f'{s}_hist'], *ranges[s])) for s in scalars},
-      **cls_maps)
+      baselines=baselines(config), **cls_maps)
 
 
 def spread_indices(n: int, count: int) -> np.ndarray:
@@ -229,38 +350,48 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
                      options: StrengthOptions = StrengthOptions(),
                      mesh=None) -> StrengthResult:
   """Streams the strength statistics over the images of `source`; also the full attention
-  maps and rollout of `options.map_images` images spread evenly over it."""
+  maps and rollout of `options.map_images` images spread evenly over it (over process 0's
+  shard when the mesh spans several processes; every process returns the same sums)."""
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.device_batch_size(options.batch_size, mesh)
+  multi = parallel.is_multiprocess(mesh)
+  batch_size = parallel.local_batch_size(options.batch_size, mesh)
+  wanted = spread_indices(len(source), options.stored_maps(config, len(source)))
+  if multi:  # the stored maps come from process 0's shard, which writes them
+    count_p, p = parallel.process_count(mesh), jax.process_index()
+    first_shard = shard_range(len(source), 0, count_p)[1]
+    wanted = spread_indices(first_shard, options.stored_maps(config, first_shard))
+    source = process_shard(source, batch_size, p, count_p)
   params = parallel.replicate(mesh, params)
+  local_params = parallel.local_copy(params) if multi else params
   sums, count = {}, 0
-  maps, pool_maps, map_index = [], [], []
-  wanted = spread_indices(len(source), options.map_images)
+  maps, map_index = {}, []               # {field: [per-batch arrays]}
+  qk = ([], [])                          # queries, keys of the first qk_images stored images
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
-    sums = accumulate(sums, stats, batch.valid, config)
+    sums = accumulate(sums, parallel.to_host(stats), parallel.global_rows(batch.valid, mesh),
+                      config)
     count += int(batch.valid.sum())
     rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
-    if len(rows) and config.has_pool_attention:
-      attention, pool = pool_attention_maps(params, config, batch.images[rows])
-      maps.append(np.asarray(attention))
-      pool_maps.append(np.asarray(pool))
+    if len(rows):
+      for name, value in _image_maps(local_params, config, batch.images[rows]).items():
+        maps.setdefault(name, []).append(value)
       map_index += batch.index[rows].tolist()
-    elif len(rows):
-      maps.append(np.asarray(attention_maps(params, config, batch.images[rows])))
-      map_index += batch.index[rows].tolist()
+      # Queries and keys are read from this model's sown block inputs: none for an
+      # intercepted foreign model, whose view then shows no Q/K embedding.
+      qk_left = options.qk_images if model_lib.supports_prefix_reuse(config) else 0
+      take = rows[:max(0, qk_left - sum(len(x) for x in qk[0]))]
+      if len(take):
+        q, k = queries_keys(local_params, config, batch.images[take])
+        qk[0].append(np.asarray(q)); qk[1].append(np.asarray(k))
+  if multi:  # exact: float64 sums and counts, added in process order
+    sums = parallel.allreduce_sums({**sums, '__count__': np.asarray(count, np.float64)}, mesh)
+    count = int(sums.pop('__count__'))
   result = finish(sums, count, config)
   if not maps:
     return result
-  attention = np.concatenate(maps)
-  rollout = np.asarray(attention_rollout(attention))
-  extra = {}
-  if pool_maps:
-    pool = np.concatenate(pool_maps)
-    extra = {'map_pool_attention': pool.astype(np.float16),                  # [M, H, T]
-             'map_pool_rollout': np.asarray(pool_rollout(pool, rollout[:, -1]),
-                                            np.float16)}                      # [M, T]
-  return dataclasses.replace(
-      result, map_image_index=np.asarray(map_index, np.int32),
-      map_attention=attention.astype(np.float16),                              # [M, L, H, T, T]
-      map_rollout=rollout.astype(np.float16), **extra)                         # [M, L, T, T]
+  if qk[0]:
+    q, k = np.concatenate(qk[0]), np.concatenate(qk[1])
+    result = dataclasses.replace(result, qk_embedding=qk_embeddings(q, k),
+                                 qk_images=np.arange(len(q), dtype=np.int32))
+  return dataclasses.replace(result, map_image_index=np.asarray(map_index, np.int32),
+                             **{name: np.concatenate(v) for name, v in maps.items()})

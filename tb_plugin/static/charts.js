@@ -1,4 +1,10 @@
-// Colour scale, legends, axes and heat maps shared by the views.
+// Colour scales, legends, axes and heat maps shared by the views.
+//
+// Three kinds of colour scale, each with its own legend:
+//   sequential(lo, hi)   viridis, for non-negative magnitudes (importance, counts);
+//   signed(values)       diverging, centred at 0, symmetric (changes: ablation drops, Δ);
+//   ratio(values)        diverging on log(value), centred at 1× uniform, symmetric in log,
+//                        so that attention below uniform is as visible as above it.
 
 import {el, svg} from './dom.js';
 import {fmt, tickFmt} from './format.js';
@@ -6,63 +12,173 @@ import {fmt, tickFmt} from './format.js';
 // Viridis, sampled; linear interpolation between stops.
 const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
                  [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
+// Blue - white - red (ColorBrewer RdBu, reversed so that "more" is red).
+const DIVERGING = [[33, 102, 172], [67, 147, 195], [146, 197, 222], [209, 229, 240],
+                   [247, 247, 247], [253, 219, 199], [244, 165, 130], [214, 96, 77],
+                   [178, 24, 43]];
+// Categorical colours (layer or head), Tableau 10.
+export const CATEGORICAL = ['#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#edc948',
+                            '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac'];
 
-export function colour(t) {
+function ramp(stops, t) {
   if (t == null || Number.isNaN(t)) return '#ccc';
-  t = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
-  const i = Math.min(Math.floor(t), VIRIDIS.length - 2), f = t - i;
-  const c = VIRIDIS[i].map((a, k) => Math.round(a + f * (VIRIDIS[i + 1][k] - a)));
+  t = Math.min(1, Math.max(0, t)) * (stops.length - 1);
+  const i = Math.min(Math.floor(t), stops.length - 2), f = t - i;
+  const c = stops[i].map((a, k) => Math.round(a + f * (stops[i + 1][k] - a)));
   return `rgb(${c[0]},${c[1]},${c[2]})`;
 }
 
+export const colour = (t) => ramp(VIRIDIS, t);
+export const divergingColour = (t) => ramp(DIVERGING, (t + 1) / 2);   // t in [-1, 1]
+
+export function finite(values) {
+  return (Array.isArray(values) ? values.flat(Infinity) : [values])
+      .filter((x) => x != null && Number.isFinite(x));
+}
+
 export function extent(values) {
-  const v = values.flat(Infinity).filter((x) => x != null && Number.isFinite(x));
-  return v.length ? [Math.min(...v), Math.max(...v)] : [0, 1];
+  const v = finite(values);
+  let lo = Infinity, hi = -Infinity;
+  for (const x of v) { if (x < lo) lo = x; if (x > hi) hi = x; }
+  return v.length ? [lo, hi] : [0, 1];
 }
 
-export function legend(lo, hi, label, width = 180) {
-  const id = 'grad' + Math.random().toString(36).slice(2);
-  const stops = VIRIDIS.map((c, i) => svg('stop', {offset: `${100 * i / (VIRIDIS.length - 1)}%`,
-                                                   'stop-color': `rgb(${c})`}));
-  return svg('svg', {width: width + 20, height: 40, class: 'legend'},
-    svg('defs', {}, svg('linearGradient', {id}, stops)),
-    svg('rect', {x: 10, y: 4, width, height: 10, fill: `url(#${id})`}),
-    svg('text', {x: 10, y: 27, class: 'tick'}, fmt(lo)),
-    svg('text', {x: width + 10, y: 27, 'text-anchor': 'end', class: 'tick'}, fmt(hi)),
-    svg('text', {x: 10 + width / 2, y: 38, 'text-anchor': 'middle', class: 'axis-label'}, label));
+// A scale: {kind, lo, hi, colour(v), ticks: [[value, label]], label}.
+export function sequential(lo, hi, label) {
+  return {kind: 'sequential', lo, hi, label, colour: (v) => colour((v - lo) / ((hi - lo) || 1)),
+          ticks: [[lo, fmt(lo)], [hi, fmt(hi)]]};
 }
 
-// Axes for line and scatter charts.
-export function frame(width, height, xDomain, yDomain, xLabel, yLabel) {
-  const m = {l: 48, r: 10, t: 8, b: 34};
+export function signed(values, label) {
+  const [lo, hi] = extent(values);
+  const max = Math.max(Math.abs(lo), Math.abs(hi)), m = max || 1;
+  return {kind: 'signed', lo: -m, hi: m, label, colour: (v) => divergingColour(v / m),
+          ticks: max ? [[-m, fmt(-m)], [0, '0'], [m, fmt(m)]] : [[0, 'all 0']]};
+}
+
+// A metric with negative values gets the signed scale, else the sequential one.
+export function autoScale(values, label) {
+  const [lo, hi] = extent(values);
+  return lo < 0 ? signed(values, label) : sequential(lo, hi, label);
+}
+
+// Ratios to uniform (1 = uniform), log-symmetric around 1; values <= 0 clip at the floor.
+export function ratio(values, label = '× uniform attention') {
+  // The range covers 98% of the values' |log ratio| (the rest saturate), at least 1.5×
+  // and at most 1000× either way, so that one stripe or one empty edge cell cannot flatten
+  // everything else.
+  const logs = finite(values).filter((x) => x > 0).map((x) => Math.abs(Math.log(x)))
+      .sort((a, b) => a - b);
+  let m = logs.length ? logs[Math.min(logs.length - 1, Math.floor(0.98 * logs.length))] : 0;
+  m = Math.min(Math.max(m, Math.log(1.5)), Math.log(1e3));
+  const k = Math.exp(m);
+  const show = (x) => x >= 10 ? `${Math.round(x)}×` : `${+x.toPrecision(2)}×`;
+  return {kind: 'ratio', lo: 1 / k, hi: k, label,
+          colour: (x) => divergingColour(x > 0 ? Math.log(x) / m : -1),
+          ticks: [[1 / k, show(1 / k)], [1, '1× uniform'], [k, show(k)]]};
+}
+
+// A legend for any scale: the ramp with its ticks (centre tick for diverging scales).
+export function legend(scale, width = 180, id) {
+  const gid = 'grad' + Math.random().toString(36).slice(2);
+  const stops = (scale.kind === 'sequential' ? VIRIDIS : DIVERGING).map((c, i, a) =>
+      svg('stop', {offset: `${100 * i / (a.length - 1)}%`, 'stop-color': `rgb(${c})`}));
+  const pos = (t) => 10 + t * width;
+  const frac = scale.kind === 'ratio'
+      ? (v) => (Math.log(v) - Math.log(scale.lo)) / (Math.log(scale.hi) - Math.log(scale.lo))
+      : (v) => (v - scale.lo) / ((scale.hi - scale.lo) || 1);
+  const node = svg('svg', {width: width + 30, height: 42, class: 'legend',
+                           'data-kind': scale.kind},
+      svg('defs', {}, svg('linearGradient', {id: gid}, stops)),
+      svg('rect', {x: 10, y: 4, width, height: 10, fill: `url(#${gid})`}),
+      scale.ticks.map(([v, label], i, a) => [
+          svg('line', {x1: pos(frac(v)), x2: pos(frac(v)), y1: 14, y2: 18, class: 'axis'}),
+          svg('text', {x: pos(frac(v)), y: 28, class: 'tick legend-tick',
+                       'text-anchor': i === 0 ? 'start' : i === a.length - 1 ? 'end' : 'middle'},
+              label)]),
+      svg('text', {x: 10 + width / 2, y: 40, 'text-anchor': 'middle', class: 'axis-label'},
+          scale.label || ''));
+  if (id) node.id = id;
+  return node;
+}
+
+// Ticks at "nice" round numbers inside [lo, hi]; integer: only whole numbers (layers,
+// distances, epochs). Values within a step's 1e-9 of 0 are exactly 0 (no "-1.6e-9").
+export function niceTicks(lo, hi, count = 5, integer = false) {
+  if (!(hi > lo)) return [lo];
+  let step = Math.pow(10, Math.floor(Math.log10((hi - lo) / count)));
+  for (const m of [1, 2, 5, 10]) {
+    if ((hi - lo) / (step * m) <= count * 1.5) { step *= m; break; }
+  }
+  if (integer) step = Math.max(1, Math.round(step));
+  const out = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
+    out.push(Math.abs(v) < step * 1e-9 ? 0 : +v.toPrecision(12));
+  }
+  return out;
+}
+
+// Axes for line and scatter charts. opts: xInteger, yInteger (whole-number ticks),
+// xTicks / yTicks (explicit tick values).
+export function frame(width, height, xDomain, yDomain, xLabel, yLabel, opts = {}) {
+  const m = {l: 58, r: 18, t: 8, b: 34, ...(opts.margin || {})};
   const x = (v) => m.l + (v - xDomain[0]) / ((xDomain[1] - xDomain[0]) || 1) * (width - m.l - m.r);
   const y = (v) => height - m.b - (v - yDomain[0]) / ((yDomain[1] - yDomain[0]) || 1) *
       (height - m.t - m.b);
   const g = svg('g', {});
   g.append(svg('line', {x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b, class: 'axis'}),
            svg('line', {x1: m.l, x2: m.l, y1: m.t, y2: height - m.b, class: 'axis'}));
-  for (let i = 0; i <= 4; i++) {
-    const xv = xDomain[0] + i / 4 * (xDomain[1] - xDomain[0]);
-    const yv = yDomain[0] + i / 4 * (yDomain[1] - yDomain[0]);
-    g.append(svg('text', {x: x(xv), y: height - m.b + 13, 'text-anchor': 'middle', class: 'tick'},
-                 tickFmt(xv)),
-             svg('text', {x: m.l - 4, y: y(yv) + 3, 'text-anchor': 'end', class: 'tick'},
+  const xt = opts.xTicks || niceTicks(xDomain[0], xDomain[1], opts.xCount || 5, opts.xInteger);
+  const yt = opts.yTicks || niceTicks(yDomain[0], yDomain[1], 4, opts.yInteger);
+  for (const xv of xt) {
+    g.append(svg('line', {x1: x(xv), x2: x(xv), y1: height - m.b, y2: height - m.b + 3, class: 'axis'}),
+             svg('text', {x: x(xv), y: height - m.b + 13, 'text-anchor': 'middle',
+                          class: 'tick x-tick'}, opts.xFormat ? opts.xFormat(xv) : tickFmt(xv)));
+  }
+  for (const yv of yt) {
+    g.append(svg('line', {x1: m.l - 3, x2: m.l, y1: y(yv), y2: y(yv), class: 'axis'}),
+             svg('text', {x: m.l - 5, y: y(yv) + 3, 'text-anchor': 'end', class: 'tick y-tick'},
                  tickFmt(yv)));
   }
   g.append(svg('text', {x: (m.l + width - m.r) / 2, y: height - 4, 'text-anchor': 'middle',
                         class: 'axis-label'}, xLabel),
-           svg('text', {x: 10, y: height / 2, transform: `rotate(-90 10 ${height / 2})`,
+           svg('text', {x: 11, y: (m.t + height - m.b) / 2,
+                        transform: `rotate(-90 11 ${(m.t + height - m.b) / 2})`,
                         'text-anchor': 'middle', class: 'axis-label'}, yLabel));
-  return {g, x, y};
+  return {g, x, y, m, width, height};
 }
 
-export function heatCanvas(matrix, lo, hi, cell, opts = {}) {
+// A dashed horizontal reference line with a label at its right end.
+export function reference(f, value, label, cls = 'reference') {
+  if (value == null || !Number.isFinite(value)) return [];
+  const y = f.y(value);
+  return [svg('line', {x1: f.m.l, x2: f.width - f.m.r, y1: y, y2: y, class: cls}),
+          svg('text', {x: f.width - f.m.r - 2, y: y - 3, 'text-anchor': 'end',
+                       class: 'reference-label'}, label)];
+}
+
+// A y domain that shows the data and the given reference values; from zero on request.
+export function yDomain(values, refs = [], fromZero = false) {
+  const [lo, hi] = extent([finite(values), finite(refs)]);
+  const pad = (hi - lo) * 0.05 || Math.abs(hi) * 0.05 || 1;
+  return [fromZero ? Math.min(0, lo) : lo - pad, hi + pad];
+}
+
+// Colour key for categorical colours: `${prefix}${i}` swatches.
+export function categoryKey(count, prefix, title) {
+  return el('div', {class: 'keys category-key'}, el('span', {class: 'help'}, `${title}: `),
+      Array.from({length: count}, (_, i) => el('span', {style: `color:${CATEGORICAL[i % CATEGORICAL.length]}`},
+                                               `■ ${prefix}${i} `)));
+}
+
+// matrix [rows][cols] drawn with the scale's colours.
+export function heatCanvas(matrix, scale, cell, opts = {}) {
   const rows = matrix.length, cols = matrix[0].length;
   const c = el('canvas', {width: cols * cell, height: rows * cell, class: opts.cls || ''});
   const ctx = c.getContext('2d');
   for (let r = 0; r < rows; r++) {
     for (let k = 0; k < cols; k++) {
-      ctx.fillStyle = colour((matrix[r][k] - lo) / ((hi - lo) || 1));
+      ctx.fillStyle = scale.colour(matrix[r][k]);
       ctx.fillRect(k * cell, r * cell, cell, cell);
     }
   }

@@ -24,8 +24,13 @@ export function unpack(r) {
   return r.shape.length ? nest(0, r.shape) : flat[0];
 }
 
-// Query string for the selected run.
-export const q = (params) => new URLSearchParams({run: state.run, ...params}).toString();
+// The training step shown (null: the latest of each analysis); set by the header's step
+// selector and sent with every fetch of the selected run.
+export const view = {step: null};
+
+// Query string for the selected run (at the selected step).
+export const q = (params) => new URLSearchParams(
+    {run: state.run, ...(view.step == null ? {} : {step: view.step}), ...params}).toString();
 export const array = (tag, extra = {}) => getJSON(`./array?${q({tag, ...extra})}`).then(unpack);
 export const arrayOf = (run, tag) => getJSON(`./array?${new URLSearchParams({run, tag})}`).then(unpack);
 // {name: array} for tags `${prefix}/${name}`, fetched in parallel.

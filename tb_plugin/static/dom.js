@@ -6,11 +6,12 @@ let tooltip;
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue;
     if (k === 'style') node.style.cssText = v;
     else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
-  for (const c of children.flat()) if (c != null) node.append(c);
+  for (const c of children.flat(Infinity)) if (c != null && c !== false) node.append(c);
   return node;
 }
 
@@ -20,7 +21,7 @@ export function svg(tag, attrs = {}, ...children) {
     if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
-  for (const c of children.flat()) if (c != null) node.append(c);
+  for (const c of children.flat(Infinity)) if (c != null && c !== false) node.append(c);
   return node;
 }
 
@@ -30,9 +31,16 @@ export function createTooltip() {
   return tooltip;
 }
 
+// Hides the tooltip: called on every redraw, since a node removed under the pointer never
+// gets its mouseleave (the tooltip would stay, stale).
+export function hideTooltip() {
+  if (tooltip) tooltip.style.display = 'none';
+}
+
 // text may be a function, so the tooltip shows the value at hover time.
 export function tip(node, text) {
   node.addEventListener('mousemove', (e) => {
+    if (!node.isConnected) { hideTooltip(); return; }
     tooltip.textContent = typeof text === 'function' ? text() : text;
     tooltip.style.display = 'block';
     tooltip.style.left = `${e.clientX + 12}px`;
@@ -40,6 +48,13 @@ export function tip(node, text) {
   });
   node.addEventListener('mouseleave', () => { tooltip.style.display = 'none'; });
   return node;
+}
+
+// A checkbox with its label; onchange(checked).
+export function checkbox(label, checked, onchange, id) {
+  const box = el('input', {type: 'checkbox', id, onchange: (e) => onchange(e.target.checked)});
+  box.checked = checked;
+  return el('label', {class: 'toggle'}, box, ` ${label}`);
 }
 
 export function dropdown(options, value, onchange, id) {

@@ -11,3 +11,11 @@ export const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 
 export const headName = (l, h) => `L${l} H${h}`;
 export const tickFmt = (v) => Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0)
     ? v.toExponential(1) : `${+v.toPrecision(3)}`;
+// [h, w]: the patch grid of a model config as stored in meta (image_size S or [height, width]).
+export const gridShape = (cfg) => (Array.isArray(cfg.image_size) ? cfg.image_size : [cfg.image_size, cfg.image_size])
+    .map((s) => s / cfg.patch_size);
+// The tokens before the patches: the class token (if any) and the registers.
+export const prefixTokens = (cfg) => (['token', 'token_gap', 'token_dist'].includes(cfg.classifier) ? 1 : 0) +
+    (cfg.num_registers || 0);
+// T: the tokens of a model config (patches, plus the class token and registers).
+export const tokens = (cfg) => gridShape(cfg)[0] * gridShape(cfg)[1] + prefixTokens(cfg);

@@ -1,9 +1,61 @@
 // The page's whole stylesheet, in one place.
 
 export const CSS = `
+html { scroll-padding-top: 96px; }   /* scrollIntoView stops below the sticky header */
 body { font: 13px/1.4 Roboto, system-ui, sans-serif; margin: 0; color: #212121; }
 #vit-root { padding: 12px 16px; }
-header { display: flex; gap: 16px; align-items: center; margin-bottom: 8px; flex-wrap: wrap; }
+#sticky-header { position: sticky; top: 0; z-index: 5; background: #fff; border-bottom: 1px solid #ddd; padding: 6px 0; margin-bottom: 8px; }
+.header-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; }
+.numbers { color: #37474f; font-variant-numeric: tabular-nums; }
+#run-note { color: #2e7d32; }
+#content > section { min-width: 0; }
+@media (min-width: 1800px) {
+  #content { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 0 24px; align-items: start; }
+  #content > #about-run, #content > section.wide { grid-column: 1 / -1; }
+}
+details#about-run { margin: 4px 0; }
+details#about-run summary { cursor: pointer; color: #1565c0; }
+table.kv th { text-align: left; font-weight: 500; padding-right: 12px; }
+dl#definitions dt, dl.variant-definitions dt { font-weight: 500; }
+dl#definitions dd, dl.variant-definitions dd { margin: 0 0 4px 16px; color: #424242; }
+dl.variant-definitions { font-size: 12px; max-width: 400px; margin: 4px 0; }
+.controls { margin: 4px 0; display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
+.row.tight { gap: 4px; }
+.reference { stroke: #616161; stroke-dasharray: 5 3; stroke-width: 1.2; fill: none; }
+.reference.self { stroke: #b0bec5; }
+.reference-label { font-size: 10px; fill: #424242; }
+.reference-key { color: #616161; } .reference-key.self { color: #90a4ae; }
+.zero-line { stroke: #424242; stroke-width: 1; }
+.gridline { stroke: #e0e0e0; }
+.tick-label { font-size: 10px; color: #616161; align-self: center; text-align: center; }
+.sample-point { opacity: 0.55; }
+.sample-selected { fill: none; stroke: #111; stroke-width: 1.2; }
+.table-scroll { max-height: 320px; overflow: auto; }
+.table-scroll.tall { max-height: 560px; }
+table.data { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
+table.data th, table.data td { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+table.data th { position: sticky; top: 0; background: #fafafa; }
+table.data th.sortable { cursor: pointer; } table.data th.sorted { color: #c62828; }
+table.data tbody tr { cursor: pointer; }
+table.data tr.selected td { background: #fdecea; }
+table.data tr.reference-row td { color: #616161; font-style: italic; }
+table.data tr.stored td { font-weight: 600; } table.data tr.wrong td:nth-child(5) { color: #c62828; }
+.pager { margin: 4px 0; display: flex; gap: 6px; align-items: center; flex-wrap: wrap; }
+.filter { color: #c62828; }
+table.rules { font-size: 11px; border-collapse: collapse; } table.rules td { padding: 0 6px; color: #757575; }
+table.rules tr.fired td { color: #212121; font-weight: 600; }
+.pattern-cell.empty-cell { opacity: 0.18; }
+.pattern-cell.selected { border-color: #212121; }
+.cell-panel { width: 360px; min-height: 300px; }
+.sample-gallery { display: grid; grid-template-columns: repeat(3, auto); gap: 6px; }
+.sample .caption { font-size: 10px; color: #616161; }
+.sample-stage { position: relative; }
+.sample-stage img.base, .sample-stage canvas.overlay { position: absolute; left: 0; top: 0; image-rendering: pixelated; }
+.sample-stage canvas.translucent { opacity: 0.7; }
+.bar.hist-bar { cursor: pointer; } .bar.hist-bar.selected { fill: #e15759; }
+.empty-view { font-style: italic; }
+.qk-point { cursor: pointer; } .qk-point.faded { opacity: 0.25; }
+.qk-selected { fill: none; stroke: #111; stroke-width: 2; }
 h2 { font-size: 16px; margin: 18px 0 4px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .help { color: #616161; margin: 2px 0 6px; }
@@ -27,7 +79,7 @@ h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .offset-small, .pattern-cell { cursor: pointer; image-rendering: pixelated; border: 2px solid transparent; }
 .offset-small.selected { border-color: #e15759; }
 .pattern-map { display: grid; gap: 4px; }
-.cluster { display: flex; gap: 8px; align-items: center; padding: 4px; }
+.cluster { display: grid; grid-template-columns: 110px 300px auto; gap: 8px; align-items: center; padding: 4px; }
 .cluster.selected { background: #fdecea; }
 .chips { display: flex; flex-wrap: wrap; gap: 4px; }
 .chip { border: 1px solid #bdbdbd; border-radius: 10px; background: #fafafa; cursor: pointer; padding: 1px 8px; font-size: 11px; }

@@ -1,97 +1,142 @@
 // Images view: the stored images; clicking a patch overlays where it attends (selected head
-// or rollout) and shows that patch's attention in every head. Grids may be h × w; tokens
-// before the patches (class token, registers) are skipped. For a model pooled by a MAP head
-// (no class token), with no patch selected the overlay is where the model looks: the MAP
-// head's attention (selected head) or the rollout started from it.
+// or rollout) and shows that patch's attention in every head, as multiples of uniform. Grids
+// may be h × w; tokens before the patches (class token, registers) are skipped. For a model
+// pooled by a MAP head (no class token), with no patch selected the overlay is where the
+// model looks: the MAP head's attention (selected head) or the rollout started from it.
 
-import {colour, heatCanvas} from './charts.js';
+import {frame, heatCanvas, legend, ratio} from './charts.js';
 import {array, getJSON, q, unpack} from './data.js';
-import {dropdown, el, tip} from './dom.js';
-import {fmt, headName} from './format.js';
-import {onSelect, select, state} from './state.js';
+import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
+import {fmt, gridShape, headName, prefixTokens, tokens} from './format.js';
+import {changed, onSelect, select, state} from './state.js';
 
 const STAGE_PX = 336;
+const THUMBS = 24;
 
-export async function renderImages(body) {
+export async function renderImages(body, info) {
   const meta = await getJSON(`./meta?${q({analysis: 'strength'})}`);
   const indices = meta.map_image_index;
-  if (!indices.length) { body.append(el('p', {class: 'help'}, 'No stored attention maps (run strength with --map-images).')); return; }
-  const cfg = meta.config;
-  const [gh, gw] = (Array.isArray(cfg.image_size) ? cfg.image_size : [cfg.image_size, cfg.image_size])
-      .map((s) => s / cfg.patch_size);
-  // cls: the tokens before the patches (class token, registers), so patch p is token p + cls.
-  const hasCls = cfg.classifier === 'token';
-  const im = {meta, indices, cfg, n: gw, gh, hasCls, cls: (hasCls ? 1 : 0) + (cfg.num_registers || 0),
-              pool: cfg.classifier === 'map',
-              patch: STAGE_PX / Math.max(gh, gw), result: null, thumbs: el('div', {class: 'thumbs'}),
-              main: el('div', {class: 'panel'}), heads: el('div', {class: 'panel'})};
-  indices.forEach((idx, i) => {
+  if (!indices.length) {
+    body.append(el('p', {class: 'help empty-view'}, 'No stored attention maps. Run: vit-analytics strength ... --map-images N'));
+    return;
+  }
+  const cfg = meta.config, [gh, n] = gridShape(cfg);
+  if (!(state.image < indices.length)) state.image = 0;
+  // n: patches per row, gh: rows; cls: the tokens before the patches (class token,
+  // registers), so patch p is token p + cls.
+  const im = {meta, indices, cfg, n, gh, hasCls: cfg.classifier === 'token', cls: prefixTokens(cfg),
+              T: tokens(cfg), pool: cfg.classifier === 'map', poolResult: null,
+              patch: STAGE_PX / Math.max(gh, n), result: null, key: null, thumbs: el('div', {class: 'thumbs'}),
+              main: el('div', {class: 'panel'}), heads: el('div', {class: 'panel'}),
+              qkBox: el('div', {class: 'panel', id: 'qk-panel'}), qk: {},
+              hasQK: 'strength/qk_embedding' in info.tags};
+  const labels = meta.labels || [], classes = meta.class_names || [];
+  // At most THUMBS thumbnails (the image overview lists and opens every stored image).
+  indices.slice(0, THUMBS).forEach((idx, i) => {
+    const label = labels[idx] >= 0 ? ` (${classes[labels[idx]] ?? labels[idx]})` : '';
     const img = el('img', {src: `./png?${q({tag: `strength/map_image/${i}`})}`, class: 'thumb',
-                           title: meta.image_names[idx],
-                           onclick: () => { state.image = i; state.query = null; drawImage(im); }});
+                           title: meta.image_names[idx] + label, 'data-image': idx,
+                           onclick: () => showImage(im, i)});
     im.thumbs.append(img);
   });
-  body.append(el('p', {class: 'help'}, 'Click a patch of the image to see where it attends.'),
-              im.thumbs, el('div', {class: 'row'}, im.main, im.heads));
-  const draw = () => drawImage(im);
+  if (indices.length > THUMBS) {
+    im.thumbs.append(el('span', {class: 'help'}, `… and ${indices.length - THUMBS} more: open any from the image overview.`));
+  }
+  body.append(el('p', {class: 'help'}, `${indices.length} of ${meta.images} images have stored attention maps ` +
+                 '(store more, or all, with --map-images N or --map-budget-mib MIB). Click a patch of the image to see where it attends.'),
+              im.thumbs, el('div', {class: 'row'}, im.main, im.heads, im.qkBox));
+  if (im.hasQK) im.qkImages = await array('strength/qk_images');
+  state.showImage = (i) => showImage(im, i);
+  state.storedImages = indices;
+  const draw = () => { drawImage(im); drawQK(im); };
+  if (state.query != null) await fetchQuery(im);
   draw();
   onSelect(draw);
 }
 
+// A new image: no query patch, and none of the previous image's attention.
+function showImage(im, i) {
+  state.image = i; state.query = null; im.result = null; im.key = null;
+  drawImage(im);
+  drawQK(im);
+  changed();
+}
+
 // The attention of the selected query patch, every layer and head (null without a query).
+// A response for an image or patch that is no longer selected is dropped.
 async function fetchQuery(im) {
-  if (state.query == null) { im.result = null; if (im.pool) await fetchPool(im); return; }
+  if (state.query == null) { im.result = null; im.key = null; return; }
+  const key = `${state.image}:${state.query}`;
   const r = await getJSON(`./attention?${q({image: state.image, query: state.query + im.cls})}`);
+  if (key !== `${state.image}:${state.query}`) return;
   im.result = {attention: unpack(r.attention), rollout: unpack(r.rollout)};
+  im.key = key;
 }
 
 // The MAP pooling head's attention [H, T] and the rollout from it [T] of the shown image.
 async function fetchPool(im) {
+  const image = state.image;
   const [attention, rollout] = await Promise.all([
-      array(`strength/map_pool_attention/${state.image}`), array(`strength/map_pool_rollout/${state.image}`)]);
-  im.poolResult = {image: state.image, attention, rollout};
+      array(`strength/map_pool_attention/${image}`), array(`strength/map_pool_rollout/${image}`)]);
+  im.poolResult = {image, attention, rollout};
 }
 
-function overlayCanvas(im, weights, alpha = 0.65) {
-  const {n, gh, cls, patch} = im;
+// The result, only if it belongs to the selected image and patch.
+const current = (im) => im.result && im.key === `${state.image}:${state.query}` ? im.result : null;
+
+// Without a selected patch, a MAP-pooled model's own view of the shown image (null if none
+// or not fetched yet: then it is fetched and the image redrawn).
+function currentPool(im) {
+  if (!im.pool || state.query != null) return null;
+  if ((im.poolResult || {}).image === state.image) return im.poolResult;
+  fetchPool(im).then(() => drawImage(im));
+  return null;
+}
+
+function overlayCanvas(im, weights, sc, alpha = 0.7) {
+  const {n, gh, cls, patch, T} = im;
   const c = el('canvas', {width: n * patch, height: gh * patch, class: 'overlay'});
   if (!weights) return c;
   const ctx = c.getContext('2d');
-  const patches = weights.slice(cls);
-  const max = Math.max(1e-12, ...patches);
-  patches.forEach((w, p) => {
+  weights.slice(cls).forEach((w, p) => {
     const r = Math.floor(p / n), k = p % n;
-    ctx.fillStyle = colour(w / max).replace('rgb', 'rgba').replace(')', `,${alpha * (0.15 + 0.85 * w / max)})`);
+    ctx.globalAlpha = alpha;
+    ctx.fillStyle = sc.colour(w * T);
     ctx.fillRect(k * patch, r * patch, patch, patch);
   });
+  ctx.globalAlpha = 1;
   if (state.query != null) {
-    ctx.strokeStyle = '#ff2d55'; ctx.lineWidth = 3;
+    ctx.strokeStyle = '#111'; ctx.lineWidth = 3;
     ctx.strokeRect((state.query % n) * patch, Math.floor(state.query / n) * patch, patch, patch);
   }
   return c;
 }
 
 function drawImage(im) {
+  hideTooltip();
   const {layer: l, head: h} = state;
-  const {meta, indices, n, result} = im;
-  for (const [i, t] of [...im.thumbs.children].entries()) t.classList.toggle('selected', i === state.image);
-  if (im.pool && state.query == null && (im.poolResult || {}).image !== state.image) {
-    fetchPool(im).then(() => drawImage(im));
-  }
-  const pool = im.pool && state.query == null && (im.poolResult || {}).image === state.image ? im.poolResult : null;
+  const {meta, indices, n} = im;
+  const result = current(im), pool = currentPool(im);
+  for (const [i, t] of [...im.thumbs.querySelectorAll('.thumb')].entries()) t.classList.toggle('selected', i === state.image);
   let weights = result ? (state.overlay === 'rollout' ? result.rollout[l] : result.attention[l][h]) : null;
-  if (pool) weights = state.overlay === 'rollout' ? pool.rollout : pool.attention[Math.min(h, pool.attention.length - 1)];
+  const poolHead = pool ? Math.min(h, pool.attention.length - 1) : 0;
+  if (pool) weights = state.overlay === 'rollout' ? pool.rollout : pool.attention[poolHead];
+  const sc = weights ? ratio(weights.slice(im.cls).map((w) => w * im.T)) : null;
   const label = pool ? (state.overlay === 'rollout' ? 'where the model looks: rollout from the MAP pooling head' :
-                        `where the model looks: MAP pooling head ${Math.min(h, pool.attention.length - 1)} (click a patch for its attention)`) :
+                        `where the model looks: MAP pooling head ${poolHead} (click a patch for its attention)`) :
       state.query == null ? 'no patch selected' :
       `query patch (row ${Math.floor(state.query / n)}, col ${state.query % n}) · ` +
       (state.overlay === 'rollout' ? `rollout to layer ${l}` : `${headName(l, h)}`);
-  im.main.replaceChildren(el('h3', {}, meta.image_names[indices[state.image]]),
+  const idx = indices[state.image];
+  const truth = meta.labels && meta.labels[idx] >= 0
+      ? ` · label ${(meta.class_names || [])[meta.labels[idx]] ?? meta.labels[idx]}` : '';
+  im.main.replaceChildren(el('h3', {}, `${meta.image_names[idx]}${truth}`),
       dropdown([['head', 'selected head'], ['rollout', 'attention rollout']], state.overlay,
                (v) => { state.overlay = v; drawImage(im); }, 'overlay-select'),
-      el('p', {class: 'help', id: 'query-label'}, label), imageStage(im, weights));
-  im.heads.replaceChildren(el('h3', {}, 'This patch\'s attention in every head'), result ? headMultiples(im) :
-                           el('p', {class: 'help'}, 'Click a patch of the image.'));
+      el('p', {class: 'help', id: 'query-label'}, label), imageStage(im, weights),
+      sc ? legend(sc, 220, 'overlay-legend') : el('p', {class: 'help legend-placeholder'}, 'Overlay: × uniform attention (1/T).'));
+  im.heads.replaceChildren(el('h3', {}, 'This patch\'s attention in every head (× uniform)'), result ? headMultiples(im, result) :
+                           el('p', {class: 'help', id: 'head-multiples-empty'}, 'Click a patch of the image.'));
 }
 
 // The image with the attention overlay; a click picks the query patch.
@@ -101,7 +146,7 @@ function imageStage(im, weights) {
   const stage = el('div', {class: 'stage', style: `width:${width}px;height:${height}px`},
       el('img', {src: `./png?${q({tag: `strength/map_image/${state.image}`})}`, width,
                  height, class: 'base'}),
-      overlayCanvas(im, weights));
+      overlayCanvas(im, weights, weights ? ratio(weights.slice(im.cls).map((w) => w * im.T)) : null));
   stage.id = 'image-stage';
   stage.addEventListener('click', async (e) => {
     const rect = stage.getBoundingClientRect();
@@ -110,24 +155,108 @@ function imageStage(im, weights) {
     state.query = r * n + k;
     await fetchQuery(im);
     drawImage(im);
+    drawQK(im);
+    changed();
   });
-  return tip(stage, () => weights ? 'attention overlay: brighter = stronger' : 'click a patch');
+  return tip(stage, () => weights ? 'attention overlay: red = above uniform, blue = below' : 'click a patch');
 }
 
-// The query patch's attention as a small map per head; a click selects that head.
-function headMultiples(im) {
-  const {cfg, n, gh, cls, hasCls, result} = im;
+// The query patch's attention as a small map per head (× uniform); a click selects that head.
+function headMultiples(im, result) {
+  const {cfg, n, gh, cls, hasCls, T} = im;
   const {layer: l, head: h} = state;
+  const maps = result.attention.map((layer) => layer.map((w) => {
+    const m = [];
+    for (let r = 0; r < gh; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n).map((v) => v * T));
+    return m;
+  }));
+  const shared = ratio(maps);
   const grid = el('div', {class: 'multiples', id: 'head-multiples',
                           style: `grid-template-columns: repeat(${cfg.num_heads}, auto)`});
-  result.attention.forEach((layer, li) => layer.forEach((w, hi) => {
-    const m = [];
-    for (let r = 0; r < gh; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n));
-    const c = heatCanvas(m, 0, Math.max(...w.slice(cls)), Math.max(3, Math.floor(48 / Math.max(n, gh))),
+  maps.forEach((layer, li) => layer.forEach((m, hi) => {
+    const sc = state.scaleMode === 'shared' ? shared : ratio(m);
+    const c = heatCanvas(m, sc, Math.max(3, Math.floor(48 / Math.max(n, gh))),
                          {cls: 'offset-small' + (li === l && hi === h ? ' selected' : '')});
     c.addEventListener('click', () => select(li, hi));
-    grid.append(tip(c, `${headName(li, hi)}: max ${fmt(Math.max(...w.slice(cls)))}` +
+    const w = result.attention[li][hi];
+    grid.append(tip(c, `${headName(li, hi)}: max ${fmt(Math.max(...w.slice(cls)))} (${fmt(Math.max(...m.flat()))}× uniform)` +
                        (hasCls ? `, to class token ${fmt(w[0])}` : '')));
   }));
-  return grid;
+  return el('div', {}, grid, state.scaleMode === 'shared' ? legend(shared, 220, 'multiples-image-legend')
+      : el('p', {class: 'help', id: 'multiples-image-legend'}, 'Each map on its own log scale centred at 1× uniform.'));
+}
+
+// The selected head's queries and keys of the embedded images' tokens, projected together
+// (AttentionViz): a query near keys attends to them. Coloured by role or by patch position;
+// the selected image's tokens drawn strong, its selected query ringed; a click on a point
+// opens that image with that token as the query.
+async function drawQK(im) {
+  const box = im.qkBox;
+  if (!im.hasQK) {
+    box.replaceChildren(el('h3', {}, 'Queries and keys'), el('p', {class: 'help empty-view'},
+        'No query/key embedding stored. Run: vit-analytics strength ... --qk-images N'));
+    return;
+  }
+  const {layer: l, head: h} = state;
+  const key = `${l},${h}`;
+  im.qk[key] = im.qk[key] || array('strength/qk_embedding', {index: l, index2: h});
+  const e = await im.qk[key];
+  if (key !== `${state.layer},${state.head}`) return;
+  const {n, gh, cls, T} = im;
+  const size = 300;
+  const xs = e.flat().map((p) => p[0]), ys = e.flat().map((p) => p[1]);
+  const pad = (a) => { const lo = Math.min(...a), hi = Math.max(...a), d = (hi - lo) * 0.05 || 1; return [lo - d, hi + d]; };
+  const f = frame(size, size, pad(xs), pad(ys), 'principal axis 1', 'principal axis 2', {xTicks: [], yTicks: [], margin: {l: 24}});
+  const s = svg('svg', {width: size, height: size, id: 'qk-scatter', 'data-colour': state.qkColour || 'role'}, f.g);
+  const shown = im.qkImages.indexOf(state.image);   // embedded index of the selected image
+  const colourOf = (role, t) => {
+    if ((state.qkColour || 'role') === 'role') return role ? '#f28e2b' : '#4e79a7';
+    if (t < cls) return '#212121';
+    const p = t - cls, r = Math.floor(p / n), c = p % n;
+    return `hsl(${Math.round(300 * c / Math.max(1, n - 1))}, 70%, ${Math.round(30 + 45 * r / Math.max(1, gh - 1))}%)`;
+  };
+  const later = [];
+  for (let role = 0; role < 2; role++) {
+    e[role].forEach(([x, y], j) => {
+      const m = Math.floor(j / T), t = j % T;
+      const mine = m === shown;
+      const dot = svg('circle', {cx: f.x(x), cy: f.y(y), r: mine ? 3 : 2, fill: colourOf(role, t),
+                                 class: 'qk-point' + (mine ? ' mine' : ' faded'), 'data-role': role,
+                                 'data-image': im.qkImages[m], 'data-token': t,
+                                 onclick: () => openToken(im, im.qkImages[m], t)});
+      tip(dot, `${role ? 'key' : 'query'} of ${tokenName(im, t)}` +
+               `, image ${im.meta.image_names[im.indices[im.qkImages[m]]]}; click to make it the query`);
+      if (mine) later.push(dot); else s.append(dot);
+      if (mine && role === 0 && state.query != null && t === state.query + cls) {
+        later.push(svg('circle', {cx: f.x(x), cy: f.y(y), r: 7, class: 'qk-selected', id: 'qk-selected'}));
+      }
+    });
+  }
+  s.append(...later);
+  box.replaceChildren(el('h3', {}, `${headName(l, h)}: queries and keys together`),
+      el('label', {}, 'colour by ', dropdown([['role', 'query / key'], ['position', 'patch position']], state.qkColour || 'role',
+                                             (v) => { state.qkColour = v; drawQK(im); }, 'qk-colour')),
+      el('div', {}, s),
+      (state.qkColour || 'role') === 'role'
+          ? el('div', {class: 'keys'}, el('span', {style: 'color:#4e79a7'}, '● query '), el('span', {style: 'color:#f28e2b'}, '● key'))
+          : el('div', {class: 'keys help'}, 'hue = column (left → right), lightness = row (top dark → bottom light); black = class token, registers'),
+      el('p', {class: 'help'}, shown >= 0 ? `Strong: this image's ${T} tokens; faint: the other ${im.qkImages.length - 1} embedded images. Ringed: the selected query.`
+          : `This image is not among the ${im.qkImages.length} embedded images; all are drawn faint.`));
+}
+
+// Token t in words: the class token, a register or a patch.
+function tokenName(im, t) {
+  const {n, cls, hasCls} = im;
+  if (t >= cls) return `patch (row ${Math.floor((t - cls) / n)}, col ${(t - cls) % n})`;
+  return hasCls && t === 0 ? 'the class token' : `register ${t - (hasCls ? 1 : 0)}`;
+}
+
+async function openToken(im, k, t) {
+  if (t < im.cls) return;     // the class token and registers are not patches of the image
+  if (state.image !== k) { state.image = k; im.result = null; im.key = null; }
+  state.query = t - im.cls;
+  await fetchQuery(im);
+  drawImage(im);
+  drawQK(im);
+  changed();
 }

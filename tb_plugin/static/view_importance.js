@@ -1,34 +1,72 @@
 // Importance view: which heads matter. A layer × head grid, two metrics against each other,
 // pruning curves, and why the selected head matters (partial pruning, per-image spread).
 
-import {colour, extent, frame, legend} from './charts.js';
+import {autoScale, extent, frame, legend, niceTicks, sequential} from './charts.js';
 import {array, arrays, getJSON, q} from './data.js';
-import {dropdown, el, svg, tip} from './dom.js';
+import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {METRIC_LABELS, fmt, headName} from './format.js';
-import {onSelect, select, state} from './state.js';
+import {changed, onMetric, onSelect, select, setMetric, state} from './state.js';
 
 const CURVE_PALETTE = ['#e15759', '#4e79a7', '#59a14f', '#f28e2b', '#b07aa1'];
+const PARTIAL_METRICS = [['loss', 'loss increase'], ['top1', 'top-1 drop'], ['kl', 'KL to unmasked (nats)']];
+// Under the embedding objective (no classifier) the metric slots keep their names but measure
+// the distortion of the pooled embedding (importance/meta 'definitions' says so in full).
+const EMBEDDING_LABELS = {
+  taylor: 'Taylor (embedding distortion)', taylor_normalized: 'Taylor (embedding, layer-normalised)',
+  ablation_loss: 'ablation: cosine distortion', ablation_kl: 'ablation: relative L2 distortion',
+  ablation_top1: 'ablation: top-1 (undefined)', ablation_top5: 'ablation: top-5 (undefined)',
+};
+// Curve and partial-pruning metrics [slot, label] under each objective.
+const CURVE_METRICS = {classification: [['top1', 'top-1 accuracy'], ['kl', 'KL'], ['loss', 'loss']],
+                       embedding: [['loss', 'cosine distortion'], ['kl', 'relative L2 distortion']]};
+const PARTIAL_EMBEDDING = [['loss', 'cosine distortion'], ['kl', 'relative L2 distortion']];
+const isEmbedding = (meta) => !!meta.objective && meta.objective.kind === 'embedding';
+const POOL_METRICS = ['taylor', 'ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'];
+
+// What importance was measured against, in one sentence for the summary.
+function objectiveText(meta) {
+  const o = meta.objective;
+  if (!o || o.kind === 'classification' && o.classes == null) return 'Measured against the model\'s own classifier.';
+  if (o.kind === 'classification') return `Measured against logits from the embedding and a class matrix (${o.source}, ${o.classes} classes).`;
+  return 'Measured against the pooled embedding (the model has no classifier): "loss" = cosine ' +
+         'distortion 1 − cos(e_masked, e), "KL" = relative L2 distortion |e_masked − e| / |e|; ' +
+         'top-1/top-5 are undefined.';
+}
 
 export async function renderImportance(body, info) {
   const imp = await loadImportance(info.tags);
   const {meta} = imp;
   const summary = el('p', {class: 'help'},
-      `${meta.images} images (${meta.labelled_images} labelled${meta.label_free ?
-        '; unlabelled images use the model\'s own prediction as target' : ''}). ` +
-      `Unmasked: top-1 ${fmt(meta.baseline.top1)}, loss ${fmt(meta.baseline.loss)}.`);
+      (isEmbedding(meta) ? `${meta.images} images. ` :
+       `${meta.images} images (${meta.labelled_images} labelled${meta.label_free ?
+        '; unlabelled images use the model\'s own prediction as target' : ''}). `) +
+      (meta.objective && meta.objective.kind === 'embedding' ? '' :
+       `Unmasked: top-1 ${fmt(meta.baseline.top1)}, loss ${fmt(meta.baseline.loss)}. `) +
+      objectiveText(meta));
+  summary.id = 'importance-summary';
   const gridBox = el('div', {class: 'panel'});
   const scatterBox = el('div', {class: 'panel'});
   const curveBox = el('div', {class: 'panel'});
-  const detailBox = el('div', {class: 'panel'});
+  const detailBox = el('div', {class: 'panel', id: 'detail-panel'});
   body.append(summary, el('div', {class: 'row'}, gridBox, scatterBox),
               el('div', {class: 'row'}, curveBox, detailBox));
-
+  state.imp = imp;
+  publish(imp);
   const grid = () => drawGrid(gridBox, imp);
   const scatter = () => drawScatter(scatterBox, imp);
   const detail = () => drawDetail(detailBox, imp);
   grid(); scatter(); drawCurves(curveBox, imp); await detail();
   // The pruning curves do not depend on the selected head.
   onSelect(grid, scatter, detail);
+  onMetric(grid, () => publish(imp));
+}
+
+// The selected head's numbers for the sticky header.
+function publish(imp) {
+  const v = imp.values[state.metric] || imp.values.taylor;
+  const flat = v.flat().filter((x) => Number.isFinite(x)).sort((a, b) => b - a);
+  Object.assign(state.data, {importance: imp.values, metricLabel: imp.label(state.metric),
+                             heads: imp.L * imp.H, rank: (l, h) => flat.indexOf(v[l][h]) + 1});
 }
 
 // Everything the importance panels draw from, fetched once per run.
@@ -39,38 +77,53 @@ async function loadImportance(tags) {
       arrays('importance', metrics),
       arrays('importance', ['curve_counts', 'curve_top1', 'curve_kl', 'curve_loss']),
       arrays('importance', ['partial_heads', 'partial_loss', 'partial_top1', 'partial_kl'])]);
+  if (!(state.metric in values)) state.metric = 'taylor';
+  // A MAP head's pooling heads ([H] per metric): a row of their own below the layers.
+  const poolNames = meta.pool_heads ? POOL_METRICS.filter((m) => `importance/pool_${m}` in tags) : [];
+  const poolArrays = poolNames.length ? await arrays('importance', poolNames.map((m) => `pool_${m}`)) : {};
+  const pool = Object.fromEntries(poolNames.map((m) => [m, poolArrays[`pool_${m}`]]));
+  const labels = meta.objective && meta.objective.kind === 'embedding' ? {...METRIC_LABELS, ...EMBEDDING_LABELS}
+                                                                        : METRIC_LABELS;
+  const label = (m) => labels[m] || m;
   let perImageTaylor = null;
   return {
-    meta, values,
+    meta, values, pool, label,
     curves: {counts: c.curve_counts, top1: c.curve_top1, kl: c.curve_kl, loss: c.curve_loss},
     partial: {heads: p.partial_heads, loss: p.partial_loss, top1: p.partial_top1,
               kl: p.partial_kl},
     L: values.taylor.length, H: values.taylor[0].length,
-    options: metrics.map((m) => [m, METRIC_LABELS[m] || m]),
-    // Large, and only the detail panel needs it: fetched once, on first use; null when the
-    // run has no per-image importance.
+    options: metrics.map((m) => [m, label(m)]),
+    // Large, and only the detail panel and the image overview need it: fetched once, on
+    // first use; null when the run has no per-image importance.
     perImageTaylor: 'importance/per_image_taylor' in tags
         ? () => (perImageTaylor = perImageTaylor || array('importance/per_image_taylor')) : null,
   };
 }
 
 function drawGrid(box, imp) {
-  const {values, L, H, options} = imp;
+  hideTooltip();
+  const {values, L, H, options, meta} = imp;
   const v = values[state.metric];
-  const [lo, hi] = extent(v);
+  const label = imp.label(state.metric);
+  const poolRow = imp.pool[state.metric] || null;
+  // Signed metrics (an ablation can help) on a diverging scale centred at 0; the pooling
+  // row on the same scale as the layers.
+  const sc = autoScale(poolRow ? [...v, poolRow] : v, label);
   const cell = Math.max(14, Math.min(34, Math.floor(300 / Math.max(L, H))));
-  const s = svg('svg', {width: H * cell + 40, height: L * cell + 30, id: 'importance-grid'});
+  const poolY = 20 + L * cell + 8;
+  const s = svg('svg', {width: H * cell + 40, height: L * cell + 30 + (poolRow ? cell + 8 : 0),
+                        id: 'importance-grid', 'data-scale': sc.kind});
   for (let l = 0; l < L; l++) {
     s.append(svg('text', {x: 26, y: 20 + l * cell + cell / 2 + 4, 'text-anchor': 'end',
                           class: 'tick'}, `L${l}`));
     for (let h = 0; h < H; h++) {
       const rect = svg('rect', {x: 30 + h * cell, y: 20 + l * cell, width: cell - 1,
-                                height: cell - 1, fill: colour((v[l][h] - lo) / ((hi - lo) || 1)),
+                                height: cell - 1, fill: sc.colour(v[l][h]),
                                 class: 'imp-cell' + (l === state.layer && h === state.head ?
                                                      ' selected' : ''),
                                 'data-layer': l, 'data-head': h,
                                 onclick: () => select(l, h)});
-      s.append(tip(rect, () => `${headName(l, h)} · ${METRIC_LABELS[state.metric] || state.metric}` +
+      s.append(tip(rect, () => `${headName(l, h)} · ${imp.label(state.metric)}` +
                    ` = ${fmt(values[state.metric][l][h])}`));
     }
   }
@@ -78,25 +131,39 @@ function drawGrid(box, imp) {
     s.append(svg('text', {x: 30 + h * cell + cell / 2, y: 14, 'text-anchor': 'middle',
                           class: 'tick'}, `H${h}`));
   }
+  if (poolRow) {
+    s.append(svg('text', {x: 26, y: poolY + cell / 2 + 4, 'text-anchor': 'end', class: 'tick'}, 'pool'));
+    poolRow.forEach((x, h) => s.append(tip(svg('rect', {
+        x: 30 + h * cell, y: poolY, width: cell - 1, height: cell - 1, fill: sc.colour(x),
+        class: 'imp-cell pool-cell', 'data-pool-head': h}),
+        () => `MAP pooling head ${h} (probe → tokens) · ${imp.label(state.metric)} = ${fmt(x)}`)));
+  }
+  const poolNote = Object.keys(imp.pool).length ? (poolRow
+      ? ' The "pool" row: the MAP head\'s pooling heads (masking one reruns only the pooling); they are not in the pruning curves or partial pruning.'
+      : ' (This metric has no pooling-head row.)') : '';
   box.replaceChildren(el('h3', {}, 'Importance of each layer × head'),
-      dropdown(options, state.metric, (m) => { state.metric = m; drawGrid(box, imp); },
-               'metric-select'),
-      el('div', {}, s), legend(lo, hi, METRIC_LABELS[state.metric] || state.metric));
+      dropdown(options, state.metric, (m) => setMetric(m), 'metric-select'),
+      el('p', {class: 'help definition', id: 'metric-definition'},
+         (meta.definitions[state.metric] || '') + (poolNote ? '.' + poolNote : '')),
+      el('div', {}, s), legend(sc, 200, 'importance-legend'));
 }
 
 function drawScatter(box, imp) {
+  hideTooltip();
   const {values, L, H, options} = imp;
   const xs = values[state.scatterX].flat(), ys = values[state.scatterY].flat();
-  const f = frame(300, 240, extent(xs), extent(ys), METRIC_LABELS[state.scatterX],
-                  METRIC_LABELS[state.scatterY]);
-  const s = svg('svg', {width: 300, height: 240, id: 'importance-scatter'}, f.g);
+  const f = frame(320, 250, extent(xs), extent(ys), imp.label(state.scatterX),
+                  imp.label(state.scatterY));
+  const s = svg('svg', {width: 320, height: 250, id: 'importance-scatter'}, f.g);
+  const layerScale = sequential(0, Math.max(1, L - 1), 'layer');
+  layerScale.ticks = [[0, 'L0'], [Math.max(1, L - 1), `L${L - 1}`]];
   for (let l = 0; l < L; l++) {
     for (let h = 0; h < H; h++) {
       const sel = l === state.layer && h === state.head;
       s.append(tip(svg('circle', {cx: f.x(values[state.scatterX][l][h]),
                                   cy: f.y(values[state.scatterY][l][h]), r: sel ? 6 : 4,
                                   class: 'point' + (sel ? ' selected' : ''),
-                                  fill: colour(l / Math.max(1, L - 1)),
+                                  fill: layerScale.colour(l),
                                   onclick: () => select(l, h)}),
                    () => `${headName(l, h)}: x ${fmt(values[state.scatterX][l][h])}, ` +
                          `y ${fmt(values[state.scatterY][l][h])}`));
@@ -107,26 +174,59 @@ function drawScatter(box, imp) {
                                      (m) => { state.scatterX = m; drawScatter(box, imp); })),
       el('label', {}, ' y ', dropdown(options, state.scatterY,
                                       (m) => { state.scatterY = m; drawScatter(box, imp); })),
-      el('div', {}, s));
+      el('div', {}, s), legend(layerScale, 160, 'scatter-layer-legend'));
 }
 
 function drawCurves(box, imp) {
   const {meta, curves, L, H} = imp;
+  // Runs that averaged the curves over a subset store standard errors: fetched once, then
+  // drawn as a band of +-1.96 SE (95%) around each metric order's curve.
+  if (meta.subset_images != null && imp.curveSe === undefined) {
+    imp.curveSe = null;
+    arrays('importance', ['curve_top1_se', 'curve_kl_se', 'curve_loss_se'])
+        .then((se) => { imp.curveSe = {top1: se.curve_top1_se, kl: se.curve_kl_se,
+                                       loss: se.curve_loss_se}; drawCurves(box, imp); })
+        .catch(() => {});
+  }
+  const choices = CURVE_METRICS[isEmbedding(meta) ? 'embedding' : 'classification'];
+  if (!choices.some(([k]) => k === state.curveMetric)) state.curveMetric = choices[0][0];
   const m = state.curveMetric, rows = curves[m], counts = curves.counts;
-  const f = frame(380, 240, [0, 100], extent(rows), '% of heads removed (least important first)',
-                  m === 'top1' ? 'top-1 accuracy' : m === 'kl' ? 'KL to unmasked (nats)' : 'loss');
+  const se = imp.curveSe ? imp.curveSe[m] : null;
+  const span = se ? extent(rows.flatMap((r, i) => r.flatMap((v, j) => {
+    const e = Number.isFinite(se[i][j]) ? 1.96 * se[i][j] : 0;
+    return [v - e, v + e];
+  }))) : extent(rows);
+  const f = frame(380, 240, [0, 100], span, '% of heads removed (least important first)',
+                  choices.find(([k]) => k === m)[1]);
   const s = svg('svg', {width: 380, height: 240, id: 'pruning-curves'}, f.g);
   const px = counts.map((c) => 100 * c / (L * H));
   const randomRows = meta.curve_orders.map((o, i) => o.startsWith('random') ? rows[i] : null)
       .filter(Boolean);
   if (randomRows.length) s.append(...randomBand(f, px, randomRows));
+  if (se) {
+    meta.curve_orders.forEach((o, i) => {
+      if (o.startsWith('random')) return;
+      const e = se[i].map((v) => Number.isFinite(v) ? 1.96 * v : 0);
+      const band = px.map((p, j) => `${f.x(p)},${f.y(rows[i][j] + e[j])}`).concat(
+          px.map((p, j) => `${f.x(p)},${f.y(rows[i][j] - e[j])}`).reverse()).join(' ');
+      s.append(svg('polygon', {points: band, class: 'se-band',
+                               fill: CURVE_PALETTE[i % CURVE_PALETTE.length],
+                               'fill-opacity': 0.12, stroke: 'none'}));
+    });
+  }
   const keys = el('div', {class: 'keys'});
   orderCurves(s, keys, f, px, rows, counts, meta.curve_orders);
   if (randomRows.length) keys.append(el('span', {class: 'random-key'},
                                        `■ random (mean, min–max of ${randomRows.length})`));
+  const n = meta.subset_images, of = meta.images;
+  const note = n == null ? '' : n < of
+      ? `Means over a class-stratified subset of ${n} of the ${of} images` +
+        (se ? '; shaded: ±1.96 standard errors.' : '.')
+      : `Means over all ${n} images` + (se ? '; shaded: ±1.96 standard errors.' : '.');
   box.replaceChildren(el('h3', {}, 'Pruning curves: metric orders against random'),
-      dropdown([['top1', 'top-1 accuracy'], ['kl', 'KL'], ['loss', 'loss']], m,
-               (v) => { state.curveMetric = v; drawCurves(box, imp); }), el('div', {}, s), keys);
+      dropdown(choices, m,
+               (v) => { state.curveMetric = v; drawCurves(box, imp); }), el('div', {}, s), keys,
+      el('div', {class: 'note', id: 'curve-subset'}, note));
 }
 
 // The random orders as one grey band (min–max) around their dashed mean.
@@ -157,53 +257,96 @@ function orderCurves(s, keys, f, px, rows, counts, orders) {
 }
 
 async function drawDetail(box, imp) {
+  hideTooltip();
   const {layer: l, head: h} = state;
-  const parts = [el('h3', {}, `Why does ${headName(l, h)} matter?`), ...partialBars(imp, l, h)];
+  const parts = [el('h3', {}, `Why does ${headName(l, h)} matter?`), ...partialBars(imp, l, h, box)];
   if (imp.perImageTaylor) {
     const v = await imp.perImageTaylor();
-    parts.push(perImageHistogram(v.map((img) => img[l][h]).filter((x) => x != null)));
+    parts.push(perImageHistogram(v.map((img, i) => [img[l][h], i]).filter(([x]) => x != null && Number.isFinite(x)), imp));
   } else {
-    parts.push(el('p', {class: 'help'}, 'Per-image distributions: run importance with --per-image.'));
+    parts.push(el('p', {class: 'help empty-view'}, 'Per-image distributions: run importance with --per-image.'));
   }
   box.replaceChildren(...parts);
 }
 
-// Loss increase of the whole head and of each partial variant, as horizontal bars.
-function partialBars(imp, l, h) {
+// The whole head and each partial variant: signed bars around zero on an axis, for the
+// chosen metric, with every variant's definition on screen.
+function partialBars(imp, l, h, box) {
   const {meta, partial, values, H} = imp;
   const row = partial.heads.indexOf(l * H + h);
   if (row < 0) {
     return [el('p', {class: 'help'}, 'Partial pruning was not computed for this head ' +
                '(only for the most important ones; see --partial-heads).')];
   }
-  const bars = meta.partial_variants.map((v, j) => ({v, loss: partial.loss[row][j],
-                                                      kl: partial.kl[row][j]}));
-  const max = Math.max(1e-12, ...bars.map((b) => Math.abs(b.loss)),
-                       Math.abs(values.ablation_loss[l][h]));
-  const s = svg('svg', {width: 380, height: 18 * (bars.length + 1) + 10, id: 'partial-bars'});
-  const all = {v: {name: 'whole head', description: 'the whole head masked out'},
-               loss: values.ablation_loss[l][h], kl: values.ablation_kl[l][h]};
-  [all, ...bars].forEach((b, j) => {
-    const w = 200 * Math.abs(b.loss) / max;
-    s.append(svg('text', {x: 118, y: 14 + 18 * j, 'text-anchor': 'end', class: 'tick'}, b.v.name),
-             tip(svg('rect', {x: 122, y: 4 + 18 * j, width: Math.max(1, w), height: 13,
-                              class: b.loss >= 0 ? 'bar' : 'bar negative'}),
-                 `${b.v.description}: loss ${b.loss >= 0 ? '+' : ''}${fmt(b.loss)}, KL ${fmt(b.kl)}`),
-             svg('text', {x: 126 + w, y: 14 + 18 * j, class: 'tick'}, fmt(b.loss)));
+  const choices = isEmbedding(meta) ? PARTIAL_EMBEDDING : PARTIAL_METRICS;
+  if (!choices.some(([k]) => k === state.partialMetric)) state.partialMetric = choices[0][0];
+  const m = state.partialMetric;
+  const whole = {loss: values.ablation_loss, top1: values.ablation_top1, kl: values.ablation_kl}[m][l][h];
+  const bars = [{v: {name: 'whole head', description: 'the whole head masked out'}, x: whole},
+                ...meta.partial_variants.map((v, j) => ({v, x: partial[m][row][j]}))];
+  const [lo, hi] = extent([bars.map((b) => b.x), 0]);
+  const pad = (hi - lo) * 0.05 || 1e-6;
+  const f = frame(400, 22 * bars.length + 44, [lo - pad, hi + pad], [0, bars.length],
+                  choices.find((p) => p[0] === m)[1], '', {yTicks: [], margin: {l: 84, r: 60}});
+  const s = svg('svg', {width: 400, height: 22 * bars.length + 44, id: 'partial-bars', 'data-metric': m}, f.g);
+  const x0 = f.x(0);
+  s.append(svg('line', {x1: x0, x2: x0, y1: f.m.t, y2: f.y(0), class: 'zero-line'}));
+  bars.forEach((b, j) => {
+    const y = f.m.t + 4 + j * 22, xv = f.x(b.x);
+    s.append(svg('text', {x: f.m.l - 4, y: y + 12, 'text-anchor': 'end', class: 'tick bar-label'}, b.v.name),
+             tip(svg('rect', {x: b.x >= 0 ? x0 : x0 - Math.max(1, x0 - xv), y,
+                              width: Math.max(1, Math.abs(xv - x0)), height: 15,
+                              class: b.x >= 0 ? 'bar' : 'bar negative', 'data-value': b.x}),
+                 `${b.v.description}: ${m} ${b.x >= 0 ? '+' : ''}${fmt(b.x)}`),
+             svg('text', {x: b.x >= 0 ? xv + 3 : x0 + 3, y: y + 12, class: 'tick bar-value'},
+                 `${b.x >= 0 ? '+' : ''}${fmt(b.x)}`));
   });
-  return [el('p', {class: 'help'}, 'Loss increase when only part of its attention is removed:'), s];
+  const defs = el('dl', {class: 'variant-definitions', id: 'variant-definitions'},
+                  bars.map((b) => [el('dt', {}, b.v.name), el('dd', {}, b.v.description)]));
+  return [el('div', {class: 'controls'}, 'Change when only part of its attention is removed: ',
+             dropdown(choices, m, (v) => { state.partialMetric = v; drawDetail(box, imp); },
+                      'partial-metric')),
+          el('p', {class: 'help'}, isEmbedding(meta)
+              ? 'Bars right of 0: removing that part distorts the embedding more.'
+              : 'Bars right of 0: removing that part hurts (loss up, top-1 down, predictions change); left: it helps.'),
+          s, defs];
 }
 
-// Histogram (20 bins) of one head's Taylor importance over the images.
-function perImageHistogram(xs) {
-  const [lo, hi] = extent(xs);
-  const bins = 20, counts = new Array(bins).fill(0);
-  xs.forEach((x) => counts[Math.min(bins - 1, Math.floor((x - lo) / ((hi - lo) || 1) * bins))]++);
-  const f = frame(380, 150, [lo, hi], [0, Math.max(...counts)], 'Taylor importance per image',
-                  'images');
-  const s = svg('svg', {width: 380, height: 150, id: 'per-image-hist'}, f.g);
-  counts.forEach((c, i) => s.append(tip(svg('rect', {
-      x: f.x(lo + i / bins * (hi - lo)), y: f.y(c), width: Math.max(1, 340 / bins - 2),
-      height: f.y(0) - f.y(c), class: 'bar'}), `${c} images`)));
-  return s;
+// Histogram of one head's Taylor importance over the images, on log-spaced bins; a bar
+// click shows its images in the image overview.
+function perImageHistogram(pairs, imp) {
+  const positive = pairs.filter(([x]) => x > 0);
+  const zeros = pairs.length - positive.length;
+  const logs = positive.map(([x]) => Math.log10(x));
+  let [lo, hi] = extent(logs);
+  if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
+  const bins = 20, members = Array.from({length: bins}, () => []);
+  positive.forEach(([x, i], k) => members[Math.min(bins - 1, Math.floor((logs[k] - lo) / (hi - lo) * bins))].push(i));
+  const counts = members.map((m) => m.length);
+  const f = frame(400, 170, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
+                  'images', {yInteger: true, xTicks: niceTicks(lo, hi, 5, true).length >= 2 ? niceTicks(lo, hi, 5, true) : niceTicks(lo, hi, 4),
+                             xFormat: (v) => {
+                               const x = Math.pow(10, v);
+                               if (x >= 1e-3 && x < 1e4) return `${+x.toPrecision(2)}`;
+                               return Number.isInteger(v) ? `1e${v}` : x.toExponential(1);
+                             }});
+  const s = svg('svg', {width: 400, height: 170, id: 'per-image-hist'}, f.g);
+  const width = (f.x(hi) - f.x(lo)) / bins;
+  members.forEach((m, i) => {
+    const c = m.length;
+    const b0 = Math.pow(10, lo + i / bins * (hi - lo)), b1 = Math.pow(10, lo + (i + 1) / bins * (hi - lo));
+    const active = state.imageFilter && state.imageFilter.bin === i;
+    s.append(tip(svg('rect', {
+        x: f.x(lo + i / bins * (hi - lo)) + 0.5, y: f.y(c), width: Math.max(1, width - 1),
+        height: Math.max(c ? 1 : 0, f.y(0) - f.y(c)), class: 'bar hist-bar' + (active ? ' selected' : ''),
+        'data-bin': i, 'data-count': c,
+        onclick: () => {
+          state.imageFilter = active ? null : {bin: i, indices: m, label: `Taylor ${fmt(b0)}–${fmt(b1)} (${headName(state.layer, state.head)})`};
+          if (state.redrawOverview) state.redrawOverview();
+          for (const r of s.querySelectorAll('.hist-bar')) r.classList.toggle('selected', state.imageFilter && +r.dataset.bin === state.imageFilter.bin);
+          changed();
+        }}), `${c} image${c === 1 ? '' : 's'} with Taylor ${fmt(b0)}–${fmt(b1)}; click to list them in the image overview`));
+  });
+  return el('div', {}, el('h3', {}, 'Per-image Taylor importance of this head'), s,
+            zeros ? el('p', {class: 'help'}, `${zeros} image${zeros === 1 ? '' : 's'} with exactly 0 not shown on the log axis.`) : null);
 }

@@ -1,91 +1,267 @@
-// Patterns view: what heads have learned. The autoencoder's decoded pattern map with where
-// the selected head's samples fall, the heads behind one pattern, and the head clusters.
+// Patterns view: what heads have learned. The autoencoder's decoded pattern map (cells that
+// hold no sample faded), the samples themselves in the latent plane coloured by layer or
+// head, real sample maps of a clicked cell with their image and query patch, and the head
+// clusters with the statistics behind their names.
 
-import {extent, frame, heatCanvas} from './charts.js';
-import {arrays, getJSON, q} from './data.js';
-import {el, svg, tip} from './dom.js';
-import {fmt, headName} from './format.js';
+import {CATEGORICAL, categoryKey, extent, frame, heatCanvas, legend, niceTicks, ratio,
+        sequential} from './charts.js';
+import {array, arrays, getJSON, q, unpack} from './data.js';
+import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
+import {fmt, gridShape, headName, tokens} from './format.js';
 import {onSelect, select, state} from './state.js';
 
-export async function renderPatterns(body) {
-  const [meta, a] = await Promise.all([
+const SAMPLES_SHOWN = 6;
+const SCATTER_MAX = 6000;   // points drawn in the latent scatter (an even subsample beyond)
+
+export async function renderPatterns(body, info) {
+  const [meta, a, samples] = await Promise.all([
       getJSON(`./meta?${q({analysis: 'patterns'})}`),
       arrays('patterns', ['map', 'head_density', 'head_cluster', 'cluster_pattern',
-                          'train_loss', 'val_loss'])]);
+                          'train_loss', 'val_loss', 'map_extent']),
+      arrays('patterns', ['sample_cell', 'sample_index', 'sample_latent'])]);
   const {map, head_density: density} = a;
   // g: pattern map side (cells); c: side of one decoded pattern.
-  const pt = {...a, meta, g: map.length, c: map[0][0].length, L: density.length,
-              H: density[0].length};
+  const pt = {...a, ...samples, meta, info, g: map.length, c: map[0][0].length, L: density.length,
+              H: density[0].length, n: (map[0][0].length + 1) / 2};
+  pt.T = tokens(meta.config);
+  [pt.gh, pt.gw] = gridShape(meta.config);   // the patch grid of a plain sample map
+  // Samples per cell, and per head and cell.
+  const g = pt.g;
+  pt.cellSamples = Array.from({length: g * g}, () => []);
+  pt.headCount = new Map();
+  pt.sample_cell.forEach(([r, k], s) => {
+    pt.cellSamples[r * g + k].push(s);
+    const [, l, h] = pt.sample_index[s];
+    const key = `${l},${h},${r},${k}`;
+    pt.headCount.set(key, (pt.headCount.get(key) || 0) + 1);
+    pt.headCount.set(`${l},${h}`, (pt.headCount.get(`${l},${h}`) || 0) + 1);
+  });
+  state.data.cluster = a.head_cluster;
+  state.data.clusterNames = meta.cluster_names;
   const mapBox = el('div', {class: 'panel'});
+  const scatterBox = el('div', {class: 'panel'});
+  const cellBox = el('div', {class: 'panel cell-panel', id: 'cell-panel'});
   const clusterBox = el('div', {class: 'panel'});
+  const empty = pt.cellSamples.filter((c) => !c.length).length;
   body.append(el('p', {class: 'help'}, `${meta.samples} sampled query maps, re-centred on the ` +
                  `query (centre cell = the query patch). Autoencoder reconstruction error ` +
-                 `${fmt(meta.reconstruction_error)} (data variance ${fmt(meta.data_variance)}).`),
-              el('div', {class: 'row'}, mapBox, clusterBox));
-  const drawMap = () => drawPatternMap(mapBox, pt);
+                 `${fmt(meta.reconstruction_error)} (data variance ${fmt(meta.data_variance)}). ` +
+                 `${empty} of ${g * g} map cells hold no sample: they are faded (the decoder's extrapolation, not a pattern any head shows).`),
+              el('div', {class: 'row'}, mapBox, scatterBox, cellBox), el('div', {class: 'row'}, clusterBox));
+  const drawMap = () => drawPatternMap(mapBox, cellBox, pt);
+  const drawScatter = () => drawSampleScatter(scatterBox, cellBox, pt);
   const drawClusters = () => drawClusterList(clusterBox, pt);
-  drawMap(); drawClusters();
-  onSelect(drawMap, drawClusters);
+  drawMap(); drawScatter(); drawClusters(); drawCell(cellBox, pt);
+  onSelect(drawMap, drawScatter, drawClusters, () => drawCell(cellBox, pt));
 }
 
 // The decoded latent grid; each cell outlined in red by the share of the selected head's
-// samples that fall there. Clicking a cell lists the heads producing that pattern.
-function drawPatternMap(mapBox, pt) {
-  const {map, head_density: density, g, c} = pt;
+// samples that fall there. A click shows that cell's samples and the heads behind it.
+function drawPatternMap(mapBox, cellBox, pt) {
+  hideTooltip();
+  const {map, g, c} = pt;
   const cellPx = Math.max(3, Math.floor(40 / c));
   const {layer: l, head: h} = state;
-  const d = density[l][h];
-  const dmax = Math.max(1e-12, ...d.flat());
+  const total = pt.headCount.get(`${l},${h}`) || 0;
   const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
                           style: `grid-template-columns: repeat(${g}, auto)`});
-  const drawHeads = () => drawCellHeads(mapBox.querySelector('#cell-heads'), pt);
+  const sc = sequential(0, 1, 'decoded, peak = 1');
   for (let r = 0; r < g; r++) {
     for (let k = 0; k < g; k++) {
-      const canvas = heatCanvas(map[r][k], 0, 1, cellPx, {cls: 'pattern-cell'});
-      canvas.style.outline = d[r][k] > 0 ? `3px solid rgba(225,87,89,${0.25 + 0.75 * d[r][k] / dmax})` : '';
-      canvas.dataset.row = r; canvas.dataset.col = k;
-      canvas.addEventListener('click', () => { state.cell = [r, k]; drawHeads(); });
-      wrap.append(tip(canvas, `cell (${r}, ${k}): ${fmt(100 * d[r][k])}% of ${headName(l, h)}'s samples`));
+      const canvas = heatCanvas(map[r][k], sc, cellPx, {cls: 'pattern-cell'});
+      const all = pt.cellSamples[r * g + k].length;
+      const mine = pt.headCount.get(`${l},${h},${r},${k}`) || 0;
+      if (!all) canvas.classList.add('empty-cell');
+      if (state.cell && state.cell[0] === r && state.cell[1] === k) canvas.classList.add('selected');
+      canvas.style.outline = mine ? `3px solid rgba(225,87,89,${0.25 + 0.75 * mine / Math.max(1, total)})` : '';
+      canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
+      canvas.addEventListener('click', () => {
+        state.cell = [r, k];
+        for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
+        drawCell(cellBox, pt);
+      });
+      wrap.append(tip(canvas, all ? `cell (${r}, ${k}): ${all} sample${all === 1 ? '' : 's'} in all; ` +
+                      `${mine} of ${total} samples of ${headName(l, h)}`
+                      : `cell (${r}, ${k}): no sample falls here (decoder extrapolation)`));
     }
   }
-  mapBox.replaceChildren(el('h3', {}, `Pattern map (decoded latent grid); red: where ${headName(l, h)}'s samples fall`),
-                         wrap, el('div', {id: 'cell-heads'}));
-  drawHeads();
+  mapBox.replaceChildren(el('h3', {}, `Pattern map; red: where ${headName(l, h)}'s samples fall`),
+                         wrap, legend(sc, 160, 'pattern-legend'));
 }
 
-function drawCellHeads(box, {head_density: density, L, H}) {
-  if (!state.cell) { box.replaceChildren(el('p', {class: 'help'}, 'Click a pattern to list the heads that produce it.')); return; }
+// The samples in the latent plane, on the map's grid (row 0 at the top), coloured by layer
+// or head; the selected head's samples ringed.
+function drawSampleScatter(box, cellBox, pt) {
+  const {map_extent: ext, sample_latent: lat, sample_index: idx, g, L, H} = pt;
+  const size = 260;
+  const by = state.sampleColour;
+  const f = frame(size + 70, size + 44, ext[0], [ext[1][1], ext[1][0]], 'latent 1', 'latent 2',
+                  {xTicks: [], yTicks: []});
+  const s = svg('svg', {width: size + 70, height: size + 44, id: 'sample-scatter', 'data-colour': by}, f.g);
+  for (let i = 1; i < g; i++) {
+    const x = f.x(ext[0][0] + i / g * (ext[0][1] - ext[0][0]));
+    const y = f.y(ext[1][0] + i / g * (ext[1][1] - ext[1][0]));
+    s.append(svg('line', {x1: x, x2: x, y1: f.m.t, y2: f.y(ext[1][0]), class: 'gridline'}),
+             svg('line', {x1: f.m.l, x2: f.width - f.m.r, y1: y, y2: y, class: 'gridline'}));
+  }
+  const clamp = (v, lo, hi) => Math.min(Math.max(v, Math.min(lo, hi)), Math.max(lo, hi));
+  const step = Math.max(1, Math.ceil(lat.length / SCATTER_MAX));
+  const ringed = [];
+  for (let sIdx = 0; sIdx < lat.length; sIdx += step) {
+    const [, l, h] = idx[sIdx];
+    const x = f.x(clamp(lat[sIdx][0], ext[0][0], ext[0][1])), y = f.y(clamp(lat[sIdx][1], ext[1][0], ext[1][1]));
+    const fill = CATEGORICAL[(by === 'layer' ? l : h) % CATEGORICAL.length];
+    s.append(svg('circle', {cx: x, cy: y, r: 2, fill, class: 'sample-point'}));
+    if (l === state.layer && h === state.head) ringed.push([x, y]);
+  }
+  for (const [x, y] of ringed) s.append(svg('circle', {cx: x, cy: y, r: 3.5, class: 'sample-selected'}));
+  s.addEventListener('click', (e) => {   // a click picks the map cell under the pointer
+    const rect = s.getBoundingClientRect();
+    const fx = (e.clientX - rect.left - f.m.l) / (f.width - f.m.l - f.m.r);
+    const fy = (e.clientY - rect.top - f.m.t) / (f.height - f.m.t - f.m.b);
+    if (fx < 0 || fx >= 1 || fy < 0 || fy >= 1) return;
+    state.cell = [g - 1 - Math.floor(fy * g), Math.floor(fx * g)];
+    for (const x of document.querySelectorAll('#pattern-map canvas')) {
+      x.classList.toggle('selected', +x.dataset.row === state.cell[0] && +x.dataset.col === state.cell[1]);
+    }
+    drawCell(cellBox, pt);
+  });
+  box.replaceChildren(el('h3', {}, 'The samples on the map\'s grid'),
+      el('label', {}, 'colour by ', dropdown([['layer', 'layer'], ['head', 'head']], by,
+                                             (v) => { state.sampleColour = v; drawSampleScatter(box, cellBox, pt); },
+                                             'sample-colour')),
+      el('div', {}, s),
+      categoryKey(by === 'layer' ? L : H, by === 'layer' ? 'L' : 'H', `colour = ${by}`),
+      el('p', {class: 'help'}, `ringed: ${headName(state.layer, state.head)}; grid rows run upwards here (latent 2), downwards in the map` +
+         (step > 1 ? `; every ${step}th sample drawn` : '')));
+}
+
+// The heads behind the selected cell, and a few of its real samples with their image and
+// query patch. The panel keeps its size, so the page does not jump.
+async function drawCell(box, pt) {
+  if (!state.cell) {
+    box.replaceChildren(el('h3', {}, 'Samples of a pattern'),
+        el('p', {class: 'help', id: 'cell-heads'}, 'Click a pattern (or a point) to list the heads that produce it and see its real samples.'));
+    return;
+  }
   const [r, k] = state.cell;
+  const {L, H, g} = pt;
+  const members = pt.cellSamples[r * g + k];
   const heads = [];
-  for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) if (density[l][h][r][k] > 0) heads.push([density[l][h][r][k], l, h]);
+  for (let l = 0; l < L; l++) {
+    for (let h = 0; h < H; h++) {
+      const c = pt.headCount.get(`${l},${h},${r},${k}`);
+      if (c) heads.push([c, l, h]);
+    }
+  }
   heads.sort((a, b) => b[0] - a[0]);
-  box.replaceChildren(el('p', {}, `Heads producing pattern (${r}, ${k}):`),
-      el('div', {class: 'chips'}, heads.length ? heads.map(([v, l, h]) =>
-          el('button', {class: 'chip', onclick: () => select(l, h)}, `${headName(l, h)} ${fmt(100 * v)}%`))
-          : 'none'));
+  const chips = el('div', {class: 'chips', id: 'cell-heads'}, heads.length ? heads.map(([c, l, h]) =>
+      el('button', {class: 'chip' + (l === state.layer && h === state.head ? ' selected' : ''),
+                    onclick: () => select(l, h)},
+         `${headName(l, h)}: ${c} of ${pt.headCount.get(`${l},${h}`)} samples`))
+      : el('span', {class: 'help', id: 'cell-empty'}, 'No sample falls in this cell: the decoded pattern is the decoder\'s extrapolation, shown by no head.'));
+  const gallery = el('div', {class: 'sample-gallery', id: 'sample-gallery'});
+  box.replaceChildren(el('h3', {}, `Pattern (${r}, ${k}): ${members.length} sample${members.length === 1 ? '' : 's'}`),
+                      chips, gallery);
+  if (!members.length || !(`patterns/sample_plain` in pt.info.tags)) return;
+  // Prefer the selected head's samples, then spread over the others.
+  const mine = members.filter((s) => pt.sample_index[s][1] === state.layer && pt.sample_index[s][2] === state.head);
+  const others = members.filter((s) => !mine.includes(s));
+  const pick = [...mine, ...others.filter((_, i) => i % Math.max(1, Math.floor(others.length / SAMPLES_SHOWN)) === 0)]
+      .slice(0, SAMPLES_SHOWN);
+  const maps = await Promise.all(pick.map((s) => array('patterns/sample_plain', {index: s})));
+  if (!state.cell || state.cell[0] !== r || state.cell[1] !== k) return;
+  const names = pt.meta.image_names || [];
+  const stored = state.storedImages || [];
+  const {gh, gw} = pt;
+  const cell = Math.max(4, Math.floor(84 / Math.max(gh, gw)));
+  pick.forEach((s, j) => {
+    const [image, l, h, query] = pt.sample_index[s];
+    const m = maps[j].map((row) => row.map((v) => v * pt.T));
+    const sc = ratio(m);
+    const stage = el('div', {class: 'sample-stage', style: `width:${gw * cell}px;height:${gh * cell}px`});
+    const k2 = stored.indexOf(image);
+    if (k2 >= 0) stage.append(el('img', {src: `./png?${q({tag: `strength/map_image/${k2}`})}`, class: 'base',
+                                          width: gw * cell, height: gh * cell}));
+    const c = heatCanvas(m, sc, cell, {cls: 'overlay sample-map' + (k2 >= 0 ? ' translucent' : '')});
+    const ctx = c.getContext('2d');
+    ctx.strokeStyle = '#111'; ctx.lineWidth = 2;
+    const [qr, qc] = [Math.floor(query / gw), query % gw];
+    ctx.strokeRect(qc * cell + 1, qr * cell + 1, cell - 2, cell - 2);
+    stage.append(c);
+    gallery.append(el('div', {class: 'sample', 'data-sample': s},
+        tip(stage, `${headName(l, h)}, image ${names[image] ?? image}, query patch (row ${qr}, col ${qc}) outlined; × uniform, ${sc.ticks[0][1]} … ${sc.ticks[2][1]}`),
+        el('div', {class: 'caption'}, `${headName(l, h)} · ${names[image] ?? `image ${image}`}`),
+        el('div', {class: 'caption'}, `query (${qr}, ${qc}) · peak ${fmt(Math.max(...m.flat()))}×`)));
+  });
+}
+
+// Statistics behind a cluster's name, as patterns.describe_pattern decides it.
+const RULES = [['cls', 'class-token share', 0.5, 'class-token-focused'],
+               ['self', 'self share', 0.5, 'self'], ['peak', 'peak share', 0.4, 'offset'],
+               ['local', 'share within 1 patch', 0.6, 'local'], ['row', 'share in its row', 0.6, 'row'],
+               ['column', 'share in its column', 0.6, 'column']];
+
+export function patternStatistics(pattern) {
+  const c = (pattern.length - 1) / 2;
+  const sum = pattern.flat().reduce((a, b) => a + b, 0);
+  const cls = Math.max(0, 1 - sum);            // a query's weights over patches and class token sum to 1
+  const p = pattern.map((row) => row.map((v) => v / Math.max(sum, 1e-12)));
+  let local = 0, row = 0, column = 0, peak = 0, entropy = 0, cells = 0;
+  p.forEach((rw, y) => rw.forEach((v, x) => {
+    if (Math.max(Math.abs(y - c), Math.abs(x - c)) <= 1) local += v;
+    if (y === c) row += v;
+    if (x === c) column += v;
+    peak = Math.max(peak, v);
+    if (v > 0) { entropy -= v * Math.log(v); cells++; }
+  }));
+  return {cls, self: p[c][c], peak, local, row, column, entropy, cells};
 }
 
 function drawClusterList(clusterBox, pt) {
-  const {head_cluster: clusters, cluster_pattern: reps, meta, L, H} = pt;
+  hideTooltip();
+  const {head_cluster: clusters, cluster_pattern: reps, meta, L, H, T} = pt;
+  const times = reps.map((rep) => rep.map((row) => row.map((v) => v * T)));
+  const shared = ratio(times);
   const rows = reps.map((rep, j) => {
     const members = [];
     for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) if (clusters[l][h] === j) members.push([l, h]);
-    const [lo, hi] = extent(rep);
-    return el('div', {class: 'cluster' + (clusters[state.layer][state.head] === j ? ' selected' : '')},
-        heatCanvas(rep, lo, hi, Math.max(3, Math.floor(60 / rep.length))),
+    const sc = state.scaleMode === 'shared' ? shared : ratio(times[j]);
+    const st = patternStatistics(rep);
+    let fired = false;
+    const stats = el('table', {class: 'rules'}, RULES.map(([key, label, threshold, name]) => {
+      const hit = !fired && st[key] > threshold;
+      fired = fired || hit;
+      return el('tr', {class: hit ? 'fired' : ''}, el('td', {}, label), el('td', {}, fmt(st[key])),
+                el('td', {}, `> ${threshold} → ${name}`));
+    }), el('tr', {class: fired ? '' : 'fired'}, el('td', {}, 'none of the above'), el('td', {}, ''), el('td', {}, '→ global')),
+       el('tr', {}, el('td', {}, 'entropy over patches'), el('td', {}, fmt(st.entropy)),
+          el('td', {}, `uniform over its ${st.cells} cells: ${fmt(Math.log(Math.max(1, st.cells)))}`)));
+    return el('div', {class: 'cluster' + (clusters[state.layer][state.head] === j ? ' selected' : ''), 'data-cluster': j},
+        el('div', {}, heatCanvas(times[j], sc, Math.max(3, Math.floor(60 / rep.length)), {cls: 'cluster-map'}),
+           state.scaleMode === 'shared' ? null : legend(sc, 90)),
         el('div', {}, el('b', {}, `cluster ${j}: ${meta.cluster_names[j]}`),
+           el('span', {class: 'help'}, ` · peak ${fmt(Math.max(...times[j].flat()))}× uniform`),
            el('div', {class: 'chips'}, members.map(([l, h]) =>
                el('button', {class: 'chip' + (l === state.layer && h === state.head ? ' selected' : ''),
-                             onclick: () => select(l, h)}, headName(l, h))))));
+                             onclick: () => select(l, h)}, headName(l, h))))),
+        stats);
   });
-  clusterBox.replaceChildren(el('h3', {}, 'Head clusters (mean re-centred attention of members)'),
-                             ...rows, el('h3', {}, 'Autoencoder training (blue train, red validation)'),
-                             trainingChart(pt.train_loss, pt.val_loss));
+  clusterBox.replaceChildren(el('h3', {}, 'Head clusters: mean re-centred attention of the members (× uniform), and why each got its name'),
+                             el('p', {class: 'help'}, 'The first rule whose statistic passes its threshold names the cluster (highlighted). ' +
+                                    'Offsets far from the centre lie inside the image for fewer query patches, so their mean (and colour) is lower.'),
+                             state.scaleMode === 'shared' ? legend(shared, 180, 'cluster-legend') : null,
+                             ...rows, el('h3', {}, 'Autoencoder training'),
+                             trainingChart(pt.train_loss, pt.val_loss),
+                             el('div', {class: 'keys'}, el('span', {style: 'color:#4e79a7'}, '■ training '),
+                                el('span', {style: 'color:#e15759'}, '■ validation')));
 }
 
 function trainingChart(trainLoss, valLoss) {
-  const f = frame(260, 130, [1, Math.max(2, trainLoss.length)], extent([trainLoss, valLoss]), 'epoch', 'loss');
-  return svg('svg', {width: 260, height: 130}, f.g,
+  const E = Math.max(2, trainLoss.length);
+  const f = frame(280, 140, [1, E], extent([trainLoss, valLoss]), 'epoch', 'loss',
+                  {xInteger: true, xTicks: niceTicks(1, E, 5, true)});
+  return svg('svg', {width: 280, height: 140, id: 'training-chart'}, f.g,
       svg('polyline', {points: trainLoss.map((v, i) => `${f.x(i + 1)},${f.y(v)}`).join(' '), class: 'curve', stroke: '#4e79a7'}),
       svg('polyline', {points: valLoss.map((v, i) => `${f.x(i + 1)},${f.y(v)}`).join(' '), class: 'curve', stroke: '#e15759'}));
 }

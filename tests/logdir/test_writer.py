@@ -58,3 +58,49 @@ def test_read_only_logdir_is_one_line_error(tmp_path, monkeypatch):
   with pytest.raises(OutputError, match='Permission denied') as e:
     writer.check_writable(tmp_path / 'logs', 'run')
   assert str(tmp_path / 'logs' / 'run') in str(e.value) and '\n' not in str(e.value)
+
+
+def test_steps_are_kept_and_replaced_one_at_a_time(tmp_path):
+  for step, scale in ((0, 1.), (10, 2.), (20, 3.)):
+    writer.write_analysis(tmp_path, 'run', 'importance', values(scale), step=step)
+  writer.write_analysis(tmp_path, 'run', 'strength', values(9.), step=10)
+  assert reader.steps(tmp_path / 'run') == {'importance': [0, 10, 20], 'strength': [10]}
+  # Re-writing step 10 replaces that step only.
+  writer.write_analysis(tmp_path, 'run', 'importance', values(5.), step=10)
+  assert len(writer.existing_analysis_files(tmp_path / 'run', 'importance')) == 3
+  assert reader.read_run(tmp_path / 'run', 10)['importance/meta'] == {'scale': 5.}
+  assert reader.read_run(tmp_path / 'run', 0)['importance/meta'] == {'scale': 1.}
+  latest = reader.read_run(tmp_path / 'run')  # each analysis at its latest step
+  assert latest['importance/meta'] == {'scale': 3.} and latest['strength/meta'] == {'scale': 9.}
+  series = reader.read_series(tmp_path / 'run', 'importance/taylor')
+  assert sorted(series) == [0, 10, 20] and float(series[10][0, 0]) == 5.
+  # Files sort in the order they were written (TensorBoard reads them in name order).
+  names = [p.name for p in sorted((tmp_path / 'run').glob('events.out.tfevents.*'),
+                                  key=lambda p: p.stat().st_mtime_ns)]
+  assert names == sorted(names)
+  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+  path = writer.existing_analysis_files(tmp_path / 'run', 'importance', 20)[0]
+  assert {e.step for e in EventFileLoader(str(path)).Load() if e.summary.value} == {20}
+  with pytest.raises(ValueError, match='step'):
+    writer.write_analysis(tmp_path, 'run', 'importance', values(1.), step=-1)
+
+
+def test_version_1_files_read_as_step_0_and_are_replaced_by_it(tmp_path):
+  """A logdir written by format version 1: `...<analysis>` files, values at step 0, plugin
+  metadata version 1."""
+  import json
+  from vit_jax_analytics.logdir import metadata
+  run = tmp_path / 'run'
+  path = writer.write_analysis(tmp_path, 'run', 'importance', values(1.))
+  old = run / path.name.replace('.step0', '').replace(path.name.split('.')[3], '1700000000')
+  path.rename(old)
+  assert writer.file_analysis_step(old) == ('importance', 0)
+  assert reader.steps(run) == {'importance': [0]}
+  assert reader.read_run(run)['importance/meta'] == {'scale': 1.}
+  v1 = metadata.create_summary_metadata('importance', 'array').plugin_data.content
+  content = {**json.loads(v1), 'version': 1}
+  assert metadata.parse_plugin_metadata(json.dumps(content).encode())['version'] == 1
+  writer.write_analysis(tmp_path, 'run', 'importance', values(2.), step=0)
+  assert not old.exists() and reader.read_run(run)['importance/meta'] == {'scale': 2.}
+  writer.write_analysis(tmp_path, 'run', 'importance', values(3.), step=5)
+  assert reader.steps(run) == {'importance': [0, 5]}

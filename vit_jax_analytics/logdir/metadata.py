@@ -9,7 +9,10 @@ import json
 from tensorboard.compat.proto import summary_pb2
 
 PLUGIN_NAME = 'vit_analytics'
-FORMAT_VERSION = 1
+# 1: one event file per (run, analysis), every value at step 0.
+# 2: one event file per (run, analysis, step); values at that step (training steps). A
+#    reader of version 2 reads version-1 files as step 0.
+FORMAT_VERSION = 2
 # array: a numeric tensor; json: a scalar string tensor holding UTF-8 JSON;
 # png: a scalar string tensor holding PNG bytes.
 KINDS = ('array', 'json', 'png')

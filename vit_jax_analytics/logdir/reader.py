@@ -9,15 +9,44 @@ from pathlib import Path
 from tensorboard.util import tensor_util
 
 from vit_jax_analytics.logdir import metadata, schema
+from vit_jax_analytics.logdir.writer import file_analysis_step
 
 
-def read_run(run_dir) -> dict:
-  """{tag: value} of every vit_analytics value in a run directory (newest file wins):
-  arrays as numpy, json as Python objects, png as bytes."""
+def steps(run_dir) -> dict:
+  """{analysis: sorted steps written} of a run directory."""
+  out = {}
+  for path in Path(run_dir).glob('events.out.tfevents.*'):
+    analysis, step = file_analysis_step(path)
+    if analysis is not None:
+      out.setdefault(analysis, set()).add(step)
+  return {a: sorted(s) for a, s in sorted(out.items())}
+
+
+def read_run(run_dir, step=None) -> dict:
+  """{tag: value} of every vit_analytics value in a run directory at `step` (default:
+  each analysis at its latest step; the newest file wins): arrays as numpy, json as Python
+  objects, png as bytes."""
+  latest = {a: s[-1] for a, s in steps(run_dir).items()}
+  files = [p for p in sorted(Path(run_dir).glob('events.out.tfevents.*'))
+           if file_analysis_step(p)[0] is not None and
+           file_analysis_step(p)[1] == (latest[file_analysis_step(p)[0]] if step is None
+                                        else step)]
+  return _read_files(files)
+
+
+def read_series(run_dir, tag: str) -> dict:
+  """{step: value} of one tag over every step written (e.g. 'strength/entropy')."""
+  analysis = tag.split('/', 1)[0]
+  return {s: _read_files([p for p in sorted(Path(run_dir).glob('events.out.tfevents.*'))
+                          if file_analysis_step(p) == (analysis, s)]).get(tag)
+          for s in steps(run_dir).get(analysis, [])}
+
+
+def _read_files(paths) -> dict:
   from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
   values = {}
-  for path in sorted(Path(run_dir).glob('events.out.tfevents.*')):
+  for path in paths:
     for event in EventFileLoader(str(path)).Load():
       for v in event.summary.value:
         if v.metadata.plugin_data.plugin_name != metadata.PLUGIN_NAME:
@@ -33,16 +62,16 @@ def read_run(run_dir) -> dict:
   return values
 
 
-def read_importance(run_dir):
-  """-> results.ImportanceResult (float32 as stored)."""
-  return schema.importance_from(read_run(run_dir))
+def read_importance(run_dir, step=None):
+  """-> results.ImportanceResult (float32 as stored) at `step` (default the latest)."""
+  return schema.importance_from(read_run(run_dir, step))
 
 
-def read_strength(run_dir):
-  """-> results.StrengthResult (float32 as stored)."""
-  return schema.strength_from(read_run(run_dir))
+def read_strength(run_dir, step=None):
+  """-> results.StrengthResult (float32 as stored) at `step` (default the latest)."""
+  return schema.strength_from(read_run(run_dir, step))
 
 
-def read_patterns(run_dir):
-  """-> results.PatternResult (float32 as stored)."""
-  return schema.patterns_from(read_run(run_dir))
+def read_patterns(run_dir, step=None):
+  """-> results.PatternResult (float32 as stored) at `step` (default the latest)."""
+  return schema.patterns_from(read_run(run_dir, step))

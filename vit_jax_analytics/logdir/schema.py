@@ -28,6 +28,12 @@ IMPORTANCE_DEFINITIONS = {
                    '(label-free)',
 }
 PER_IMAGE = ('per_image_taylor', 'per_image_ablation_loss', 'per_image_ablation_kl')
+# Per image, the unmasked model: [image] (with --per-image).
+PER_IMAGE_MODEL = {
+    'per_image_loss': 'cross-entropy of the unmasked model with the target, per image '
+                      '(NaN if unreadable)',
+    'per_image_prediction': "the unmasked model's top-1 class per image (-1 if unreadable)",
+}
 POOL = ('pool_taylor', 'pool_ablation_loss', 'pool_ablation_top1', 'pool_ablation_top5',
         'pool_ablation_kl')
 
@@ -45,6 +51,10 @@ def importance_definitions(objective) -> dict:
           'ablation_kl': f"mean {d['kl']} when only this head is masked out"}
 
 
+def _array(data, *args):
+  return None if data is None else Value.array(data, *args)
+
+
 def importance_values(r: ImportanceResult, meta: dict) -> dict:
   definitions = importance_definitions(r.objective)
   values = {'meta': Value.json({
@@ -53,27 +63,43 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
       'images': r.images, 'labelled_images': r.labelled_images, 'label_free': r.label_free,
       'curve_orders': list(r.curve_orders),
       'partial_variants': [{'name': n, 'description': d} for n, d in r.partial_variants],
+      'subset_images': r.subset_images,
+      'subset_baseline': (dataclasses.asdict(r.subset_baseline)
+                          if r.subset_baseline is not None else None),
   })}
   for name, description in definitions.items():
-    values[name] = Value.array(getattr(r, name), LH, description)
+    values[name] = _array(getattr(r, name), LH, description)
   for name in POOL:  # the MAP head's heads: the pooling row
     if getattr(r, name) is not None:
       values[name] = Value.array(getattr(r, name), ('head',),
                                  f"{definitions[name[len('pool_'):]]} (MAP pooling head)")
-  values['curve_counts'] = Value.array(r.curve_counts, ('point',),
-                                       'heads removed at each point of the pruning curves')
+  values['curve_counts'] = _array(r.curve_counts, ('point',),
+                                  'heads removed at each point of the pruning curves')
   for m in METRICS:
-    values[f'curve_{m}'] = Value.array(getattr(r, f'curve_{m}'), ('order', 'point'),
-                                       f'mean {m} with the first heads of each order removed')
-  values['partial_heads'] = Value.array(r.partial_heads, ('head_index',),
-                                        'flat index layer * heads + head of each row')
+    values[f'curve_{m}'] = _array(getattr(r, f'curve_{m}'), ('order', 'point'),
+                                  f'mean {m} with the first heads of each order removed')
+  values['partial_heads'] = _array(r.partial_heads, ('head_index',),
+                                   'flat index layer * heads + head of each row')
   for m in METRICS:
-    values[f'partial_{m}'] = Value.array(getattr(r, f'partial_{m}'), ('head_index', 'variant'),
-                                         f'{m} change with part of the head removed')
+    values[f'partial_{m}'] = _array(getattr(r, f'partial_{m}'), ('head_index', 'variant'),
+                                    f'{m} change with part of the head removed')
   for k in PER_IMAGE:
-    if getattr(r, k) is not None:
-      values[k] = Value.array(getattr(r, k), IMAGE_LH)
-  return values
+    values[k] = _array(getattr(r, k), IMAGE_LH)
+  if r.subset_index is not None:
+    values['subset_index'] = Value.array(
+        np.asarray(r.subset_index, np.int64), ('subset_image',),
+        'images (indices into image_names) the pruning curves and partial pruning averaged')
+    for m in METRICS:
+      values[f'curve_{m}_se'] = _array(getattr(r, f'curve_{m}_se'), ('order', 'point'),
+                                       f'standard error of curve_{m} over the subset')
+      values[f'partial_{m}_se'] = _array(getattr(r, f'partial_{m}_se'),
+                                         ('head_index', 'variant'),
+                                         f'standard error of partial_{m} over the subset')
+  for k, description in PER_IMAGE_MODEL.items():
+    values[k] = _array(getattr(r, k), ('image',), description)
+  # Metrics not computed (in-training analysis without the ablation scan or curves) are
+  # None and have no tag.
+  return {k: v for k, v in values.items() if v is not None}
 
 
 def importance_from(tags: dict) -> ImportanceResult:
@@ -90,6 +116,12 @@ def importance_from(tags: dict) -> ImportanceResult:
       **{f'partial_{m}': get(f'partial_{m}') for m in METRICS},
       images=meta['images'], labelled_images=meta['labelled_images'],
       label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE},
+      subset_index=get('subset_index'),
+      subset_baseline=(Baseline(**meta['subset_baseline']) if meta.get('subset_baseline')
+                       else None),
+      **{f'{kind}_{m}_se': get(f'{kind}_{m}_se') for kind in ('curve', 'partial')
+         for m in METRICS},
+      **{k: get(k) for k in PER_IMAGE_MODEL},
       objective=meta.get('objective'), **{k: get(k) for k in POOL})
 
 
@@ -128,7 +160,8 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
       **meta, 'definitions': STRENGTH_DEFINITIONS, 'images': r.images,
       'quantiles': list(r.quantile_levels),
       'histogram_ranges': {k: list(d.range) for k, d in r.distributions.items()},
-      'map_image_index': [int(i) for i in r.map_image_index]})}
+      'map_image_index': [int(i) for i in r.map_image_index],
+      **({'baselines': r.baselines} if r.baselines else {})})}
   for name, description in STRENGTH_DEFINITIONS.items():
     if getattr(r, name) is not None:
       values[name] = Value.array(getattr(r, name), _STRENGTH_AXES.get(name, LH), description)
@@ -147,6 +180,14 @@ def strength_values(r: StrengthResult, meta: dict, map_images=()) -> dict:
           r.map_pool_rollout[k], ('key',), 'rollout started from the MAP pooling head')
   for k, image in enumerate(map_images):
     values[f'map_image/{k}'] = Value.png(image)
+  if r.qk_embedding is not None:
+    values['qk_embedding'] = Value.array(
+        r.qk_embedding, ('layer', 'head', 'role', 'token', 'axis'),
+        'queries (role 0) and keys (role 1) of the tokens of the embedded images, projected '
+        'together onto the first two principal axes of each head; token m * T + t is token t '
+        'of stored map qk_images[m]')
+    values['qk_images'] = Value.array(r.qk_images, ('image',),
+                                      'the stored map (index k of map_image/k) of each embedded image')
   return values
 
 
@@ -161,6 +202,8 @@ def strength_from(tags: dict) -> StrengthResult:
       distributions={s: ScalarDistribution(tuple(rng), get(f'{s}_hist'), get(f'{s}_quantiles'))
                      for s, rng in meta['histogram_ranges'].items()},
       map_image_index=np.asarray(meta['map_image_index'], np.int32),
+      baselines=meta.get('baselines'), qk_embedding=get('qk_embedding'),
+      qk_images=get('qk_images'),
       map_attention=stack('map_attention'), map_rollout=stack('map_rollout'),
       **({'map_pool_attention': stack('map_pool_attention'),
           'map_pool_rollout': stack('map_pool_rollout')}

@@ -1,10 +1,12 @@
 """Writes tagged values to a TensorBoard logdir — the only writer of that format.
 
-Each analysis of a run is one TensorBoard event file,
-`<logdir>/<run>/events.out.tfevents.<time>.<host>.<pid>.<analysis>`, holding one value per
-tag at step 0 (so TensorBoard's per-tag sampling drops nothing), each with our plugin
-metadata. The file is written under a name TensorBoard ignores and renamed into place when
-complete; the run's previous file of the same analysis is then removed.
+Each (analysis, step) of a run is one TensorBoard event file,
+`<logdir>/<run>/events.out.tfevents.<time>.<host>.<pid>.<analysis>.step<step>`, holding one
+value per tag at that step, each with our plugin metadata (`<time>` in microseconds, so
+files sort in the order they were written). The file is written under a name TensorBoard
+ignores and renamed into place when complete; the run's previous file of the same analysis
+and step is then removed, and only that one: other steps stay. Format version 1 wrote
+`...<analysis>` (no step suffix), every value at step 0; such a file is step 0 here.
 """
 
 from __future__ import annotations
@@ -94,20 +96,28 @@ class Value:
     return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=meta)
 
 
-def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value]) -> Path:
-  """Writes `values` as tags `<analysis>/<name>` of one event file in <logdir>/<run>,
-  atomically, replacing the previous file of the same analysis. Returns its path."""
+def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value],
+                   step: int = 0) -> Path:
+  """Writes `values` as tags `<analysis>/<name>` at `step` into one event file in
+  <logdir>/<run>, atomically, replacing the previous file of the same analysis and step
+  (other steps stay). Returns its path."""
   if analysis not in metadata.ANALYSES:
     raise ValueError(f'analysis must be one of {metadata.ANALYSES}, got {analysis!r}')
+  if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**62:
+    raise ValueError(f'step must be an integer >= 0, got {step!r}')
+  step = int(step)
   directory = run_directory(logdir, run)
   now = time.time()
-  final = directory / (f'events.out.tfevents.{int(now):010d}.{socket.gethostname()}.'
-                       f'{os.getpid()}.{analysis}')
+  # Microseconds, and never before the newest file of the run: TensorBoard's loaders read a
+  # directory's files in name order.
+  stamp = max(int(now * 1e6), _newest_stamp(directory) + 1)
+  final = directory / (f'events.out.tfevents.{stamp:016d}.{socket.gethostname()}.'
+                       f'{os.getpid()}.{analysis}.step{step}')
   tmp = directory / f'.{analysis}.{os.getpid()}.partial'  # no 'tfevents': TensorBoard skips it
   try:
     directory.mkdir(parents=True, exist_ok=True)
-    _write_events(tmp, analysis, values, now)
-    previous = existing_analysis_files(directory, analysis)
+    _write_events(tmp, analysis, values, now, step)
+    previous = existing_analysis_files(directory, analysis, step)
     os.replace(tmp, final)
   except OSError as e:  # a full disk, a read-only directory: say where, keep nothing half
     raise OutputError(f'{directory}: cannot write the {analysis} results '
@@ -120,16 +130,45 @@ def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value])
   return final
 
 
-def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: float) -> None:
+def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: float,
+                  step: int) -> None:
   with open(path, 'wb') as f:
     writer = RecordWriter(f)
     writer.write(event_pb2.Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
     for name, value in values.items():
       summary = summary_pb2.Summary(value=[value.to_proto(f'{analysis}/{name}', analysis)])
-      writer.write(event_pb2.Event(wall_time=now, step=0, summary=summary).SerializeToString())
+      writer.write(event_pb2.Event(wall_time=now, step=step, summary=summary).SerializeToString())
     f.flush()
     os.fsync(f.fileno())
 
 
-def existing_analysis_files(directory: Path, analysis: str) -> list:
-  return sorted(Path(directory).glob(f'events.out.tfevents.*.{analysis}'))
+_STEP_SUFFIX = re.compile(r'\.step([0-9]+)$')
+
+
+def file_analysis_step(path) -> tuple:
+  """(analysis, step) of one of our event files by its name, or (None, None). A version-1
+  file (`...<analysis>`, no step suffix) is step 0."""
+  name = Path(path).name
+  if 'tfevents' not in name:
+    return None, None
+  m = _STEP_SUFFIX.search(name)
+  step, stem = (int(m.group(1)), name[:m.start()]) if m else (0, name)
+  analysis = stem.rsplit('.', 1)[-1]
+  return (analysis, step) if analysis in metadata.ANALYSES else (None, None)
+
+
+def existing_analysis_files(directory: Path, analysis: str, step=None) -> list:
+  """The run's event files of `analysis` (at `step`, or at every step when None)."""
+  return sorted(p for p in Path(directory).glob('events.out.tfevents.*')
+                if file_analysis_step(p)[0] == analysis
+                and (step is None or file_analysis_step(p)[1] == step))
+
+
+def _newest_stamp(directory: Path) -> int:
+  stamps = [0]
+  for p in Path(directory).glob('events.out.tfevents.*'):
+    part = p.name.split('.')[3] if p.name.count('.') >= 3 else ''
+    if part.isdigit():
+      stamp = int(part)
+      stamps.append(stamp * 10**6 if len(part) <= 10 else stamp)  # version 1: seconds
+  return max(stamps)

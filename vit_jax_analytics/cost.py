@@ -1,0 +1,241 @@
+"""What an analysis costs, in forward-equivalents per image, before and after computing it.
+
+The unit is one plain forward pass of the model on one image ("forward-eq"). The planner
+counts the matrix-multiply FLOPs each stage runs (an analytic model of the ViT, exact for
+the matmuls, which are all but a few percent of the work) and divides by a forward's; XLA's
+own cost analysis confirms it (`xla_flops`, used by benchmarks/bench_cost.py: XLA counts a
+loop body once whatever its trip count, so the stages' loop bodies are compiled and counted
+one by one and multiplied by their trip counts there). A quick timed forward turns
+forward-eqs into seconds on the current device.
+
+Stage costs per image (L layers, H heads; "layer" = attention + MLP):
+  importance stage 1   one forward with intermediates + the mask-gradient backward (Taylor)
+                       + for every head (l, h) the rest of its layer after attention and the
+                       later layers (the single-head ablation scan with prefix reuse)
+  importance stage 2   on the subset only: one forward + every distinct curve mask from its
+                       first masked layer on + for every partially pruned head and variant
+                       its rest of layer and later layers (prefix reuse), plus one head's
+                       attention recomputed per head
+  strength             one forward (statistics reduced inside it)
+  patterns             one forward per sampled image (and the autoencoder's training, which
+                       is not a forward and is timed, not counted)
+The ablation limit is 1 + sum over heads of the part of a forward the scan must rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from vit_jax_analytics.model import ViTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Flops:
+  """Matmul FLOPs (multiply-adds x 2) of the parts of one image's forward."""
+  embed: float
+  attention: float       # one layer's attention, projections included
+  mlp: float             # one layer's MLP
+  head: float            # final norm, pooling and classifier
+  one_head_attention: float  # one head's q, k, v, weights and its `out` share
+  num_layers: int
+  num_heads: int
+
+  @property
+  def layer(self) -> float:
+    return self.attention + self.mlp
+
+  @property
+  def forward(self) -> float:
+    return self.embed + self.num_layers * self.layer + self.head
+
+  def suffix_after_attention(self, layer: int) -> float:
+    """Rest of `layer` after its attention, the later layers and the head."""
+    return self.mlp + (self.num_layers - layer - 1) * self.layer + self.head
+
+  def suffix_from(self, layer: int) -> float:
+    """Layers `layer`.. and the head."""
+    return (self.num_layers - layer) * self.layer + self.head
+
+
+def flops(config: ViTConfig) -> Flops:
+  t, d, m = config.num_tokens, config.hidden_size, config.mlp_dim
+  dh = d // config.num_heads
+  patches = config.num_patches
+  attention = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d
+  one_head = 2 * t * d * 3 * dh + 2 * 2 * t * t * dh + 2 * 2 * t * t * dh + 2 * t * dh * d
+  head = 2 * d * (config.representation_size or 0)
+  head += 2 * (config.representation_size or d) * config.num_classes
+  return Flops(embed=2. * patches * config.patch_size ** 2 * 3 * d, attention=float(attention),
+               mlp=4. * t * d * m, head=float(head), one_head_attention=float(one_head),
+               num_layers=config.num_layers, num_heads=config.num_heads)
+
+
+def ablation_limit(config: ViTConfig) -> float:
+  """1 + sum over heads of the part of a forward the exact ablation scan must rerun."""
+  f = flops(config)
+  rerun = sum(f.num_heads * f.suffix_after_attention(l) for l in range(f.num_layers))
+  return 1. + rerun / f.forward
+
+
+def taylor_backward(config: ViTConfig) -> float:
+  """The mask-gradient backward pass in forward-eqs: every matmul once more for the
+  activation gradient (no weight gradients are needed), the two activation-activation
+  products of attention twice; nothing below the first mask (the embedding)."""
+  f = flops(config)
+  t, d = config.num_tokens, config.hidden_size
+  return (f.num_layers * (f.layer + 2 * 2 * t * t * d) + f.head) / f.forward
+
+
+def stage1(config: ViTConfig, probes: int = 1) -> float:
+  """Importance stage 1 (Taylor + ablation scan sharing one forward), per image; under the
+  embedding objective the Taylor pass runs each image once per probe (`probes`). A MAP
+  head's pooling row (H reruns of the pooling alone) is not counted."""
+  return ablation_limit(config) + probes - 1 + probes * taylor_backward(config)
+
+
+def taylor_probes(config: ViTConfig, options) -> int:
+  """Runs of each image in the Taylor pass: the probes of the embedding objective (a model
+  without a classifier and no class matrix), else 1."""
+  embedding = not config.has_classifier and not options.classes_npz
+  return options.taylor_probes if embedding else 1
+
+
+def stage2(config: ViTConfig, first_layers: Sequence[int], partial_layers: Sequence[float],
+           variants: int) -> float:
+  """Importance stage 2 per subset image: one forward, curve masks from their first masked
+  layers, partial pruning of heads in `partial_layers` (may be fractional: an expectation)
+  with `variants` each."""
+  f = flops(config)
+  total = f.forward + sum(f.suffix_from(l) for l in first_layers)
+  for l in partial_layers:
+    rest = f.mlp + (f.num_layers - l - 1) * f.layer + f.head
+    total += f.one_head_attention + variants * rest
+  return total / f.forward
+
+
+@dataclasses.dataclass
+class StageCost:
+  name: str
+  images: int                 # images the stage reads
+  per_image: float            # forward-eqs per image it reads
+  note: str = ''
+  seconds: Optional[float] = None          # measured
+  compile_seconds: Optional[float] = None  # measured (first batch's excess)
+
+  @property
+  def total(self) -> float:
+    return self.images * self.per_image
+
+
+def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dict,
+         variants: int) -> list:
+  """The planned stages of `analyses` on n_images. Stage 2's masks and heads depend on
+  stage 1's scores: planned with every curve mask from layer 0 (an upper bound) and the
+  partially pruned heads in the middle layer (an expectation)."""
+  stages = []
+  if 'importance' in analyses:
+    o = options['importance']
+    stages.append(StageCost('importance stage 1', n_images,
+                            stage1(config, taylor_probes(config, o)),
+                            'Taylor + ablation scan, one shared forward'))
+    s = o.subset_size(n_images)
+    masks = o.curve_masks(config)
+    heads = min(o.partial_heads or config.num_layers * config.num_heads,
+                config.num_layers * config.num_heads)
+    mid = (config.num_layers - 1) / 2
+    stages.append(StageCost(
+        'importance stage 2', s, stage2(config, [0] * masks, [mid] * heads, variants),
+        f'{s} images: <= {masks} curve masks, {heads} heads x {variants} partial variants'))
+  if 'strength' in analyses:
+    stages.append(StageCost('strength', n_images, 1., 'statistics inside one forward'))
+  if 'patterns' in analyses:
+    o = options['patterns']
+    n = min(n_images, o.max_images or n_images)
+    stages.append(StageCost('patterns', n, 1., 'sampling forward (+ autoencoder training)'))
+  return stages
+
+
+def time_forward(params, config: ViTConfig, batch_size: int, repeats: int = 2) -> tuple:
+  """(seconds per image of one plain forward, seconds to compile it) on the default
+  device, timed on zero images."""
+  import jax
+  import jax.numpy as jnp
+
+  from vit_jax_analytics import model as model_lib
+  images = jnp.zeros((batch_size, *config.image_hw, 3), jnp.float32)
+  fn = jax.jit(lambda p, x: model_lib.apply(p, config, x))
+  t0 = time.perf_counter()
+  compiled = fn.lower(params, images).compile()
+  compile_s = time.perf_counter() - t0
+  compiled(params, images).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    compiled(params, images).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return best / batch_size, compile_s
+
+
+def xla_flops(jitted, *args, **kwargs) -> float:
+  """FLOPs of a jitted function's compiled computation, from XLA's cost analysis."""
+  analysis = jitted.lower(*args, **kwargs).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis['flops'])
+
+
+def format_table(stages: Sequence[StageCost], config: ViTConfig, n_images: int,
+                 seconds_per_forward: Optional[float] = None, title: str = 'planned') -> str:
+  """The per-stage table: forward-eqs per image of the run (the stage's total over all
+  images), and estimated or measured seconds."""
+  limit = ablation_limit(config)
+  rows = [f'cost ({title}) on {n_images} images, in forward-equivalents per image '
+          f'(ablation limit {limit:.1f}):']
+  width = max(len(s.name) for s in stages) if stages else 10
+  total = 0.
+  for s in stages:
+    per_run_image = s.total / max(n_images, 1)
+    total += per_run_image
+    line = f'  {s.name:<{width}}  {per_run_image:7.2f}'
+    if s.images != n_images:
+      line += f'  ({s.per_image:.1f} on each of {s.images} images)'
+    if s.seconds is not None:
+      line += f'  {s.seconds:7.1f} s'
+      if s.compile_seconds is not None:
+        line += f' (of which compiling {s.compile_seconds:.1f} s)'
+    elif seconds_per_forward is not None:
+      line += f'  ~{s.total * seconds_per_forward:6.1f} s'
+    if s.note:
+      line += f'  {s.note}'
+    rows.append(line)
+  line = f'  {"total":<{width}}  {total:7.2f} = {total / limit:.2f}x the ablation limit'
+  measured = [s.seconds for s in stages if s.seconds is not None]
+  if measured:
+    line += f'  {sum(measured):7.1f} s'
+  elif seconds_per_forward is not None:
+    line += f'  ~{total * n_images * seconds_per_forward:6.1f} s'
+  rows.append(line)
+  return '\n'.join(rows)
+
+
+def default_cache_dir():
+  """Where compiled programs are kept: $XDG_CACHE_HOME (or ~/.cache)/vit_jax_analytics/jax."""
+  import os
+  from pathlib import Path
+  base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+  return Path(base) / 'vit_jax_analytics' / 'jax'
+
+
+def enable_compile_cache(directory) -> None:
+  """JAX's persistent compilation cache in `directory`: a second analysis of the same
+  model shape loads its compiled programs instead of compiling them again."""
+  import jax
+  from pathlib import Path
+  Path(directory).mkdir(parents=True, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', str(directory))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

@@ -1,0 +1,238 @@
+"""Analysis inside a training loop: `analyse_step` every N steps writes that step's results.
+
+    from vit_jax_analytics import training
+    probe = training.Probe(images[:64], labels[:64])       # a fixed batch, kept for the run
+    for step in range(steps):
+      params, opt_state = train_step(params, opt_state, next(batches))
+      if step % 500 == 0:
+        training.analyse_step(params, config, probe, 'logs', 'my-run', step)
+
+The params are used as they are: any `jax.Array` sharding (replicated, FSDP, ...), no copy
+of the tree to the host; only the per-head statistics (a few KiB) come back. By default it
+is cheap: the strength statistics (one forward) and Taylor importance (one forward +
+backward) of the probe batch. The single-head ablation scan (`ablation=True`), the pruning
+curves and partial pruning (`curves=True`) and the attention patterns (`patterns=True`) are
+opt-in. The cost is printed once per (model, probe shape, options) in forward-equivalents
+(XLA's FLOP count of the analysis over that of one plain forward of the probe batch).
+
+Results are written with `logdir.writer` at `step`, so the plugin shows them by step and
+over training; re-analysing a step replaces that step only. Imports the logdir package:
+this is an end-to-end entry point like `pipeline`, not an analysis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax_analytics import importance, model as model_lib, strength
+from vit_jax_analytics.batches import UNLABELLED, ArraySource
+from vit_jax_analytics.logdir import schema, writer
+from vit_jax_analytics.model import ViTConfig
+from vit_jax_analytics.options import check, option
+from vit_jax_analytics.results import Baseline, ImportanceResult
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class Probe(NamedTuple):
+  """The fixed probe batch: images [N, S, S, 3] normalised as the model expects, labels [N]
+  (None or UNLABELLED entries: the model's own prediction is the target)."""
+  images: np.ndarray
+  labels: Optional[np.ndarray] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingAnalysisOptions:
+  ablation: bool = option(False, 'also the single-head ablation scan (L*H suffix forwards)')
+  curves: bool = option(False, 'also pruning curves and partial pruning (the whole importance '
+                               'analysis; implies ablation)')
+  patterns: bool = option(False, 'also attention patterns (samples + an autoencoder)')
+  batch_size: int = option(64, 'probe images per jitted call')
+  dtype: str = option('float32', 'forward precision: float32 or bfloat16')
+  print_cost: bool = option(True, 'print the cost once, in forward-equivalents')
+
+  def __post_init__(self):
+    check(self, 'batch_size', self.batch_size, low=1)
+    if self.dtype not in DTYPES:
+      from vit_jax_analytics.errors import OptionError
+      raise OptionError('dtype', f'expected one of {sorted(DTYPES)}, got {self.dtype!r}',
+                        TrainingAnalysisOptions)
+
+
+def cast(tree, dtype: str):
+  """Floating leaves of `tree` in `dtype` (on their devices, keeping their sharding)."""
+  if dtype == 'float32':
+    return tree
+  target = DTYPES[dtype]
+  return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating)
+                      else x, tree)
+
+
+def _probe_batches(probe: Probe, batch_size: int, dtype: str):
+  n = len(probe.images)
+  labels = (np.full(n, UNLABELLED, np.int32) if probe.labels is None
+            else np.asarray(probe.labels, np.int32))
+  for batch in ArraySource(np.asarray(probe.images, np.float32), labels).batches(
+      min(batch_size, n), progress=False):
+    yield batch, cast(jnp.asarray(batch.images), dtype)
+
+
+def probe_strength(params, config: ViTConfig, probe: Probe, options=None):
+  """StrengthResult of the probe batch (no stored maps)."""
+  options = options or TrainingAnalysisOptions()
+  params = cast(params, options.dtype)
+  sums, count = {}, 0
+  for batch, images in _probe_batches(probe, options.batch_size, options.dtype):
+    stats = strength.strength_batch(params, config, images)
+    sums = strength.accumulate(sums, stats, batch.valid, config)
+    count += int(batch.valid.sum())
+  return strength.finish(sums, count, config)
+
+
+def probe_importance(params, config: ViTConfig, probe: Probe, options=None) -> ImportanceResult:
+  """Taylor importance (and with `ablation`, the single-head ablation scan) of the probe
+  batch. Not computed: the ablation metrics are NaN, the curves and partial pruning
+  empty."""
+  options = options or TrainingAnalysisOptions()
+  params = cast(params, options.dtype)
+  L, H = config.num_layers, config.num_heads
+  acc = importance.stage1_sums(config, 0, False)
+  for batch, images in _probe_batches(probe, options.batch_size, options.dtype):
+    labels = jnp.asarray(batch.labels)
+    grads, logits = importance.taylor_batch(params, config, images, labels)
+    logits = logits.astype(jnp.float32)
+    if options.ablation:
+      ablation, _ = importance.ablation_batch(params, config, images, labels,
+                                              importance.default_chunk())
+    else:
+      ablation = {m: np.zeros((L, H, len(batch.valid))) for m in importance.ABLATION_METRICS}
+    importance.add_stage1(acc, batch, grads, ablation,
+                          importance.full_metrics(logits, labels))
+  scores, baseline = importance.head_scores(acc)
+  if not options.ablation:  # not computed: NaN (shown blank), so every view still draws
+    for name in ('ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'):
+      scores[name] = np.full((L, H), np.nan)
+  empty = {f'{k}_{m}': np.zeros((0, 0)) for k in ('curve', 'partial')
+           for m in importance.ABLATION_METRICS}
+  count = int(acc['count'])
+  return ImportanceResult(**scores, baseline=baseline, curve_counts=np.zeros(0, np.int32),
+                          curve_orders=(), partial_heads=np.zeros(0, np.int32),
+                          partial_variants=(), **empty, images=count,
+                          labelled_images=int(acc['labelled']),
+                          label_free=int(acc['labelled']) < count)
+
+
+# --- cost, in forward-equivalents --------------------------------------------------------
+
+_PRINTED = set()
+
+
+def _flops(lowered) -> float:
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', 0.))
+
+
+def cost_forward_equivalents(params, config: ViTConfig, probe: Probe, options=None) -> dict:
+  """{part: FLOPs of that part over the probe batch / FLOPs of one plain forward of it},
+  from XLA's cost analysis of the lowered computations (nothing is run)."""
+  options = options or TrainingAnalysisOptions()
+  b = min(options.batch_size, len(probe.images))
+  images = cast(jnp.zeros((b,) + tuple(probe.images.shape[1:]), jnp.float32), options.dtype)
+  labels = jnp.zeros((b,), jnp.int32)
+  forward = _flops(jax.jit(model_lib.apply, static_argnums=1).lower(params, config, images))
+  parts = {'strength': _flops(strength.strength_batch.lower(params, config, images)),
+           'taylor': _flops(importance.taylor_pool_batch.lower(params, config, images, labels))}
+  if options.ablation or options.curves:
+    # Every mask vmapped at once (no loop): XLA counts a loop body once, not per iteration.
+    parts['ablation'] = _flops(importance.ablation_pool_batch.lower(
+        params, config, images, labels, 1_000_000))
+  return {k: v / max(forward, 1.) for k, v in parts.items()}
+
+
+def _print_cost_once(params, config, probe, options):
+  key = (config, tuple(np.shape(probe.images)), options)
+  if key in _PRINTED or not options.print_cost:
+    return
+  _PRINTED.add(key)
+  try:
+    parts = cost_forward_equivalents(params, config, probe, options)
+  except Exception as e:  # a backend without cost analysis: say so, do not fail training
+    print(f'in-training analysis: cost unknown ({type(e).__name__})', file=sys.stderr)
+    return
+  extra = ' + curves and partial pruning' if options.curves else ''
+  extra += ' + patterns (samples, autoencoder)' if options.patterns else ''
+  print(f'in-training analysis of {len(probe.images)} probe images: '
+        f'{sum(parts.values()):.1f} forward-equivalents of the probe batch per call ('
+        + ', '.join(f'{k} {v:.1f}' for k, v in parts.items()) + f'){extra}',
+        file=sys.stderr, flush=True)
+
+
+# --- the entry point -----------------------------------------------------------------------
+
+def _meta(config: ViTConfig, probe: Probe, step: int, options, checkpoint=None) -> dict:
+  import flax
+
+  import vit_jax_analytics
+  n = len(probe.images)
+  labels = (np.full(n, UNLABELLED) if probe.labels is None else np.asarray(probe.labels))
+  return {'checkpoint': checkpoint, 'config': config.to_dict(), 'image_folder': None,
+          'image_names': [f'probe/{i}' for i in range(n)],
+          'labels': [int(x) for x in labels], 'class_names': None, 'mean': None, 'std': None,
+          'step': int(step), 'options': dataclasses.asdict(options),
+          'versions': {'vit_jax_analytics': vit_jax_analytics.__version__,
+                       'jax': jax.__version__, 'flax': flax.__version__}}
+
+
+def analyse_step(params, config: ViTConfig, probe, logdir, run: str, step: int,
+                 options: Optional[TrainingAnalysisOptions] = None) -> dict:
+  """Analyses `params` (as they are) on the probe batch and writes the results to
+  <logdir>/<run> at `step`. probe: a `Probe` or (images, labels). Returns {analysis: the
+  event file written}. Call it from every process of a multi-process job: each computes
+  the same small result (the params are global arrays) and process 0 alone writes."""
+  options = options or TrainingAnalysisOptions()
+  probe = probe if isinstance(probe, Probe) else Probe(*probe)
+  if len(probe.images) == 0:
+    raise ValueError('the probe batch is empty')
+  writer.check_run_name(run)
+  params = cast(params, options.dtype)
+  _print_cost_once(params, config, probe, options)
+  meta = _meta(config, probe, step, options)
+  results = {'strength': lambda: schema.strength_values(
+      probe_strength(params, config, probe, options), meta)}
+  if options.curves:
+    def full_importance():
+      result = importance.compute_importance(
+          params, config, ArraySource(cast(np.asarray(probe.images, np.float32),
+                                           options.dtype), probe.labels),
+          importance.ImportanceOptions(batch_size=options.batch_size, progress=False))
+      return schema.importance_values(result, meta)
+    results['importance'] = full_importance
+  else:
+    results['importance'] = lambda: schema.importance_values(
+        probe_importance(params, config, probe, options), meta)
+  if options.patterns:
+    def patterns_values():
+      from vit_jax_analytics import patterns
+      popts = patterns.PatternOptions(max_images=len(probe.images), progress=False,
+                                      batch_size=options.batch_size)
+      samples = patterns.extract_samples(params, config, ArraySource(
+          np.asarray(probe.images, np.float32), probe.labels), popts.per_head,
+          popts.max_images, popts.batch_size, popts.seed, progress=False)
+      result, _ = patterns.summarise(samples, config, popts)
+      return schema.patterns_values(result, meta)
+    results['patterns'] = patterns_values
+  written = {}
+  for analysis, values in results.items():
+    values = values()
+    if jax.process_index() == 0:
+      written[analysis] = writer.write_analysis(logdir, run, analysis, values, step=step)
+  return written

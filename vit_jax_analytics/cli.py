@@ -244,6 +244,18 @@ def cmd_train_demo(args):
   return 0
 
 
+def cmd_demo_images(args):
+  from vit_jax_analytics import demo_images
+
+  records = demo_images.build_demo_images(args.output_dir, size=args.size,
+                                          views=demo_images.views_named(args.views),
+                                          progress=not args.no_progress)
+  photos = len({r['photograph'] for r in records})
+  print(f'wrote {len(records)} images of {photos} photographs to {args.output_dir} '
+        f'(licences: {args.output_dir / "README.md"})')
+  return 0
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 ANALYSIS_HELP = {
@@ -339,6 +351,26 @@ def build_parser():
   p.add_argument('--run', default='demo-training', help='run name for --log-every')
   p.add_argument('--no-progress', action='store_true')
   p.set_defaults(func=cmd_train_demo)
+
+  from vit_jax_analytics import demo_images
+  p = sub.add_parser('demo-images', help="build the demo's photographs (free licences, from "
+                                         'the scikit-image and scikit-learn wheels)',
+                     description='Writes the free-licence photographs shipped inside the '
+                                 'scikit-image and scikit-learn wheels (install them with '
+                                 f'`{demo_images.INSTALL_HINT}`), whole and as square crops, '
+                                 'as SIZE x SIZE PNG files into OUTPUT_DIR, with licences.json '
+                                 'and a README.md recording each licence. Deterministic; the '
+                                 'folder is replaced atomically.')
+  p.add_argument('--output-dir', type=Path, default=Path('build/demo_images'),
+                 help='where to write the images (default: %(default)s)')
+  p.add_argument('--size', type=int, default=224, help='image side in pixels (default: 224)')
+  p.add_argument('--views', type=demo_images.parse_views,
+                 default=demo_images.DEFAULT_VIEWS,
+                 help='comma-separated views of each photograph, from '
+                      f'{",".join(v[0] for v in demo_images.VIEWS)} (default: '
+                      f'{",".join(demo_images.DEFAULT_VIEWS)})')
+  p.add_argument('--no-progress', action='store_true', help='no progress bar')
+  p.set_defaults(func=cmd_demo_images)
   return parser
 
 

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
-from vit_jax_analytics.errors import DataError
+from vit_jax_analytics.errors import DataError, OptionError
 from vit_jax_analytics.progress import progress_bar
 
 SKIMAGE_LICENCES = 'skimage/data/_fetchers.py, docstring of skimage.data.{name}()'
@@ -117,6 +117,28 @@ VIEWS = (('full', None, None),
          ('topleft', 0.6, 0.0),
          ('bottomright', 0.6, 1.0))
 
+DEFAULT_VIEWS = tuple(v[0] for v in VIEWS)
+
+
+def views_named(names) -> tuple:
+  """The VIEWS entries named in `names` (in VIEWS order); ValueError naming an unknown one."""
+  known = {v[0]: v for v in VIEWS}
+  unknown = [n for n in names if n not in known]
+  if unknown or not names:
+    raise OptionError('views', f'expected some of {", ".join(known)}, got '
+                               f'{", ".join(unknown) if unknown else "none"}')
+  return tuple(v for v in VIEWS if v[0] in set(names))
+
+
+def parse_views(text: str) -> tuple:
+  """'full,zoom' -> ('full', 'zoom') (argparse type: errors name the flag)."""
+  import argparse
+  names = tuple(n.strip() for n in text.split(',') if n.strip())
+  try:
+    return tuple(v[0] for v in views_named(names))
+  except OptionError as e:
+    raise argparse.ArgumentTypeError(e.message) from None
+
 
 def package_dir(package: str) -> Optional[Path]:
   """The installed package's directory, without importing it (None if not installed)."""
@@ -202,10 +224,10 @@ def build_demo_images(out_dir, photos: Sequence[Photo] = PHOTOGRAPHS, size: int 
   photographs are read from (default: `find_photographs`). Returns the records."""
   out_dir = Path(out_dir)
   if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-    raise ValueError(f'size must be a positive number of pixels, got {size!r}')
+    raise OptionError('size', f'expected a positive number of pixels, got {size!r}')
   names = [p.name for p in photos]
   if not photos or len(set(names)) != len(names):
-    raise ValueError(f'photographs must be a non-empty list of distinct names, got {names}')
+    raise OptionError('photos', f'expected a non-empty list of distinct names, got {names}')
   paths = find_photographs(photos) if paths is None else {k: Path(v) for k, v in paths.items()}
   if out_dir.exists() and not out_dir.is_dir():
     raise DataError(f'{out_dir}: exists and is not a folder')

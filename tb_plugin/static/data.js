@@ -9,19 +9,38 @@ export async function getJSON(url) {
   return body;
 }
 
-// Arrays arrive packed: {shape, dtype, data_b64} (little-endian float32 or int32).
+// Arrays arrive packed: {shape, dtype, data_b64} (little-endian float32 or int32); they
+// are unpacked into nested arrays of numbers ([layer][head][...]).
 export function unpack(r) {
-  const bin = atob(r.data_b64);
-  const bytes = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-  const flat = Array.from(r.dtype === 'float32' ? new Float32Array(bytes.buffer)
-                                                : new Int32Array(bytes.buffer));
-  const nest = (offset, dims) => {
-    if (!dims.length) return flat[offset];
-    const stride = dims.slice(1).reduce((a, b) => a * b, 1);
-    return Array.from({length: dims[0]}, (_, i) => nest(offset + i * stride, dims.slice(1)));
+  const flat = decode(r);
+  const shape = r.shape;
+  if (!shape.length) return flat[0];
+  const strides = shape.map((_, d) => shape.slice(d + 1).reduce((a, b) => a * b, 1));
+  const last = shape.length - 1;
+  const nest = (d, offset) => {
+    const out = [];
+    if (d === last) {
+      for (let i = 0; i < shape[d]; i++) out.push(flat[offset + i]);
+    } else {
+      for (let i = 0; i < shape[d]; i++) out.push(nest(d + 1, offset + i * strides[d]));
+    }
+    return out;
   };
-  return r.shape.length ? nest(0, r.shape) : flat[0];
+  return nest(0, 0);
+}
+
+// The flat typed array of a packed array.
+function decode(r) {
+  let bytes;
+  if (Uint8Array.fromBase64) {
+    bytes = Uint8Array.fromBase64(r.data_b64);
+  } else {
+    const bin = atob(r.data_b64);
+    bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  }
+  return r.dtype === 'float32' ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4)
+                               : new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
 }
 
 // The training step shown (null: the latest of each analysis); set by the header's step

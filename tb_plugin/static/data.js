@@ -50,10 +50,34 @@ export const view = {step: null};
 // Query string for the selected run (at the selected step).
 export const q = (params) => new URLSearchParams(
     {run: state.run, ...(view.step == null ? {} : {step: view.step}), ...params}).toString();
+// The stored meta of an analysis of the selected run (at the selected step). Several views
+// read the same meta: it is asked for once, and forgotten when showRun draws a run or step
+// anew (forgetMeta). The object is shared: read it, never change it.
+const metas = new Map();
+export function meta(analysis) {
+  const key = q({analysis});
+  if (!metas.has(key)) {
+    const value = getJSON(`./meta?${key}`);
+    value.catch(() => metas.delete(key));   // a failure is not kept
+    metas.set(key, value);
+  }
+  return metas.get(key);
+}
+export const forgetMeta = () => metas.clear();
 export const array = (tag, extra = {}) => getJSON(`./array?${q({tag, ...extra})}`).then(unpack);
 export const arrayOf = (run, tag) => getJSON(`./array?${new URLSearchParams({run, tag})}`).then(unpack);
 // {name: array} for tags `${prefix}/${name}`, fetched in parallel.
 export async function arrays(prefix, names) {
   const values = await Promise.all(names.map((name) => array(`${prefix}/${name}`)));
   return Object.fromEntries(names.map((name, i) => [name, values[i]]));
+}
+
+// The sorted union of the steps at which the run's analyses were written.
+export async function trainingSteps(run) {
+  try {
+    const {steps} = await getJSON(`./steps?${new URLSearchParams({run})}`);
+    return [...new Set(Object.values(steps).flat())].sort((a, b) => a - b);
+  } catch (e) {
+    return [];
+  }
 }

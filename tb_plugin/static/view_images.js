@@ -2,7 +2,7 @@
 // or rollout) and shows that patch's attention in every head, as multiples of uniform.
 
 import {frame, heatCanvas, legend, ratio} from './charts.js';
-import {array, getJSON, q, unpack} from './data.js';
+import {array, getJSON, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, headName, tokens} from './format.js';
 import {changed, onSelect, select, state} from './state.js';
@@ -11,7 +11,7 @@ const STAGE_PX = 336;
 const THUMBS = 24;
 
 export async function renderImages(body, info) {
-  const meta = await getJSON(`./meta?${q({analysis: 'strength'})}`);
+  const meta = await analysisMeta('strength');
   const indices = meta.map_image_index;
   if (!indices.length) {
     body.append(el('p', {class: 'help empty-view'}, 'No stored attention maps. Run: vit-analytics strength ... --map-images N'));

@@ -6,7 +6,7 @@
 // together with the other modules instead of one round-trip later.
 import './charts.js';
 import {forgetMeta, getJSON, meta, trainingSteps, view} from './data.js';
-import {checkbox, createTooltip, dropdown, el, hideTooltip, section} from './dom.js';
+import {checkbox, createTooltip, dropdown, el, hideTooltip, nextPaint, section} from './dom.js';
 import {fmt, headName} from './format.js';
 import {changed, onChange, resetForRun, state} from './state.js';
 import {CSS} from './style.js';
@@ -104,13 +104,6 @@ export async function render() {
 
 const keepSelection = () => ({layer: state.layer, head: state.head, image: state.image,
                               query: state.query});
-
-// The next frame has been painted (or, in a hidden frame that gets no animation frames,
-// 100 ms have passed).
-const nextPaint = () => new Promise((resolve) => {
-  const timer = setTimeout(resolve, 100);
-  requestAnimationFrame(() => setTimeout(() => { clearTimeout(timer); resolve(); }, 0));
-});
 
 // Draws every view of one run (and the comparison, if one is chosen) into content.
 // The first view is drawn alone and painted before anything else starts (first paint);

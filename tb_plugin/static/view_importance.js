@@ -3,7 +3,7 @@
 
 import {autoScale, extent, frame, legend, niceTicks, sequential} from './charts.js';
 import {array, arrays, meta as analysisMeta} from './data.js';
-import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
+import {dropdown, el, hideTooltip, nextPaint, svg, tip} from './dom.js';
 import {METRIC_LABELS, fmt, headName} from './format.js';
 import {changed, onMetric, onSelect, select, setMetric, state} from './state.js';
 
@@ -28,7 +28,9 @@ export async function renderImportance(body, info) {
   const grid = () => drawGrid(gridBox, imp);
   const scatter = () => drawScatter(scatterBox, imp);
   const detail = () => drawDetail(detailBox, imp);
-  grid(); scatter(); drawCurves(curveBox, imp); await detail();
+  grid();
+  await nextPaint();   // the grid is the page's first paint; the other panels follow
+  scatter(); drawCurves(curveBox, imp); await detail();
   // The pruning curves do not depend on the selected head.
   onSelect(grid, scatter, detail);
   onMetric(grid, () => publish(imp));

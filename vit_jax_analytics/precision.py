@@ -21,10 +21,10 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # benchmarks/bench_bf16.py on the trained demo ViT (docs/scaling.md).
 HELP = ('forward precision, float32 or bfloat16 (params and images cast; statistics and '
         'metrics still reduced in float32, sums in float64). On the trained demo ViT '
-        'bfloat16 moves strength statistics by <= 0.3%% and importance scores by <= 2%% of '
-        'their largest value and keeps the head order (Spearman >= 0.997); on a deeper '
-        'random B/16-shaped model up to ~10%%: use it for trends, float32 for final numbers '
-        '(docs/scaling.md)')
+        'bfloat16 moves strength statistics by <= 0.3%% and Taylor and ablation scores by '
+        '<= 2%% of their largest value and keeps the head order (Spearman >= 0.996); on a '
+        'deeper random B/16-shaped model up to ~12%%: use it for trends, float32 for final '
+        'numbers (docs/scaling.md)')
 
 
 def check(owner, name: str, value) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
-from vit_jax_analytics.logdir import metadata, schema
+from vit_jax_analytics.logdir import metadata, records, schema
 from vit_jax_analytics.logdir.writer import file_analysis_step
 
 
@@ -22,15 +23,17 @@ def steps(run_dir) -> dict:
   return {a: sorted(s) for a, s in sorted(out.items())}
 
 
-def read_run(run_dir, step=None) -> dict:
+def read_run(run_dir, step=None, analyses=None) -> dict:
   """{tag: value} of every vit_analytics value in a run directory at `step` (default:
-  each analysis at its latest step; the newest file wins): arrays as numpy, json as Python
-  objects, png as bytes."""
+  each analysis at its latest step; the newest file wins), of `analyses` only when given:
+  arrays as numpy, json as Python objects, png as bytes."""
   latest = {a: s[-1] for a, s in steps(run_dir).items()}
-  files = [p for p in sorted(Path(run_dir).glob('events.out.tfevents.*'))
-           if file_analysis_step(p)[0] is not None and
-           file_analysis_step(p)[1] == (latest[file_analysis_step(p)[0]] if step is None
-                                        else step)]
+  files = []
+  for p in sorted(Path(run_dir).glob('events.out.tfevents.*')):
+    analysis, file_step = file_analysis_step(p)
+    if analysis is not None and (analyses is None or analysis in analyses) and \
+        file_step == (latest[analysis] if step is None else step):
+      files.append(p)
   return _read_files(files)
 
 
@@ -43,11 +46,10 @@ def read_series(run_dir, tag: str) -> dict:
 
 
 def _read_files(paths) -> dict:
-  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
   values = {}
   for path in paths:
-    for event in EventFileLoader(str(path)).Load():
+    for record in records.read_records(path):
+      event = event_pb2.Event.FromString(record)
       for v in event.summary.value:
         if v.metadata.plugin_data.plugin_name != metadata.PLUGIN_NAME:
           continue
@@ -64,14 +66,14 @@ def _read_files(paths) -> dict:
 
 def read_importance(run_dir, step=None):
   """-> results.ImportanceResult (float32 as stored) at `step` (default the latest)."""
-  return schema.importance_from(read_run(run_dir, step))
+  return schema.importance_from(read_run(run_dir, step, ('importance',)))
 
 
 def read_strength(run_dir, step=None):
   """-> results.StrengthResult (float32 as stored) at `step` (default the latest)."""
-  return schema.strength_from(read_run(run_dir, step))
+  return schema.strength_from(read_run(run_dir, step, ('strength',)))
 
 
 def read_patterns(run_dir, step=None):
   """-> results.PatternResult (float32 as stored) at `step` (default the latest)."""
-  return schema.patterns_from(read_run(run_dir, step))
+  return schema.patterns_from(read_run(run_dir, step, ('patterns',)))

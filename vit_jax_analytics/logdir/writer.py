@@ -22,11 +22,10 @@ from typing import Mapping
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboard.util import tensor_util
 
 from vit_jax_analytics.errors import OutputError, VitAnalyticsError
-from vit_jax_analytics.logdir import metadata
+from vit_jax_analytics.logdir import metadata, records
 
 _RUN_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$')
 
@@ -133,11 +132,12 @@ def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value],
 def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: float,
                   step: int) -> None:
   with open(path, 'wb') as f:
-    writer = RecordWriter(f)
-    writer.write(event_pb2.Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
+    records.write_record(f, event_pb2.Event(wall_time=now,
+                                            file_version='brain.Event:2').SerializeToString())
     for name, value in values.items():
       summary = summary_pb2.Summary(value=[value.to_proto(f'{analysis}/{name}', analysis)])
-      writer.write(event_pb2.Event(wall_time=now, step=step, summary=summary).SerializeToString())
+      records.write_record(f, event_pb2.Event(wall_time=now, step=step,
+                                              summary=summary).SerializeToString())
     f.flush()
     os.fsync(f.fileno())
 

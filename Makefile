@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-mnist demo-mnist-analysis test install install-test train-demo benchmarks clean
+.PHONY: demo demo-mnist demo-mnist-analysis tour test install install-test train-demo benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ demo-mnist: demo-mnist-analysis
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# The README's guided tour: runs the photo demo, checks every claim of the tour on its results
+# and refreshes the tour's screenshots in docs/tour/ (tests/test_demo_tour.py).
+tour: $(VENV)/.installed-test
+	TOUR_SCREENSHOTS=docs/tour $(BIN)/python -m pytest tests/test_demo_tour.py
 
 # Retrains the committed demo model (see checkpoints/README.md for the recorded run).
 train-demo: $(VENV)/.installed-test

@@ -108,7 +108,7 @@ def test_the_views_draw_the_pooling_row_and_the_rectangular_grid(siglip_logdir):
     p = Page(driver, url, run='siglip')
     assert len(p.all('#importance-grid rect.pool-cell')) == 12
     assert len(p.all('#importance-grid rect.imp-cell:not(.pool-cell)')) == 2 * 12
-    assert 'pooled embedding' in p.one('#importance-summary').text
+    assert "Measured against the MAP head's output" in p.one('#importance-summary').text
     assert 'cosine distortion' in p.one('#metric-select').text
     # Curves on the embedding objective: no top-1 (undefined without a classifier).
     assert 'cosine distortion' in p.one('#pruning-curves').text

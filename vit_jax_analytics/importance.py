@@ -154,7 +154,20 @@ def default_objective(config: ViTConfig) -> Objective:
   """Classification for a classifier, embedding distortion for everything else."""
   if config.has_classifier:
     return Objective('classification')
-  return Objective('embedding', source='the pooled embedding')
+  return Objective('embedding', source=POOLED_EMBEDDING[config.classifier])
+
+
+# What the pooled embedding of a model without a classifier is, by its pooling (the view and
+# the stored definitions say it).
+POOLED_EMBEDDING = {
+    'token': 'the class-token embedding (the encoder output at the class token, after the '
+             'final LayerNorm)',
+    'gap': 'the mean of the encoder outputs at the patch tokens',
+    'token_gap': 'the class-token embedding with the mean patch embedding beside it',
+    'token_dist': 'the class- and distillation-token embeddings side by side',
+    'map': "the MAP head's output (attention pooling over the encoder outputs)",
+    'none': "the encoder's output tokens, all of them",
+}
 
 
 def classes_objective(config: ViTConfig, classes, bias=None, scale=1., normalize=False,

@@ -28,7 +28,7 @@ function objectiveText(meta) {
   const o = meta.objective;
   if (!o || o.kind === 'classification' && o.classes == null) return 'Measured against the model\'s own classifier.';
   if (o.kind === 'classification') return `Measured against logits from the embedding and a class matrix (${o.source}, ${o.classes} classes).`;
-  return 'Measured against the pooled embedding (the model has no classifier): "loss" = cosine ' +
+  return `Measured against ${o.source || 'the pooled embedding'} (the model has no classifier): "loss" = cosine ` +
          'distortion 1 − cos(e_masked, e), "KL" = relative L2 distortion |e_masked − e| / |e|; ' +
          'top-1/top-5 are undefined.';
 }

@@ -20,6 +20,7 @@ from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from vit_jax_analytics import atomic
 from vit_jax_analytics import model as model_lib
 from vit_jax_analytics.errors import CheckpointError
 from vit_jax_analytics.model import ViTConfig
@@ -568,14 +569,7 @@ def save_orbax(path, params, config: dict) -> Path:
       ckptr.save(staged, args=ocp.args.Composite(
           params=ocp.args.StandardSave(unflatten(params)),
           config=ocp.args.JsonSave(config)))
-    old = None
-    if path.exists():
-      old = path.with_name(f'.{path.name}.old')
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(path, old)
-    os.replace(staged, path)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+    atomic.replace_directory(staged, path)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return path

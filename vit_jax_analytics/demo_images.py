@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
+from vit_jax_analytics import atomic
 from vit_jax_analytics.errors import DataError, OptionError
 from vit_jax_analytics.progress import progress_bar
 
@@ -263,14 +264,7 @@ def build_demo_images(out_dir, photos: Sequence[Photo] = PHOTOGRAPHS, size: int 
                                        encoding='utf-8')
     (tmp / 'README.md').write_text(_readme(records, size), encoding='utf-8')
     os.chmod(tmp, 0o755)
-    old = None
-    if out_dir.exists():
-      old = out_dir.with_name(f'.{out_dir.name}.old')
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+    atomic.replace_directory(tmp, out_dir)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return records

@@ -29,16 +29,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def tensorboard(logdir, load_fast: str = 'false', wait_for_runs: bool = True, cwd=None,
-                reload_interval: float = 1):
+                reload_interval: float = 1, module: str = 'tensorboard.main',
+                ready_path: str = '/data/plugin/vit_analytics/runs'):
   """Runs `tensorboard --logdir` on 127.0.0.1; yields its URL once the plugin answers.
 
   The server runs in `cwd` (default: this process's): `python -m` puts that folder first on
   the server's sys.path, before PYTHONPATH, so a tb_plugin/ there is the plugin it loads.
   It re-reads the logdir every `reload_interval` seconds (1 s: tests see new runs soon; with
-  --load_fast=false on a large logdir that alone keeps about a third of a core busy)."""
+  --load_fast=false on a large logdir that alone keeps about a third of a core busy).
+  `module` is the server's entry point (`python -m module`, TensorBoard's flags); it is up
+  once `ready_path` answers (with runs, if `wait_for_runs`)."""
   port = free_port()
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'tensorboard.main', '--logdir', str(logdir), '--port', str(port),
+      [sys.executable, '-m', module, '--logdir', str(logdir), '--port', str(port),
        '--host', '127.0.0.1', f'--load_fast={load_fast}', '--reload_interval', str(reload_interval)],
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
   url = f'http://127.0.0.1:{port}'
@@ -46,7 +49,7 @@ def tensorboard(logdir, load_fast: str = 'false', wait_for_runs: bool = True, cw
     deadline = time.time() + 90
     while True:
       try:
-        with urllib.request.urlopen(f'{url}/data/plugin/vit_analytics/runs', timeout=5) as r:
+        with urllib.request.urlopen(f'{url}{ready_path}', timeout=5) as r:
           if not wait_for_runs or json.loads(r.read())['runs']:
             break
       except OSError:

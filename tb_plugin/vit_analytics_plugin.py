@@ -41,6 +41,7 @@ METHODS = ('GET', 'HEAD')
 INDEX_PATTERN = re.compile(r'-?[0-9]{1,12}')
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 SHOWN_CHARS = 60  # of a parameter echoed in an error message
+FIRST_VIEW_TAGS = 64  # arrays /first_view serves at most
 WHAT = {'array': 'an array', 'png': 'an image', 'json': 'JSON'}
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
         '/png': self._serve_png,
         '/attention': self._serve_attention,
         '/steps': self._serve_steps,
+        '/first_view': self._serve_first_view,
         '/series': self._serve_series,
     }
 
@@ -331,16 +333,19 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
       mime = 'application/javascript'
     return http_util.Respond(request, allowed[name].read_bytes(), mime)
 
-  @_route
-  def _serve_runs(self, request):
-    tags = self._tags(request)
+  def _runs(self, tags):
+    """The body of /runs from a listing: [{run, analyses, tags}] sorted by run."""
     runs = []
     for run in sorted(tags):
       analyses = sorted({info['analysis'] for info in tags[run].values()})
       runs.append({'run': run, 'analyses': analyses,
                    'tags': {t: {k: v for k, v in info.items() if k in ('analysis', 'kind', 'axes')}
                             for t, info in sorted(tags[run].items())}})
-    return _json(request, {'runs': runs})
+    return runs
+
+  @_route
+  def _serve_runs(self, request):
+    return _json(request, {'runs': self._runs(self._tags(request))})
 
   def _meta(self, request, run, analysis):
     """The parsed `<analysis>/meta` of a run, which must be a JSON object (else 422)."""
@@ -406,6 +411,15 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     return _json(request, {'attention': pack(attention[:, :, query]),
                            'rollout': pack(rollout[:, query])})
 
+  def _steps(self, request, run, tags):
+    """{analysis: [steps]} of a known run."""
+    out = {}
+    for analysis in metadata.ANALYSES:
+      tag = f'{analysis}/meta'
+      if tag in tags[run]:
+        out[analysis] = [int(s) for s, _ in self._series(request, run, tag)]
+    return out
+
   @_route
   def _serve_steps(self, request):
     """{analysis: [steps]} of a run: the steps at which each analysis was written."""
@@ -413,12 +427,59 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     tags = self._tags(request)
     if not run or run not in tags:
       raise BadRequest(f'unknown run {_show(run)}', 404)
-    out = {}
-    for analysis in metadata.ANALYSES:
-      tag = f'{analysis}/meta'
-      if tag in tags[run]:
-        out[analysis] = [int(s) for s, _ in self._series(request, run, tag)]
-    return _json(request, {'steps': out})
+    return _json(request, {'steps': self._steps(request, run, tags)})
+
+  @_route
+  def _serve_first_view(self, request):
+    """What the page needs before its first view, in one request: the runs (as /runs),
+    the run shown (`run` if listed, else the first), its steps (as /steps), the metas of
+    `analyses` and the arrays `tags` (comma-separated), at `step` as the other routes
+    (default: the latest). What the run lacks or cannot serve is named in `missing`; the
+    page asks for it on its own, and gets the route's own answer."""
+    step = _integer(request, 'step')
+    if step is not None and step < 0:
+      raise BadRequest(f'parameter "step" must be >= 0, got {step}')
+    names = [t for t in (_param(request, 'tags') or '').split(',') if t]
+    if len(names) > FIRST_VIEW_TAGS:
+      raise BadRequest(f'parameter "tags" names {len(names)} tags; at most {FIRST_VIEW_TAGS}')
+    analyses = [a for a in (_param(request, 'analyses') or '').split(',') if a]
+    for a in analyses:
+      if a not in metadata.ANALYSES:
+        raise BadRequest(f'parameter "analyses" names {_show(a)}; each must be one of '
+                         f'{list(metadata.ANALYSES)}')
+    tags = self._tags(request)
+    run = _param(request, 'run')
+    if run not in tags:
+      run = min(tags) if tags else None
+    out = {'runs': self._runs(tags), 'run': run, 'steps': {}, 'meta': {}, 'arrays': {},
+           'missing': []}
+    if run is None:
+      return _json(request, out)
+    try:
+      out['steps'] = self._steps(request, run, tags)
+    except Exception:  # left to /steps, which answers for itself
+      logger.warning('%s: cannot list the steps of run %r', metadata.PLUGIN_NAME, run,
+                     exc_info=True)
+      out['steps'] = None
+      out['missing'].append('steps')
+    for a in analyses:
+      try:
+        out['meta'][a] = self._meta(request, run, a)
+      except BadRequest:
+        out['missing'].append(f'{a}/meta')
+    for tag in dict.fromkeys(names):
+      info = tags[run].get(tag)
+      try:
+        if info is None or info['kind'] != 'array':
+          raise BadRequest('not an array of this run')
+        _, value = self._value(request, run, tag, 'array')
+        if value.size > MAX_ARRAY_ELEMENTS:
+          raise BadRequest('too large')
+      except BadRequest:
+        out['missing'].append(tag)
+        continue
+      out['arrays'][tag] = {'axes': list(info.get('axes') or []), **pack(value)}
+    return _json(request, out)
 
   @_route
   def _serve_series(self, request):

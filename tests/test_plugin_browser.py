@@ -25,7 +25,7 @@ def browser():
 
 
 def js_fmt(v):
-  """The frontend's number format (fmt in index.js) for ordinary magnitudes."""
+  """The frontend's number format (fmt in format.js) for ordinary magnitudes."""
   assert 1e-3 <= abs(v) < 1000
   return f'{v:.4f}'
 

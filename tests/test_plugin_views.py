@@ -593,6 +593,30 @@ def test_loading_asks_once_per_meta_keeps_the_page_still_and_makes_no_svg_layers
               ".fillOpacity") == '0.55'
 
 
+def test_first_view_comes_in_one_request_and_shows_the_stored_values(server, browser, written):
+  """The page asks for the first view's runs, steps, meta and arrays in one request
+  (/first_view, for the run in the URL) and for none of them on its own; the grid drawn
+  from it holds the stored values."""
+  from selenium.webdriver.common.action_chains import ActionChains
+  p = Page(browser, server, run=None, hash_='#vit_analytics&vit=run%3Atiny')
+  assert p.one('#run-select').get_attribute('value') == 'tiny'
+  names = p.js("return performance.getEntriesByType('resource').map((e) => e.name)")
+  first = [n for n in names if '/first_view?' in n]
+  assert len(first) == 1 and 'run=tiny' in first[0]
+  for alone in ('/meta?run=tiny&analysis=importance', '/array?run=tiny&tag=importance%2Ftaylor',
+                '/array?run=tiny&tag=importance%2Fcurve_top1', '/steps?run=tiny',
+                '/array?run=tiny&tag=importance%2Fcurve_top1_se'):
+    assert not [n for n in names if n.endswith(alone) or f'{alone}&' in n], alone
+  assert [n for n in names if '/meta?run=tiny&analysis=strength' in n]   # the others ask
+  taylor = written['importance/taylor']
+  l, h = np.unravel_index(np.argmax(taylor), taylor.shape)
+  cell = p.one(f'#importance-grid rect.imp-cell[data-layer="{l}"][data-head="{h}"]')
+  ActionChains(browser).move_to_element(cell).perform()
+  p.wait.until(lambda d: f'{taylor[l, h]:.4f}' in p.one('#vit-tooltip').text)
+  assert f'L{l} H{h}' in p.one('#vit-tooltip').text
+  assert p.all('#pruning-curves polyline')
+
+
 def test_focus_map_labels_each_offset_with_the_selected_heads_mean(server, browser, written):
   """The offset map of the selected head reads that head's slice of offset_mean (fetched per
   head): its tooltips show the stored mean, also after another head is selected."""

@@ -2,7 +2,31 @@
 
 import {state} from './state.js';
 
+// Bodies that ./first_view brought, by the request they answer ('array?run=R&tag=T'), each
+// used once: the first view's requests are answered from them, not from the network.
+const preloaded = new Map();
+
+// Takes the body of ./first_view (null: forgets what is left of the last one).
+export function preload(first) {
+  preloaded.clear();
+  if (!first || first.run == null) return;
+  const query = (params) => new URLSearchParams({run: first.run, ...params}).toString();
+  for (const [analysis, value] of Object.entries(first.meta || {})) {
+    preloaded.set(`meta?${query({analysis})}`, value);
+  }
+  for (const [tag, value] of Object.entries(first.arrays || {})) {
+    preloaded.set(`array?${query({tag})}`, value);
+  }
+  if (first.steps) preloaded.set(`steps?${query({})}`, {steps: first.steps});
+}
+
 export async function getJSON(url) {
+  const key = url.replace(/^\.\//, '');
+  if (preloaded.has(key)) {
+    const body = preloaded.get(key);
+    preloaded.delete(key);
+    return body;
+  }
   const r = await fetch(url);
   const body = await r.json();
   if (!r.ok) throw new Error(body.error || r.statusText);

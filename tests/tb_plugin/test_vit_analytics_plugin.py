@@ -108,6 +108,11 @@ def test_meta_png_and_attention(client, analysis_logdir):
     ('/attention', {'run': 'importance-only', 'image': 0, 'query': 0}, 404, 'unknown tag'),
     ('/attention', {'run': 'tiny', 'image': 0, 'query': 17}, 400, 'out of range'),
     ('/meta', {'run': 'tiny', 'analysis': '../x'}, 400, 'must be one of'),
+    ('/first_view', {'analyses': 'importance,../x'}, 400, 'must be one of'),
+    ('/first_view', {'tags': ','.join(['importance/taylor'] * 65)}, 400, 'at most 64'),
+    ('/first_view', {'step': '-1'}, 400, 'must be >= 0'),
+    ('/first_view', {'step': 'x'}, 400, 'integer'),
+    ('/first_view', {'run': ['tiny', 'tiny']}, 400, 'given 2 times'),
 ])
 def test_bad_parameters_are_4xx_json(client, route, params, code, message):
   got, body = get(client, route, **params)
@@ -116,7 +121,7 @@ def test_bad_parameters_are_4xx_json(client, route, params, code, message):
 
 @pytest.mark.parametrize('method', ['POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'])
 @pytest.mark.parametrize('route', ['/runs', '/meta', '/array', '/png', '/attention',
-                                   '/static/index.js'])
+                                   '/first_view', '/static/index.js'])
 def test_read_routes_allow_only_get_and_head(client, route, method):
   r = client.open(f'{PREFIX}{route}', method=method, query_string={'run': 'tiny'})
   assert r.status_code == 405 and r.headers['Allow'] == 'GET, HEAD'
@@ -161,9 +166,52 @@ def test_every_frontend_module_is_served_as_javascript(client):
   assert served == {p.name for p in static.glob('*.js')}
 
 
+def test_first_view_answers_as_the_routes_it_replaces(client):
+  """/first_view holds what /runs, /steps, /meta and /array answer for the run shown (the
+  one asked for, else the first), and names what it leaves out."""
+  tags = ['importance/taylor', 'importance/curve_top1', 'importance/nope', 'importance/meta',
+          'strength/offset_ratio', 'importance/taylor']
+  for run, shown in (('importance-only', 'importance-only'), ('nope', 'importance-only'),
+                     (None, 'importance-only'), ('tiny', 'tiny')):
+    params = {'analyses': 'importance,strength', 'tags': ','.join(tags),
+              **({} if run is None else {'run': run})}
+    code, body = get(client, '/first_view', **params)
+    assert code == 200 and body['run'] == shown
+    assert body['runs'] == get(client, '/runs')[1]['runs']
+    assert body['steps'] == get(client, '/steps', run=shown)[1]['steps']
+    assert body['meta']['importance'] == get(client, '/meta', run=shown, analysis='importance')[1]
+    for tag in ('importance/taylor', 'importance/curve_top1'):
+      assert body['arrays'][tag] == get(client, '/array', run=shown, tag=tag)[1]
+    lacks = ['strength/meta'] if shown == 'importance-only' else []
+    assert sorted(body['missing']) == sorted(
+        lacks + ['importance/nope', 'importance/meta'] + (
+            ['strength/offset_ratio'] if shown == 'importance-only' else []))
+    assert ('strength' in body['meta']) == (shown == 'tiny')
+    assert set(body['arrays']) == {'importance/taylor', 'importance/curve_top1'} | (
+        {'strength/offset_ratio'} if shown == 'tiny' else set())
+
+
+def test_first_view_names_the_first_views_modules():
+  """index.js preloads the modules app.js imports statically (all of them, and no other):
+  a stale list would fetch the first view's modules one level of imports at a time."""
+  static = Path(vit_analytics_plugin.__file__).parent / 'static'
+  imports = re.compile(r"^import\s+(?:[^;]*?\s+from\s+)?['\"]\./([\w.-]+)['\"]", re.M)
+  closure, todo = set(), ['app.js']
+  while todo:
+    name = todo.pop()
+    if name not in closure:
+      closure.add(name)
+      todo += imports.findall((static / name).read_text())
+  listed = re.search(r'FIRST_VIEW_MODULES = \[([^\]]*)\]', (static / 'index.js').read_text())
+  assert set(re.findall(r"'([\w.-]+)'", listed.group(1))) == closure
+  assert imports.findall((static / 'index.js').read_text()) == []   # nothing before its fetch
+
+
 def test_empty_logdir_lists_no_runs(tmp_path):
   client, plugin = make_client(tmp_path)
   assert get(client, '/runs') == (200, {'runs': []})
+  assert get(client, '/first_view', tags='importance/taylor', analyses='importance') == (
+      200, {'runs': [], 'run': None, 'steps': {}, 'meta': {}, 'arrays': {}, 'missing': []})
   assert plugin.frontend_metadata().es_module_path == '/static/index.js'
 
 

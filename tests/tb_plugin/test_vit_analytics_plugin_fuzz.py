@@ -29,8 +29,8 @@ SEED = 1826
 REQUESTS = 3000        # per logdir
 MIN_REQUESTS = 2000
 DEADLINE_S = 25        # per logdir; 3000 requests take about 3 s on a busy 2-core machine
-ROUTES = ('/runs', '/meta', '/array', '/png', '/attention')
-PARAMS = ('run', 'tag', 'analysis', 'index', 'index2', 'image', 'query')
+ROUTES = ('/runs', '/meta', '/array', '/png', '/attention', '/first_view')
+PARAMS = ('run', 'tag', 'analysis', 'index', 'index2', 'image', 'query', 'tags', 'analyses')
 OTHER_METHODS = ('POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT', 'FOO')
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -474,6 +474,10 @@ class Generator:
     if route == '/attention':
       return [('run', run), ('image', str(rng.randrange(0, 5))),
               ('query', str(rng.randrange(0, 20)))]
+    if route == '/first_view':
+      names = list(self.listing.get(run, {}))
+      return [('run', run), ('analyses', ','.join(metadata.ANALYSES[:rng.randrange(4)])),
+              ('tags', ','.join(rng.sample(names, min(len(names), rng.randrange(0, 20)))))]
     return []
 
   def coverage(self):
@@ -494,6 +498,9 @@ class Generator:
       for image in range(-1, 4):
         yield '/attention', urllib.parse.urlencode(
             {'run': run, 'image': image, 'query': rng.randrange(-1, 20)}), 'GET'
+      yield '/first_view', urllib.parse.urlencode(
+          {'run': run, 'analyses': ','.join(metadata.ANALYSES),
+           'tags': ','.join(sorted(tags)[:64])}), 'GET'
 
 
 def fuzz(setup, seed, count, deadline_s):

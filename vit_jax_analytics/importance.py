@@ -1279,8 +1279,9 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
     objective = dataclasses.replace(objective, taylor_probes=options.taylor_probes,
                                     seed=options.seed)
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.local_batch_size(options.batch_size, mesh)
   n_images, whole = len(source), source
+  # No bigger batch than the images need (a padded batch computes its padding too).
+  batch_size = parallel.local_batch_size(min(options.batch_size, max(n_images, 1)), mesh)
   if parallel.is_multiprocess(mesh):
     source = process_shard(source, batch_size, jax.process_index(),
                            parallel.process_count(mesh))

@@ -186,8 +186,12 @@ def joint_embedding(q: np.ndarray, k: np.ndarray) -> np.ndarray:
   c = np.sqrt(kn / qn) if qn > 1e-12 and kn > 1e-12 else 1.
   x = np.concatenate([q * c, k / c])
   x = x - x.mean(0)
-  _, _, vt = np.linalg.svd(x, full_matrices=False)
-  axes = vt[:2]
+  # The principal axes are the top eigenvectors of the d x d scatter matrix (the right
+  # singular vectors of x, without an SVD of the tall [2N, d] x: ~100x faster here), each
+  # signed so that its largest component is positive (an SVD's signs are arbitrary).
+  _, vecs = np.linalg.eigh(x.T @ x)
+  axes = vecs[:, ::-1][:, :2].T
+  axes = axes * np.where(axes[np.arange(len(axes)), np.argmax(np.abs(axes), 1)] < 0, -1., 1.)[:, None]
   if axes.shape[0] < 2:
     axes = np.concatenate([axes, np.zeros((2 - axes.shape[0], x.shape[1]))])
   coords = x @ axes.T
@@ -354,7 +358,8 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   shard when the mesh spans several processes; every process returns the same sums)."""
   mesh = mesh or parallel.batch_mesh()
   multi = parallel.is_multiprocess(mesh)
-  batch_size = parallel.local_batch_size(options.batch_size, mesh)
+  # No bigger batch than the images need (a padded batch computes its padding too).
+  batch_size = parallel.local_batch_size(min(options.batch_size, max(len(source), 1)), mesh)
   wanted = spread_indices(len(source), options.stored_maps(config, len(source)))
   if multi:  # the stored maps come from process 0's shard, which writes them
     count_p, p = parallel.process_count(mesh), jax.process_index()

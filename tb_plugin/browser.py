@@ -28,13 +28,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def tensorboard(logdir, load_fast: str = 'false', wait_for_runs: bool = True):
-  """Runs `tensorboard --logdir` on 127.0.0.1; yields its URL once the plugin answers."""
+def tensorboard(logdir, load_fast: str = 'false', wait_for_runs: bool = True, cwd=None,
+                reload_interval: float = 1):
+  """Runs `tensorboard --logdir` on 127.0.0.1; yields its URL once the plugin answers.
+
+  The server runs in `cwd` (default: this process's): `python -m` puts that folder first on
+  the server's sys.path, before PYTHONPATH, so a tb_plugin/ there is the plugin it loads.
+  It re-reads the logdir every `reload_interval` seconds (1 s: tests see new runs soon; with
+  --load_fast=false on a large logdir that alone keeps about a third of a core busy)."""
   port = free_port()
   proc = subprocess.Popen(
       [sys.executable, '-m', 'tensorboard.main', '--logdir', str(logdir), '--port', str(port),
-       '--host', '127.0.0.1', f'--load_fast={load_fast}', '--reload_interval', '1'],
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+       '--host', '127.0.0.1', f'--load_fast={load_fast}', '--reload_interval', str(reload_interval)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
   url = f'http://127.0.0.1:{port}'
   try:
     deadline = time.time() + 90

@@ -121,12 +121,16 @@ def test_analysis_flags_are_generated_from_the_options_dataclasses():
     (['--batch-size', '0'], '--batch-size'), (['--std', '0,0,0'], '--std'),
     (['--mean', 'nan,0,0'], '--mean'), (['--pattern-images', '0'], '--pattern-images'),
     (['--random-orders', '-1'], '--random-orders'), (['--curve-points', '1'], '--curve-points'),
+    (['--mask-shards', '0'], '--mask-shards'), (['--mask-shards', '2'], '--mask-shards'),
+    (['--dtype', 'float16'], '--dtype'),
 ])
 def test_out_of_range_values_are_one_line_errors_before_any_work(tmp_path, capsys, flags, flag):
-  with pytest.raises(SystemExit) if flag in ('--mean',) else contextlib.nullcontext():
+  # --mask-shards 2: this test process has one CPU device, which 2 does not divide.
+  parse_time = flag in ('--mean', '--dtype')
+  with pytest.raises(SystemExit) if parse_time else contextlib.nullcontext():
     code, _, err = run(capsys, 'analyze', '--checkpoint', DEMO_CKPT, '--images', DEMO_IMAGES,
                        '--logdir', tmp_path / 'logs', '--no-progress', *flags)
-  if flag == '--mean':
+  if parse_time:
     err = capsys.readouterr().err
     code = 2
   assert code == 2

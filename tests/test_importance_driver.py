@@ -112,7 +112,7 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
 
 
 MULTI_DEVICE = r'''
-import sys, numpy as np, jax
+import dataclasses, sys, numpy as np, jax
 sys.path.insert(0, sys.argv[1])
 from tests.tiny import TINY, tiny_params
 from vit_jax_analytics import data, importance, parallel
@@ -122,15 +122,78 @@ o = importance.ImportanceOptions(batch_size=5, progress=False, curve_points=5, r
 one = importance.compute_importance(tiny_params(), TINY, s, o,
                                     mesh=parallel.batch_mesh(jax.devices()[:1]))
 eight = importance.compute_importance(tiny_params(), TINY, s, o)
-for k in ('taylor', 'ablation_loss', 'ablation_kl', 'curve_top1', 'partial_loss'):
-  a, b = getattr(eight, k), getattr(one, k)
-  np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=k)
+# The ablation scan's heads split over 2 devices: a (4 batch x 2 masks) mesh.
+split = importance.compute_importance(tiny_params(), TINY, s,
+                                      dataclasses.replace(o, mask_shards=2))
+for got in (eight, split):
+  for k in ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1', 'curve_top1',
+            'partial_loss'):
+    a, b = getattr(got, k), getattr(one, k)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=k)
 print('ok', one.images)
 '''
 
 
 def test_eight_devices_match_one(image_set):
+  """8 devices, and 8 devices as a (batch x masks) mesh, against one device."""
   assert f'ok {N_IMAGES}' in run_on_eight_cpu_devices(MULTI_DEVICE, image_set.image_set.root)
+
+
+MASK_SHARDS = r'''
+import sys, numpy as np, jax
+sys.path.insert(0, sys.argv[1])
+from tests.tiny import TINY, tiny_images, tiny_params
+from tests.test_families_intercept import _foreign
+from vit_jax_analytics import importance, parallel
+from vit_jax_analytics.errors import OptionError
+images, labels = tiny_images(4), np.array([0, 1, -1, 3])
+index = np.arange(4, dtype=np.int32)
+
+def scan(params, config, mesh, chunk=1):
+  """The ablation scan of stage1_batch on `mesh` (None: unsplit, one device)."""
+  if mesh is None:
+    return importance.stage1_batch(params, config, images, labels, chunk, None, index)[2]
+  x, y, i = parallel.shard_batch(mesh, (images, labels, index))
+  return importance.stage1_batch(parallel.replicate(mesh, params), config, x, y, chunk, None,
+                                 i, mesh=mesh)[2]
+
+# Heads (4) padded to 8 shards; prefix reuse, and an intercepted model's full forwards.
+foreign, fconfig = _foreign(tiny_params(), TINY, images)
+for params, config in ((tiny_params(), TINY), (foreign, fconfig)):
+  want = scan(params, config, None)
+  for k in (8, 4):
+    got = scan(params, config, parallel.batch_mesh(mask_shards=k))
+    for m, v in want.items():
+      np.testing.assert_allclose(got[m], v, rtol=0, atol=1e-5 * np.abs(v).max(), err_msg=m)
+
+# The heads are really split: per-device FLOPs (every mask at once, no loop over heads) of
+# a batch x masks mesh of 2 x K fall by the scan's share, 1/K of it on each device:
+# f(1) - f(2) = 2 (f(2) - f(4)) (the Taylor pass and the loop over layers stay).
+def flops(k):
+  mesh = parallel.batch_mesh(jax.devices()[:2 * k], mask_shards=k)
+  x, y, i = parallel.shard_batch(mesh, (images, labels, index))
+  split = mesh if k > 1 else None
+  compiled = importance.stage1_batch.lower(parallel.replicate(mesh, tiny_params()), TINY, x,
+                                           y, 10 ** 6, None, i, mesh=split).compile()
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
+f1, f2, f4 = flops(1), flops(2), flops(4)
+assert f4 < f2 < f1 and abs((f1 - f2) - 2 * (f2 - f4)) < 0.01 * (f1 - f2), (f1, f2, f4)
+for bad in (3, 16):
+  try:
+    parallel.batch_mesh(mask_shards=bad)
+    raise SystemExit(f'no error for mask_shards={bad}')
+  except OptionError as e:
+    assert e.field == 'mask_shards' and 'divisor of the 8 devices' in str(e), e
+print('ok', f1, f2, f4)
+'''
+
+
+def test_ablation_scan_split_over_a_masks_axis_equals_unsplit():
+  """stage1_batch on (batch x masks) meshes of 8 forced CPU devices equals the unsplit scan
+  on one device (tolerance 1e-5 of the largest magnitude; K = 8 pads 4 heads to 8), for
+  prefix reuse and an intercepted model's full forwards, and divides the scan's work."""
+  assert 'ok' in run_on_eight_cpu_devices(MASK_SHARDS)
 
 
 def test_cli_writes_logdir(tmp_path, capsys):

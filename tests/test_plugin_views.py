@@ -552,3 +552,63 @@ def test_16_the_page_explains_itself(server, browser, written):
   p.wait.until(lambda d: p.ready(d) and p.one('#run-select').get_attribute('value') == 'importance-only')
   assert 'vit-analytics strength' in p.one('#view-strength').text
   assert 'vit-analytics patterns' in p.one('#view-patterns').text
+
+
+# --- a light page (the plugin benchmark's first paint and every view) ----------------------
+
+def test_loading_asks_once_per_meta_keeps_the_page_still_and_makes_no_svg_layers(server, browser):
+  """What made the ViT-L/16 page slow must not come back: each analysis' meta is asked for
+  once (every view reads it); loading does not scroll the page; and no SVG mark is made
+  translucent with CSS `opacity` (each such element becomes its own compositing effect: with
+  the ~8,000 points of a large run, every frame spent ~0.6 s deciding layers)."""
+  p = Page(browser, server)
+  # Drawn anew in a short window, where the locality table is below the fold.
+  browser.set_window_size(1400, 700)
+  try:
+    p.select('#run-select', 'importance-only')
+    p.wait.until(lambda d: p.ready(d) and not p.all('#locality-table'))
+    p.js('window.scrollTo(0, 0); performance.clearResourceTimings()')
+    p.select('#run-select', 'tiny')
+    p.wait.until(lambda d: p.ready(d) and p.all('#locality-table'))
+    time.sleep(0.3)
+    names = p.js("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert 10 < len(names) < 250   # the browser's resource-timing buffer did not overflow
+    for analysis in ('importance', 'strength', 'patterns'):
+      asked = [n for n in names if f'/meta?run=tiny&analysis={analysis}' in n]
+      assert len(asked) == 1, (analysis, asked)
+    # The page stays put.
+    assert p.one('#locality-table').location['y'] > 700
+    assert p.js('return window.scrollY') == 0
+    browser.switch_to.default_content()
+    assert browser.execute_script('return window.scrollY') == 0
+  finally:
+    browser.set_window_size(1400, 2200)
+  p = Page(browser, server)
+  translucent = p.js("""return [...document.querySelectorAll('svg *')]
+      .filter((e) => getComputedStyle(e).opacity !== '1')
+      .map((e) => e.tagName + '.' + e.getAttribute('class'))""")
+  assert translucent == []
+  # ... yet the faint marks are still drawn faint.
+  assert p.js("return getComputedStyle(document.querySelector('#sample-scatter circle.sample-point'))"
+              ".fillOpacity") == '0.55'
+
+
+def test_focus_map_labels_each_offset_with_the_selected_heads_mean(server, browser, written):
+  """The offset map of the selected head reads that head's slice of offset_mean (fetched per
+  head): its tooltips show the stored mean, also after another head is selected."""
+  from selenium.webdriver.common.action_chains import ActionChains
+  p = Page(browser, server)
+  mean = written['strength/offset_mean']
+  for layer, head in ((0, 0), (2, 3)):
+    p.head(layer, head)
+    p.wait.until(lambda d: f'L{layer} H{head}' in p.one('#offset-focus').find_element(
+        p.By.XPATH, '..').text)
+    span = mean.shape[-1]
+    r, k = np.unravel_index(np.argmax(mean[layer, head]), (span, span))
+    value = mean[layer, head, r, k]
+    assert 1e-3 <= abs(value) < 1000
+    cell = p.all('#offset-focus rect.offset-cell')[r * span + k]
+    p.js('arguments[0].scrollIntoView({block: "center"})', cell)
+    ActionChains(browser).move_to_element(cell).perform()
+    p.wait.until(lambda d: p.one('#vit-tooltip').is_displayed())
+    assert f'mean {value:.4f} =' in p.one('#vit-tooltip').text

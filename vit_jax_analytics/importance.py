@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax_analytics import model as model_lib, parallel
+from vit_jax_analytics import model as model_lib, parallel, precision
 from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, ProgressStore,
                                        process_shard, subset_source)
 from vit_jax_analytics.errors import NonFiniteError, OptionError
@@ -96,7 +96,9 @@ class Objective:
     return self.kind == 'classification'
 
   def logits(self, out):
-    """Model output [..., E] -> logits [..., C] (the output itself for a classifier)."""
+    """Model output [..., E] -> logits [..., C] (the output itself for a classifier), in
+    float32 whatever the forward's precision."""
+    out = precision.widen(out)
     if self.classes is None:
       return out
     w = jnp.asarray(self.classes, out.dtype)
@@ -111,7 +113,7 @@ class Objective:
     embedding (flattened over tokens for pooling 'none')."""
     if self.kind == 'classification':
       return jax.nn.log_softmax(self.logits(out_full))
-    return _flat_embedding(out_full)
+    return precision.widen(_flat_embedding(out_full))
 
   def describe(self) -> dict:
     """For the logdir's meta: the objective and what each metric slot means under it."""
@@ -189,8 +191,10 @@ def targets_from(logits_full, labels, objective: Optional[Objective] = None):
 
 
 def image_metrics(logits, targets, logp_full, objective: Optional[Objective] = None):
-  """Model outputs [..., B, C] -> {'loss', 'top1', 'top5', 'kl'} each [..., B].
-  logp_full: objective.reference(unmasked output) (log p, or the embedding)."""
+  """Model outputs [..., B, C] -> {'loss', 'top1', 'top5', 'kl'} each [..., B], in float32
+  (bfloat16 outputs too). logp_full: objective.reference(unmasked output) (log p, or the
+  embedding)."""
+  logits = precision.widen(logits)
   if objective is not None and objective.kind == 'embedding':
     e, ref = logits, logp_full
     if e.shape[-1] != ref.shape[-1]:  # pooling 'none': [..., B, T, E] -> [..., B, T * E]
@@ -244,7 +248,7 @@ def _taylor(params, config, images, labels, obj: Objective, index, record=False)
       targets = targets_from(jax.lax.stop_gradient(out), labels, obj)
       logp = jax.nn.log_softmax(obj.logits(out))
       return -jnp.sum(jnp.take_along_axis(logp, targets[:, None], axis=-1)), (out, state)
-    e = _flat_embedding(out)                                          # [K * B, E]
+    e = precision.widen(_flat_embedding(out))                         # [K * B, E]
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(obj.seed), i))(index)
     u = jax.vmap(lambda key: jax.random.normal(key, (k, e.shape[-1]), e.dtype))(keys)
     u = jnp.swapaxes(u, 0, 1).reshape(k * b, -1)                      # [K * B, E]
@@ -414,11 +418,73 @@ def _pool_ablation(params, config, state, targets, reference, objective, chunk):
   return jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk)
 
 
-def _ablation_all(params, config, state, targets, reference, chunk, objective):
+def _over_mask_shards(mesh, n, fn, args, batch_axes, lead: int):
+  """fn(indices [m], *args) -> {metric: [<lead axes>, m, B]}, run with the n indices split
+  over the 'masks' axis of `mesh` (padded to a multiple of its size by repeating the last
+  index; the padding is dropped) and each of `args` over its 'batch' axis along its axis
+  batch_axes[i] -> {metric: [<lead axes>, n, B]}."""
+  from jax.sharding import PartitionSpec as P
+  per = -(-n // parallel.mask_shards(mesh))
+
+  def local(*local_args):
+    start = jax.lax.axis_index('masks') * per
+    return fn(jnp.minimum(start + jnp.arange(per), n - 1), *local_args)
+
+  in_specs = tuple(P(*(None,) * axis, 'batch') for axis in batch_axes)
+  out = jax.shard_map(local, mesh=mesh, in_specs=in_specs,
+                      out_specs=P(*(None,) * lead, 'masks', 'batch'))(*args)
+  return jax.tree.map(lambda v: v[(slice(None),) * lead + (slice(0, n),)], out)
+
+
+def _ablation_sharded(params, config, blocks, targets, logp_full, chunk, objective, mesh):
+  """_ablation_from with each layer's heads split over the mesh's 'masks' axis: every
+  device runs every layer for its H / K heads (the layer is not batched, so the suffix
+  graph still skips the layers below it) -> {metric: [L, H, B]}."""
+  stacked = _stacked_layers(params, config)
+  post_all = _stacked(blocks, config, 'post_attention')              # [L, B, T, D]
+  heads_all = _stacked(blocks, config, 'MultiHeadDotProductAttention_1', 'heads')
+  out_all = stacked['MultiHeadDotProductAttention_1']['out']['kernel']  # [L, H, D/H, D]
+
+  def scan(heads, post_all, heads_all, targets, logp_full):
+    def per_layer(layer):
+      post, layer_heads, out_kernel = post_all[layer], heads_all[layer], out_all[layer]
+
+      def without_head(h):
+        share = jnp.einsum('bte,ed->btd', layer_heads[:, :, h], out_kernel[h])
+        logits_h = suffix(params, config, stacked, post - share, layer,
+                          skip_first_attention=True)
+        return image_metrics(logits_h, targets, logp_full, objective)
+
+      return jax.lax.map(without_head, heads, batch_size=chunk)
+    return jax.lax.map(per_layer, jnp.arange(config.num_layers))
+
+  return _over_mask_shards(mesh, config.num_heads, scan,
+                           (post_all, heads_all, targets, logp_full), (1, 1, 0, 0), lead=1)
+
+
+def _masks_sharded(params, config, images, targets, logp_full, chunk, objective, mesh):
+  """The L*H single-head masks as full forwards (no prefix reuse), split over the mesh's
+  'masks' axis -> {metric: [L*H, B]}."""
+  masks = single_head_masks(config)
+
+  def run(index, images, targets, logp_full):
+    return _metrics_for_masks(params, config, images, targets, logp_full, masks[index],
+                              chunk, objective)
+
+  return _over_mask_shards(mesh, config.num_layers * config.num_heads, run,
+                           (images, targets, logp_full), (0, 0, 0), lead=0)
+
+
+def _ablation_all(params, config, state, targets, reference, chunk, objective, mesh=None):
   """The single-head ablation scan and, with a MAP head, its pooling row, from one unmasked
-  forward's intermediates `state` -> ({metric: [L, H, B]}, {metric: [H, B]} or None)."""
-  blocks = _ablation_from(params, config, state['Transformer'], targets, reference, chunk,
-                          objective)
+  forward's intermediates `state` -> ({metric: [L, H, B]}, {metric: [H, B]} or None).
+  mesh: a ('batch', 'masks') mesh to split the scan's heads over, or None."""
+  if mesh is not None and parallel.mask_shards(mesh) > 1:
+    blocks = _ablation_sharded(params, config, state['Transformer'], targets, reference,
+                               chunk, objective, mesh)
+  else:
+    blocks = _ablation_from(params, config, state['Transformer'], targets, reference, chunk,
+                            objective)
   pool = (_pool_ablation(params, config, state, targets, reference, objective, chunk)
           if config.has_pool_attention else None)
   return blocks, pool
@@ -452,9 +518,9 @@ def ablation_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
   return blocks, out
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+@functools.partial(jax.jit, static_argnums=(1, 4, 5), static_argnames=('mesh',))
 def stage1_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
-                 objective: Optional[Objective] = None, index=None):
+                 objective: Optional[Objective] = None, index=None, mesh=None):
   """Taylor importance and the single-head ablation scan (and a MAP head's pooling row)
   sharing one forward.
 
@@ -463,19 +529,25 @@ def stage1_batch(params, config: ViTConfig, images, labels, chunk: int = 8,
   the ablation scan starts from, so the scan's "1 +" unmasked forward is not paid again.
   -> (|dL_i/d xi| [B, L, H], |dL_i/d xi_pool| [B, H] or None, {metric: [L, H, B]},
   {metric: [H, B]} or None, full outputs [B, ...]).
+
+  mesh (static): a 2-D ('batch', 'masks') mesh (`parallel.batch_mesh(mask_shards=K)`)
+  splits the scan's heads over its 'masks' axis (shard_map; the images are split over
+  'batch'); None or a 1-D mesh: the heads are not split.
   """
   obj = _objective(config, objective)
   reuse = model_lib.supports_prefix_reuse(config)
+  split = mesh is not None and parallel.mask_shards(mesh) > 1
   grads, pool_grads, out, state = _taylor(params, config, images, labels, obj, index,
                                           record=reuse)
   targets, reference = targets_from(out, labels, obj), obj.reference(out)
   if not reuse:  # an intercepted model records nothing to resume from: full forwards
-    ablation = _metrics_for_masks(params, config, images, targets, reference,
-                                  single_head_masks(config), chunk, obj)
+    ablation = (_masks_sharded(params, config, images, targets, reference, chunk, obj, mesh)
+                if split else _metrics_for_masks(params, config, images, targets, reference,
+                                                 single_head_masks(config), chunk, obj))
     shape = (config.num_layers, config.num_heads, images.shape[0])
     return grads, None, {k: v.reshape(shape) for k, v in ablation.items()}, None, out
   ablation, pool_ablation = _ablation_all(params, config, state, targets, reference, chunk,
-                                          obj)
+                                          obj, mesh if split else None)
   return grads, pool_grads, ablation, pool_ablation, out
 
 
@@ -586,7 +658,7 @@ def _partial_metrics(params, config, blocks, targets, logp_full, head_index, kee
     def edit(weights, l):
       if l != layer:
         return weights
-      w = weights * edit_mask
+      w = weights * edit_mask.astype(weights.dtype)
       if renormalize:
         total = jnp.sum(w, -1, keepdims=True)
         w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.), 0.)
@@ -621,7 +693,7 @@ def _partial_whole(params, config, images, targets, logp_full, head_index, keeps
         1. - keep)[None]                                                # [H, T, T]
 
     def edit(weights, l):
-      w = weights * edit_mask
+      w = weights * edit_mask.astype(weights.dtype)
       if renormalize:
         total = jnp.sum(w, -1, keepdims=True)
         w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.), 0.)
@@ -665,7 +737,7 @@ def _one_head_attention(p, config, block_input, h):
 
 
 def _edit_weights(w, keep, renormalize):
-  w_kept = w * keep
+  w_kept = w * keep.astype(w.dtype)
   if renormalize:
     total = jnp.sum(w_kept, -1, keepdims=True)
     w_kept = jnp.where(total > 0, w_kept / jnp.where(total > 0, total, 1.), 0.)
@@ -845,6 +917,11 @@ class ImportanceOptions:
             'linear probe; then the classification metrics apply', parse=str)
   taylor_probes: int = option(
       4, 'random probes per image for the Taylor score under the embedding objective')
+  dtype: str = option('float32', precision.HELP, parse=precision.parse)
+  mask_shards: int = option(
+      1, 'split the single-head ablation scan\'s heads over K devices: a 2-D (batch x masks) '
+         'mesh of (devices / K) x K, for large models with small batches; K must divide '
+         'each process\'s device count (results equal K = 1 within float rounding)')
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
   save_every_seconds: float = option(30., cli=False)
 
@@ -857,6 +934,8 @@ class ImportanceOptions:
     check(self, 'random_orders', self.random_orders, low=0)
     check(self, 'partial_heads', self.partial_heads, low=0, optional=True)
     check(self, 'taylor_probes', self.taylor_probes, low=1)
+    check(self, 'mask_shards', self.mask_shards, low=1)
+    precision.check(self, 'dtype', self.dtype)
     if not self.partial_radii:
       raise OptionError('partial_radii', 'expected at least one radius')
     for r in self.partial_radii:
@@ -866,8 +945,10 @@ class ImportanceOptions:
                                           f'{self.partial_region!r}')
 
   def check_model(self, config: ViTConfig) -> None:
-    """Raises OptionError for radii or a region that do not fit the model's patch grid."""
+    """Raises OptionError for radii or a region that do not fit the model's patch grid, or
+    mask shards that do not divide the devices."""
     partial_variants(config, self.partial_radii, self.partial_region)
+    parallel.batch_mesh(mask_shards=self.mask_shards)
 
   def subset_size(self, n_images: int) -> int:
     """Images in the stage-2 subset for a source of n_images."""
@@ -1091,13 +1172,13 @@ class _StageClock:
     self.batches, self.images, self.first = 0, 0, None
     self.compile_seconds = None
 
-  def compile(self, fn, *args) -> None:
+  def compile(self, fn, *args, **kwargs) -> None:
     """Compiles jitted `fn` for `args` ahead of its first call, timing it (the call then
     finds the compiled program in JAX's cache; with the persistent cache on, a second run
     loads it from disk instead)."""
     if self.compile_seconds is None and hasattr(fn, 'lower'):
       t0 = time.perf_counter()
-      fn.lower(*args).compile()
+      fn.lower(*args, **kwargs).compile()
       self.compile_seconds = time.perf_counter() - t0
 
   def batch(self, valid) -> None:
@@ -1127,10 +1208,12 @@ def run_stage1(params, config, batches, first_batch, acc, chunk, mesh, save,
   clock = _StageClock(timings, 'importance stage 1')
   for k, batch in enumerate(batches, start=first_batch):
     images, labels, index = parallel.shard_batch(
-        mesh, (batch.images, batch.labels, np.asarray(batch.index, np.int32)))
+        mesh, (precision.like_params(batch.images, params), batch.labels,
+               np.asarray(batch.index, np.int32)))
     args = (params, config, images, labels, chunk, objective, index)
-    clock.compile(stage1_batch, *args)
-    grads, pool_grads, ablation, pool_ablation, out = stage1_batch(*args)
+    split = mesh if parallel.mask_shards(mesh) > 1 else None  # the heads over 'masks'
+    clock.compile(stage1_batch, *args, mesh=split)
+    grads, pool_grads, ablation, pool_ablation, out = stage1_batch(*args, mesh=split)
     full = full_metrics(out, labels, objective)
     strata = _strata(out, labels, objective)
     logits = objective.logits(out) if objective.label_metrics else None
@@ -1166,7 +1249,8 @@ def run_stage2(params, config, batches, first_batch, acc, plan: Stage2Plan, reno
   layers = jnp.asarray(plan.layers, jnp.int32)
   clock = _StageClock(timings, 'importance stage 2')
   for k, batch in enumerate(batches, start=first_batch):
-    images, labels = parallel.shard_batch(mesh, (batch.images, batch.labels))
+    images, labels = parallel.shard_batch(
+        mesh, (precision.like_params(batch.images, params), batch.labels))
     args = (params, config, images, labels, masks, first_layers, heads, keeps, renormalize,
             layers, chunk, objective)
     clock.compile(stage2_batch, *args)
@@ -1266,19 +1350,25 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
 
   Stage 1 (Taylor, ablation) reads every image; stage 2 (pruning curves, partial pruning)
   a class-stratified subset of options.subset_images of them (all when there are fewer).
-  mesh: a parallel.batch_mesh() (default: every device of every process; with several
-  processes each reads only its shard of `source` — and of the subset — and the sums are
-  reduced exactly). store: where progress is saved after batches, so that an interrupted
-  run with the same store continues (one store per process; all processes resume together
+  mesh: a parallel.batch_mesh() (default: every device of every process, as a 2-D
+  (batch x masks) mesh when options.mask_shards > 1; with several processes each reads
+  only its shard of `source` — and of the subset — and the sums are reduced exactly).
+  store: where progress is saved after batches, so that an interrupted run with the same
+  store continues (one store per process; all processes resume together
   or start over). timings: a dict to which each stage's wall time is added.
   objective: default classification for a classifier, embedding distortion otherwise
-  (`classes_objective` for a class matrix).
+  (`classes_objective` for a class matrix). options.dtype 'bfloat16' runs the forwards in
+  bfloat16 (the metrics are still float32, see precision.py).
   """
   objective = _objective(config, objective)
   if objective.kind == 'embedding':
     objective = dataclasses.replace(objective, taylor_probes=options.taylor_probes,
                                     seed=options.seed)
-  mesh = mesh or parallel.batch_mesh()
+  if mesh is None:
+    mesh = parallel.batch_mesh(mask_shards=options.mask_shards)
+  elif options.mask_shards not in (1, parallel.mask_shards(mesh)):
+    raise OptionError('mask_shards', f'{options.mask_shards} differs from the given mesh\'s '
+                      f'\'masks\' axis ({parallel.mask_shards(mesh)})', ImportanceOptions)
   n_images, whole = len(source), source
   # No bigger batch than the images need (a padded batch computes its padding too).
   batch_size = parallel.local_batch_size(min(options.batch_size, max(n_images, 1)), mesh)
@@ -1287,7 +1377,7 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
                            parallel.process_count(mesh))
   chunk = options.chunk or default_chunk()
   variants = partial_variants(config, options.partial_radii, options.partial_region)
-  params = parallel.replicate(mesh, params)
+  params = parallel.replicate(mesh, precision.cast(params, options.dtype))
   save = _Saver(store, options.save_every_seconds)
 
   stage, first, acc = 1, 0, stage1_sums(config, n_images, options.per_image)

@@ -10,6 +10,12 @@ process (`jax.devices()`): each process reads only its shard of the images
 the float64 sums of all processes are added in process order (`allreduce_sums`) — sums and
 counts, never means of means — so every process ends with the same result and process 0
 writes it.
+
+For large models with small batches, importance's single-head ablation scan can also split
+its heads over a second mesh axis: `batch_mesh(mask_shards=K)` is a 2-D ('batch', 'masks')
+mesh of (devices / K) x K, each row one process's devices; batches are split over 'batch'
+(and replicated over 'masks'), the scan's heads over 'masks' (`importance.stage1_batch`).
+Everything else runs as on a 1-D mesh of the 'batch' axis, repeated along 'masks'.
 """
 
 from __future__ import annotations
@@ -19,9 +25,33 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def batch_mesh(devices=None) -> Mesh:
-  """A 1-D ('batch') mesh over `devices`, by default every device of every process."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('batch',))
+def batch_mesh(devices=None, mask_shards: int = 1) -> Mesh:
+  """A 1-D ('batch') mesh over `devices`, by default every device of every process; with
+  mask_shards K > 1 a 2-D ('batch', 'masks') mesh of (devices / K) x K, whose rows each
+  lie within one process (K must divide every process's device count)."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  if mask_shards == 1:
+    return Mesh(devices, ('batch',))
+  from vit_jax_analytics.errors import OptionError
+  n = devices.size
+  per_process = sorted({sum(d.process_index == p for d in devices.flat)
+                        for p in {d.process_index for d in devices.flat}})
+  if (isinstance(mask_shards, bool) or not isinstance(mask_shards, int) or mask_shards < 1
+      or any(c % mask_shards for c in per_process)):
+    several = len({d.process_index for d in devices.flat}) > 1
+    where = (f'the {n} device' + ('s' if n != 1 else '')
+             + (f' ({"/".join(map(str, per_process))} per process)' if several else ''))
+    raise OptionError('mask_shards', f'expected a divisor of {where}, got {mask_shards!r}')
+  grid = devices.reshape(n // mask_shards, mask_shards)
+  if any(len({d.process_index for d in row}) > 1 for row in grid):
+    raise OptionError('mask_shards', f'{mask_shards}: the devices are not grouped by '
+                      f'process, so a row of the (batch x masks) mesh would span processes')
+  return Mesh(grid, ('batch', 'masks'))
+
+
+def mask_shards(mesh: Mesh) -> int:
+  """The size of the mesh's 'masks' axis (1 for a 1-D batch mesh)."""
+  return dict(mesh.shape).get('masks', 1)
 
 
 def is_multiprocess(mesh: Mesh) -> bool:
@@ -33,8 +63,9 @@ def process_count(mesh: Mesh) -> int:
 
 
 def device_batch_size(batch_size: int, mesh: Mesh) -> int:
-  """The smallest multiple of the device count >= batch_size (padding is marked invalid)."""
-  n = mesh.devices.size
+  """The smallest multiple of the 'batch' axis's device count >= batch_size (padding is
+  marked invalid)."""
+  n = dict(mesh.shape)['batch']
   return -(-batch_size // n) * n
 
 
@@ -93,6 +124,50 @@ def global_rows(local: np.ndarray, mesh: Mesh, fill=0) -> np.ndarray:
   count, p = process_count(mesh), jax.process_index()
   out = np.full((len(local) * count,) + local.shape[1:], fill, local.dtype)
   out[p * len(local):(p + 1) * len(local)] = local
+  return out
+
+
+def local_rows(x: np.ndarray, mesh: Mesh) -> np.ndarray:
+  """This process's rows of a global batch [B, ...] read back by `to_host` (the inverse of
+  `global_rows`): rows [p * b, (p + 1) * b) of process p."""
+  if not is_multiprocess(mesh):
+    return x
+  b = len(x) // process_count(mesh)
+  p = jax.process_index()
+  return x[p * b:(p + 1) * b]
+
+
+def allgather_concat(arrays: list, mesh: Mesh) -> list:
+  """Each array [n_p, ...] (n_p may differ between processes; the same trailing shapes and
+  dtypes everywhere) concatenated over the processes of `mesh` in process order, the same
+  on every process. One collective: the rows travel as bytes (padded to the longest)."""
+  if not is_multiprocess(mesh):
+    return arrays
+  from jax.experimental import multihost_utils
+  arrays = [np.ascontiguousarray(a) for a in arrays]
+  n = len(arrays[0])
+  if any(len(a) != n for a in arrays):
+    raise ValueError('allgather_concat: the arrays differ in their first dimension')
+  widths = [a[:1].nbytes if n else a.dtype.itemsize * int(np.prod(a.shape[1:]))
+            for a in arrays]
+  row = -(-sum(widths) // 4) * 4
+  counts = np.asarray(multihost_utils.process_allgather(np.asarray(n, np.int64))).reshape(-1)
+  if not counts.max():
+    return arrays
+  packed = np.zeros((int(counts.max()), row), np.uint8)
+  start = 0
+  for a, w in zip(arrays, widths):
+    if n:
+      packed[:n, start:start + w] = a.reshape(n, -1).view(np.uint8).reshape(n, w)
+    start += w
+  gathered = np.asarray(multihost_utils.process_allgather(packed.view(np.uint32)))
+  gathered = np.ascontiguousarray(gathered).view(np.uint8)      # [P, max n, row]
+  rows = np.concatenate([gathered[p, :c] for p, c in enumerate(counts)])
+  out, start = [], 0
+  for a, w in zip(arrays, widths):
+    part = np.ascontiguousarray(rows[:, start:start + w]).view(a.dtype)
+    out.append(part.reshape((len(rows),) + a.shape[1:]))
+    start += w
   return out
 
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax_analytics import model as model_lib, parallel
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource
+from vit_jax_analytics import model as model_lib, parallel, precision
+from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, process_shard
 from vit_jax_analytics.errors import DataError
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
@@ -94,29 +94,47 @@ def extract_batch(params, config: ViTConfig, images, queries):
 def extract_samples(params, config: ViTConfig, source: BatchSource, per_head: int = 4,
                     max_images: Optional[int] = None,
                     batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, mesh=None,
-                    progress: bool = True) -> Samples:
+                    progress: bool = True, dtype: str = 'float32') -> Samples:
   """Pattern samples from the first `max_images` readable images of `source`: `per_head`
-  query patches per (image, layer, head), so at most max_images * L * H * per_head."""
-  mesh = mesh or parallel.batch_mesh(jax.local_devices())  # each process: all its images
-  params = parallel.replicate(mesh, params)
-  parts = []
+  query patches per (image, layer, head), so at most max_images * L * H * per_head.
+
+  mesh: default every device of every process. With several processes each reads only its
+  shard of those images, and the samples of all processes are gathered, in image order,
+  on every process (`parallel.allgather_concat`): every process returns the same samples.
+  dtype: the forward's precision (the samples are float16 either way).
+  """
+  mesh = mesh or parallel.batch_mesh()
   source = source.take(max_images)
   # No bigger batch than the images need (a padded batch computes its padding too).
-  batches = source.batches(parallel.device_batch_size(min(batch_size, max(len(source), 1)),
-                                                      mesh),
-                           progress=progress, desc='pattern samples')
-  for batch in batches:
+  batch_size = parallel.local_batch_size(min(batch_size, max(len(source), 1)), mesh)
+  if parallel.is_multiprocess(mesh):
+    source = process_shard(source, batch_size, jax.process_index(),
+                           parallel.process_count(mesh))
+  params = parallel.replicate(mesh, precision.cast(params, dtype))
+  parts = []
+  for batch in source.batches(batch_size, progress=progress, desc='pattern samples'):
     queries = sample_queries(batch.index, config, per_head, seed)
-    images, q = parallel.shard_batch(mesh, (batch.images, queries))
-    rows, to_cls = extract_batch(params, config, images, q)
+    images, q = parallel.shard_batch(mesh, (precision.like_params(batch.images, params),
+                                            queries))
+    # With several processes, each reads back (and keeps) only its own rows.
+    rows, to_cls = (parallel.local_rows(x, mesh) for x in parallel.to_host(
+        extract_batch(params, config, images, q)))
     keep = batch.valid
     if keep.any():
-      parts.append(_batch_samples(np.asarray(rows)[keep], np.asarray(to_cls)[keep],
-                                  queries[keep], batch.index[keep], config))
-  if not parts:
+      parts.append(_batch_samples(np.asarray(rows, np.float32)[keep],
+                                  np.asarray(to_cls, np.float32)[keep], queries[keep],
+                                  batch.index[keep], config))
+  fields = ('recentred', 'plain', 'to_cls', 'index')
+  local = [np.concatenate([getattr(p, f) for p in parts]) if parts else None for f in fields]
+  if parallel.is_multiprocess(mesh):
+    if not parts:  # this shard had no readable image: empty rows of the right shapes
+      (gh, gw), c = config.grid_shape, 2 * max(config.grid_shape) - 1
+      local = [np.zeros((0, c, c), np.float16), np.zeros((0, gh, gw), np.float16),
+               np.zeros(0, np.float16), np.zeros((0, 4), np.int32)]
+    local = parallel.allgather_concat(local, mesh)
+  if local[0] is None or not len(local[0]):
     raise DataError('no readable images to sample patterns from')
-  return Samples(*(np.concatenate([getattr(p, f) for p in parts])
-                   for f in ('recentred', 'plain', 'to_cls', 'index')))
+  return Samples(*local)
 
 
 def _batch_samples(rows, to_cls, queries, image_index, config: ViTConfig) -> Samples:
@@ -446,6 +464,7 @@ class PatternOptions:
   clusters: int = option(6, 'head clusters')
   seed: int = option(0, 'seed of the sampled queries and the autoencoder',
                      flag='--pattern-seed')
+  dtype: str = option('float32', precision.HELP, parse=precision.parse)
   ae: AEOptions = option(factory=AEOptions, cli=False)
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
 
@@ -455,6 +474,7 @@ class PatternOptions:
     check(self, 'batch_size', self.batch_size, low=1)
     check(self, 'grid', self.grid, low=2)
     check(self, 'clusters', self.clusters, low=1)
+    precision.check(self, 'dtype', self.dtype)
 
 
 def latent_map(ae_params, coords: np.ndarray, lift, g: int, canvas: int,
@@ -531,3 +551,22 @@ def summarise(samples: Samples, config: ViTConfig, options: PatternOptions) -> t
       reconstruction_error=float(errors.mean()), data_variance=masked_variance(x),
       head_reconstruction_error=head_errors(errors, samples.index, config), history=history,
       samples=samples), ae_params
+
+
+def compute_patterns(params, config: ViTConfig, source: BatchSource,
+                     options: PatternOptions = PatternOptions(), mesh=None) -> tuple:
+  """Samples of the first options.max_images images of `source`, the autoencoder and the
+  summary -> (PatternResult, autoencoder params).
+
+  mesh: default every device of every process. With several processes each samples only
+  its shard of the images; the samples are gathered and process 0 alone trains the
+  autoencoder and returns the result (the others return (None, None)): the autoencoder is
+  trained once, by the process that writes.
+  """
+  mesh = mesh or parallel.batch_mesh()
+  samples = extract_samples(params, config, source, options.per_head, options.max_images,
+                            options.batch_size, options.seed, mesh, options.progress,
+                            options.dtype)
+  if parallel.is_multiprocess(mesh) and jax.process_index() != 0:
+    return None, None
+  return summarise(samples, config, options)

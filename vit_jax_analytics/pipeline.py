@@ -193,14 +193,13 @@ def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
               timings=None) -> tuple:
   from vit_jax_analytics import patterns
 
-  samples = patterns.extract_samples(loaded.params, loaded.config, loaded.source,
-                                     options.per_head, options.max_images, options.batch_size,
-                                     options.seed, progress=options.progress)
-  result, ae_params = patterns.summarise(samples, loaded.config, options)
-  # The autoencoder itself, beside the event file.
-  checkpoints.save_orbax(writer.run_directory(logdir, run) / 'pattern_autoencoder', ae_params,
-                         {'canvas': 2 * max(loaded.config.grid_shape) - 1,
-                          **dataclasses.asdict(options.ae)})
+  # With several processes, each samples its shard; process 0 trains and gets the result.
+  result, ae_params = patterns.compute_patterns(loaded.params, loaded.config, loaded.source,
+                                                options)
+  if ae_params is not None:  # the autoencoder itself, beside the event file
+    checkpoints.save_orbax(writer.run_directory(logdir, run) / 'pattern_autoencoder',
+                           ae_params, {'canvas': 2 * max(loaded.config.grid_shape) - 1,
+                                       **dataclasses.asdict(options.ae)})
   return result, lambda meta: schema.patterns_values(result, meta), None
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax_analytics import model as model_lib, parallel
+from vit_jax_analytics import model as model_lib, parallel, precision
 from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, process_shard,
                                        shard_range)
 from vit_jax_analytics.model import ViTConfig
@@ -88,8 +88,9 @@ def layer_statistics(weights, config: ViTConfig):
     to_cls [B, H, P]                each patch's attention to the class token
     <scalar> [B, H]                 mean_distance, entropy, self_share, cls_share
   Sums over images happen on the host in float64, so results do not depend on how images
-  are split over batches and devices.
+  are split over batches and devices. Reduced in float32 whatever the forward's precision.
   """
+  weights = precision.widen(weights)
   (gh, gw), cls, pre = config.grid_shape, int(config.has_cls_token), config.num_prefix_tokens
   b, h = weights.shape[:2]
   patches = weights[:, :, pre:, pre:].reshape(b, h, gh, gw, gh, gw)  # [B, H, qy, qx, ky, kx]
@@ -233,6 +234,7 @@ def _image_maps(params, config: ViTConfig, images) -> dict:
     attention, pool = pool_attention_maps(params, config, images)
   else:
     attention, pool = attention_maps(params, config, images), None
+  attention = precision.widen(attention)  # rollout multiplies L matrices: not bfloat16
   rollout = attention_rollout(attention)
   maps = {'map_attention': attention, 'map_rollout': rollout}
   if pool is not None:
@@ -274,6 +276,7 @@ class StrengthOptions:
       'fit); overrides --map-images', parse=float)
   qk_images: int = option(
       4, 'of the stored images, how many go into the joint query/key embedding of each head')
+  dtype: str = option('float32', precision.HELP, parse=precision.parse)
   progress: bool = option(True, 'no progress bars', flag='--no-progress')
 
   def __post_init__(self):
@@ -281,6 +284,7 @@ class StrengthOptions:
     check(self, 'map_images', self.map_images, low=0)
     check(self, 'qk_images', self.qk_images, low=0)
     check(self, 'map_budget_mib', self.map_budget_mib, low=0, optional=True, what='a number')
+    precision.check(self, 'dtype', self.dtype)
 
   def stored_maps(self, config: ViTConfig, n_images: int) -> int:
     """How many images get their full maps stored: map_images, or as many as fit in
@@ -366,12 +370,13 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
     first_shard = shard_range(len(source), 0, count_p)[1]
     wanted = spread_indices(first_shard, options.stored_maps(config, first_shard))
     source = process_shard(source, batch_size, p, count_p)
-  params = parallel.replicate(mesh, params)
+  params = parallel.replicate(mesh, precision.cast(params, options.dtype))
   local_params = parallel.local_copy(params) if multi else params
   sums, count = {}, 0
   maps, map_index = {}, []               # {field: [per-batch arrays]}
   qk = ([], [])                          # queries, keys of the first qk_images stored images
   for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
+    batch = batch._replace(images=precision.like_params(batch.images, params))
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
     sums = accumulate(sums, parallel.to_host(stats), parallel.global_rows(batch.valid, mesh),
                       config)
@@ -387,7 +392,7 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
       take = rows[:max(0, qk_left - sum(len(x) for x in qk[0]))]
       if len(take):
         q, k = queries_keys(local_params, config, batch.images[take])
-        qk[0].append(np.asarray(q)); qk[1].append(np.asarray(k))
+        qk[0].append(np.asarray(q, np.float32)); qk[1].append(np.asarray(k, np.float32))
   if multi:  # exact: float64 sums and counts, added in process order
     sums = parallel.allreduce_sums({**sums, '__count__': np.asarray(count, np.float64)}, mesh)
     count = int(sums.pop('__count__'))

@@ -7,8 +7,11 @@
       if step % 500 == 0:
         training.analyse_step(params, config, probe, 'logs', 'my-run', step)
 
-The params are used as they are: any `jax.Array` sharding (replicated, FSDP, ...), no copy
-of the tree to the host; only the per-head statistics (a few KiB) come back. By default it
+The params are used as they are: any `jax.Array` sharding (replicated, FSDP, ...), on one
+process or spread over several (global arrays: call it from every process; the probe batch
+then goes to the params' devices as one replicated global array and the small results come
+back to every process through an all-gather), no copy of the tree to the host; only the
+per-head statistics (a few KiB) come back. By default it
 is cheap: the strength statistics (one forward) and Taylor importance (one forward +
 backward) of the probe batch. The single-head ablation scan (`ablation=True`), the pruning
 curves and partial pruning (`curves=True`) and the attention patterns (`patterns=True`) are
@@ -31,14 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax_analytics import importance, model as model_lib, strength
+from vit_jax_analytics import importance, model as model_lib, precision, strength
 from vit_jax_analytics.batches import UNLABELLED, ArraySource
 from vit_jax_analytics.logdir import schema, writer
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
 from vit_jax_analytics.results import Baseline, ImportanceResult
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = precision.DTYPES
+cast = precision.cast
 
 
 class Probe(NamedTuple):
@@ -55,42 +59,71 @@ class TrainingAnalysisOptions:
                                'analysis; implies ablation)')
   patterns: bool = option(False, 'also attention patterns (samples + an autoencoder)')
   batch_size: int = option(64, 'probe images per jitted call')
-  dtype: str = option('float32', 'forward precision: float32 or bfloat16')
+  dtype: str = option('float32', precision.HELP, parse=precision.parse)
   print_cost: bool = option(True, 'print the cost once, in forward-equivalents')
 
   def __post_init__(self):
     check(self, 'batch_size', self.batch_size, low=1)
-    if self.dtype not in DTYPES:
-      from vit_jax_analytics.errors import OptionError
-      raise OptionError('dtype', f'expected one of {sorted(DTYPES)}, got {self.dtype!r}',
-                        TrainingAnalysisOptions)
+    precision.check(self, 'dtype', self.dtype)
 
 
-def cast(tree, dtype: str):
-  """Floating leaves of `tree` in `dtype` (on their devices, keeping their sharding)."""
-  if dtype == 'float32':
-    return tree
-  target = DTYPES[dtype]
-  return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating)
-                      else x, tree)
+# --- params on one process, or global arrays spread over several ----------------------------
+
+def _global_devices(params):
+  """The devices of the first leaf of `params` that spans several processes (a global
+  jax.Array, not fully addressable), or None when every leaf is on this process."""
+  for leaf in jax.tree.leaves(params):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return leaf.sharding.device_set
+  return None
 
 
-def _probe_batches(probe: Probe, batch_size: int, dtype: str):
+class _Placement:
+  """How the probe batch meets the params. On one process: as before (arrays on the default
+  device; jit moves them to the params' devices). With global params: the probe goes to
+  the params' devices as a replicated global array (every process holds the same probe),
+  and results come back to every process through an all-gather (`fetch`)."""
+
+  def __init__(self, params):
+    devices = _global_devices(params)
+    self.sharding = None
+    if devices is not None:
+      from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+      mesh = Mesh(np.asarray(sorted(devices, key=lambda d: d.id)), ('probe',))
+      self.sharding = NamedSharding(mesh, P())
+
+  def put(self, x):
+    if self.sharding is None:
+      return jnp.asarray(x)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, self.sharding, lambda index: x[index])
+
+  def fetch(self, tree):
+    """NumPy arrays of every leaf (each a global array under global params)."""
+    if self.sharding is None:
+      return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                        if isinstance(x, jax.Array) and not x.is_fully_addressable
+                        else np.asarray(x), tree)
+
+
+def _probe_batches(probe: Probe, batch_size: int, dtype: str, place: _Placement):
   n = len(probe.images)
   labels = (np.full(n, UNLABELLED, np.int32) if probe.labels is None
             else np.asarray(probe.labels, np.int32))
   for batch in ArraySource(np.asarray(probe.images, np.float32), labels).batches(
       min(batch_size, n), progress=False):
-    yield batch, cast(jnp.asarray(batch.images), dtype)
+    yield batch, place.put(cast(batch.images, dtype)), place.put(batch.labels)
 
 
 def probe_strength(params, config: ViTConfig, probe: Probe, options=None):
   """StrengthResult of the probe batch (no stored maps)."""
   options = options or TrainingAnalysisOptions()
-  params = cast(params, options.dtype)
+  params, place = cast(params, options.dtype), _Placement(params)
   sums, count = {}, 0
-  for batch, images in _probe_batches(probe, options.batch_size, options.dtype):
-    stats = strength.strength_batch(params, config, images)
+  for batch, images, _ in _probe_batches(probe, options.batch_size, options.dtype, place):
+    stats = place.fetch(strength.strength_batch(params, config, images))
     sums = strength.accumulate(sums, stats, batch.valid, config)
     count += int(batch.valid.sum())
   return strength.finish(sums, count, config)
@@ -101,20 +134,20 @@ def probe_importance(params, config: ViTConfig, probe: Probe, options=None) -> I
   batch. Not computed: the ablation metrics are NaN, the curves and partial pruning
   empty."""
   options = options or TrainingAnalysisOptions()
-  params = cast(params, options.dtype)
+  params, place = cast(params, options.dtype), _Placement(params)
   L, H = config.num_layers, config.num_heads
   acc = importance.stage1_sums(config, 0, False)
-  for batch, images in _probe_batches(probe, options.batch_size, options.dtype):
-    labels = jnp.asarray(batch.labels)
-    grads, logits = importance.taylor_batch(params, config, images, labels)
-    logits = logits.astype(jnp.float32)
+  for batch, images, labels in _probe_batches(probe, options.batch_size, options.dtype,
+                                              place):
+    grads, logits = place.fetch(importance.taylor_batch(params, config, images, labels))
+    logits = np.asarray(logits, np.float32)
     if options.ablation:
-      ablation, _ = importance.ablation_batch(params, config, images, labels,
-                                              importance.default_chunk())
+      ablation, _ = place.fetch(importance.ablation_batch(params, config, images, labels,
+                                                          importance.default_chunk()))
     else:
       ablation = {m: np.zeros((L, H, len(batch.valid))) for m in importance.ABLATION_METRICS}
     importance.add_stage1(acc, batch, grads, ablation,
-                          importance.full_metrics(logits, labels))
+                          importance.full_metrics(logits, batch.labels))
   scores, baseline = importance.head_scores(acc)
   if not options.ablation:  # not computed: NaN (shown blank), so every view still draws
     for name in ('ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'):
@@ -146,8 +179,8 @@ def cost_forward_equivalents(params, config: ViTConfig, probe: Probe, options=No
   from XLA's cost analysis of the lowered computations (nothing is run)."""
   options = options or TrainingAnalysisOptions()
   b = min(options.batch_size, len(probe.images))
-  images = cast(jnp.zeros((b,) + tuple(probe.images.shape[1:]), jnp.float32), options.dtype)
-  labels = jnp.zeros((b,), jnp.int32)
+  images = jax.ShapeDtypeStruct((b,) + tuple(probe.images.shape[1:]), DTYPES[options.dtype])
+  labels = jax.ShapeDtypeStruct((b,), jnp.int32)
   forward = _flops(jax.jit(model_lib.apply, static_argnums=1).lower(params, config, images))
   parts = {'strength': _flops(strength.strength_batch.lower(params, config, images)),
            'taylor': _flops(importance.taylor_pool_batch.lower(params, config, images, labels))}
@@ -196,43 +229,57 @@ def analyse_step(params, config: ViTConfig, probe, logdir, run: str, step: int,
                  options: Optional[TrainingAnalysisOptions] = None) -> dict:
   """Analyses `params` (as they are) on the probe batch and writes the results to
   <logdir>/<run> at `step`. probe: a `Probe` or (images, labels). Returns {analysis: the
-  event file written}. Call it from every process of a multi-process job: each computes
-  the same small result (the params are global arrays) and process 0 alone writes."""
+  event file written}. With params spread over several processes (global jax.Arrays),
+  call it from every process with the same probe: each computes the same small result
+  and process 0 alone writes (and returns the files; the others return {})."""
   options = options or TrainingAnalysisOptions()
   probe = probe if isinstance(probe, Probe) else Probe(*probe)
   if len(probe.images) == 0:
     raise ValueError('the probe batch is empty')
   writer.check_run_name(run)
+  if _global_devices(params) is not None:
+    _check_same_probe(probe)
   params = cast(params, options.dtype)
   _print_cost_once(params, config, probe, options)
   meta = _meta(config, probe, step, options)
-  results = {'strength': lambda: schema.strength_values(
-      probe_strength(params, config, probe, options), meta)}
+  source = lambda: ArraySource(np.asarray(probe.images, np.float32), probe.labels)
+  results = {'strength': (lambda: probe_strength(params, config, probe, options),
+                          schema.strength_values)}
   if options.curves:
-    def full_importance():
-      result = importance.compute_importance(
-          params, config, ArraySource(cast(np.asarray(probe.images, np.float32),
-                                           options.dtype), probe.labels),
-          importance.ImportanceOptions(batch_size=options.batch_size, progress=False))
-      return schema.importance_values(result, meta)
-    results['importance'] = full_importance
+    results['importance'] = (lambda: importance.compute_importance(
+        params, config, source(), importance.ImportanceOptions(
+            batch_size=options.batch_size, progress=False, dtype=options.dtype)),
+        schema.importance_values)
   else:
-    results['importance'] = lambda: schema.importance_values(
-        probe_importance(params, config, probe, options), meta)
+    results['importance'] = (lambda: probe_importance(params, config, probe, options),
+                             schema.importance_values)
   if options.patterns:
-    def patterns_values():
-      from vit_jax_analytics import patterns
-      popts = patterns.PatternOptions(max_images=len(probe.images), progress=False,
-                                      batch_size=options.batch_size)
-      samples = patterns.extract_samples(params, config, ArraySource(
-          np.asarray(probe.images, np.float32), probe.labels), popts.per_head,
-          popts.max_images, popts.batch_size, popts.seed, progress=False)
-      result, _ = patterns.summarise(samples, config, popts)
-      return schema.patterns_values(result, meta)
-    results['patterns'] = patterns_values
+    from vit_jax_analytics import patterns
+    popts = patterns.PatternOptions(max_images=len(probe.images), progress=False,
+                                    batch_size=options.batch_size, dtype=options.dtype)
+    # With several processes, process 0 alone trains the autoencoder (the others get None).
+    results['patterns'] = (lambda: patterns.compute_patterns(params, config, source(),
+                                                             popts)[0],
+                           schema.patterns_values)
   written = {}
-  for analysis, values in results.items():
-    values = values()
+  for analysis, (compute, values) in results.items():
+    result = compute()  # every process takes part
     if jax.process_index() == 0:
-      written[analysis] = writer.write_analysis(logdir, run, analysis, values, step=step)
+      written[analysis] = writer.write_analysis(logdir, run, analysis, values(result, meta),
+                                                step=step)
   return written
+
+
+def _check_same_probe(probe: Probe) -> None:
+  """With global params every process must pass the same probe batch (it is replicated
+  over the params' devices): a one-line error otherwise."""
+  import hashlib
+  from vit_jax_analytics import parallel
+  h = hashlib.sha256(np.ascontiguousarray(np.asarray(probe.images, np.float32)).tobytes())
+  if probe.labels is not None:
+    h.update(np.asarray(probe.labels, np.int64).tobytes())
+  digest = int.from_bytes(h.digest()[:4], 'little') & 0x7fffffff
+  if not parallel.agree(digest, parallel.batch_mesh()):
+    raise ValueError('analyse_step: the params are global arrays over several processes, '
+                     'but the probe batch differs between processes; pass the same probe '
+                     'on every process')

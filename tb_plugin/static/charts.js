@@ -20,20 +20,61 @@ const DIVERGING = [[33, 102, 172], [67, 147, 195], [146, 197, 222], [209, 229, 2
 export const CATEGORICAL = ['#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#edc948',
                             '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac'];
 
-function ramp(stops, t) {
-  if (t == null || Number.isNaN(t)) return '#ccc';
+const MISSING = [204, 204, 204];   // #ccc: a value that is not a number
+
+// [r, g, b] at t in [0, 1] (clipped) of a ramp; MISSING for NaN.
+function rampRGB(stops, t) {
+  if (t == null || Number.isNaN(t)) return MISSING;
   t = Math.min(1, Math.max(0, t)) * (stops.length - 1);
   const i = Math.min(Math.floor(t), stops.length - 2), f = t - i;
-  const c = stops[i].map((a, k) => Math.round(a + f * (stops[i + 1][k] - a)));
+  const a = stops[i], b = stops[i + 1];
+  return [Math.round(a[0] + f * (b[0] - a[0])), Math.round(a[1] + f * (b[1] - a[1])),
+          Math.round(a[2] + f * (b[2] - a[2]))];
+}
+
+function ramp(stops, t) {
+  if (t == null || Number.isNaN(t)) return '#ccc';
+  const c = rampRGB(stops, t);
   return `rgb(${c[0]},${c[1]},${c[2]})`;
 }
 
 export const colour = (t) => ramp(VIRIDIS, t);
 export const divergingColour = (t) => ramp(DIVERGING, (t + 1) / 2);   // t in [-1, 1]
+const divergingRGB = (t) => rampRGB(DIVERGING, (t + 1) / 2);
 
+// The finite numbers of a value or nested arrays of them, in order (a walk: 3-4x faster than
+// flat(Infinity) on the strength view's 280,000 values).
 export function finite(values) {
-  return (Array.isArray(values) ? values.flat(Infinity) : [values])
-      .filter((x) => x != null && Number.isFinite(x));
+  const out = [];
+  const walk = (v) => {
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) walk(v[i]);
+    } else if (v != null && Number.isFinite(v)) {
+      out.push(v);
+    }
+  };
+  walk(values);
+  return out;
+}
+
+// The k-th smallest of the numbers in a (a typed array, reordered in place): Hoare's
+// selection, O(n) on average, where sorting all would be O(n log n).
+function kthSmallest(a, k) {
+  let lo = 0, hi = a.length - 1;
+  while (hi > lo) {
+    const x = a[lo], y = a[(lo + hi) >> 1], z = a[hi];
+    const pivot = Math.max(Math.min(x, y), Math.min(Math.max(x, y), z));   // median of three
+    let i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < pivot) i++;
+      while (a[j] > pivot) j--;
+      if (i <= j) { const t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return a[k];   // between j and i every value equals the pivot
+  }
+  return a[k];
 }
 
 export function extent(values) {
@@ -43,17 +84,19 @@ export function extent(values) {
   return v.length ? [lo, hi] : [0, 1];
 }
 
-// A scale: {kind, lo, hi, colour(v), ticks: [[value, label]], label}.
+// A scale: {kind, lo, hi, colour(v) (a CSS colour), rgb(v) (the same as [r, g, b]),
+// ticks: [[value, label]], label}.
 export function sequential(lo, hi, label) {
-  return {kind: 'sequential', lo, hi, label, colour: (v) => colour((v - lo) / ((hi - lo) || 1)),
-          ticks: [[lo, fmt(lo)], [hi, fmt(hi)]]};
+  const t = (v) => (v - lo) / ((hi - lo) || 1);
+  return {kind: 'sequential', lo, hi, label, colour: (v) => colour(t(v)),
+          rgb: (v) => rampRGB(VIRIDIS, t(v)), ticks: [[lo, fmt(lo)], [hi, fmt(hi)]]};
 }
 
 export function signed(values, label) {
   const [lo, hi] = extent(values);
   const max = Math.max(Math.abs(lo), Math.abs(hi)), m = max || 1;
   return {kind: 'signed', lo: -m, hi: m, label, colour: (v) => divergingColour(v / m),
-          ticks: max ? [[-m, fmt(-m)], [0, '0'], [m, fmt(m)]] : [[0, 'all 0']]};
+          rgb: (v) => divergingRGB(v / m), ticks: max ? [[-m, fmt(-m)], [0, '0'], [m, fmt(m)]] : [[0, 'all 0']]};
 }
 
 // A metric with negative values gets the signed scale, else the sequential one.
@@ -67,14 +110,17 @@ export function ratio(values, label = '× uniform attention') {
   // The range covers 98% of the values' |log ratio| (the rest saturate), at least 1.5×
   // and at most 1000× either way, so that one stripe or one empty edge cell cannot flatten
   // everything else.
-  const logs = finite(values).filter((x) => x > 0).map((x) => Math.abs(Math.log(x)))
-      .sort((a, b) => a - b);
-  let m = logs.length ? logs[Math.min(logs.length - 1, Math.floor(0.98 * logs.length))] : 0;
+  // (Selected, not sorted: the strength view's shared scale covers 280,000 values.)
+  const v = finite(values), logs = new Float64Array(v.length);
+  let n = 0;
+  for (const x of v) if (x > 0) logs[n++] = Math.abs(Math.log(x));
+  let m = n ? kthSmallest(logs.subarray(0, n), Math.min(n - 1, Math.floor(0.98 * n))) : 0;
   m = Math.min(Math.max(m, Math.log(1.5)), Math.log(1e3));
   const k = Math.exp(m);
   const show = (x) => x >= 10 ? `${Math.round(x)}×` : `${+x.toPrecision(2)}×`;
   return {kind: 'ratio', lo: 1 / k, hi: k, label,
           colour: (x) => divergingColour(x > 0 ? Math.log(x) / m : -1),
+          rgb: (x) => divergingRGB(x > 0 ? Math.log(x) / m : -1),
           ticks: [[1 / k, show(1 / k)], [1, '1× uniform'], [k, show(k)]]};
 }
 
@@ -171,16 +217,29 @@ export function categoryKey(count, prefix, title) {
                                                `■ ${prefix}${i} `)));
 }
 
-// matrix [rows][cols] drawn with the scale's colours.
+// matrix [rows][cols] drawn with the scale's colours, cell × cell pixels per value. The
+// pixels are written directly (one putImageData), not as a fillRect per value: the strength
+// view draws 280,000 values on the ViT-L/16 benchmark.
 export function heatCanvas(matrix, scale, cell, opts = {}) {
-  const rows = matrix.length, cols = matrix[0].length;
-  const c = el('canvas', {width: cols * cell, height: rows * cell, class: opts.cls || ''});
+  const rows = matrix.length, cols = matrix[0].length, width = cols * cell;
+  const c = el('canvas', {width, height: rows * cell, class: opts.cls || ''});
+  if (!width || !rows) return c;
   const ctx = c.getContext('2d');
+  const image = ctx.createImageData(width, rows * cell);
+  const px = new Uint32Array(image.data.buffer);   // one RGBA pixel per element
   for (let r = 0; r < rows; r++) {
-    for (let k = 0; k < cols; k++) {
-      ctx.fillStyle = scale.colour(matrix[r][k]);
-      ctx.fillRect(k * cell, r * cell, cell, cell);
-    }
+    const line = r * cell * width;
+    for (let k = 0; k < cols; k++) px.fill(rgba(scale.rgb(matrix[r][k])), line + k * cell, line + (k + 1) * cell);
+    for (let y = 1; y < cell; y++) px.copyWithin(line + y * width, line, line + width);
   }
+  ctx.putImageData(image, 0, 0);
   return c;
+}
+
+// An opaque [r, g, b] as one pixel of a Uint32Array over ImageData bytes (in the platform's
+// byte order, whichever it is).
+const PIXEL = new Uint8ClampedArray(4), PIXEL32 = new Uint32Array(PIXEL.buffer);
+function rgba([r, g, b]) {
+  PIXEL[0] = r; PIXEL[1] = g; PIXEL[2] = b; PIXEL[3] = 255;
+  return PIXEL32[0];
 }

@@ -64,6 +64,13 @@ export function dropdown(options, value, onchange, id) {
   return s;
 }
 
+// The next frame has been painted (or, in a hidden frame that gets no animation frames,
+// 100 ms have passed).
+export const nextPaint = () => new Promise((resolve) => {
+  const timer = setTimeout(resolve, 100);
+  requestAnimationFrame(() => setTimeout(() => { clearTimeout(timer); resolve(); }, 0));
+});
+
 export function section(id, title, help) {
   return el('section', {id}, el('h2', {}, title), help ? el('p', {class: 'help'}, help) : null,
             el('div', {class: 'body'}));

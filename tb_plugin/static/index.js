@@ -2,19 +2,30 @@
 // Plain ES modules, no dependencies: TensorBoard calls render() inside the plugin's iframe.
 // Data comes only from this plugin's JSON routes (./runs, ./meta, ./array, ./png, ./attention).
 
-import {getJSON, view} from './data.js';
-import {checkbox, createTooltip, dropdown, el, hideTooltip, section} from './dom.js';
+// charts.js is imported by the views only; importing it here too lets the browser fetch it
+// together with the other modules instead of one round-trip later.
+import './charts.js';
+import {forgetMeta, getJSON, meta, trainingSteps, view} from './data.js';
+import {checkbox, createTooltip, dropdown, el, hideTooltip, nextPaint, section} from './dom.js';
 import {fmt, headName} from './format.js';
 import {changed, onChange, resetForRun, state} from './state.js';
 import {CSS} from './style.js';
 import {readURL, writeURL} from './url.js';
-import {renderComparison} from './view_compare.js';
-import {renderImages} from './view_images.js';
 import {renderImportance} from './view_importance.js';
-import {renderOverview} from './view_overview.js';
-import {renderPatterns} from './view_patterns.js';
-import {renderStrength} from './view_strength.js';
-import {renderTraining, trainingSteps} from './view_training.js';
+
+// Only the first view's modules are imported before render() runs; the other views' modules
+// are fetched while the first view is drawn (later(), below), so that their number does not
+// delay the first paint.
+const later = (load, name) => async (...args) => (await load())[name](...args);
+const renderStrength = later(() => import('./view_strength.js'), 'renderStrength');
+const renderPatterns = later(() => import('./view_patterns.js'), 'renderPatterns');
+const renderOverview = later(() => import('./view_overview.js'), 'renderOverview');
+const renderImages = later(() => import('./view_images.js'), 'renderImages');
+const renderTraining = later(() => import('./view_training.js'), 'renderTraining');
+const renderComparison = later(() => import('./view_compare.js'), 'renderComparison');
+const preloadViews = () => ['./view_strength.js', './view_patterns.js', './view_overview.js',
+                            './view_images.js', './view_training.js', './view_compare.js']
+    .forEach((m) => import(m).catch(() => {}));   // a failure is reported by the view
 
 // [section id, title, help, render, analysis it needs (default: the id), what to run]
 const VIEWS = [
@@ -76,7 +87,7 @@ export async function render() {
   root.append(el('header', {id: 'sticky-header'},
                  el('div', {class: 'header-row'},
                     el('label', {}, 'Run ', runSelect),
-                    el('label', {id: 'step-label'}, 'Step ', stepSelect),
+                    el('label', {id: 'step-label', style: 'display:none'}, 'Step ', stepSelect),
                     el('label', {}, 'Compare with ', compareSelect),
                     el('label', {}, 'Maps: ', scaleSelect),
                     el('span', {id: 'run-note', class: 'help'})),
@@ -95,6 +106,8 @@ const keepSelection = () => ({layer: state.layer, head: state.head, image: state
                               query: state.query});
 
 // Draws every view of one run (and the comparison, if one is chosen) into content.
+// The first view is drawn alone and painted before anything else starts (first paint);
+// then the others are drawn at once, so that their requests overlap each other's drawing.
 // body[data-ready] is 'true' once all are drawn.
 async function showRun(page, run, keep = {}) {
   const {content, runs} = page;
@@ -102,53 +115,64 @@ async function showRun(page, run, keep = {}) {
   hideTooltip();
   resetForRun(run, keep);
   state.data = {};
+  forgetMeta();
   page.runSelect.value = run;
   const info = {...runs.find((r) => r.run === run)};
-  info.steps = await trainingSteps(run);
-  const stepSelect = document.getElementById('step-select');
-  stepSelect.replaceChildren(el('option', {value: ''}, 'latest'),
-                             ...info.steps.map((s) => el('option', {value: s}, `${s}`)));
-  stepSelect.value = view.step == null ? '' : `${view.step}`;
-  document.getElementById('step-label').style.display = info.steps.length > 1 ? '' : 'none';
-  if (info.steps.length > 1) info.analyses = [...info.analyses, 'steps'];
+  const steps = trainingSteps(run);
   document.getElementById('selected-head').textContent = headName(state.layer, state.head);
-  content.replaceChildren(about(info));
+  const box = about(info);
+  content.replaceChildren(box.node);
+  const draws = [];
   if (state.compare) {
     const sec = section('view-compare', state.compare === run ? `${run} compared with itself` :
                         `${run} compared with ${state.compare}`,
                         'Each run on its own colour scale; the Δ grid (one scale centred at 0) and the rank scatter say how they differ. The metric is the one chosen in the importance view.');
     sec.classList.add('wide');
     content.append(sec);
-    try {
-      await renderComparison(sec.querySelector('.body'), runs, state.compare);
-    } catch (e) {
+    draws.push(() => renderComparison(sec.querySelector('.body'), runs, state.compare).catch((e) => {
       sec.querySelector('.body').append(el('p', {class: 'help'}, `Could not draw: ${e.message}`));
-    }
+    }));
   }
   for (const [id, title, help, renderView, needs, command] of VIEWS) {
     const sec = section(`view-${id}`, title, help);
     content.append(sec);
-    if (!info.analyses.includes(needs)) {
-      sec.querySelector('.body').append(el('p', {class: 'help empty-view'},
-          `Not computed for this run. Run: ${command}`));
-      continue;
-    }
-    try {
-      await renderView(sec.querySelector('.body'), info);
-    } catch (e) {
-      sec.querySelector('.body').append(el('p', {class: 'help'}, `Could not draw: ${e.message}`));
-    }
+    const body = sec.querySelector('.body');
+    draws.push(async () => {
+      if (!info.analyses.includes(needs)) {
+        body.append(el('p', {class: 'help empty-view'}, `Not computed for this run. Run: ${command}`));
+        return;
+      }
+      try {
+        await renderView(body, info);
+      } catch (e) {
+        body.append(el('p', {class: 'help'}, `Could not draw: ${e.message}`));
+      }
+    });
   }
+  const first = draws.splice(state.compare ? 1 : 0, 1)[0];   // the importance view
+  await first();
+  preloadViews();
+  await nextPaint();
+  info.steps = await steps;
+  const stepSelect = document.getElementById('step-select');
+  stepSelect.replaceChildren(el('option', {value: ''}, 'latest'),
+                             ...info.steps.map((s) => el('option', {value: s}, `${s}`)));
+  stepSelect.value = view.step == null ? '' : `${view.step}`;
+  document.getElementById('step-label').style.display = info.steps.length > 1 ? '' : 'none';
+  if (info.steps.length > 1) info.analyses = [...info.analyses, 'steps'];
+  box.fill();
+  await Promise.all(draws.map((draw) => draw()));
   changed();
   document.body.dataset.ready = 'true';
 }
 
 // What the run is: the model's config and every metric's definition (from the stored meta).
+// fill() fetches them (after the first view, which needs the requests more).
 function about(info) {
   const box = el('details', {id: 'about-run'}, el('summary', {}, `About run ${info.run}: model, images and metric definitions`));
   const fill = async () => {
     const metas = await Promise.all(['importance', 'strength', 'patterns'].filter((a) => info.analyses.includes(a))
-        .map((a) => getJSON(`./meta?${new URLSearchParams({run: info.run, analysis: a})}`).then((m) => [a, m])));
+        .map((a) => meta(a).then((m) => [a, m])));
     if (!metas.length) return;
     const cfg = metas[0][1].config || {};
     box.append(el('h3', {}, 'Model'), el('table', {class: 'kv', id: 'model-config'},
@@ -161,8 +185,7 @@ function about(info) {
     }
     box.append(el('h3', {}, 'Definitions'), defs);
   };
-  fill().catch(() => {});
-  return box;
+  return {node: box, fill: () => { fill().catch(() => {}); }};
 }
 
 // The selected head's key numbers in the sticky header (whatever the views loaded).

@@ -1,4 +1,9 @@
 // The page's whole stylesheet, in one place.
+//
+// SVG marks drawn by the thousand (sample and query/key points, faint profile curves) are
+// made translucent with fill-opacity / stroke-opacity, never `opacity`: `opacity` gives each
+// element its own compositing effect, and with ~8,000 of them every frame of the page spent
+// ~0.6 s deciding its layers (measured on the ViT-L/16 benchmark).
 
 export const CSS = `
 html { scroll-padding-top: 96px; }   /* scrollIntoView stops below the sticky header */
@@ -28,7 +33,7 @@ dl.variant-definitions { font-size: 12px; max-width: 400px; margin: 4px 0; }
 .zero-line { stroke: #424242; stroke-width: 1; }
 .gridline { stroke: #e0e0e0; }
 .tick-label { font-size: 10px; color: #616161; align-self: center; text-align: center; }
-.sample-point { opacity: 0.55; }
+.sample-point { fill-opacity: 0.55; }
 .sample-selected { fill: none; stroke: #111; stroke-width: 1.2; }
 .table-scroll { max-height: 320px; overflow: auto; }
 .table-scroll.tall { max-height: 560px; }
@@ -54,7 +59,7 @@ table.rules tr.fired td { color: #212121; font-weight: 600; }
 .sample-stage canvas.translucent { opacity: 0.7; }
 .bar.hist-bar { cursor: pointer; } .bar.hist-bar.selected { fill: #e15759; }
 .empty-view { font-style: italic; }
-.qk-point { cursor: pointer; } .qk-point.faded { opacity: 0.25; }
+.qk-point { cursor: pointer; } .qk-point.faded { fill-opacity: 0.25; }
 .qk-selected { fill: none; stroke: #111; stroke-width: 2; }
 h2 { font-size: 16px; margin: 18px 0 4px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
@@ -68,10 +73,10 @@ h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .imp-cell.selected, .point.selected { stroke: #e15759; stroke-width: 3; }
 .point { cursor: pointer; stroke: #fff; }
 .curve { fill: none; stroke-width: 2; }
-.curve.faint { stroke-width: 1; opacity: 0.35; cursor: pointer; }
+.curve.faint { stroke-width: 1; stroke-opacity: 0.35; cursor: pointer; }
 .curve.selected { stroke-width: 3; }
 .curve.random { stroke: #9e9e9e; stroke-dasharray: 4 3; }
-.band { fill: #bdbdbd; opacity: 0.4; }
+.band { fill: #bdbdbd; fill-opacity: 0.4; }
 .random-key { color: #9e9e9e; }
 .bar { fill: #4e79a7; } .bar.negative { fill: #f28e2b; }
 .centre { fill: none; stroke: #fff; stroke-width: 1.5; }

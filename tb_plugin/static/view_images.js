@@ -5,7 +5,7 @@
 // model looks: the MAP head's attention (selected head) or the rollout started from it.
 
 import {frame, heatCanvas, legend, ratio} from './charts.js';
-import {array, getJSON, q, unpack} from './data.js';
+import {array, getJSON, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, gridShape, headName, prefixTokens, tokens} from './format.js';
 import {changed, onSelect, select, state} from './state.js';
@@ -14,7 +14,7 @@ const STAGE_PX = 336;
 const THUMBS = 24;
 
 export async function renderImages(body, info) {
-  const meta = await getJSON(`./meta?${q({analysis: 'strength'})}`);
+  const meta = await analysisMeta('strength');
   const indices = meta.map_image_index;
   if (!indices.length) {
     body.append(el('p', {class: 'help empty-view'}, 'No stored attention maps. Run: vit-analytics strength ... --map-images N'));

@@ -2,8 +2,8 @@
 // pruning curves, and why the selected head matters (partial pruning, per-image spread).
 
 import {autoScale, extent, frame, legend, niceTicks, sequential} from './charts.js';
-import {array, arrays, getJSON, q} from './data.js';
-import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
+import {array, arrays, meta as analysisMeta} from './data.js';
+import {dropdown, el, hideTooltip, nextPaint, svg, tip} from './dom.js';
 import {METRIC_LABELS, fmt, headName} from './format.js';
 import {changed, onMetric, onSelect, select, setMetric, state} from './state.js';
 
@@ -55,7 +55,9 @@ export async function renderImportance(body, info) {
   const grid = () => drawGrid(gridBox, imp);
   const scatter = () => drawScatter(scatterBox, imp);
   const detail = () => drawDetail(detailBox, imp);
-  grid(); scatter(); drawCurves(curveBox, imp); await detail();
+  grid();
+  await nextPaint();   // the grid is the page's first paint; the other panels follow
+  scatter(); drawCurves(curveBox, imp); await detail();
   // The pruning curves do not depend on the selected head.
   onSelect(grid, scatter, detail);
   onMetric(grid, () => publish(imp));
@@ -71,12 +73,21 @@ function publish(imp) {
 
 // Everything the importance panels draw from, fetched once per run.
 async function loadImportance(tags) {
-  const meta = await getJSON(`./meta?${q({analysis: 'importance'})}`);
-  const metrics = Object.keys(meta.definitions);
-  const [values, c, p] = await Promise.all([
-      arrays('importance', metrics),
+  // The metrics are the keys of meta.definitions; the known ones are asked for together with
+  // the meta (one round-trip less before the grid), any other once the meta names it.
+  const early = Object.fromEntries(Object.keys(METRIC_LABELS).filter((m) => `importance/${m}` in tags)
+      .map((m) => {
+        const values = array(`importance/${m}`);
+        values.catch(() => {});   // a failure is reported where the values are awaited
+        return [m, values];
+      }));
+  const [meta, c, p] = await Promise.all([
+      analysisMeta('importance'),
       arrays('importance', ['curve_counts', 'curve_top1', 'curve_kl', 'curve_loss']),
       arrays('importance', ['partial_heads', 'partial_loss', 'partial_top1', 'partial_kl'])]);
+  const metrics = Object.keys(meta.definitions);
+  const values = Object.fromEntries(await Promise.all(
+      metrics.map(async (m) => [m, await (early[m] || array(`importance/${m}`))])));
   if (!(state.metric in values)) state.metric = 'taylor';
   // A MAP head's pooling heads ([H] per metric): a row of their own below the layers.
   const poolNames = meta.pool_heads ? POOL_METRICS.filter((m) => `importance/pool_${m}` in tags) : [];
@@ -87,7 +98,7 @@ async function loadImportance(tags) {
   const label = (m) => labels[m] || m;
   let perImageTaylor = null;
   return {
-    meta, values, pool, label,
+    meta, values, pool, label, hasCurveSe: 'importance/curve_top1_se' in tags,
     curves: {counts: c.curve_counts, top1: c.curve_top1, kl: c.curve_kl, loss: c.curve_loss},
     partial: {heads: p.partial_heads, loss: p.partial_loss, top1: p.partial_top1,
               kl: p.partial_kl},
@@ -181,7 +192,7 @@ function drawCurves(box, imp) {
   const {meta, curves, L, H} = imp;
   // Runs that averaged the curves over a subset store standard errors: fetched once, then
   // drawn as a band of +-1.96 SE (95%) around each metric order's curve.
-  if (meta.subset_images != null && imp.curveSe === undefined) {
+  if (meta.subset_images != null && imp.hasCurveSe && imp.curveSe === undefined) {
     imp.curveSe = null;
     arrays('importance', ['curve_top1_se', 'curve_kl_se', 'curve_loss_se'])
         .then((se) => { imp.curveSe = {top1: se.curve_top1_se, kl: se.curve_kl_se,

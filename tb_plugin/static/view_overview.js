@@ -4,7 +4,7 @@
 // filtered by a click on the per-image histogram; a row opens the image's attention maps
 // when they are stored.
 
-import {array, getJSON, q} from './data.js';
+import {array, meta as analysisMeta} from './data.js';
 import {el, hideTooltip} from './dom.js';
 import {fmt, headName} from './format.js';
 import {changed, onSelect, state} from './state.js';
@@ -13,13 +13,13 @@ const PAGE = 50;
 
 export async function renderOverview(body, info) {
   const has = (t) => `importance/${t}` in info.tags;
-  const meta = await getJSON(`./meta?${q({analysis: 'importance'})}`);
+  const meta = await analysisMeta('importance');
   const [loss, prediction] = await Promise.all([
       has('per_image_loss') ? array('importance/per_image_loss') : null,
       has('per_image_prediction') ? array('importance/per_image_prediction') : null]);
   const N = meta.image_names.length;
   if (info.analyses.includes('strength') && !state.storedImages) {
-    state.storedImages = (await getJSON(`./meta?${q({analysis: 'strength'})}`)).map_image_index || [];
+    state.storedImages = (await analysisMeta('strength')).map_image_index || [];
   }
   const ov = {meta, loss, prediction, N, taylor: null, table: el('div', {id: 'overview-table-box'}),
               summary: el('div', {class: 'help', id: 'overview-summary'})};

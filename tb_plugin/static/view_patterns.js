@@ -5,7 +5,7 @@
 
 import {CATEGORICAL, categoryKey, extent, frame, heatCanvas, legend, niceTicks, ratio,
         sequential} from './charts.js';
-import {array, arrays, getJSON, q, unpack} from './data.js';
+import {array, arrays, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, gridShape, headName, tokens} from './format.js';
 import {onSelect, select, state} from './state.js';
@@ -15,7 +15,7 @@ const SCATTER_MAX = 6000;   // points drawn in the latent scatter (an even subsa
 
 export async function renderPatterns(body, info) {
   const [meta, a, samples] = await Promise.all([
-      getJSON(`./meta?${q({analysis: 'patterns'})}`),
+      analysisMeta('patterns'),
       arrays('patterns', ['map', 'head_density', 'head_cluster', 'cluster_pattern',
                           'train_loss', 'val_loss', 'map_extent']),
       arrays('patterns', ['sample_cell', 'sample_index', 'sample_latent'])]);

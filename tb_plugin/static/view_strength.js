@@ -5,19 +5,25 @@
 
 import {CATEGORICAL, categoryKey, extent, frame, heatCanvas, legend, niceTicks, ratio,
         reference, yDomain} from './charts.js';
-import {arrays, getJSON, q} from './data.js';
+import {array, arrays, meta as analysisMeta} from './data.js';
 import {checkbox, dropdown, el, svg, tip} from './dom.js';
 import {fmt, headName, tokens} from './format.js';
 import {changed, onSelect, select, state} from './state.js';
 
 export async function renderStrength(body, info) {
-  const names = ['offset_ratio', 'offset_mean', 'offset_pairs', 'neighbourhood_share',
+  // offset_mean (as large as offset_ratio) only labels the focus map: one head's slice
+  // at a time (offsetMean below), the first together with the rest.
+  const names = ['offset_ratio', 'offset_pairs', 'neighbourhood_share',
                  'mean_distance', 'entropy', 'self_share'];
   for (const k of ['cls_share', 'cls_attention', 'to_cls', 'pool_attention',
                    'mean_distance_quantiles', 'entropy_quantiles']) {
     if (`strength/${k}` in info.tags) names.push(k);
   }
-  const [meta, a] = await Promise.all([getJSON(`./meta?${q({analysis: 'strength'})}`),
+  const means = {};
+  const offsetMean = (l, h) => (means[`${l},${h}`] = means[`${l},${h}`] ||
+                                array('strength/offset_mean', {index: l, index2: h}));
+  offsetMean(state.layer, state.head).catch(() => {});   // awaited by the focus map
+  const [meta, a] = await Promise.all([analysisMeta('strength'),
                                        arrays('strength', names)]);
   const {offset_ratio: ratioMaps} = a;
   const cfg = meta.config;
@@ -26,7 +32,8 @@ export async function renderStrength(body, info) {
   const spanY = ratioMaps[0][0].length, spanX = ratioMaps[0][0][0].length;
   const st = {...a, meta, L: ratioMaps.length, H: ratioMaps[0].length, spanY, spanX,
               span: Math.max(spanY, spanX), nY: (spanY + 1) / 2, nX: (spanX + 1) / 2,
-              n: a.neighbourhood_share[0][0].length, T: tokens(cfg), base: meta.baselines || null};
+              n: a.neighbourhood_share[0][0].length, T: tokens(cfg), base: meta.baselines || null,
+              offsetMean};
   st.scale = ratio(ratioMaps);
   Object.assign(state.data, {distance: a.mean_distance, entropy: a.entropy,
                              uniformDistance: st.base ? st.base.uniform.mean_distance : null});
@@ -53,7 +60,9 @@ export async function renderStrength(body, info) {
   const drawTrends = () => drawLayerTrends(trends, st);
   const drawTable = () => drawLocalityTable(table, st);
   const drawCls = () => drawClassToken(cls, st);
-  drawFocus(); drawCurves(); drawTrends(); drawTable(); drawCls();
+  const focusDrawn = drawFocus();
+  drawCurves(); drawTrends(); drawTable(); drawCls();
+  await focusDrawn;
   onSelect(drawFocus, drawCurves, drawTrends, drawTable, drawCls);
 }
 
@@ -81,10 +90,11 @@ function smallMultiples(st) {
 }
 
 // The selected head's offset map, large, with dx/dy numbers and the query outlined.
-function drawOffsetFocus(focus, grid, st) {
-  const {offset_ratio: ratioMaps, offset_mean: mean, offset_pairs: pairs, span, spanY, spanX,
-         nY, nX} = st;
+async function drawOffsetFocus(focus, grid, st) {
+  const {offset_ratio: ratioMaps, offset_pairs: pairs, span, spanY, spanX, nY, nX} = st;
   const {layer: l, head: h} = state;
+  const mean = await st.offsetMean(l, h).catch(() => null);   // null: the labels say '–'
+  if (l !== state.layer || h !== state.head) return;   // a newer head is being drawn
   const cell = Math.max(8, Math.floor(260 / span));
   const m = ratioMaps[l][h];
   const sc = mapScale(st, m);
@@ -94,7 +104,7 @@ function drawOffsetFocus(focus, grid, st) {
     for (let k = 0; k < spanX; k++) {
       s.append(tip(svg('rect', {x: x0 + k * cell, y: y0 + r * cell, width: cell, height: cell,
                                 fill: sc.colour(m[r][k]), class: 'offset-cell'}),
-          `offset (dy ${r - nY + 1}, dx ${k - nX + 1}): mean ${fmt(mean[l][h][r][k])} = ` +
+          `offset (dy ${r - nY + 1}, dx ${k - nX + 1}): mean ${mean ? fmt(mean[r][k]) : '–'} = ` +
           `${fmt(m[r][k])} × uniform; ${pairs[r][k]} query-key pairs`));
     }
   }
@@ -250,7 +260,19 @@ function drawLocalityTable(box, st) {
       el('div', {class: 'table-scroll'}, el('table', {class: 'data', id: 'locality-table'},
           el('thead', {}, head), el('tbody', {}, uniformRow, bodyRows))));
   const selected = box.querySelector('tr.selected');
-  if (selected && !sortCol) selected.scrollIntoView({block: 'nearest'});
+  if (selected && !sortCol) scrollIntoBox(box.querySelector('.table-scroll'), selected);
+}
+
+// Scrolls the table's own box (not the page) so that the row shows below the sticky column
+// headers; at the next frame, when the layout is computed anyway.
+function scrollIntoBox(scroller, row) {
+  requestAnimationFrame(() => {
+    if (!row.isConnected) return;
+    const box = scroller.getBoundingClientRect(), r = row.getBoundingClientRect();
+    const top = box.top + scroller.querySelector('thead').getBoundingClientRect().height;
+    if (r.top < top) scroller.scrollTop -= top - r.top;
+    else if (r.bottom > box.bottom) scroller.scrollTop += r.bottom - box.bottom;
+  });
 }
 
 // The class token's attention to each patch, and each patch's attention to it (× uniform);

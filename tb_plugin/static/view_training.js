@@ -13,16 +13,6 @@ const SERIES = [['importance/taylor', 'Taylor importance'],
                 ['strength/entropy', 'attention entropy (nats)']];
 const W = 64, HT = 38;
 
-// The sorted union of the steps at which the run's analyses were written.
-export async function trainingSteps(run) {
-  try {
-    const {steps} = await getJSON(`./steps?${new URLSearchParams({run})}`);
-    return [...new Set(Object.values(steps).flat())].sort((a, b) => a - b);
-  } catch (e) {
-    return [];
-  }
-}
-
 export async function renderTraining(body, info) {
   const wanted = SERIES.filter(([tag]) => info.tags && info.tags[tag]);
   const series = await Promise.all(wanted.map(([tag]) =>

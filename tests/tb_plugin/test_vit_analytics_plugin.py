@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test, wrappers
 
 from vit_jax_analytics.logdir import metadata
+from tb_plugin import vit_analytics_plugin
 from tb_plugin.vit_analytics_plugin import VitAnalyticsPlugin, unpack
 from vit_jax_analytics.logdir import reader
 
@@ -138,9 +140,11 @@ def test_static_files_only_from_the_static_folder(client):
 
 
 def test_every_frontend_module_is_served_as_javascript(client):
-  """index.js and, recursively, every module it imports: a missing file fails here, and so
-  does a MIME type the browser would refuse for a module."""
+  """index.js and, recursively, every module it imports (statically, or later with
+  `import('./x.js')`): a missing file fails here, and so does a MIME type the browser would
+  refuse for a module. Every file of static/ is reached."""
   imports = re.compile(r"^import\s+(?:[^;]*?\s+from\s+)?['\"]\./([\w.-]+)['\"]", re.M)
+  dynamic = re.compile(r"\bimport\(\s*['\"]\./([\w.-]+)['\"]\s*\)")
   served, todo = set(), ['index.js']
   while todo:
     name = todo.pop()
@@ -150,8 +154,11 @@ def test_every_frontend_module_is_served_as_javascript(client):
     assert r.status_code == 200, f'{name} is imported but not served'
     assert r.mimetype == 'application/javascript', name
     served.add(name)
-    todo += imports.findall(r.get_data(as_text=True))
+    text = r.get_data(as_text=True)
+    todo += imports.findall(text) + dynamic.findall(text)
   assert len(served) > 1  # the frontend is split into modules
+  static = Path(vit_analytics_plugin.__file__).parent / 'static'
+  assert served == {p.name for p in static.glob('*.js')}
 
 
 def test_empty_logdir_lists_no_runs(tmp_path):

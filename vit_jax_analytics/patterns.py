@@ -278,8 +278,11 @@ def train_autoencoder(x, canvas: int, options: AEOptions):
   val, train = x[order[:n_val]], order[n_val:]  # training batches: x[train[...]]
   steps_per_epoch = max(1, len(train) // options.batch_size)
   optimizer = _adamw(options, steps_per_epoch * options.epochs)
-  params = model.init(jax.random.key(options.seed), jnp.zeros((1, canvas, canvas, 2)))['params']
-  opt_state = optimizer.init(params)
+  # Jitted: run eagerly, init and optimizer.init compile every primitive one by one (about
+  # 100 small programs, tens of seconds on a 2-core CPU).
+  params = jax.jit(model.init)(jax.random.key(options.seed),
+                               jnp.zeros((1, canvas, canvas, 2)))['params']
+  opt_state = jax.jit(optimizer.init)(params)
 
   def loss_fn(p, batch):
     return jnp.mean(masked_bce(model.apply({'params': p}, batch), batch))

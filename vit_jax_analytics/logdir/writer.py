@@ -88,15 +88,25 @@ class Value:
     return cls('png', buf.getvalue(), None, description)
 
   def to_proto(self, tag: str, analysis: str) -> summary_pb2.Summary.Value:
-    if self.kind == 'array':
-      tensor = array_proto(self.data)
+    proto = summary_pb2.Summary.Value()
+    self.fill(proto, tag, analysis)
+    return proto
+
+  def fill(self, proto: summary_pb2.Summary.Value, tag: str, analysis: str) -> None:
+    """Sets `proto` in place (inside an Event: a message built apart and then put into
+    the Event held one more copy of the values) to this value under `tag`."""
+    proto.tag = tag
+    proto.metadata.CopyFrom(
+        metadata.create_summary_metadata(analysis, self.kind, self.description, self.axes))
+    if self.kind == 'array' and self.data.dtype == np.float16:
+      _fill_half(proto.tensor, self.data)
+    elif self.kind == 'array':
+      proto.tensor.CopyFrom(tensor_util.make_tensor_proto(self.data))
     elif self.kind == 'json':
-      tensor = tensor_util.make_tensor_proto(
-          np.array(json.dumps(self.data, allow_nan=False).encode(), dtype=object))
+      proto.tensor.CopyFrom(tensor_util.make_tensor_proto(
+          np.array(json.dumps(self.data, allow_nan=False).encode(), dtype=object)))
     else:
-      tensor = tensor_util.make_tensor_proto(np.array(self.data, dtype=object))
-    meta = metadata.create_summary_metadata(analysis, self.kind, self.description, self.axes)
-    return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=meta)
+      proto.tensor.CopyFrom(tensor_util.make_tensor_proto(np.array(self.data, dtype=object)))
 
 
 def array_proto(data: np.ndarray) -> tensor_pb2.TensorProto:
@@ -106,10 +116,16 @@ def array_proto(data: np.ndarray) -> tensor_pb2.TensorProto:
   attention maps are millions). Readers (`tensor_util.make_ndarray`) take either."""
   if data.dtype != np.float16:
     return tensor_util.make_tensor_proto(data)
-  shape = tensor_shape_pb2.TensorShapeProto(
-      dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in data.shape])
-  return tensor_pb2.TensorProto(dtype=types_pb2.DT_HALF, tensor_shape=shape,
-                                tensor_content=np.ascontiguousarray(data, '<f2').tobytes())
+  proto = tensor_pb2.TensorProto()
+  _fill_half(proto, data)
+  return proto
+
+
+def _fill_half(proto: tensor_pb2.TensorProto, data: np.ndarray) -> None:
+  proto.dtype = types_pb2.DT_HALF
+  proto.tensor_shape.dim.extend(
+      tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in data.shape)
+  proto.tensor_content = np.ascontiguousarray(data, '<f2').tobytes()
 
 
 def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value],
@@ -165,10 +181,11 @@ def masked_crc32c(data: bytes) -> int:
 
 def write_record(f, data: bytes) -> None:
   """One TFRecord (`RecordWriter.write`'s format): length, its masked CRC, data, its
-  masked CRC."""
+  masked CRC (written piece by piece: no concatenated copy of the data)."""
   header = struct.pack('<Q', len(data))
-  f.write(header + struct.pack('<I', masked_crc32c(header)) + data
-          + struct.pack('<I', masked_crc32c(data)))
+  f.write(header + struct.pack('<I', masked_crc32c(header)))
+  f.write(data)
+  f.write(struct.pack('<I', masked_crc32c(data)))
 
 
 def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: float,
@@ -177,9 +194,14 @@ def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: f
     write_record(f, event_pb2.Event(wall_time=now,
                                     file_version='brain.Event:2').SerializeToString())
     for name, value in values.items():
-      summary = summary_pb2.Summary(value=[value.to_proto(f'{analysis}/{name}', analysis)])
-      write_record(f, event_pb2.Event(wall_time=now, step=step,
-                                      summary=summary).SerializeToString())
+      # The value is built inside the Event, and each copy dropped once it is not needed:
+      # at most two copies of its data (the message, its serialisation) at once.
+      event = event_pb2.Event(wall_time=now, step=step)
+      value.fill(event.summary.value.add(), f'{analysis}/{name}', analysis)
+      data = event.SerializeToString()
+      del event
+      write_record(f, data)
+      del data
     f.flush()
     os.fsync(f.fileno())
 

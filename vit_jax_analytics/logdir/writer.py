@@ -125,7 +125,7 @@ def _fill_half(proto: tensor_pb2.TensorProto, data: np.ndarray) -> None:
   proto.dtype = types_pb2.DT_HALF
   proto.tensor_shape.dim.extend(
       tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in data.shape)
-  proto.tensor_content = np.ascontiguousarray(data, '<f2').tobytes()
+  proto.tensor_content = np.require(data, np.dtype('<f2'), 'C').tobytes()
 
 
 def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value],
@@ -179,13 +179,69 @@ def masked_crc32c(data: bytes) -> int:
   return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def write_record(f, data: bytes) -> None:
+def write_record(f, data) -> None:
   """One TFRecord (`RecordWriter.write`'s format): length, its masked CRC, data, its
-  masked CRC (written piece by piece: no concatenated copy of the data)."""
-  header = struct.pack('<Q', len(data))
+  masked CRC. data: bytes, or a list of pieces (bytes or byte memoryviews) written one
+  after the other, never joined."""
+  pieces = [data] if isinstance(data, bytes) else list(data)
+  header = struct.pack('<Q', sum(len(p) for p in pieces))
   f.write(header + struct.pack('<I', masked_crc32c(header)))
-  f.write(data)
-  f.write(struct.pack('<I', masked_crc32c(data)))
+  for p in pieces:
+    f.write(p)
+  f.write(struct.pack('<I', _masked_crc32c_pieces(pieces)))
+
+
+def _masked_crc32c_pieces(pieces, chunk=1 << 22) -> int:
+  if _crc32c is None:
+    return masked_crc32c(b''.join(bytes(p) for p in pieces))
+  import google_crc32c
+  x = 0
+  for p in pieces:
+    for i in range(0, len(p), chunk):  # google-crc32c takes bytes, not views: 4 MiB at a time
+      x = google_crc32c.extend(x, bytes(p[i:i + chunk]))
+  return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while n > 0x7F:
+    out.append(n & 0x7F | 0x80)
+    n >>= 7
+  out.append(n)
+  return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+  """The key and length prefix of a length-delimited protobuf field."""
+  return _varint(number << 3 | 2) + _varint(length)
+
+
+def _event_pieces(value: Value, tag: str, analysis: str, now: float, step: int) -> list:
+  """The serialised Event of one value, as pieces. A float16 array's bytes are not copied:
+  the Event is serialised without them, and they follow as a second `tensor` field
+  (Summary.Value field 8) holding only `tensor_content` (TensorProto field 4), which
+  protobuf parsers merge into the first (a singular message field seen twice is merged).
+  Otherwise: the Event serialised whole (at most two copies of the data at once)."""
+  event = event_pb2.Event(wall_time=now, step=step)
+  proto = event.summary.value.add()
+  if not (value.kind == 'array' and value.data.dtype == np.float16):
+    value.fill(proto, tag, analysis)
+    return [event.SerializeToString()]
+  data = np.require(value.data, np.dtype('<f2'), 'C')
+  content = memoryview(data.reshape(-1)).cast('B') if data.size else b''
+  empty = Value('array', np.zeros(0, np.float16), value.axes, value.description)
+  empty.fill(proto, tag, analysis)
+  proto.tensor.ClearField('tensor_shape')
+  proto.tensor.tensor_shape.dim.extend(
+      tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in data.shape)
+  value_head = proto.SerializeToString()
+  tensor_tail = _field(4, len(content))
+  value_tail = _field(8, len(tensor_tail) + len(content)) + tensor_tail
+  value_len = len(value_head) + len(value_tail) + len(content)
+  summary = _field(1, value_len)
+  event_head = (event_pb2.Event(wall_time=now, step=step).SerializeToString()
+                + _field(5, len(summary) + value_len))
+  return [event_head + summary + value_head + value_tail, content]
 
 
 def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: float,
@@ -194,14 +250,7 @@ def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: f
     write_record(f, event_pb2.Event(wall_time=now,
                                     file_version='brain.Event:2').SerializeToString())
     for name, value in values.items():
-      # The value is built inside the Event, and each copy dropped once it is not needed:
-      # at most two copies of its data (the message, its serialisation) at once.
-      event = event_pb2.Event(wall_time=now, step=step)
-      value.fill(event.summary.value.add(), f'{analysis}/{name}', analysis)
-      data = event.SerializeToString()
-      del event
-      write_record(f, data)
-      del data
+      write_record(f, _event_pieces(value, f'{analysis}/{name}', analysis, now, step))
     f.flush()
     os.fsync(f.fileno())
 

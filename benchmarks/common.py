@@ -14,3 +14,54 @@ def best_time(fn, *args, repeats=3):
     jax.block_until_ready(fn(*args))
     best = min(best, time.perf_counter() - start)
   return best
+
+
+def load_average() -> float:
+  """The 1-minute load average (os.getloadavg), or nan where there is none."""
+  import os
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return float('nan')
+
+
+def wait_for_quiet(max_load=1.5, max_wait_s=1200., poll_s=60., log=print) -> float:
+  """On a shared machine, waits (polling every `poll_s`) until the 1-minute load average is
+  below `max_load`, at most `max_wait_s`; returns the load when timing starts, which the
+  caller prints beside its figures (timed anyway after the wait: the load says how far to
+  trust them)."""
+  waited = 0.
+  load = load_average()
+  while not load < max_load and waited < max_wait_s:
+    log(f'  (load {load:.2f} >= {max_load}: waiting {poll_s:.0f} s, {waited:.0f} s so far)')
+    time.sleep(poll_s)
+    waited += poll_s
+    load = load_average()
+  return load
+
+
+def write_vit_inputs(folder, config_name='ViT-Ti/16', n_images=8, classes=10, seed=0):
+  """A random-weight vit_jax `.npz` of a preset (peaked attention, as tests/npz_formats
+  writes it) and a folder of `n_images` random 224 x 224 PNGs, one sub-folder per class
+  (all `classes` folders exist, so class i is folder i): (checkpoint path, image folder)."""
+  from pathlib import Path
+
+  import numpy as np
+  from PIL import Image
+
+  from tests.npz_formats import random_vit_jax_arrays
+  from vit_jax_analytics import model as model_lib
+
+  folder = Path(folder)
+  c = model_lib.get_config(config_name)
+  arrays = random_vit_jax_arrays(seed, width=c.hidden_size, depth=c.num_layers,
+                                 heads=c.num_heads, mlp=c.mlp_dim, patch=c.patch_size,
+                                 image=c.image_size, classes=classes)
+  np.savez(folder / 'm.npz', **arrays)
+  rng = np.random.default_rng(seed)
+  for k in range(classes):
+    (folder / 'images' / f'class_{k}').mkdir(parents=True, exist_ok=True)
+  for i in range(n_images):
+    Image.fromarray(rng.integers(0, 256, (c.image_size, c.image_size, 3), np.uint8)).save(
+        folder / 'images' / f'class_{i % classes}' / f'{i:05d}.png')
+  return folder / 'm.npz', folder / 'images'

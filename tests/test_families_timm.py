@@ -1,55 +1,19 @@
 """timm VisionTransformer state dicts loaded without torch, against timm's forward (float64).
 
-timm imports torchvision at import time (for data transforms only); torchvision is not
-installed here, so a stand-in module answers those imports. timm itself is installed with
-`pip install --no-deps timm` (the Makefile's test install line)."""
-
-import enum
-import importlib.abc
-import importlib.machinery
-import sys
-import types
+timm is imported without torchvision by `tests/timm_import.py` (a stand-in module)."""
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')
 
+from tests.timm_import import import_timm  # noqa: E402
 
-class _StandIn(types.ModuleType):
-  def __getattr__(self, name):
-    if name.startswith('__'):
-      raise AttributeError(name)
-    if name == 'InterpolationMode':
-      return enum.Enum('InterpolationMode',
-                       'NEAREST BILINEAR BICUBIC BOX HAMMING LANCZOS NEAREST_EXACT')
-    return type(name, (), {'__init__': lambda self, *a, **k: None})
+try:
+  timm = import_timm()
+except ImportError:
+  pytest.skip('timm is not installed', allow_module_level=True)
 
-
-class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-  def find_spec(self, name, path, target=None):
-    if name == 'torchvision' or name.startswith('torchvision.'):
-      return importlib.machinery.ModuleSpec(name, self, is_package=True)
-    return None
-
-  def create_module(self, spec):
-    m = _StandIn(spec.name)
-    m.__path__, m.__version__ = [], '0.0'
-    return m
-
-  def exec_module(self, module):
-    pass
-
-
-def _import_timm():
-  try:
-    import torchvision  # noqa: F401
-  except ImportError:
-    sys.meta_path.insert(0, _TorchvisionStandIn())
-  return pytest.importorskip('timm')
-
-
-timm = _import_timm()
 
 import jax  # noqa: E402
 

@@ -1,3 +1,6 @@
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
@@ -90,6 +93,32 @@ def test_same_seed_same_latents(fixed_offset_summary):
   result, samples, config, options = fixed_offset_summary
   again, _ = patterns.summarise(samples, config, options)
   np.testing.assert_array_equal(again.sample_latent, result.sample_latent)
+
+
+def test_autoencoder_inputs_made_batch_by_batch_are_the_whole_array(fixed_offset_summary):
+  """summarise never holds the float32 inputs of every sample (AEInputs makes each batch
+  when indexed): the batches equal the whole array's rows, training on either gives the
+  same parameters bit for bit, and the chunked variance equals a float64 computation on
+  the whole array."""
+  _, samples, config, options = fixed_offset_summary
+  n, canvas = config.grid_shape, 2 * max(config.grid_shape) - 1
+  whole = patterns.ae_inputs(samples, n)
+  lazy = patterns.AEInputs(samples, n)
+  assert len(lazy) == len(whole) and lazy.shape == whole.shape
+  rows = np.random.default_rng(0).permutation(len(whole))[:37]
+  np.testing.assert_array_equal(lazy[rows], whole[rows])
+  np.testing.assert_array_equal(lazy[5:300], whole[5:300])
+  ae = dataclasses.replace(options.ae, epochs=3)
+  p_whole, h_whole = patterns.train_autoencoder(whole, canvas, ae)
+  p_lazy, h_lazy = patterns.train_autoencoder(lazy, canvas, ae)
+  assert h_whole == h_lazy
+  jax.tree.map(np.testing.assert_array_equal, p_whole, p_lazy)
+  x = whole.astype(np.float64)
+  inside = x[..., 1]
+  mean = (x[..., 0] * inside).sum(0) / np.maximum(inside.sum(0), 1)
+  want = ((x[..., 0] - mean) ** 2 * inside).sum() / inside.sum()
+  assert patterns.masked_variance(lazy, batch=100) == pytest.approx(want, rel=1e-6)
+  assert patterns.masked_variance(whole) == pytest.approx(want, rel=1e-6)
 
 
 def test_pca_and_grid_helpers():

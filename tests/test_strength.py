@@ -219,6 +219,24 @@ def test_joint_embedding_ignores_what_attention_ignores():
   assert abs(cov[0, 1]) < 1e-4 * cov[0, 0] and cov[0, 0] >= cov[1, 1]
 
 
+def test_joint_embedding_is_the_pca_of_the_aligned_points():
+  """Against an independent PCA (an SVD of the aligned, centred points): the same
+  coordinates, each axis signed so that its largest loading is positive."""
+  rng = np.random.default_rng(1)
+  q = rng.normal(size=(120, 16)) @ rng.normal(size=(16, 16))
+  k = rng.normal(size=(120, 16)) @ rng.normal(size=(16, 16)) * 3. + 2.
+  k_aligned = k - k.mean(0) + q.mean(0)
+  spread = lambda a: np.linalg.norm(a - a.mean(0), axis=1).mean()
+  c = np.sqrt(spread(k_aligned) / spread(q))
+  x = np.concatenate([q * c, k_aligned / c])
+  x = x - x.mean(0)
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  axes = vt[:2] * np.sign(vt[:2][[0, 1], np.argmax(np.abs(vt[:2]), 1)])[:, None]
+  want = (x @ axes.T).reshape(2, 120, 2)
+  np.testing.assert_allclose(strength.joint_embedding(q, k), want, rtol=1e-4,
+                             atol=1e-4 * np.abs(want).max())
+
+
 def test_stored_qk_embedding(image_set):
   r = strength.compute_strength(tiny_params(), TINY, image_set,
                                 opts(batch_size=4, map_images=3, qk_images=2))

@@ -1382,8 +1382,9 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
   elif options.mask_shards not in (1, parallel.mask_shards(mesh)):
     raise OptionError('mask_shards', f'{options.mask_shards} differs from the given mesh\'s '
                       f'\'masks\' axis ({parallel.mask_shards(mesh)})', ImportanceOptions)
-  batch_size = parallel.local_batch_size(options.batch_size, mesh)
   n_images, whole = len(source), source
+  # No bigger batch than the images need (a padded batch computes its padding too).
+  batch_size = parallel.local_batch_size(min(options.batch_size, max(n_images, 1)), mesh)
   if parallel.is_multiprocess(mesh):
     source = process_shard(source, batch_size, jax.process_index(),
                            parallel.process_count(mesh))

@@ -104,8 +104,9 @@ def extract_samples(params, config: ViTConfig, source: BatchSource, per_head: in
   dtype: the forward's precision (the samples are float16 either way).
   """
   mesh = mesh or parallel.batch_mesh()
-  batch_size = parallel.local_batch_size(batch_size, mesh)
   source = source.take(max_images)
+  # No bigger batch than the images need (a padded batch computes its padding too).
+  batch_size = parallel.local_batch_size(min(batch_size, max(len(source), 1)), mesh)
   if parallel.is_multiprocess(mesh):
     source = process_shard(source, batch_size, jax.process_index(),
                            parallel.process_count(mesh))
@@ -152,13 +153,32 @@ def _batch_samples(rows, to_cls, queries, image_index, config: ViTConfig) -> Sam
 
 # --- autoencoder ---------------------------------------------------------------------------
 
-def ae_inputs(samples: Samples, n) -> np.ndarray:
+def ae_inputs(samples: Samples, n, rows=None) -> np.ndarray:
   """[S, 2n-1, 2n-1, 2] float32: the pattern (canvas scaled to a peak of 1) and the
-  inside-the-image mask, so that 'no key here' differs from 'no attention here'."""
+  inside-the-image mask, so that 'no key here' differs from 'no attention here'; of the
+  samples at `rows` (an index array or slice; default all)."""
+  if rows is not None:
+    samples = Samples(samples.recentred[rows], None, None, samples.index[rows])
   canvas = samples.recentred.astype(np.float32)
   peak = canvas.max(axis=(1, 2), keepdims=True)
   pattern = np.where(peak > 0, canvas / np.where(peak > 0, peak, 1.), 0.)
   return np.stack([pattern, samples.inside(n).astype(np.float32)], -1)
+
+
+class AEInputs:
+  """`ae_inputs(samples, n)` made row by row when indexed (`x[rows]`, `x[i:j]`, `len(x)`):
+  the same values, without holding the float32 [S, c, c, 2] array (8x the float16 samples
+  it is made from), so that the autoencoder's memory is its samples and one batch."""
+
+  def __init__(self, samples: Samples, n):
+    self.samples, self.n = samples, n
+    self.shape = (len(samples.index),) + samples.recentred.shape[1:] + (2,)
+
+  def __len__(self):
+    return self.shape[0]
+
+  def __getitem__(self, rows) -> np.ndarray:
+    return ae_inputs(self.samples, self.n, rows)
 
 
 class PatternAutoencoder(nn.Module):
@@ -245,20 +265,24 @@ def _adamw(options: AEOptions, total_steps: int):
   return optax.adamw(schedule, weight_decay=options.weight_decay)
 
 
-def train_autoencoder(x: np.ndarray, canvas: int, options: AEOptions):
-  """Trains on x [S, c, c, 2]; returns (params, TrainingHistory) with the params of the
-  best validation loss. Deterministic for a fixed seed on CPU."""
+def train_autoencoder(x, canvas: int, options: AEOptions):
+  """Trains on x [S, c, c, 2] (an array or AEInputs: read a batch at a time); returns
+  (params, TrainingHistory) with the params of the best validation loss. Deterministic
+  for a fixed seed on CPU."""
   from vit_jax_analytics.progress import progress_bar
 
   model = PatternAutoencoder(canvas, options.latent_dim, options.width)
   rng = np.random.default_rng(options.seed)
   order = rng.permutation(len(x))
   n_val = max(1, int(round(len(x) * options.validation_fraction)))
-  val, train = x[order[:n_val]], x[order[n_val:]]
+  val, train = x[order[:n_val]], order[n_val:]  # training batches: x[train[...]]
   steps_per_epoch = max(1, len(train) // options.batch_size)
   optimizer = _adamw(options, steps_per_epoch * options.epochs)
-  params = model.init(jax.random.key(options.seed), jnp.zeros((1, canvas, canvas, 2)))['params']
-  opt_state = optimizer.init(params)
+  # Jitted: run eagerly, init and optimizer.init compile every primitive one by one (about
+  # 100 small programs, tens of seconds on a 2-core CPU).
+  params = jax.jit(model.init)(jax.random.key(options.seed),
+                               jnp.zeros((1, canvas, canvas, 2)))['params']
+  opt_state = jax.jit(optimizer.init)(params)
 
   def loss_fn(p, batch):
     return jnp.mean(masked_bce(model.apply({'params': p}, batch), batch))
@@ -277,7 +301,7 @@ def train_autoencoder(x: np.ndarray, canvas: int, options: AEOptions):
     perm = rng.permutation(len(train))
     losses = []
     for k in range(steps_per_epoch):
-      batch = train[perm[k * options.batch_size:(k + 1) * options.batch_size]]
+      batch = x[train[perm[k * options.batch_size:(k + 1) * options.batch_size]]]
       params, opt_state, loss = train_step(params, opt_state, batch)
       losses.append(float(loss))
     val_loss = float(np.mean([eval_loss(params, val[i:i + 1024])
@@ -482,22 +506,29 @@ def name_clusters(labels: np.ndarray, samples: Samples, config: ViTConfig, k: in
   """(mean re-centred pattern of each cluster's samples [k, c, c], suggested names [k])."""
   canvas = 2 * max(config.grid_shape) - 1
   head_of_sample = samples.index[:, 1] * config.num_heads + samples.index[:, 2]
-  recentred = samples.recentred.astype(np.float32)
   representatives, names = [], []
   for j in range(k):
     members = np.isin(head_of_sample, np.flatnonzero(labels == j))
-    mean_pattern = recentred[members].mean(0) if members.any() else np.zeros((canvas, canvas))
+    mean_pattern = (samples.recentred[members].astype(np.float32).mean(0) if members.any()
+                    else np.zeros((canvas, canvas)))
     mean_cls = float(samples.to_cls[members].astype(np.float32).mean()) if members.any() else 0.
     representatives.append(mean_pattern)
     names.append(describe_pattern(mean_pattern, mean_cls))
   return np.stack(representatives), tuple(names)
 
 
-def masked_variance(x: np.ndarray) -> float:
-  """Variance of the patterns x[..., 0] over the cells inside the image x[..., 1]."""
-  inside = x[..., 1]
-  mean = (x[..., 0] * inside).sum(0) / np.maximum(inside.sum(0), 1)
-  return float(((x[..., 0] - mean) ** 2 * inside).sum() / inside.sum())
+def masked_variance(x, batch: int = 4096) -> float:
+  """Variance of the patterns x[..., 0] over the cells inside the image x[..., 1] (about
+  each cell's mean); x an array or AEInputs, read `batch` samples at a time (float64
+  sums)."""
+  chunks = lambda: (x[i:i + batch] for i in range(0, len(x), batch))
+  weighted, count = 0., 0.
+  for c in chunks():
+    weighted = weighted + (c[..., 0] * c[..., 1]).sum(0, dtype=np.float64)
+    count = count + c[..., 1].sum(0, dtype=np.float64)
+  mean = weighted / np.maximum(count, 1)
+  squares = sum(((c[..., 0] - mean) ** 2 * c[..., 1]).sum() for c in chunks())
+  return float(squares / count.sum())
 
 
 def summarise(samples: Samples, config: ViTConfig, options: PatternOptions) -> tuple:
@@ -505,7 +536,7 @@ def summarise(samples: Samples, config: ViTConfig, options: PatternOptions) -> t
   Returns (PatternResult, autoencoder params)."""
   n, g = config.grid_shape, options.grid
   canvas = 2 * max(n) - 1
-  x = ae_inputs(samples, n)
+  x = AEInputs(samples, n)  # made a batch at a time: memory is the samples themselves
   ae_params, history = train_autoencoder(x, canvas, options.ae)
   latent = encode(ae_params, x, canvas, options.ae)
   coords, lift = (latent, None) if options.ae.latent_dim == 2 else pca_2d(latent)

@@ -20,18 +20,30 @@ import google_crc32c
 from vit_jax_analytics.errors import VitAnalyticsError
 
 _MASK_DELTA = 0xA282EAD8
+_CHUNK = 1 << 22   # bytes copied out of a memoryview at a time for the CRC
 
 
 def masked_crc(data: bytes) -> int:
   """The CRC-32C of `data`, rotated right by 15 bits plus a constant (TFRecord's mask)."""
-  crc = google_crc32c.value(data)
+  return _mask(google_crc32c.value(data))
+
+
+def _mask(crc: int) -> int:
   return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
-def write_record(f: BinaryIO, data: bytes) -> None:
-  header = struct.pack('<Q', len(data))
-  f.write(header + struct.pack('<I', masked_crc(header)) + data +
-          struct.pack('<I', masked_crc(data)))
+def write_record(f: BinaryIO, data) -> None:
+  """One record of `data`: bytes, or a list of pieces (bytes or byte memoryviews) written
+  one after the other and never joined (the writer frames a large array's own bytes)."""
+  pieces = [data] if isinstance(data, (bytes, bytearray)) else list(data)
+  header = struct.pack('<Q', sum(len(p) for p in pieces))
+  f.write(header + struct.pack('<I', masked_crc(header)))
+  crc = 0
+  for p in pieces:
+    f.write(p)
+    for i in range(0, len(p), _CHUNK):  # google_crc32c takes bytes, not views
+      crc = google_crc32c.extend(crc, bytes(p[i:i + _CHUNK]))
+  f.write(struct.pack('<I', _mask(crc)))
 
 
 def read_records(path) -> Iterator[bytes]:

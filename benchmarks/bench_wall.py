@@ -1,0 +1,82 @@
+"""Wall time of the whole `vit-analytics analyze` as a user runs it: cold, then warm cache.
+
+A random-weight vit_jax ViT-Ti/16 `.npz` (224 x 224, 10 classes, peaked attention) and a
+folder of 8 images; `vit-analytics analyze` with default options and an empty
+`--compile-cache` directory (cold: every stage compiles), then the same command again
+(warm: the compiled programs load from that cache). Each run is a fresh process, timed
+from launch to exit, so interpreter start, imports, loading and writing count. Prints both
+times against the targets (cold < 3 min, warm < 1.5 min), the load average at each start
+(the machine is shared: timing waits for a quiet moment, see --max-load) and the closing
+per-stage cost table of each run.
+
+  python benchmarks/bench_wall.py [--images 8] [--config ViT-Ti/16] [--max-load 1.5]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import load_average, wait_for_quiet, write_vit_inputs  # noqa: E402
+
+TARGETS = {'cold': 180., 'warm': 90.}
+
+
+def run_analyze(checkpoint, images, logdir, cache, run):
+  """(seconds, stderr) of one `vit-analytics analyze` in a fresh process."""
+  cmd = [sys.executable, '-m', 'vit_jax_analytics.cli', 'analyze', '--checkpoint',
+         str(checkpoint), '--images', str(images), '--logdir', str(logdir), '--run', run,
+         '--compile-cache', str(cache), '--no-progress']
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+  seconds = time.perf_counter() - t0
+  if proc.returncode:
+    sys.exit(f'analyze failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+  return seconds, proc.stderr
+
+
+def closing_table(stderr: str) -> str:
+  """The per-stage table printed at the end of a run (from its 'done' title on)."""
+  lines = stderr.splitlines()
+  start = max((i for i, line in enumerate(lines) if 'done' in line.lower()), default=0)
+  return '\n'.join('    ' + line for line in lines[start:])
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--config', default='ViT-Ti/16')
+  p.add_argument('--images', type=int, default=8)
+  p.add_argument('--max-load', type=float, default=1.5,
+                 help='wait (up to --max-wait s) for a 1-minute load average below this')
+  p.add_argument('--max-wait', type=float, default=1200.)
+  args = p.parse_args()
+  with tempfile.TemporaryDirectory() as d:
+    d = Path(d)
+    checkpoint, images = write_vit_inputs(d, args.config, args.images)
+    cache = d / 'compile-cache'
+    cache.mkdir()
+    print(f'{args.config} random weights, 224 x 224, 10 classes, {args.images} images; '
+          f'vit-analytics analyze at default options; {os.cpu_count()} CPU cores', flush=True)
+    results = {}
+    for phase in ('cold', 'warm'):
+      load = wait_for_quiet(args.max_load, args.max_wait)
+      seconds, stderr = run_analyze(checkpoint, images, d / 'logdir', cache, f'run_{phase}')
+      results[phase] = seconds
+      files = sum(1 for _ in cache.rglob('*') if _.is_file())
+      verdict = 'meets' if seconds < TARGETS[phase] else 'MISSES'
+      print(f'\n{phase} compile cache: {seconds:6.1f} s (target < {TARGETS[phase]:.0f} s: '
+            f'{verdict}); load {load:.2f} at start, {load_average():.2f} at end; cache '
+            f'holds {files} files', flush=True)
+      print(closing_table(stderr), flush=True)
+    print(f'\nwarm / cold: {results["warm"] / results["cold"]:.2f}')
+
+
+if __name__ == '__main__':
+  main()

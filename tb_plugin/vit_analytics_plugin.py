@@ -42,6 +42,7 @@ INDEX_PATTERN = re.compile(r'-?[0-9]{1,12}')
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 SHOWN_CHARS = 60  # of a parameter echoed in an error message
 FIRST_VIEW_TAGS = 64  # arrays /first_view serves at most
+NAMED_AXES = ('layer', 'head')  # /array selects along these by name, wherever they are
 WHAT = {'array': 'an array', 'png': 'an image', 'json': 'JSON'}
 
 logger = logging.getLogger(__name__)
@@ -367,6 +368,7 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     index, index2 = _integer(request, 'index'), _integer(request, 'index2')
     if index is None and index2 is not None:
       raise BadRequest('parameter "index2" needs "index"')
+    named = {a: _integer(request, a) for a in NAMED_AXES}
     tag = _param(request, 'tag')
     info, value = self._value(request, _param(request, 'run'), tag, 'array')
     axes = list(info.get('axes') or [])
@@ -374,6 +376,17 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
       if i is not None:
         value = value[_in_range(name, i, value.shape[0] if value.ndim else 0)]
         axes = axes[1:]
+    # One head's values of a per-image array ([image, layer, head] -> [image]): the image
+    # overview of 10,000 images needs 40 KB of it, not the whole array.
+    for name, i in named.items():
+      if i is None:
+        continue
+      if name not in axes or len(axes) != value.ndim:
+        raise BadRequest(f'parameter "{name}": tag {_show(tag)} has no axis {name!r} '
+                         f'(axes {axes})')
+      d = axes.index(name)
+      value = np.take(value, _in_range(name, i, value.shape[d]), axis=d)
+      axes.pop(d)
     if value.size > MAX_ARRAY_ELEMENTS:
       raise BadRequest(f'array {_show(tag)} has {value.size} elements; ask for a slice with '
                        f'index=... (first axis {axes[0] if axes else "?"})', 413)

@@ -28,17 +28,22 @@ export async function renderOverview(body, info) {
                    'Run: vit-analytics importance ... --per-image'));
   }
   body.append(ov.summary, ov.table);
+  // The selected head's per-image values; false when a newer selection has since been made
+  // (its own load draws the table: the column never shows another head's values).
   const load = async () => {
     if (has('per_image_taylor') && state.imp && state.imp.perImageTaylor) {
-      const all = await state.imp.perImageTaylor();
-      ov.taylor = all.map((img) => img[state.layer][state.head]);
+      const {layer, head} = state;
+      const taylor = await state.imp.perImageTaylor(layer, head);
+      if (state.layer !== layer || state.head !== head) return false;
+      ov.taylor = taylor;
     }
+    return true;
   };
   await load();
   drawSummary(ov);
   drawTable(ov);
   state.redrawOverview = () => { state.imagePage = 0; drawTable(ov); };
-  onSelect(async () => { await load(); drawTable(ov); });
+  onSelect(async () => { if (await load()) drawTable(ov); });
 }
 
 function drawSummary({meta, prediction, N}) {

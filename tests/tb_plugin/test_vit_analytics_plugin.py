@@ -83,7 +83,37 @@ def test_meta_png_and_attention(client, analysis_logdir):
   assert code == 200 and body['shape'] == [17, 17] and body['axes'] == ['query', 'key']
 
 
+def test_one_heads_values_by_axis_name(client, analysis_logdir):
+  """layer=/head= select along the axes of those names: one head's [image] values of the
+  per-image array, and a head's row or column of a [layer, head] grid."""
+  written = reader.read_run(analysis_logdir / 'tiny')
+  per_image = written['importance/per_image_taylor'].astype(np.float32)   # [image, layer, head]
+  for l, h in ((0, 0), (1, 3), (1, 2)):
+    code, body = get(client, '/array', run='tiny', tag='importance/per_image_taylor', layer=l,
+                     head=h)
+    assert code == 200, body
+    assert body['axes'] == ['image'] and body['shape'] == [per_image.shape[0]]
+    np.testing.assert_array_equal(unpack(body), per_image[:, l, h])
+  code, body = get(client, '/array', run='tiny', tag='importance/per_image_taylor', head=2)
+  assert body['axes'] == ['image', 'layer']
+  np.testing.assert_array_equal(unpack(body), per_image[:, :, 2])
+  code, body = get(client, '/array', run='tiny', tag='importance/per_image_taylor', index=4,
+                   layer=1)
+  assert body['axes'] == ['head']
+  np.testing.assert_array_equal(unpack(body), per_image[4, 1])
+
+
 @pytest.mark.parametrize('route,params,code,message', [
+    ('/array', {'run': 'tiny', 'tag': 'importance/per_image_taylor', 'head': 4}, 400,
+     'out of range'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/per_image_taylor', 'layer': 'x'}, 400,
+     'integer'),
+    ('/array', {'run': 'tiny', 'tag': 'importance/per_image_taylor', 'layer': [0, 1]}, 400,
+     'given 2 times'),
+    ('/array', {'run': 'tiny', 'tag': 'strength/offset_pairs', 'head': 0}, 400,
+     "has no axis 'head'"),
+    ('/array', {'run': 'tiny', 'tag': 'importance/taylor', 'index': 0, 'layer': 0}, 400,
+     "has no axis 'layer'"),
     ('/array', {'run': '../../etc', 'tag': 'importance/taylor'}, 404, 'unknown run'),
     ('/array', {'run': 'tiny', 'tag': '../../../etc/passwd'}, 404, 'unknown tag'),
     ('/array', {'run': 'nope', 'tag': 'importance/taylor'}, 404, 'unknown run'),

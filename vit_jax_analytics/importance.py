@@ -395,27 +395,37 @@ def suffix(params, config: ViTConfig, stacked, x, start, head_mask=None,
   return model_lib.apply(params, config, x, first_layer=config.num_layers)
 
 
-def _ablation_from(params, config, blocks, targets, logp_full, chunk, objective=None):
+def _ablation_from(params, config, blocks, targets, logp_full, chunk, objective=None,
+                   mesh=None):
   """The single-head ablation scan from one unmasked forward's intermediates `blocks`
   (see ablation_batch) -> {metric: [L, H, B]}. One compiled suffix graph serves every
-  layer: a scan over layers, the heads of each mapped in chunks."""
+  layer: a scan over layers, the heads of each mapped in chunks. mesh: a ('batch', 'masks')
+  mesh whose 'masks' axis splits each layer's heads (every device runs every layer for its
+  H / K heads; the layer is not batched, so the suffix graph still skips the layers below
+  it), or None."""
   stacked = _stacked_layers(params, config)
-  post_all = _stacked(blocks, config, 'post_attention')              # [L, B, T, D]
-  heads_all = _stacked(blocks, config, 'MultiHeadDotProductAttention_1', 'heads')
   out_all = stacked['MultiHeadDotProductAttention_1']['out']['kernel']  # [L, H, D/H, D]
 
-  def per_layer(layer):
-    post, heads, out_kernel = post_all[layer], heads_all[layer], out_all[layer]
+  def scan(heads, post_all, heads_all, targets, logp_full):
+    """Heads `heads` [m] of every layer removed -> {metric: [L, m, B]}."""
+    def per_layer(layer):
+      post, layer_heads, out_kernel = post_all[layer], heads_all[layer], out_all[layer]
 
-    def without_head(h):
-      share = jnp.einsum('bte,ed->btd', heads[:, :, h], out_kernel[h])
-      logits_h = suffix(params, config, stacked, post - share, layer,
-                        skip_first_attention=True)
-      return image_metrics(logits_h, targets, logp_full, objective)
+      def without_head(h):
+        share = jnp.einsum('bte,ed->btd', layer_heads[:, :, h], out_kernel[h])
+        logits_h = suffix(params, config, stacked, post - share, layer,
+                          skip_first_attention=True)
+        return image_metrics(logits_h, targets, logp_full, objective)
 
-    return jax.lax.map(without_head, jnp.arange(config.num_heads), batch_size=chunk)
+      return jax.lax.map(without_head, heads, batch_size=chunk)
+    return jax.lax.map(per_layer, jnp.arange(config.num_layers))
 
-  return jax.lax.map(per_layer, jnp.arange(config.num_layers))
+  args = (_stacked(blocks, config, 'post_attention'),                      # [L, B, T, D]
+          _stacked(blocks, config, 'MultiHeadDotProductAttention_1', 'heads'),
+          targets, logp_full)
+  if mesh is None or parallel.mask_shards(mesh) <= 1:
+    return scan(jnp.arange(config.num_heads), *args)
+  return _over_mask_shards(mesh, config.num_heads, scan, args, (1, 1, 0, 0), lead=1)
 
 
 def _pool_ablation(params, config, state, targets, reference, objective, chunk):
@@ -449,32 +459,6 @@ def _over_mask_shards(mesh, n, fn, args, batch_axes, lead: int):
   return jax.tree.map(lambda v: v[(slice(None),) * lead + (slice(0, n),)], out)
 
 
-def _ablation_sharded(params, config, blocks, targets, logp_full, chunk, objective, mesh):
-  """_ablation_from with each layer's heads split over the mesh's 'masks' axis: every
-  device runs every layer for its H / K heads (the layer is not batched, so the suffix
-  graph still skips the layers below it) -> {metric: [L, H, B]}."""
-  stacked = _stacked_layers(params, config)
-  post_all = _stacked(blocks, config, 'post_attention')              # [L, B, T, D]
-  heads_all = _stacked(blocks, config, 'MultiHeadDotProductAttention_1', 'heads')
-  out_all = stacked['MultiHeadDotProductAttention_1']['out']['kernel']  # [L, H, D/H, D]
-
-  def scan(heads, post_all, heads_all, targets, logp_full):
-    def per_layer(layer):
-      post, layer_heads, out_kernel = post_all[layer], heads_all[layer], out_all[layer]
-
-      def without_head(h):
-        share = jnp.einsum('bte,ed->btd', layer_heads[:, :, h], out_kernel[h])
-        logits_h = suffix(params, config, stacked, post - share, layer,
-                          skip_first_attention=True)
-        return image_metrics(logits_h, targets, logp_full, objective)
-
-      return jax.lax.map(without_head, heads, batch_size=chunk)
-    return jax.lax.map(per_layer, jnp.arange(config.num_layers))
-
-  return _over_mask_shards(mesh, config.num_heads, scan,
-                           (post_all, heads_all, targets, logp_full), (1, 1, 0, 0), lead=1)
-
-
 def _masks_sharded(params, config, images, targets, logp_full, chunk, objective, mesh):
   """The L*H single-head masks as full forwards (no prefix reuse), split over the mesh's
   'masks' axis -> {metric: [L*H, B]}."""
@@ -492,12 +476,8 @@ def _ablation_all(params, config, state, targets, reference, chunk, objective, m
   """The single-head ablation scan and, with a MAP head, its pooling row, from one unmasked
   forward's intermediates `state` -> ({metric: [L, H, B]}, {metric: [H, B]} or None).
   mesh: a ('batch', 'masks') mesh to split the scan's heads over, or None."""
-  if mesh is not None and parallel.mask_shards(mesh) > 1:
-    blocks = _ablation_sharded(params, config, state['Transformer'], targets, reference,
-                               chunk, objective, mesh)
-  else:
-    blocks = _ablation_from(params, config, state['Transformer'], targets, reference, chunk,
-                            objective)
+  blocks = _ablation_from(params, config, state['Transformer'], targets, reference, chunk,
+                          objective, mesh)
   pool = (_pool_ablation(params, config, state, targets, reference, objective, chunk)
           if config.has_pool_attention else None)
   return blocks, pool

@@ -47,7 +47,7 @@ demo: $(VENV)/.installed
 	  echo "$(DEMO_PACKAGES) could not be installed: analysing the bundled MNIST ViT instead"; \
 	  $(MAKE) --no-print-directory demo-mnist-analysis || exit $$?; \
 	fi
-	@echo "Open http://localhost:$(PORT)/#vit_analytics"
+	@echo "Open http://localhost:$(PORT)/#vit_analytics (or the plugin alone, without TensorBoard's page: http://localhost:$(PORT)/data/plugin_entry.html?name=vit_analytics)"
 	$(BIN)/tensorboard --logdir $(DEMO_LOGDIR) --port $(PORT) --host localhost
 
 # The bundled MNIST ViT (the fast model of the tests) analysed; `make demo-mnist` also

@@ -31,6 +31,9 @@ from werkzeug import wrappers
 from vit_jax_analytics.logdir import metadata
 
 STATIC = Path(__file__).parent / 'static'
+# The plugin's page alone, without TensorBoard's page around it: TensorBoard's own entry
+# document for module plugins (the one its frame loads). Its hash holds the selection.
+ALONE_PATH = f'/data/plugin_entry.html?name={metadata.PLUGIN_NAME}'
 MAX_ARRAY_ELEMENTS = 4_000_000   # larger arrays are served only sliced (index=...)
 MAX_STEPS = 100_000  # steps of a tag read at once (all of them: the step is chosen here)
 CACHE_BYTES = 512 * 2 ** 20

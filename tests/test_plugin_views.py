@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, open_plugin, tensorboard
+from tb_plugin.vit_analytics_plugin import ALONE_PATH
 from vit_jax_analytics.logdir import reader
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / 'test-artifacts'
@@ -49,20 +50,22 @@ def browser():
 class Page:
   """The plugin's frame, with the run 'tiny' shown."""
 
-  def __init__(self, driver, url, run='tiny', hash_=None):
+  def __init__(self, driver, url, run='tiny', hash_=None, alone=False):
+    """hash_: TensorBoard's URL hash to open (default: the plugin's tab); alone: the
+    plugin's page alone (ALONE_PATH, with hash_ as its own hash), not inside TensorBoard's."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
     self.d, self.By = driver, By
     driver.set_window_size(1400, 2200)
-    if hash_ is None:
+    if hash_ is None and not alone:
       self.wait = open_plugin(driver, url)
     else:
-      from selenium.webdriver.support.ui import WebDriverWait
       driver.switch_to.default_content()
       driver.get('about:blank')
-      driver.get(f'{url}/{hash_}')
-      frame = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, 'iframe'))[0]
-      driver.switch_to.frame(frame)
+      driver.get(f'{url}{ALONE_PATH}{hash_ or ""}' if alone else f'{url}/{hash_}')
+      if not alone:
+        frame = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, 'iframe'))[0]
+        driver.switch_to.frame(frame)
       self.wait = WebDriverWait(driver, 90)
     self.wait.until(self.ready)
     if run and Select(self.one('#run-select')).first_selected_option.get_attribute('value') != run:
@@ -540,6 +543,24 @@ def test_15_sticky_header_url_state_and_wide_layout(server, browser, written):
   browser.switch_to.default_content()
   browser.save_screenshot(str(ARTIFACTS / 'views-wide.png'))
   browser.set_window_size(1400, 2200)
+
+
+def test_15_the_plugin_page_alone_keeps_the_selection_in_its_own_hash(server, browser,
+                                                                     written, capsys):
+  """TensorBoard's entry document of the plugin, opened as a page of its own (no
+  TensorBoard page around it, the first view ~1.5 s sooner): the selection is read from and
+  written to its own hash, and the CLI prints its address."""
+  p = Page(browser, server, run=None, hash_='#vit=run%3Atiny%2Clayer%3A1%2Chead%3A2',
+           alone=True)
+  assert not p.all('iframe')
+  assert p.one('#selected-head').text == 'L1 H2'
+  assert p.one('#run-select').get_attribute('value') == 'tiny'
+  assert len(p.all('#importance-grid rect.imp-cell')) == written['importance/taylor'].size
+  p.head(0, 3)
+  p.wait.until(lambda d: 'layer%3A0' in d.current_url and 'head%3A3' in d.current_url)
+  from vit_jax_analytics import cli
+  cli.print_view_hint('logs')
+  assert f'http://localhost:6006{ALONE_PATH}' in capsys.readouterr().out
 
 
 def test_16_the_page_explains_itself(server, browser, written):

@@ -10,8 +10,8 @@ samples (L * H * per_head samples of a (2n-1)^2 re-centred and an n^2 plain map 
 float16, for images up to --pattern-images). Targets: ratio <= 1.05 for importance and
 strength; patterns keeps its samples (up to --max-images, default 200), so it grows by at
 most 2x its stored samples per extra image, once N images give more samples than one
-autoencoder evaluation chunk (2,048 samples: 15 images of ViT-Ti/16; below that the
-chunk's activations grow with the samples too).
+autoencoder evaluation chunk (patterns.EVAL_CHUNK = 512 samples: 4 images of ViT-Ti/16;
+below that the chunk's activations grow with the samples too).
 
   python benchmarks/bench_memory.py [--images 16] [--batch-size 8] [--analyses importance,...]
 """
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import load_average, write_vit_inputs  # noqa: E402
 from vit_jax_analytics import model as model_lib  # noqa: E402
+from vit_jax_analytics.patterns import EVAL_CHUNK  # noqa: E402
 
 TARGET_RATIO = 1.05
 
@@ -84,10 +85,11 @@ def main():
       if analysis != 'patterns':
         target = f'target <= {TARGET_RATIO}: ' + ('meets' if ratio <= TARGET_RATIO else 'MISSES')
       else:
-        chunked = n * c.num_layers * c.num_heads * 4 >= 2048
+        chunked = n * c.num_layers * c.num_heads * 4 >= EVAL_CHUNK
         target = (f'target <= 2 x {samples_kib:.0f} KiB stored samples per image: '
                   + ('meets' if per_image <= 2 * samples_kib else 'MISSES')
-                  + ('' if chunked else '; N below one 2,048-sample chunk: not comparable'))
+                  + ('' if chunked else f'; N below one {EVAL_CHUNK}-sample chunk: not '
+                                        'comparable'))
       print(f'  {analysis:<11} {small_mib:11.0f} {big_mib:12.0f} {ratio:6.3f} {per_image:18.1f}'
             f'  {small_s:5.0f} / {big_s:5.0f}  {load_average():.2f}   ({target})', flush=True)
 

@@ -121,6 +121,40 @@ def test_autoencoder_inputs_made_batch_by_batch_are_the_whole_array(fixed_offset
   assert patterns.masked_variance(whole) == pytest.approx(want, rel=1e-6)
 
 
+def test_padded_evaluation_chunks_equal_each_sample_alone(fixed_offset_summary):
+  """encode and reconstruction_errors evaluate fixed-size chunks, the last padded (one
+  compiled program, memory independent of the number of samples): each sample's latent and
+  error equal those of the sample evaluated alone, whatever the chunk size (float32: rtol
+  1e-5, atol 1e-6, the rounding of batch-size-dependent convolution kernels); the training history's validation loss is the mean over the validation
+  samples (checked against a direct float64 mean)."""
+  result, samples, config, options = fixed_offset_summary
+  n, canvas = config.grid_shape, 2 * max(config.grid_shape) - 1
+  x = patterns.AEInputs(samples, n)
+  ae = dataclasses.replace(options.ae, epochs=2)
+  params, history = patterns.train_autoencoder(x, canvas, ae)
+  some = np.random.default_rng(1).permutation(len(x))[:11]
+  alone_latent = np.concatenate([patterns._encode(params, x[[i]], canvas, ae.latent_dim,
+                                                  ae.width) for i in some])
+  alone_error = np.concatenate([patterns._reconstruction_errors(params, x[[i]], canvas,
+                                                                ae.latent_dim, ae.width)
+                                for i in some])
+  for chunk in (7, patterns.EVAL_CHUNK, len(x) + 5):
+    latent = patterns.encode(params, x, canvas, ae, batch=chunk)
+    errors = patterns.reconstruction_errors(params, x, canvas, ae, batch=chunk)
+    assert latent.shape == (len(x), ae.latent_dim) and errors.shape == (len(x),)
+    np.testing.assert_allclose(latent[some], alone_latent, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(errors[some], alone_error, rtol=1e-5, atol=1e-6)
+  # The validation loss of the best epoch (here the last: 2 epochs of a falling loss), from
+  # the returned parameters, on the rows train_autoencoder holds out.
+  assert history.best_epoch == len(history.val_loss) - 1 == 1
+  order = np.random.default_rng(ae.seed).permutation(len(x))
+  val = order[:max(1, int(round(len(x) * ae.validation_fraction)))]
+  model = patterns.PatternAutoencoder(canvas, ae.latent_dim, ae.width)
+  direct = np.asarray(patterns.masked_bce(model.apply({'params': params}, x[val]), x[val]),
+                      np.float64).mean()
+  assert history.val_loss[-1] == pytest.approx(direct, rel=1e-5)
+
+
 def test_pca_and_grid_helpers():
   rng = np.random.default_rng(0)
   latent = rng.normal(size=(200, 5)) * np.array([5, 2, 0.1, 0.1, 0.1])

@@ -181,6 +181,19 @@ class AEInputs:
     return ae_inputs(self.samples, self.n, rows)
 
 
+class _Rows:
+  """x[rows] read a slice at a time (x[rows[i:j]]), without making it whole."""
+
+  def __init__(self, x, rows):
+    self.x, self.rows = x, rows
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, part: slice) -> np.ndarray:
+    return self.x[self.rows[part]]
+
+
 class PatternAutoencoder(nn.Module):
   """Conv encoder to a `latent_dim` code, and a decoder back to the canvas."""
   canvas: int          # 2n - 1
@@ -275,7 +288,7 @@ def train_autoencoder(x, canvas: int, options: AEOptions):
   rng = np.random.default_rng(options.seed)
   order = rng.permutation(len(x))
   n_val = max(1, int(round(len(x) * options.validation_fraction)))
-  val, train = x[order[:n_val]], order[n_val:]  # training batches: x[train[...]]
+  val, train = order[:n_val], order[n_val:]  # batches: x[train[...]], x[val[...]]
   steps_per_epoch = max(1, len(train) // options.batch_size)
   optimizer = _adamw(options, steps_per_epoch * options.epochs)
   # Jitted: run eagerly, init and optimizer.init compile every primitive one by one (about
@@ -293,7 +306,10 @@ def train_autoencoder(x, canvas: int, options: AEOptions):
     updates, state = optimizer.update(grads, state, p)
     return optax.apply_updates(p, updates), state, loss
 
-  eval_loss = jax.jit(loss_fn)
+  @jax.jit
+  def eval_losses(p, batch):   # [B] per sample: a padded chunk's padding is dropped
+    return masked_bce(model.apply({'params': p}, batch), batch)
+
   train_losses, val_losses = [], []
   best, best_params, best_epoch, waited = np.inf, params, 0, 0
   bar = progress_bar(options.epochs, 'autoencoder', 'epoch', disable=not options.progress)
@@ -304,8 +320,7 @@ def train_autoencoder(x, canvas: int, options: AEOptions):
       batch = x[train[perm[k * options.batch_size:(k + 1) * options.batch_size]]]
       params, opt_state, loss = train_step(params, opt_state, batch)
       losses.append(float(loss))
-    val_loss = float(np.mean([eval_loss(params, val[i:i + 1024])
-                              for i in range(0, len(val), 1024)]))
+    val_loss = float(np.mean(_in_chunks(lambda b: eval_losses(params, b), _Rows(x, val))))
     train_losses.append(float(np.mean(losses)))
     val_losses.append(val_loss)
     bar.update(1)
@@ -340,11 +355,26 @@ def _reconstruction_errors(params, x, canvas, latent_dim, width):
                     x)
 
 
-def _in_chunks(f, x, batch: int) -> np.ndarray:
-  return np.concatenate([np.asarray(f(x[i:i + batch])) for i in range(0, len(x), batch)])
+# Samples the autoencoder evaluates at once (encoding, errors, validation): every chunk is
+# padded to this size, so that one compiled program serves them all and their activations
+# take the same memory whatever the number of samples.
+EVAL_CHUNK = 512
 
 
-def encode(params, x, canvas: int, options: AEOptions, batch: int = 2048) -> np.ndarray:
+def _in_chunks(f, x, batch: int = EVAL_CHUNK) -> np.ndarray:
+  """f applied to x (an array or AEInputs) `batch` rows at a time, the last chunk padded
+  with zero rows (nothing inside the image) to `batch`; the padding's outputs dropped."""
+  out = []
+  for i in range(0, len(x), batch):
+    xs = x[i:i + batch]
+    n = len(xs)
+    if n < batch:
+      xs = np.concatenate([xs, np.zeros((batch - n,) + xs.shape[1:], xs.dtype)])
+    out.append(np.asarray(f(xs))[:n])
+  return np.concatenate(out)
+
+
+def encode(params, x, canvas: int, options: AEOptions, batch: int = EVAL_CHUNK) -> np.ndarray:
   """x [S, c, c, 2] -> latents [S, latent_dim]."""
   return _in_chunks(lambda xs: _encode(params, xs, canvas, options.latent_dim, options.width),
                     x, batch)
@@ -357,7 +387,7 @@ def decode(params, z, canvas: int, options: AEOptions) -> np.ndarray:
 
 
 def reconstruction_errors(params, x, canvas: int, options: AEOptions,
-                          batch: int = 2048) -> np.ndarray:
+                          batch: int = EVAL_CHUNK) -> np.ndarray:
   """[S] masked MSE of each sample's reconstruction."""
   return _in_chunks(lambda xs: _reconstruction_errors(params, xs, canvas, options.latent_dim,
                                                       options.width), x, batch)
@@ -517,7 +547,7 @@ def name_clusters(labels: np.ndarray, samples: Samples, config: ViTConfig, k: in
   return np.stack(representatives), tuple(names)
 
 
-def masked_variance(x, batch: int = 4096) -> float:
+def masked_variance(x, batch: int = EVAL_CHUNK) -> float:
   """Variance of the patterns x[..., 0] over the cells inside the image x[..., 1] (about
   each cell's mean); x an array or AEInputs, read `batch` samples at a time (float64
   sums)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_plugin import first_paint, first_paint_alone  # noqa: E402
-from benchmarks.common import load_average, wait_for_quiet  # noqa: E402
+from benchmarks.common import add_quiet_flags, cli_env, load_average, wait_for_quiet  # noqa: E402
 
 ANALYSIS_TARGET_S = 300.
 FIRST_VIEW_TARGET_S = 2.
@@ -38,9 +38,7 @@ def median(loads, key):
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--repeats', type=int, default=5, help='page loads of each kind')
-  p.add_argument('--max-load', type=float, default=1.5,
-                 help='wait (up to --max-wait s) for a 1-minute load average below this')
-  p.add_argument('--max-wait', type=float, default=1200.)
+  add_quiet_flags(p)
   args = p.parse_args()
   from tb_plugin.browser import tensorboard
 
@@ -50,8 +48,7 @@ def main():
     cmd = [sys.executable, '-m', 'vit_jax_analytics.cli', 'photo-demo', '--logdir',
            str(d / 'logdir'), '--images-dir', str(d / 'images'), '--compile-cache',
            str(d / 'cache'), '--no-progress']
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    env = cli_env()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     seconds = time.perf_counter() - t0

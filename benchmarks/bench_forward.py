@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import load_average, wait_for_quiet  # noqa: E402
+from benchmarks.common import add_quiet_flags, load_average, wait_for_quiet  # noqa: E402
 from tests.timm_import import import_timm  # noqa: E402
 from tests.npz_formats import random_vit_jax_arrays  # noqa: E402
 from vit_jax_analytics import checkpoints, cost, importance, model as model_lib  # noqa: E402
@@ -187,9 +187,7 @@ def main():
                  help='time our ablation scan (minutes for ViT-B/16) instead of estimating it')
   p.add_argument('--ablation-samples', type=int, default=3,
                  help='masked PyTorch forwards timed for the loop estimate')
-  p.add_argument('--max-load', type=float, default=1.5,
-                 help='wait (up to --max-wait s) for a 1-minute load average below this')
-  p.add_argument('--max-wait', type=float, default=1200.)
+  add_quiet_flags(p)
   args = p.parse_args()
   c = model_lib.get_config(args.config)
   L, H = c.num_layers, c.num_heads

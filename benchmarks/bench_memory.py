@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import load_average, write_vit_inputs  # noqa: E402
+from benchmarks.common import cli_env, load_average, write_vit_inputs  # noqa: E402
 from vit_jax_analytics import model as model_lib  # noqa: E402
 from vit_jax_analytics.patterns import EVAL_CHUNK  # noqa: E402
 
@@ -39,8 +39,7 @@ def peak_rss(analysis, checkpoint, images, n, batch_size, logdir):
          str(checkpoint), '--images', str(images), '--max-images', str(n), '--batch-size',
          str(batch_size), '--logdir', str(logdir), '--run', f'{analysis}_{n}',
          '--no-compile-cache', '--no-progress']
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+  env = cli_env()
   t0 = time.perf_counter()
   proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                           cwd=ROOT)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import load_average, wait_for_quiet, write_vit_inputs  # noqa: E402
+from benchmarks.common import (add_quiet_flags, cli_env, load_average, wait_for_quiet,  # noqa: E402
+                               write_vit_inputs)
 
 TARGETS = {'cold': 180., 'warm': 90.}
 
@@ -32,8 +33,7 @@ def run_analyze(checkpoint, images, logdir, cache, run):
   cmd = [sys.executable, '-m', 'vit_jax_analytics.cli', 'analyze', '--checkpoint',
          str(checkpoint), '--images', str(images), '--logdir', str(logdir), '--run', run,
          '--compile-cache', str(cache), '--no-progress']
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+  env = cli_env()
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
   seconds = time.perf_counter() - t0
@@ -53,9 +53,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--config', default='ViT-Ti/16')
   p.add_argument('--images', type=int, default=8)
-  p.add_argument('--max-load', type=float, default=1.5,
-                 help='wait (up to --max-wait s) for a 1-minute load average below this')
-  p.add_argument('--max-wait', type=float, default=1200.)
+  add_quiet_flags(p)
   args = p.parse_args()
   with tempfile.TemporaryDirectory() as d:
     d = Path(d)

@@ -40,6 +40,23 @@ def wait_for_quiet(max_load=1.5, max_wait_s=1200., poll_s=60., log=print) -> flo
   return load
 
 
+def add_quiet_flags(parser) -> None:
+  """--max-load and --max-wait, for wait_for_quiet."""
+  parser.add_argument('--max-load', type=float, default=1.5,
+                      help='wait (up to --max-wait s) for a 1-minute load average below this')
+  parser.add_argument('--max-wait', type=float, default=1200.)
+
+
+def cli_env() -> dict:
+  """The environment for `python -m vit_jax_analytics.cli` in a fresh process: this
+  checkout first on PYTHONPATH (the benchmarks time this tree, installed or not)."""
+  import os
+  from pathlib import Path
+  root = str(Path(__file__).resolve().parents[1])
+  return dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+
+
 def write_vit_inputs(folder, config_name='ViT-Ti/16', n_images=8, classes=10, seed=0):
   """A random-weight vit_jax `.npz` of a preset (peaked attention, as tests/npz_formats
   writes it) and a folder of `n_images` random 224 x 224 PNGs, one sub-folder per class

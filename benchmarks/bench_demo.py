@@ -15,7 +15,6 @@ install-test` installs them without their dependencies).
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,15 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_plugin import first_paint, first_paint_alone  # noqa: E402
+from benchmarks.bench_plugin import first_paint, first_paint_alone, median  # noqa: E402
 from benchmarks.common import add_quiet_flags, cli_env, load_average, wait_for_quiet  # noqa: E402
 
 ANALYSIS_TARGET_S = 300.
 FIRST_VIEW_TARGET_S = 2.
-
-
-def median(loads, key):
-  return statistics.median(load[key] for load in loads)
 
 
 def main():

@@ -30,9 +30,10 @@ def print_view_hint(logdir):
   """How to look at what was written: TensorBoard's page, or the plugin's page alone
   (TensorBoard's own entry document for the plugin: the first view about 1.5 s sooner on a
   2-core CPU, where TensorBoard's page takes ~2 s before any plugin starts)."""
+  from vit_jax_analytics.logdir.metadata import PLUGIN_NAME
   print(f'view with: tensorboard --logdir {logdir}, then open '
-        'http://localhost:6006/#vit_analytics, or the plugin alone: '
-        'http://localhost:6006/data/plugin_entry.html?name=vit_analytics')
+        f'http://localhost:6006/#{PLUGIN_NAME}, or the plugin alone: '
+        f'http://localhost:6006/data/plugin_entry.html?name={PLUGIN_NAME}')
 
 
 def _cli_fields(cls):

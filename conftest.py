@@ -1,6 +1,42 @@
-"""Fixtures shared by tests/ and the tests beside tb_plugin/."""
+"""Fixtures shared by tests/ and the tests beside tb_plugin/, and the markers of the slow
+kinds of test that `make test-fast` leaves out."""
+
+import inspect
 
 import pytest
+
+# The kinds of test that `make test-fast` leaves out (`-m 'not slow_kind'`), by module; tests
+# that start eight-device JAX subprocesses are found by what they call.
+SLOW_KINDS = {
+    'browser': ('test_plugin_browser', 'test_plugin_views', 'test_training_browser',
+                'test_demo_tour', 'test_siglip_end_to_end'),
+    'multiprocess': ('test_multiprocess',),
+    'crosslib': ('test_crosscheck_hf', 'test_crosscheck_siglip', 'test_families_hf',
+                 'test_families_onnx', 'test_families_timm'),
+    'demo': ('test_demo_tour',),
+}
+
+
+def pytest_configure(config):
+  for kind, why in (('browser', 'drives the plugin in headless Chromium'),
+                    ('multiprocess', 'starts other JAX processes (2 processes, 8 devices)'),
+                    ('crosslib', 'checks against PyTorch / transformers / timm / onnxruntime'),
+                    ('demo', "runs or reads the photo demo's analysis"),
+                    ('slow_kind', 'any of the above: left out by `make test-fast`')):
+    config.addinivalue_line('markers', f'{kind}: {why}')
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    module = item.module.__name__.rsplit('.', 1)[-1] if item.module else ''
+    kinds = {kind for kind, modules in SLOW_KINDS.items() if module in modules}
+    function = getattr(item, 'function', None)
+    if function is not None and 'run_on_eight_cpu_devices' in inspect.getsource(function):
+      kinds.add('multiprocess')
+    for kind in sorted(kinds):
+      item.add_marker(kind)
+    if kinds:
+      item.add_marker('slow_kind')
 
 
 @pytest.fixture(autouse=True, scope='session')

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import numerics
 from tests.tiny import tiny_images
 from vit_jax_analytics import batches, importance, model as model_lib
 from vit_jax_analytics.model import ViTConfig
@@ -54,25 +55,29 @@ def test_default_objective_follows_the_output():
 
 
 def test_embedding_ablation_and_pool_row_match_plain_loops(setup):
-  params, images, full = setup
+  params, images, _ = setup
   L, H = MAPCFG.num_layers, MAPCFG.num_heads
-  labels = jnp.full(3, -1)
-  blocks, pool, out = importance.ablation_pool_batch(params, MAPCFG, jnp.asarray(images), labels, 2)
-  np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-6)
-  for l in range(L):
+  with numerics.float64():  # both sides in float64: a tolerance no CPU's rounding reaches
+    params, images = numerics.as64((params, images))
+    full = np.asarray(model_lib.apply(params, MAPCFG, images))
+    labels = jnp.full(3, -1)
+    blocks, pool, out = importance.ablation_pool_batch(params, MAPCFG, jnp.asarray(images),
+                                                       labels, 2)
+    numerics.assert_close64(out, full)
+    for l in range(L):
+      for h in range(H):
+        mask = np.ones((L, H))
+        mask[l, h] = 0.
+        ref = distortion(model_lib.apply(params, MAPCFG, images, head_mask=mask), full)
+        for m in ('loss', 'kl'):
+          numerics.assert_close64(blocks[m][l, h], ref[m], m)
+        np.testing.assert_array_equal(blocks['top1'][l, h], 1.)
     for h in range(H):
-      mask = np.ones((L, H), np.float32)
-      mask[l, h] = 0.
-      ref = distortion(model_lib.apply(params, MAPCFG, images, head_mask=mask), full)
+      mask = np.ones(H)
+      mask[h] = 0.
+      ref = distortion(model_lib.apply(params, MAPCFG, images, pool_mask=mask), full)
       for m in ('loss', 'kl'):
-        np.testing.assert_allclose(blocks[m][l, h], ref[m], rtol=1e-4, atol=1e-6)
-      np.testing.assert_array_equal(blocks['top1'][l, h], 1.)
-  for h in range(H):
-    mask = np.ones(H, np.float32)
-    mask[h] = 0.
-    ref = distortion(model_lib.apply(params, MAPCFG, images, pool_mask=mask), full)
-    for m in ('loss', 'kl'):
-      np.testing.assert_allclose(pool[m][h], ref[m], rtol=1e-4, atol=1e-6)
+        numerics.assert_close64(pool[m][h], ref[m], m)
   assert np.asarray(pool['kl']).min() > 1e-3 and np.asarray(blocks['kl']).min() > 1e-4
 
 
@@ -94,11 +99,13 @@ def test_embedding_taylor_estimates_the_jacobian_norm(setup):
   np.testing.assert_allclose(grads[0], np.linalg.norm(jac, axis=0) / norm, rtol=0.1)
   np.testing.assert_allclose(pool_grads[0], np.linalg.norm(pool_jac, axis=0) / norm, rtol=0.1)
   # Seeded by the image index: the same image gives the same score in any batch.
-  g1, _ = importance.taylor_batch(params, MAPCFG, jnp.asarray(images[1:2]), jnp.full(1, -1),
-                                  importance.Objective('embedding'), jnp.array([1]))
-  g2, _ = importance.taylor_batch(params, MAPCFG, jnp.asarray(images), jnp.full(3, -1),
-                                  importance.Objective('embedding'), jnp.arange(3))
-  np.testing.assert_allclose(g1[0], g2[1], rtol=1e-4, atol=1e-7)
+  with numerics.float64():  # exact but for rounding: compared in float64
+    params, images = numerics.as64((params, images))
+    g1, _ = importance.taylor_batch(params, MAPCFG, jnp.asarray(images[1:2]), jnp.full(1, -1),
+                                    importance.Objective('embedding'), jnp.array([1]))
+    g2, _ = importance.taylor_batch(params, MAPCFG, jnp.asarray(images), jnp.full(3, -1),
+                                    importance.Objective('embedding'), jnp.arange(3))
+  numerics.assert_close64(g1[0], g2[1], rounded=np.float32)  # grads of float32 masks
 
 
 def test_class_matrix_is_a_classifier_on_the_embedding(setup):
@@ -110,19 +117,23 @@ def test_class_matrix_is_a_classifier_on_the_embedding(setup):
   bias = rng.normal(0, 1, 6).astype(np.float32)
   obj = importance.classes_objective(MAPCFG, classes, bias)
   probe_cfg = MAPCFG.replace(num_classes=6, output='logits')
-  probe_params = dict(params, head={'kernel': params['head']['kernel'] @ classes.T,
-                                    'bias': params['head']['bias'] @ classes.T + bias})
-  labels = jnp.array([1, -1, 4])
-  x = jnp.asarray(images)
-  a, pa, _ = importance.ablation_pool_batch(params, MAPCFG, x, labels, 2, obj)
-  b, pb, _ = importance.ablation_pool_batch(probe_params, probe_cfg, x, labels, 2)
-  for m in importance.ABLATION_METRICS:
-    np.testing.assert_allclose(a[m], b[m], rtol=2e-4, atol=2e-5)
-    np.testing.assert_allclose(pa[m], pb[m], rtol=2e-4, atol=2e-5)
-  ga, gpa, _ = importance.taylor_pool_batch(params, MAPCFG, x, labels, obj)
-  gb, gpb, _ = importance.taylor_pool_batch(probe_params, probe_cfg, x, labels)
-  np.testing.assert_allclose(ga, gb, rtol=2e-4, atol=2e-6)
-  np.testing.assert_allclose(gpa, gpb, rtol=2e-4, atol=2e-6)
+  # In float64 (the objective keeps classes in float32: exact in float64 too), where the
+  # two models differ only by the rounding of the folded head.
+  with numerics.float64():
+    params, images, classes, bias = numerics.as64((params, images, classes, bias))
+    probe_params = dict(params, head={'kernel': params['head']['kernel'] @ classes.T,
+                                      'bias': params['head']['bias'] @ classes.T + bias})
+    labels = jnp.array([1, -1, 4])
+    x = jnp.asarray(images)
+    a, pa, _ = importance.ablation_pool_batch(params, MAPCFG, x, labels, 2, obj)
+    b, pb, _ = importance.ablation_pool_batch(probe_params, probe_cfg, x, labels, 2)
+    for m in importance.ABLATION_METRICS:
+      numerics.assert_metric64(a[m], b[m], m)
+      numerics.assert_metric64(pa[m], pb[m], m)
+    ga, gpa, _ = importance.taylor_pool_batch(params, MAPCFG, x, labels, obj)
+    gb, gpb, _ = importance.taylor_pool_batch(probe_params, probe_cfg, x, labels)
+  numerics.assert_close64(ga, gb, rounded=np.float32)  # gradients of float32 masks
+  numerics.assert_close64(gpa, gpb, rounded=np.float32)
   with pytest.raises(Exception, match='classes_npz'):
     importance.classes_objective(MAPCFG, classes[:, :5])
 
@@ -137,41 +148,46 @@ def test_stage1_batch_shares_the_taylor_forward_with_a_map_head(setup, kind):
   classes = np.random.default_rng(5).normal(0, 1, (6, MAPCFG.embedding_size))
   obj = (importance.Objective('embedding', taylor_probes=2) if kind == 'embedding' else
          importance.classes_objective(MAPCFG, classes))
-  x, labels, index = jnp.asarray(images), jnp.array([1, -1, 4]), jnp.arange(3)
-  grads, pool_grads, blocks, pool, out = importance.stage1_batch(params, MAPCFG, x, labels, 2,
-                                                                 obj, index)
-  ref_grads, ref_pool_grads, ref_out = importance.taylor_pool_batch(params, MAPCFG, x, labels,
-                                                                    obj, index)
-  ref_blocks, ref_pool, _ = importance.ablation_pool_batch(params, MAPCFG, x, labels, 2, obj)
-  np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(grads, ref_grads, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(pool_grads, ref_pool_grads, rtol=1e-5, atol=1e-7)
+  with numerics.float64():  # the same sums in another order: compared in float64
+    params, images = numerics.as64((params, images))
+    x, labels, index = jnp.asarray(images), jnp.array([1, -1, 4]), jnp.arange(3)
+    grads, pool_grads, blocks, pool, out = importance.stage1_batch(params, MAPCFG, x, labels,
+                                                                   2, obj, index)
+    ref_grads, ref_pool_grads, ref_out = importance.taylor_pool_batch(params, MAPCFG, x,
+                                                                      labels, obj, index)
+    ref_blocks, ref_pool, _ = importance.ablation_pool_batch(params, MAPCFG, x, labels, 2, obj)
+  numerics.assert_close64(out, ref_out)
+  numerics.assert_close64(grads, ref_grads, rounded=np.float32)  # gradients of float32 masks
+  numerics.assert_close64(pool_grads, ref_pool_grads, rounded=np.float32)
   for m in importance.ABLATION_METRICS:
-    np.testing.assert_allclose(blocks[m], ref_blocks[m], rtol=1e-4, atol=1e-6, err_msg=m)
-    np.testing.assert_allclose(pool[m], ref_pool[m], rtol=1e-4, atol=1e-6, err_msg=m)
+    numerics.assert_metric64(blocks[m], ref_blocks[m], m)
+    numerics.assert_metric64(pool[m], ref_pool[m], m)
 
 
 def test_stage2_prefix_reuse_with_registers_and_a_map_head(setup):
   """Curve masks and partial pruning through the suffix graph equal plain forwards under
   the embedding objective, on the rectangular grid with registers."""
-  params, images, full = setup
+  params, images, _ = setup
   obj = importance.default_objective(MAPCFG)
-  x, labels = jnp.asarray(images), jnp.full(3, -1)
   masks = np.ones((2, MAPCFG.num_layers, MAPCFG.num_heads), np.float32)
   masks[0, 0, 1] = masks[0, 1, 3] = 0.
   masks[1, 1, :2] = 0.
-  curves = importance.curves_batch(params, MAPCFG, x, labels, jnp.asarray(masks),
-                                   importance.first_masked_layers(masks), 2, obj)
-  keeps = jnp.asarray(np.stack([v.keep for v in importance.partial_variants(MAPCFG, (1,))]))
-  heads, layers = jnp.array([1, 6]), (0, 1)
-  args = (params, MAPCFG, x, labels, heads, keeps, False)
-  got = importance.partial_batch(*args, jnp.asarray(layers), 2, obj)
-  ref = importance.partial_batch_plain(*args, layers, 2, obj)
-  for m in ('loss', 'kl'):
-    np.testing.assert_allclose(got[m], ref[m], rtol=1e-4, atol=1e-6, err_msg=m)
-    for i, mask in enumerate(masks):
-      want = distortion(model_lib.apply(params, MAPCFG, images, head_mask=mask), full)[m]
-      np.testing.assert_allclose(curves[m][i], want, rtol=1e-4, atol=1e-6, err_msg=m)
+  with numerics.float64():  # both sides in float64: a tolerance no CPU's rounding reaches
+    params, images = numerics.as64((params, images))
+    full = np.asarray(model_lib.apply(params, MAPCFG, images))
+    x, labels = jnp.asarray(images), jnp.full(3, -1)
+    curves = importance.curves_batch(params, MAPCFG, x, labels, jnp.asarray(masks),
+                                     importance.first_masked_layers(masks), 2, obj)
+    keeps = jnp.asarray(np.stack([v.keep for v in importance.partial_variants(MAPCFG, (1,))]))
+    heads, layers = jnp.array([1, 6]), (0, 1)
+    args = (params, MAPCFG, x, labels, heads, keeps, False)
+    got = importance.partial_batch(*args, jnp.asarray(layers), 2, obj)
+    ref = importance.partial_batch_plain(*args, layers, 2, obj)
+    for m in ('loss', 'kl'):
+      numerics.assert_close64(got[m], ref[m], m)
+      for i, mask in enumerate(masks):
+        want = distortion(model_lib.apply(params, MAPCFG, images, head_mask=mask), full)[m]
+        numerics.assert_close64(curves[m][i], want, m)
   assert np.asarray(got['kl']).max() > 1e-4
 
 def planted_map_model():
@@ -247,7 +263,10 @@ def test_pooling_none_tower_loads_and_compares_every_token(tmp_path):
   mask = np.ones((1, 2), np.float32)
   mask[0, 1] = 0.
   masked = model_lib.apply(params, config, images, head_mask=mask)
-  got = importance.image_metrics(masked, jnp.zeros(2, jnp.int32), obj.reference(out), obj)
   ref = distortion(np.asarray(masked).reshape(2, -1), np.asarray(out).reshape(2, -1))
-  np.testing.assert_allclose(got['kl'], ref['kl'], rtol=1e-5)
-  np.testing.assert_allclose(got['loss'], ref['loss'], rtol=1e-4, atol=1e-7)
+  with numerics.float64():  # the metrics of the same outputs, in float64 (1 - cos cancels)
+    masked, out = numerics.as64((masked, out))
+    got = importance.image_metrics(jnp.asarray(masked), jnp.zeros(2, jnp.int32),
+                                   obj.reference(jnp.asarray(out)), obj)
+  numerics.assert_close64(got['kl'], ref['kl'])
+  numerics.assert_close64(got['loss'], ref['loss'])

@@ -31,6 +31,7 @@ there and fails elsewhere. Two ways out, in order of preference:
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import numpy as np
@@ -47,6 +48,15 @@ def float64():
   """JAX in 64-bit mode for the block: jnp arrays made inside keep float64."""
   with jax.enable_x64(True):
     yield
+
+
+def in_float64(test):
+  """A test function run entirely under float64() (pytest still sees its fixtures)."""
+  @functools.wraps(test)
+  def run(*args, **kwargs):
+    with float64():
+      return test(*args, **kwargs)
+  return run
 
 
 def as64(tree):

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import numerics
 from tests.tiny import TINY, tiny_images, tiny_params
 from vit_jax_analytics import importance, model as model_lib
 
@@ -33,18 +34,22 @@ def setup():
 
 
 def test_ablation_matches_plain_loop(setup):
-  params, images, labels, full, targets = setup
-  reuse, _ = importance.ablation_batch(params, TINY, jnp.asarray(images), jnp.asarray(labels), 3)
-  no_reuse, _ = importance.ablation_batch_no_reuse(params, TINY, jnp.asarray(images),
-                                                   jnp.asarray(labels), 5)
-  for l in range(L):
-    for h in range(H):
-      mask = np.ones((L, H), np.float32)
-      mask[l, h] = 0.
-      ref = np_metrics(model_lib.apply(params, TINY, images, head_mask=mask), targets, full)
-      for m in importance.ABLATION_METRICS:
-        np.testing.assert_allclose(reuse[m][l, h], ref[m], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(no_reuse[m][l, h], ref[m], rtol=1e-5, atol=1e-5)
+  params, images, labels, _, targets = setup
+  with numerics.float64():  # both sides in float64: a tolerance no CPU's rounding reaches
+    params, images = numerics.as64((params, images))
+    full = np.asarray(model_lib.apply(params, TINY, images))
+    reuse, _ = importance.ablation_batch(params, TINY, jnp.asarray(images), jnp.asarray(labels),
+                                         3)
+    no_reuse, _ = importance.ablation_batch_no_reuse(params, TINY, jnp.asarray(images),
+                                                     jnp.asarray(labels), 5)
+    for l in range(L):
+      for h in range(H):
+        mask = np.ones((L, H))
+        mask[l, h] = 0.
+        ref = np_metrics(model_lib.apply(params, TINY, images, head_mask=mask), targets, full)
+        for m in importance.ABLATION_METRICS:
+          numerics.assert_metric64(reuse[m][l, h], ref[m], m)
+          numerics.assert_metric64(no_reuse[m][l, h], ref[m], m)
   # The check is not vacuous: ablations do change the loss.
   assert np.abs(np.asarray(reuse['loss']) - np_metrics(full, targets, full)['loss']).max() > 1e-3
 
@@ -74,6 +79,7 @@ def test_pruning_masks_remove_least_important_first():
   assert masks[1].ravel()[5] == 0 and masks[1].ravel()[0] == 0 and masks[1].sum() == 10
 
 
+@numerics.in_float64  # both sides in float64: a tolerance no CPU's rounding reaches
 def test_partial_pruning_matches_plain_forward_and_full_removal_equals_ablation(setup):
   params, images, labels, full, targets = setup
   variants = importance.partial_variants(TINY, radii=(1,))
@@ -81,6 +87,8 @@ def test_partial_pruning_matches_plain_forward_and_full_removal_equals_ablation(
   assert names == ['local_r1', 'global_r1', 'to_cls', 'from_cls', 'region_in', 'region_out']
   keeps = np.stack([v.keep for v in variants] + [np.zeros_like(variants[0].keep)])
   heads = np.array([1, 6, 11])  # (0, 1), (1, 2), (2, 3)
+  params, images = numerics.as64((params, images))
+  full = np.asarray(model_lib.apply(params, TINY, images))
   for renorm in (False, True):
     got = importance.partial_batch(params, TINY, jnp.asarray(images), jnp.asarray(labels),
                                    jnp.asarray(heads), jnp.asarray(keeps), renorm,
@@ -97,8 +105,8 @@ def test_partial_pruning_matches_plain_forward_and_full_removal_equals_ablation(
             hw = jnp.where(s > 0, hw / jnp.where(s > 0, s, 1), 0.)
           return w.at[:, h].set(hw)
         ref = np_metrics(model_lib.apply(params, TINY, images, attention_edit=edit), targets, full)
-        np.testing.assert_allclose(got['loss'][p, v], ref['loss'], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(got['kl'][p, v], ref['kl'], rtol=1e-4, atol=1e-6)
+        numerics.assert_close64(got['loss'][p, v], ref['loss'], 'loss')
+        numerics.assert_close64(got['kl'][p, v], ref['kl'], 'kl')
   # Removing all of a head's attention (without renormalising) is ablating the head.
   got = importance.partial_batch(params, TINY, jnp.asarray(images), jnp.asarray(labels),
                                  jnp.asarray(heads), jnp.asarray(keeps), False,
@@ -106,7 +114,7 @@ def test_partial_pruning_matches_plain_forward_and_full_removal_equals_ablation(
   ablation, _ = importance.ablation_batch(params, TINY, jnp.asarray(images), jnp.asarray(labels))
   for p, flat in enumerate(heads):
     l, h = divmod(int(flat), H)
-    np.testing.assert_allclose(got['loss'][p, -1], ablation['loss'][l, h], rtol=1e-5, atol=1e-5)
+    numerics.assert_close64(got['loss'][p, -1], ablation['loss'][l, h], 'loss')
 
 
 def test_partial_variant_masks_by_brute_force():

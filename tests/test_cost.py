@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import numerics
 from tests.tiny import TINY, folder_source, tiny_images, tiny_params, write_images
 from tests.test_importance import np_metrics
 from vit_jax_analytics import checkpoints, cli, cost, importance, model as model_lib
@@ -23,22 +24,27 @@ def setup():
   return params, images, labels, full, targets
 
 
+@numerics.in_float64  # the same sums in another order: compared in float64
 def test_stage1_batch_is_taylor_and_ablation(setup):
   params, images, labels, *_ = setup
+  params, images = numerics.as64((params, images))
   x, y = jnp.asarray(images), jnp.asarray(labels)
   grads, pool_grads, ablation, pool_ablation, logits = importance.stage1_batch(
       params, TINY, x, y, 2)
   assert pool_grads is None and pool_ablation is None  # no MAP head
   ref_grads, ref_logits = importance.taylor_batch(params, TINY, x, y)
   ref_ablation, _ = importance.ablation_batch(params, TINY, x, y, 2)
-  np.testing.assert_allclose(grads, ref_grads, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(logits, ref_logits, rtol=1e-6, atol=1e-6)
+  numerics.assert_close64(grads, ref_grads, rounded=np.float32)  # gradients of float32 masks
+  numerics.assert_close64(logits, ref_logits)
   for m in importance.ABLATION_METRICS:
-    np.testing.assert_allclose(ablation[m], ref_ablation[m], rtol=1e-5, atol=1e-6)
+    numerics.assert_metric64(ablation[m], ref_ablation[m], m)
 
 
+@numerics.in_float64  # both sides in float64: a tolerance no CPU's rounding reaches
 def test_prefix_reused_curves_equal_plain_forwards(setup):
-  params, images, labels, full, targets = setup
+  params, images, labels, _, targets = setup
+  params, images = numerics.as64((params, images))
+  full = np.asarray(model_lib.apply(params, TINY, images))
   rng = np.random.default_rng(0)
   masks = []
   for first in (0, 1, 2, 2):  # masks whose first removed head is in layer `first`
@@ -56,11 +62,13 @@ def test_prefix_reused_curves_equal_plain_forwards(setup):
   for i, mask in enumerate(masks):
     ref = np_metrics(model_lib.apply(params, TINY, images, head_mask=mask), targets, full)
     for m in importance.ABLATION_METRICS:
-      np.testing.assert_allclose(got[m][i], ref[m], rtol=1e-5, atol=1e-5, err_msg=f'{i} {m}')
+      numerics.assert_metric64(got[m][i], ref[m], m)
 
 
+@numerics.in_float64  # the same sums in another order: compared in float64
 def test_prefix_reused_partial_pruning_equals_rerunning_the_layer(setup):
   params, images, labels, *_ = setup
+  params, images = numerics.as64((params, images))
   variants = importance.partial_variants(TINY, radii=(1,))
   keeps = jnp.asarray(np.stack([v.keep for v in variants]))
   heads = np.array([0, 5, 7, 11])
@@ -70,7 +78,7 @@ def test_prefix_reused_partial_pruning_equals_rerunning_the_layer(setup):
             renorm, layers, 3)
     got, ref = importance.partial_batch(*args), importance.partial_batch_plain(*args)
     for m in importance.ABLATION_METRICS:
-      np.testing.assert_allclose(got[m], ref[m], rtol=1e-5, atol=1e-5, err_msg=m)
+      numerics.assert_metric64(got[m], ref[m], m)
 
 
 def test_stratified_subset_is_proportional_and_seeded():
@@ -105,12 +113,13 @@ def test_subset_source_generic_path_equals_select():
         np.testing.assert_array_equal(getattr(x, f), getattr(y, f), err_msg=f)
 
 
+@numerics.in_float64  # the driver and the plain loops in float64 (params cast)
 def test_subset_curves_and_partial_equal_the_full_computation_on_that_subset(tmp_path):
   source = folder_source(tmp_path / 'images', n=12)
   opts = importance.ImportanceOptions(progress=False, curve_points=5, random_orders=1,
                                       subset_images=5, partial_heads=3, partial_radii=(1,),
                                       batch_size=4)
-  params = tiny_params()
+  params = numerics.as64(tiny_params())
   r = importance.compute_importance(params, TINY, source, opts)
   assert r.images == 12 and r.subset_images == 5 and len(r.subset_index) == 5
   # Class-stratified: 12 images in 10 classes, 5 drawn from 5 different classes.
@@ -129,11 +138,9 @@ def test_subset_curves_and_partial_equal_the_full_computation_on_that_subset(tmp
     for p, mask in enumerate(masks):
       ref = np_metrics(model_lib.apply(params, TINY, images, head_mask=mask), targets, full)
       for m in ('loss', 'top1', 'kl'):
-        np.testing.assert_allclose(getattr(r, f'curve_{m}')[o, p], ref[m].mean(), rtol=1e-5,
-                                   atol=1e-6, err_msg=f'{o} {p} {m}')
+        numerics.assert_close64(getattr(r, f'curve_{m}')[o, p], ref[m].mean(), f'{o} {p} {m}')
         se = ref[m].std(ddof=1) / np.sqrt(len(ref[m]))
-        np.testing.assert_allclose(getattr(r, f'curve_{m}_se')[o, p], se, rtol=1e-4,
-                                   atol=1e-6)
+        numerics.assert_close64(getattr(r, f'curve_{m}_se')[o, p], se, f'{o} {p} {m} se')
   base = np_metrics(full, targets, full)
   for e, flat in enumerate(r.partial_heads):
     l, h = divmod(int(flat), H)
@@ -142,10 +149,9 @@ def test_subset_curves_and_partial_equal_the_full_computation_on_that_subset(tmp
         return w if layer != l else w.at[:, h].set(w[:, h] * keep)
       ref = np_metrics(model_lib.apply(params, TINY, images, attention_edit=edit), targets, full)
       change = ref['loss'] - base['loss']
-      np.testing.assert_allclose(r.partial_loss[e, v], change.mean(), rtol=1e-4, atol=2e-5)
-      np.testing.assert_allclose(r.partial_loss_se[e, v],
-                                 change.std(ddof=1) / np.sqrt(len(change)), rtol=1e-3,
-                                 atol=2e-5)
+      numerics.assert_close64(r.partial_loss[e, v], change.mean(), 'partial_loss')
+      numerics.assert_close64(r.partial_loss_se[e, v],
+                              change.std(ddof=1) / np.sqrt(len(change)), 'partial_loss_se')
 
 
 def test_ablation_limits_of_the_issue():

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import numerics
 from tests.tiny import TINY
 from vit_jax_analytics import model as model_lib
 from vit_jax_analytics.model import ViTConfig
@@ -54,16 +55,17 @@ def numpy_forward(params, c, images, head_mask):
   return t[:, 0] @ p['head']['kernel'] + p['head']['bias'], np.stack(attn_all, 1)
 
 
+@numerics.in_float64  # both sides in float64: a tolerance no CPU's rounding reaches
 def test_forward_matches_numpy_with_head_mask(tiny):
-  params, images = tiny
+  params, images = numerics.as64(tiny)
   mask = np.ones((3, 4), np.float32)
   mask[0, 1], mask[2, 3], mask[1, 0] = 0., 0., 0.5
   logits, attn = model_lib.apply(params, TINY, images, head_mask=jnp.asarray(mask),
                                  return_attention=True)
   ref_logits, ref_attn = numpy_forward(params, TINY, images, mask)
   assert attn.shape == (3, 3, 4, 17, 17)  # [batch, layer, head, query, key]
-  np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(attn, ref_attn, rtol=1e-4, atol=1e-6)
+  numerics.assert_close64(logits, ref_logits)
+  numerics.assert_close64(attn, ref_attn)
 
 
 def test_head_mask_of_ones_is_no_mask_and_zero_changes_output(tiny):
@@ -82,32 +84,34 @@ def test_mask_gradient_is_defined(tiny):
   assert grad.shape == (3, 4) and np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
+@numerics.in_float64  # both sides in float64: a tolerance no CPU's rounding reaches
 def test_attention_reduce_equals_reducing_full_attention(tiny):
-  params, images = tiny
+  params, images = numerics.as64(tiny)
   _, full = model_lib.apply(params, TINY, images, return_attention=True)
   reduce = lambda w, layer: {'mean_over_queries': w.mean(2), 'layer': jnp.asarray(layer)}
   _, reduced = model_lib.apply(params, TINY, images, attention_reduce=reduce)
-  np.testing.assert_allclose(reduced['mean_over_queries'],
-                             np.moveaxis(np.asarray(full).mean(3), 1, 0), rtol=1e-6)
+  numerics.assert_close64(reduced['mean_over_queries'],
+                          np.moveaxis(np.asarray(full).mean(3), 1, 0))
   np.testing.assert_array_equal(reduced['layer'], [0, 1, 2])
 
 
+@numerics.in_float64  # both sides in float64: a tolerance no CPU's rounding reaches
 def test_prefix_then_suffix_equals_full_forward(tiny):
-  params, images = tiny
+  params, images = numerics.as64(tiny)
   mask = jnp.ones((3, 4)).at[2, 0].set(0.)
   tokens = model_lib.apply(params, TINY, images, last_layer=2)
   assert tokens.shape == (3, 17, 32)
   rest = model_lib.apply(params, TINY, tokens, head_mask=mask, first_layer=2)
-  np.testing.assert_allclose(rest, model_lib.apply(params, TINY, images, head_mask=mask),
-                             rtol=1e-5, atol=1e-6)
+  numerics.assert_close64(rest, model_lib.apply(params, TINY, images, head_mask=mask))
 
 
+@numerics.in_float64  # both sides in float64: a tolerance no CPU's rounding reaches
 def test_attention_edit_zeroing_one_head_equals_head_mask(tiny):
-  params, images = tiny
+  params, images = numerics.as64(tiny)
   edit = lambda w, layer: w.at[:, 1].set(0.) if layer == 1 else w
   edited = model_lib.apply(params, TINY, images, attention_edit=edit)
   masked = model_lib.apply(params, TINY, images, head_mask=jnp.ones((3, 4)).at[1, 1].set(0.))
-  np.testing.assert_allclose(edited, masked, rtol=1e-5, atol=1e-6)
+  numerics.assert_close64(edited, masked)
 
 
 def test_gap_and_pre_logits_and_features():

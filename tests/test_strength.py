@@ -202,17 +202,18 @@ def test_baselines_match_brute_force_and_a_uniform_head(tmp_path):
                              rtol=1e-4)
 
 
+@numerics.in_float64  # both sides in float64: a tolerance no CPU's rounding reaches
 def test_queries_and_keys_reproduce_the_attention(image_set):
   """q and k rebuilt from the sown block inputs give the model's own attention weights."""
-  params = tiny_params()
+  params = numerics.as64(tiny_params())
   batch = next(iter(image_set.batches(3, progress=False)))
-  q, k = (np.asarray(a, np.float64) for a in strength.queries_keys(params, TINY, batch.images))
+  q, k = (np.asarray(a) for a in strength.queries_keys(params, TINY, batch.images))
   assert q.shape == k.shape == (3, 3, 4, 17, 8)
   logits = np.einsum('blhqd,blhkd->blhqk', q, k) / np.sqrt(8)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
   ref = np.asarray(strength.attention_maps(params, TINY, batch.images))
-  np.testing.assert_allclose(weights, ref, atol=2e-5)
+  numerics.assert_close64(weights, ref)
 
 
 def test_joint_embedding_ignores_what_attention_ignores():

@@ -3,20 +3,25 @@
 import numpy as np
 import pytest
 
+from tests import numerics
 from tests.tiny import TINY, folder_source, run_on_eight_cpu_devices, tiny_params, write_images
 from vit_jax_analytics import checkpoints, cli, data, importance
 from vit_jax_analytics.logdir import progress_store, reader
 
 N_IMAGES = 12
-# Batch size and device count change only float32 rounding (kernel blocking, sum order):
-# every array must agree to 1e-5 of its own largest magnitude.
-TOL = 1e-5
+# Batch size and device count change only rounding (kernel blocking, sum order): run in
+# float64 (tests/numerics.py), every array must agree to F64_RTOL of its own largest
+# magnitude; the per-image arrays are stored in float32 (importance.py): to float32
+# rounding of it.
+TOL = numerics.F64_RTOL
 
 
 def assert_close(got, ref, name):
-  ref = np.asarray(ref, np.float64)
+  ref = np.asarray(ref)
+  rounded = np.float32 if ref.dtype == np.float32 else None
+  tol = numerics.ROUNDED_ULPS * numerics.F32_EPS if rounded else TOL
   scale = max(np.nanmax(np.abs(ref)), 1e-12)
-  np.testing.assert_allclose(got, ref, rtol=0, atol=TOL * scale, err_msg=name)
+  numerics.assert_close64(got, ref, name, rtol=0, atol=tol * scale, rounded=rounded)
 
 
 @pytest.fixture(scope='module')
@@ -36,12 +41,15 @@ ARRAYS = ('taylor', 'taylor_normalized', 'ablation_loss', 'ablation_top1', 'abla
 
 @pytest.fixture(scope='module')
 def reference(image_set):
-  return importance.compute_importance(tiny_params(), TINY, image_set, options(batch_size=4))
+  with numerics.float64():
+    return importance.compute_importance(numerics.as64(tiny_params()), TINY, image_set,
+                                         options(batch_size=4))
 
 
 @pytest.mark.parametrize('batch_size', [1, 7, 32])
+@numerics.in_float64
 def test_independent_of_batch_size(image_set, reference, batch_size):
-  got = importance.compute_importance(tiny_params(), TINY, image_set,
+  got = importance.compute_importance(numerics.as64(tiny_params()), TINY, image_set,
                                       options(batch_size=batch_size))
   for k in ARRAYS:
     assert_close(getattr(got, k), getattr(reference, k), k)
@@ -51,21 +59,24 @@ def test_result_is_consistent(reference):
   r = reference
   assert r.taylor.shape == (3, 4) and r.images == N_IMAGES
   # Removing no head is the baseline; the curves' first point says so for every order.
-  np.testing.assert_allclose(r.curve_top1[:, 0], r.baseline.top1, atol=1e-6)
-  np.testing.assert_allclose(r.curve_kl[:, 0], 0., atol=1e-6)
-  # Per-image values average to the reported means.
-  np.testing.assert_allclose(r.per_image_taylor.mean(0), r.taylor, rtol=1e-5)
-  np.testing.assert_allclose(r.per_image_ablation_loss.mean(0), r.ablation_loss,
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(np.linalg.norm(r.taylor_normalized, axis=1), 1., rtol=1e-5)
+  # (In float64: see `reference`.)
+  numerics.assert_close64(r.curve_top1[:, 0], np.full(len(r.curve_top1), r.baseline.top1))
+  numerics.assert_close64(r.curve_kl[:, 0], np.zeros(len(r.curve_kl)))
+  # Per-image values (stored in float32) average to the reported means.
+  for name in ('taylor', 'ablation_loss'):
+    per_image = getattr(r, f'per_image_{name}').astype(np.float64)
+    numerics.assert_close64(per_image.mean(0), getattr(r, name), name, rtol=0,
+                            atol=numerics.ROUNDED_ULPS * numerics.F32_EPS * np.abs(per_image).max())
+  numerics.assert_close64(np.linalg.norm(r.taylor_normalized, axis=1), np.ones(3))
   assert list(r.curve_orders[:4]) == list(importance.ORDER_METRICS)
   assert not r.label_free
 
 
+@numerics.in_float64  # the others are 0 up to rounding: float64 rounding
 def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
   """Only head (1, 2) writes to the residual stream: patch information reaches the class
   token through it alone, so every metric must rank it first."""
-  params = tiny_params(seed=3)
+  params = numerics.as64(tiny_params(seed=3))
   for l in range(TINY.num_layers):
     out = params['Transformer'][f'encoderblock_{l}']['MultiHeadDotProductAttention_1']['out']
     keep = np.zeros_like(out['kernel'])
@@ -81,11 +92,13 @@ def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
     flat = getattr(r, name).ravel()
     assert np.argmax(flat) == 1 * 4 + 2, name
     others = np.delete(flat, 6)
-    assert flat[6] > 0 and np.allclose(others, 0., atol=1e-6), name
+    assert flat[6] > 0, name
+    numerics.assert_close64(others, np.zeros_like(others), name)
   # Label-free: the unmasked model is right by definition.
   assert r.baseline.top1 == 1.
 
 
+@numerics.in_float64  # as `reference`
 def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, tmp_path,
                                                          monkeypatch):
   calls = []
@@ -101,11 +114,12 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
   monkeypatch.setattr(importance, 'stage1_batch', counting)
   store = progress_store.LogdirProgressStore(tmp_path, 'run', 'importance', 'k1')
   opts = options(batch_size=4, save_every_seconds=0.)
+  params = numerics.as64(tiny_params())
   with pytest.raises(KeyboardInterrupt):
-    importance.compute_importance(tiny_params(), TINY, image_set, opts, store=store)
+    importance.compute_importance(params, TINY, image_set, opts, store=store)
   assert store.load()[0] == 2  # two batches were saved
   calls.clear()
-  got = importance.compute_importance(tiny_params(), TINY, image_set, opts, store=store)
+  got = importance.compute_importance(params, TINY, image_set, opts, store=store)
   assert len(calls) == 1  # only the third of three batches was computed again
   for k in ARRAYS:
     assert_close(getattr(got, k), getattr(reference, k), k)
@@ -113,9 +127,12 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
 
 MULTI_DEVICE = r'''
 import dataclasses, sys, numpy as np, jax
+jax.config.update('jax_enable_x64', True)  # in float64: a tolerance no CPU's rounding reaches
 sys.path.insert(0, sys.argv[1])
-from tests.tiny import TINY, tiny_params
+from tests import numerics
+from tests.tiny import TINY, tiny_params as tiny_params32
 from vit_jax_analytics import data, importance, parallel
+tiny_params = lambda: numerics.as64(tiny_params32())
 assert jax.device_count() == 8, jax.devices()
 s = data.ImageFolderSource(data.image_folder(sys.argv[2]), TINY.image_size)
 o = importance.ImportanceOptions(batch_size=5, progress=False, curve_points=5, random_orders=2)
@@ -129,7 +146,7 @@ for got in (eight, split):
   for k in ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1', 'curve_top1',
             'partial_loss'):
     a, b = getattr(got, k), getattr(one, k)
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=k)
+    numerics.assert_close64(a, b, k, rtol=0, atol=numerics.F64_RTOL * np.abs(b).max())
 print('ok', one.images)
 '''
 
@@ -141,9 +158,12 @@ def test_eight_devices_match_one(image_set):
 
 MASK_SHARDS = r'''
 import sys, numpy as np, jax
+jax.config.update('jax_enable_x64', True)  # in float64: a tolerance no CPU's rounding reaches
 sys.path.insert(0, sys.argv[1])
-from tests.tiny import TINY, tiny_images, tiny_params
+from tests import numerics
+from tests.tiny import TINY, tiny_images, tiny_params as tiny_params32
 from tests.test_families_intercept import _foreign
+tiny_params = lambda: numerics.as64(tiny_params32())
 from vit_jax_analytics import importance, parallel
 from vit_jax_analytics.errors import OptionError
 images, labels = tiny_images(4), np.array([0, 1, -1, 3])
@@ -164,7 +184,10 @@ for params, config in ((tiny_params(), TINY), (foreign, fconfig)):
   for k in (8, 4):
     got = scan(params, config, parallel.batch_mesh(mask_shards=k))
     for m, v in want.items():
-      np.testing.assert_allclose(got[m], v, rtol=0, atol=1e-5 * np.abs(v).max(), err_msg=m)
+      if m in numerics.COUNT_METRICS:
+        np.testing.assert_array_equal(got[m], v, err_msg=m)
+      else:
+        numerics.assert_close64(got[m], v, m, rtol=0, atol=numerics.F64_RTOL * np.abs(v).max())
 
 # The heads are really split: per-device FLOPs (every mask at once, no loop over heads) of
 # a batch x masks mesh of 2 x K fall by the scan's share, 1/K of it on each device:
@@ -191,7 +214,7 @@ print('ok', f1, f2, f4)
 
 def test_ablation_scan_split_over_a_masks_axis_equals_unsplit():
   """stage1_batch on (batch x masks) meshes of 8 forced CPU devices equals the unsplit scan
-  on one device (tolerance 1e-5 of the largest magnitude; K = 8 pads 4 heads to 8), for
+  on one device (in float64, to F64_RTOL of the largest magnitude; K = 8 pads 4 heads to 8), for
   prefix reuse and an intercepted model's full forwards, and divides the scan's work."""
   assert 'ok' in run_on_eight_cpu_devices(MASK_SHARDS)
 
@@ -228,7 +251,8 @@ def test_per_image_loss_and_prediction(image_set, reference):
   """The unmasked model's loss and top-1 class per image, as the image overview shows them."""
   r = reference
   assert r.per_image_prediction.shape == (N_IMAGES,) and r.per_image_prediction.dtype == np.int32
-  np.testing.assert_allclose(np.nanmean(r.per_image_loss), r.baseline.loss, rtol=1e-5)
+  # per_image_loss is stored in float32; the baseline is a float64 sum (see `reference`).
+  numerics.assert_close64(np.nanmean(r.per_image_loss), r.baseline.loss, rounded=np.float32)
   labels = np.full(N_IMAGES, -2)
   for batch in image_set.batches(5, progress=False):
     labels[batch.index[batch.valid]] = batch.labels[batch.valid]

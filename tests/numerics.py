@@ -64,7 +64,7 @@ def as64(tree):
   are. Call inside `float64()` if the result feeds jnp code."""
   def cast(x):
     x = np.asarray(x) if isinstance(x, (jax.Array, np.ndarray, np.generic)) else x
-    if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+    if isinstance(x, np.ndarray) and jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
       return x.astype(np.float64)
     return x
   return jax.tree.map(cast, tree)

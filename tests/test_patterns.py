@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import numerics
 from tests.tiny import TINY, folder_source, offset_heads_model, tiny_params
 from vit_jax_analytics import model as model_lib, patterns
 
@@ -124,8 +125,8 @@ def test_autoencoder_inputs_made_batch_by_batch_are_the_whole_array(fixed_offset
 def test_padded_evaluation_chunks_equal_each_sample_alone(fixed_offset_summary):
   """encode and reconstruction_errors evaluate fixed-size chunks, the last padded (one
   compiled program, memory independent of the number of samples): each sample's latent and
-  error equal those of the sample evaluated alone, whatever the chunk size (float32: rtol
-  1e-5, atol 1e-6, the rounding of batch-size-dependent convolution kernels); the training history's validation loss is the mean over the validation
+  error equal those of the sample evaluated alone, whatever the chunk size (in float64: the
+  rounding of batch-size-dependent convolution kernels, tests/numerics.py); the training history's validation loss is the mean over the validation
   samples (checked against a direct float64 mean)."""
   result, samples, config, options = fixed_offset_summary
   n, canvas = config.grid_shape, 2 * max(config.grid_shape) - 1
@@ -133,17 +134,19 @@ def test_padded_evaluation_chunks_equal_each_sample_alone(fixed_offset_summary):
   ae = dataclasses.replace(options.ae, epochs=2)
   params, history = patterns.train_autoencoder(x, canvas, ae)
   some = np.random.default_rng(1).permutation(len(x))[:11]
-  alone_latent = np.concatenate([patterns._encode(params, x[[i]], canvas, ae.latent_dim,
-                                                  ae.width) for i in some])
-  alone_error = np.concatenate([patterns._reconstruction_errors(params, x[[i]], canvas,
-                                                                ae.latent_dim, ae.width)
-                                for i in some])
-  for chunk in (7, patterns.EVAL_CHUNK, len(x) + 5):
-    latent = patterns.encode(params, x, canvas, ae, batch=chunk)
-    errors = patterns.reconstruction_errors(params, x, canvas, ae, batch=chunk)
-    assert latent.shape == (len(x), ae.latent_dim) and errors.shape == (len(x),)
-    np.testing.assert_allclose(latent[some], alone_latent, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(errors[some], alone_error, rtol=1e-5, atol=1e-6)
+  with numerics.float64():  # the trained params in float64: a tolerance no CPU's rounding reaches
+    p64 = numerics.as64(params)
+    alone_latent = np.concatenate([patterns._encode(p64, x[[i]], canvas, ae.latent_dim,
+                                                    ae.width) for i in some])
+    alone_error = np.concatenate([patterns._reconstruction_errors(p64, x[[i]], canvas,
+                                                                  ae.latent_dim, ae.width)
+                                  for i in some])
+    for chunk in (7, patterns.EVAL_CHUNK, len(x) + 5):
+      latent = patterns.encode(p64, x, canvas, ae, batch=chunk)
+      errors = patterns.reconstruction_errors(p64, x, canvas, ae, batch=chunk)
+      assert latent.shape == (len(x), ae.latent_dim) and errors.shape == (len(x),)
+      numerics.assert_close64(latent[some], alone_latent, 'latent')
+      numerics.assert_close64(errors[some], alone_error, 'errors')
   # The validation loss of the best epoch (here the last: 2 epochs of a falling loss), from
   # the returned parameters, on the rows train_autoencoder holds out.
   assert history.best_epoch == len(history.val_loss) - 1 == 1

@@ -78,7 +78,8 @@ def _flag_for(field: str, owner=None) -> str:
                                               pipeline.RunOptions]
   for cls in ([owner] if owner in classes else classes):
     for f in dataclasses.fields(cls):
-      if f.name == field and f.metadata.get('cli', True):
+      # a field off the CLI but set from a flag (AEOptions.seed) names that flag
+      if f.name == field and (f.metadata.get('cli', True) or f.metadata.get('flag')):
         return flag_of(f)
   return '--' + field.replace('_', '-')
 
@@ -170,15 +171,22 @@ def cmd_evaluate(args):
   from vit_jax_analytics.errors import CheckpointError, NonFiniteError
   from vit_jax_analytics.pipeline import name_images
 
+  from vit_jax_analytics import cost
+  from vit_jax_analytics.options import check
+
+  check(args, 'batch_size', args.batch_size, low=1)
   loaded = inputs_from(args).load()
+  cost.check_forward_memory(loaded.config)
   if not loaded.config.has_classifier:
     raise CheckpointError(f'{args.checkpoint}: the model outputs an embedding '
                           f'({loaded.config.pooling} pooling, output '
                           f'{loaded.config.output!r}), not class logits; evaluate needs a '
                           f'classifier (importance takes --classes-npz)')
   try:
+    # no batch larger than the images: 100,000,000 would allocate for that many
+    batch_size = min(args.batch_size, max(len(loaded.source), 1))
     result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
-        args.batch_size, progress=not args.no_progress, desc='evaluate'))
+        batch_size, progress=not args.no_progress, desc='evaluate'))
   except NonFiniteError as e:
     raise name_images(e, loaded.image_set) from None
   if result['labelled_images'] == 0:

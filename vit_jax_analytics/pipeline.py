@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -120,7 +121,9 @@ def computation_key(inputs: Inputs, loaded: Loaded, options) -> str:
   h.update(json.dumps(loaded.config.to_dict(), sort_keys=True).encode())
   for path in loaded.image_set.paths:
     stat = path.stat() if path.exists() else None
-    h.update(f'{path}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n'.encode())
+    # os.fsencode: a file name that is not UTF-8 holds surrogate escapes, which .encode()
+    # refuses
+    h.update(os.fsencode(path) + f'\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n'.encode())
   h.update(np.asarray(loaded.image_set.labels, np.int64).tobytes())
   settings = dataclasses.asdict(options)
   for name in ('progress', 'save_every_seconds'):
@@ -162,7 +165,11 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   key = computation_key(inputs, loaded, options)
   if jax.process_count() > 1:  # each process saves (and resumes) its own sums
     key += f'-p{jax.process_index()}of{jax.process_count()}'
-  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key)
+  # What every saved state holds: stage 1's sums (their shapes; the per-image ones vary)
+  required = {k: v.shape for k, v in importance.stage1_sums(loaded.config, 0, False).items()
+              if k != 'target'}
+  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key,
+                                             required={**required, 'stage': ()})
   objective = None
   if options.classes_npz:
     objective = importance.classes_objective(
@@ -240,14 +247,25 @@ def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
   if run_options.use_compile_cache:  # before anything compiles
     cost.enable_compile_cache(run_options.compile_cache or cost.default_cache_dir())
   options = {name: (options or {}).get(name) or options_types()[name]() for name in analyses}
-  run = writer.check_run_name(run or default_run_name(inputs.checkpoint))
+  run = writer.check_run_name(default_run_name(inputs.checkpoint) if run is None else run)
+  created = []  # the directories made here, deepest last: removed again if left empty
   if not run_options.dry_run:
+    directory = writer.run_directory(logdir, run)
+    created = [d for d in (directory, *directory.parents) if not d.exists()][::-1]
     writer.check_writable(logdir, run)  # before any work, not after it
-  loaded = inputs.load()
   try:
-    return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options)
-  except NonFiniteError as e:
-    raise name_images(e, loaded.image_set) from None
+    loaded = inputs.load()
+    try:
+      return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options)
+    except NonFiniteError as e:
+      raise name_images(e, loaded.image_set) from None
+  except BaseException:  # a refused or interrupted run leaves no empty run directory
+    for d in reversed(created):
+      try:
+        d.rmdir()  # only if empty: progress to resume from, or results, are kept
+      except OSError:
+        break
+    raise
 
 
 def name_images(e: NonFiniteError, image_set) -> VitAnalyticsError:
@@ -259,13 +277,39 @@ def name_images(e: NonFiniteError, image_set) -> VitAnalyticsError:
                            f'check the checkpoint and the normalisation (--mean/--std)')
 
 
+def importance_target(loaded: Loaded) -> str:
+  """What importance measures the heads against, in words: the labels, the model's own
+  prediction (label-free), or the embedding."""
+  labels = np.asarray(loaded.image_set.labels)[:len(loaded.source)]
+  if not loaded.config.has_classifier:
+    return (f'the model outputs an embedding ({loaded.config.output!r}), not class logits: '
+            f'importance is measured on the embedding, label-free')
+  unlabelled = int((labels < 0).sum())
+  if unlabelled == len(labels):
+    return (f'none of the {len(labels)} images is labelled: importance runs label-free (the '
+            f"model's own prediction is the target)")
+  if unlabelled:
+    return (f'{unlabelled} of the {len(labels)} images are unlabelled: importance takes '
+            f"the model's own prediction as their target (label-free), the label elsewhere")
+  return f'importance is measured against the labels of the {len(labels)} images'
+
+
 def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> list:
   from vit_jax_analytics import cost
 
+  cost.check_forward_memory(loaded.config)  # a size no forward fits: refused before any work
+  heads = loaded.config.num_layers * loaded.config.num_heads
+  if 'patterns' in options and options['patterns'].clusters > heads:
+    # k-means makes at most one cluster a head: say so, and store what is used
+    print(f'warning: --clusters {options["patterns"].clusters} is more than the model\'s '
+          f'{heads} heads; using {heads}', file=sys.stderr)
+    options['patterns'] = dataclasses.replace(options['patterns'], clusters=heads)
   for opts in options.values():  # options that depend on the model, before any work
     if hasattr(opts, 'check_model'):
       opts.check_model(loaded.config)
   n_images = len(loaded.source)
+  if 'importance' in analyses and not options['importance'].classes_npz:
+    print(f'note: {importance_target(loaded)}', file=sys.stderr, flush=True)
   stages = cost.plan(loaded.config, n_images, analyses, options,
                      _variants(loaded.config, options))
   per_forward = None

@@ -140,3 +140,171 @@ def test_timm_state_dict_written_here_loads(tmp_path, capsys):
   code, out, err = run(capsys, 'info', '--checkpoint', path)
   assert code == 0, err
   assert json.loads(out)['config']['num_layers'] == 2
+
+
+# --- analysis runs on the demo model: cheap options shared, so compiled programs are reused ----
+
+CHEAP_IMPORTANCE = ['--max-images', 3, '--no-progress', '--random-orders', 0, '--curve-points',
+                    2, '--partial-heads', 1, '--radii', 1, '--batch-size', 4]
+
+
+def flat_images(folder, names):
+  """Demo images copied into a flat (unlabelled) folder under the given file names (str or
+  bytes: a bytes name need not be UTF-8)."""
+  import os
+  folder.mkdir(parents=True)
+  sources = sorted(DEMO_IMAGES.rglob('*.png'))
+  for source, name in zip(sources, names):
+    target = os.path.join(os.fsencode(folder), name if isinstance(name, bytes) else name.encode())
+    with open(target, 'wb') as f:
+      f.write(source.read_bytes())
+  return folder
+
+
+def test_non_utf8_image_name_is_analysed_by_importance(tmp_path, capsys):
+  """13: a file name that is not UTF-8 (a surrogate escape in Python) was a
+  UnicodeEncodeError in the resume key."""
+  images = flat_images(tmp_path / 'images', [b'caf\xe9.png', b'b.png', b'\xff\xfe.png'])
+  code, out, err = run(capsys, 'importance', '--images', images, '--logdir', tmp_path / 'logs',
+                       '--run', 'r', *CHEAP_IMPORTANCE)
+  assert code == 0, err
+  assert 'wrote' in out and 'Traceback' not in err
+  # 5: the output says that it runs label-free
+  assert 'none of the 3 images is labelled: importance runs label-free' in err
+
+
+def test_foreign_progress_file_is_set_aside_with_a_warning(tmp_path, capsys):
+  """16: a valid npz without the accumulators (e.g. of another version) was a KeyError on
+  every rerun; it is set aside like a damaged file and the run starts over."""
+  from vit_jax_analytics import pipeline
+  from vit_jax_analytics.logdir import progress_store
+  argv = ['importance', '--logdir', tmp_path / 'logs', '--run', 'r', *CHEAP_IMPORTANCE]
+  args = cli.build_parser().parse_args([str(a) for a in argv])
+  inputs = cli.inputs_from(args)
+  options = cli.analysis_options(args, ('importance',))['importance']
+  key = pipeline.computation_key(inputs, inputs.load(), options)
+  state = progress_store.state_directory(tmp_path / 'logs', 'r')
+  state.mkdir(parents=True)
+  np.savez(state / f'importance-{key}.npz', __next_batch__=np.asarray(1), other=np.zeros(3))
+  code, out, err = run(capsys, *argv)
+  assert code == 0, err
+  assert 'damaged or foreign progress file (lacks' in err and 'starting over' in err
+  assert (state / f'importance-{key}.damaged').exists()
+  assert 'wrote' in out
+
+
+@pytest.mark.parametrize('run_name, words', [
+    ('abc\n', ["run name 'abc\\n'"]),   # 19: '$' matched before the final newline
+    ('', ["run name ''"]),              # 6: "" silently took the default name
+])
+def test_bad_run_names_are_refused(tmp_path, capsys, run_name, words):
+  code, _, err = run(capsys, 'strength', '--logdir', tmp_path / 'logs', '--run', run_name,
+                     '--max-images', 2, '--no-progress')
+  one_line_error(code, err, *words)
+  assert not (tmp_path / 'logs').exists()
+
+
+def test_refused_analysis_leaves_no_run_directory(tmp_path, capsys):
+  """20: an unsupported model (timm fc_norm) is refused after the run directory was made
+  (to prove it writable); it is removed again, and the logdir made for it too."""
+  sd = timm_state_dict()
+  sd['fc_norm.weight'], sd['fc_norm.bias'] = np.ones(64, np.float32), np.zeros(64, np.float32)
+  path = save_safetensors(sd, tmp_path / 'model.safetensors')
+  logdir = tmp_path / 'new' / 'logs'
+  code, _, err = run(capsys, 'analyze', '--checkpoint', path, '--logdir', logdir, '--run', 'r',
+                     '--no-progress')
+  one_line_error(code, err, 'fc_norm', 'not supported')
+  assert not (tmp_path / 'new').exists()
+  # an existing logdir is kept, and so is a run directory that holds something
+  (logdir / 'r').mkdir(parents=True)
+  (logdir / 'r' / 'keep').write_text('x')
+  code, _, err = run(capsys, 'analyze', '--checkpoint', path, '--logdir', logdir, '--run', 'r',
+                     '--no-progress')
+  assert code == 2 and (logdir / 'r' / 'keep').exists()
+
+
+@pytest.mark.parametrize('flags, words', [
+    (['--seed', '-1'], ['--seed', '[0, 4294967295]', '-1']),
+    (['--pattern-seed', '-1'], ['--pattern-seed', '[0, 4294967295]']),
+    (['--map-budget-mib', 'inf'], ['--map-budget-mib', 'inf']),
+    (['--map-budget-mib', 'nan'], ['--map-budget-mib', 'nan']),
+    (['--grid', '100000'], ['--grid', '[2, 128]']),
+])
+def test_flag_values_out_of_range_are_one_line(tmp_path, capsys, flags, words):
+  """12: numpy's ValueError, float NaN to int, 74.5 GiB for the grid."""
+  code, _, err = run(capsys, 'analyze', '--logdir', tmp_path / 'logs', '--no-progress', *flags)
+  one_line_error(code, err, *words)
+
+
+def test_one_epoch_and_more_clusters_than_heads(tmp_path, capsys):
+  """12: --ae-epochs 1 (optax: a cosine decay of no steps); 6: --clusters 1000 was clamped
+  to the heads silently while the stored options said 1000."""
+  from vit_jax_analytics.logdir import reader
+  code, out, err = run(capsys, 'patterns', '--logdir', tmp_path / 'logs', '--run', 'p',
+                       '--max-images', 3, '--pattern-images', 3, '--per-head', 1, '--grid', 2,
+                       '--ae-epochs', 1, '--clusters', 1000, '--no-progress')
+  assert code == 0, err
+  assert "warning: --clusters 1000 is more than the model's 24 heads; using 24" in err
+  meta = reader.read_run(tmp_path / 'logs' / 'p')['patterns/meta']
+  assert meta['options']['clusters'] == 24
+
+
+def test_label_free_and_embedding_objectives_are_said(tmp_path, capsys):
+  """5: a dry run names what importance measures against."""
+  code, _, err = run(capsys, 'analyze', '--logdir', tmp_path / 'logs', '--max-images', 3,
+                     '--dry-run', '--no-progress')
+  assert code == 0, err
+  assert 'note: importance is measured against the labels of the 3 images' in err
+
+
+def _limited(argv, address_space_gib=8, timeout=120):
+  """The CLI in a fresh process under `ulimit -v`: (exit code, stdout, stderr)."""
+  import resource
+  import subprocess
+  import sys
+  limit = address_space_gib * 2 ** 30
+  r = subprocess.run([sys.executable, '-m', 'vit_jax_analytics.cli', *map(str, argv)],
+                     capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+  return r.returncode, r.stdout, r.stderr
+
+
+@pytest.mark.parametrize('size, words', [
+    (400000, ['--image-size', '100000 x 100000 grid of patches', 'at most 262144']),
+    (2000, ['--image-size', '2000x2000 px is 250001 tokens', 'GiB', 'free']),
+])
+def test_infeasible_image_size_is_refused_before_any_forward(tmp_path, size, words):
+  """10: 2.33 TiB in the position embedding's resize; an XLA error under an 8 GB ulimit."""
+  code, _, err = _limited(['analyze', '--logdir', tmp_path / 'logs', '--image-size', size,
+                           '--dry-run', '--no-progress', '--no-compile-cache'])
+  one_line_error(code, err, *words)
+
+
+def test_evaluate_batch_is_capped_at_the_images(tmp_path):
+  """11: --batch-size 100000000 allocated 876 GiB for 4 images."""
+  code, out, err = _limited(['evaluate', '--max-images', 4, '--batch-size', 100_000_000,
+                             '--no-progress'])
+  assert code == 0, err
+  assert 'top-1 accuracy' in out and 'on 4 labelled images' in out
+
+
+def test_reading_a_missing_or_empty_run_is_one_line(tmp_path):
+  """18: TypeError: 'NoneType' object is not subscriptable."""
+  from vit_jax_analytics.errors import ReadError
+  from vit_jax_analytics.logdir import reader
+  with pytest.raises(ReadError, match='no such run directory') as e:
+    reader.read_importance(tmp_path / 'missing')
+  assert str(tmp_path / 'missing') in str(e.value)
+  (tmp_path / 'empty').mkdir()
+  for read, analysis in ((reader.read_importance, 'importance'),
+                         (reader.read_strength, 'strength'), (reader.read_patterns, 'patterns')):
+    with pytest.raises(ReadError, match=f'no {analysis} results in this run directory'):
+      read(tmp_path / 'empty')
+
+
+def test_reading_a_step_not_written_is_one_line(analysis_logdir):
+  from vit_jax_analytics.errors import ReadError
+  from vit_jax_analytics.logdir import reader
+  assert reader.read_importance(analysis_logdir / 'tiny').images == 6
+  with pytest.raises(ReadError, match=r'no importance results at step 7; steps written: \[0\]'):
+    reader.read_importance(analysis_logdir / 'tiny', step=7)

@@ -315,3 +315,27 @@ def test_reading_a_step_not_written_is_one_line(analysis_logdir):
   assert reader.read_importance(analysis_logdir / 'tiny').images == 6
   with pytest.raises(ReadError, match=r'no importance results at step 7; steps written: \[0\]'):
     reader.read_importance(analysis_logdir / 'tiny', step=7)
+
+
+def test_kinds_of_a_rectangular_grid_run(tmp_path, capsys):
+  """14: `kinds` crashed on any rectangular-grid run (a square centre assumed)."""
+  logdir = tmp_path / 'logs'
+  code, _, err = run(capsys, 'strength', '--logdir', logdir, '--run', 'rect', '--image-size',
+                     '28x36', '--max-images', 2, '--map-images', 0, '--no-progress')
+  assert code == 0, err
+  code, out, err = run(capsys, 'kinds', logdir / 'rect')
+  assert code == 0, err
+  assert out.startswith('head kinds (24 heads;') and 'Traceback' not in err
+
+
+def test_rectangular_patterns_are_named_about_their_own_centre():
+  from vit_jax_analytics.patterns import describe_pattern
+  p = np.zeros((5, 9))                 # a 3 x 5 grid: offsets -2..2 by -4..4
+  p[2, 4] = 1.0
+  assert describe_pattern(p, 0.) == 'self'
+  p = np.zeros((5, 9))
+  p[2, :] = 1.0                        # the whole zero-offset row
+  assert describe_pattern(p, 0.) == 'row'
+  p = np.zeros((5, 9))
+  p[1, 6] = 1.0
+  assert describe_pattern(p, 0.) == 'offset (-1, +2)'

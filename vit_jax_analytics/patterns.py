@@ -468,26 +468,26 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100, restarts: int
 
 
 def describe_pattern(pattern: np.ndarray, to_cls: float) -> str:
-  """A suggested name for a mean re-centred pattern [2n-1, 2n-1] (weights, not scaled)."""
-  n = (pattern.shape[0] + 1) // 2
+  """A suggested name for a mean re-centred pattern [2h-1, 2w-1] (weights, not scaled; a
+  rectangular grid's is rectangular)."""
   total = pattern.sum() + to_cls
   if total <= 0:
     return 'empty'
   if to_cls / total > 0.5:
     return 'class-token-focused'
   p = pattern / max(pattern.sum(), 1e-12)
-  c = n - 1
+  cy, cx = (pattern.shape[0] - 1) // 2, (pattern.shape[1] - 1) // 2  # the zero offset
   dy, dx = np.unravel_index(np.argmax(p), p.shape)
-  cheb = np.maximum(*np.abs(np.mgrid[-c:c + 1, -c:c + 1]))
-  if p[c, c] > 0.5:
+  cheb = np.maximum(*np.abs(np.mgrid[-cy:cy + 1, -cx:cx + 1]))
+  if p[cy, cx] > 0.5:
     return 'self'
   if p.max() > 0.4:
-    return f'offset ({dy - c:+d}, {dx - c:+d})'
+    return f'offset ({dy - cy:+d}, {dx - cx:+d})'
   if p[cheb <= 1].sum() > 0.6:
     return 'local'
-  if p[c].sum() > 0.6:
+  if p[cy].sum() > 0.6:
     return 'row'
-  if p[:, c].sum() > 0.6:
+  if p[:, cx].sum() > 0.6:
     return 'column'
   return 'global'
 

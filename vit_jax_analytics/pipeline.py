@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from vit_jax_analytics import checkpoints, data
-from vit_jax_analytics.errors import NonFiniteError, OptionError, VitAnalyticsError
+from vit_jax_analytics.errors import NonFiniteError, OptionError, OutputError, VitAnalyticsError
 from vit_jax_analytics.logdir import progress_store, schema, writer
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
@@ -204,10 +204,42 @@ def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   result, ae_params = patterns.compute_patterns(loaded.params, loaded.config, loaded.source,
                                                 options)
   if ae_params is not None:  # the autoencoder itself, beside the event file
-    checkpoints.save_orbax(writer.run_directory(logdir, run) / 'pattern_autoencoder',
-                           ae_params, {'canvas': 2 * max(loaded.config.grid_shape) - 1,
-                                       **dataclasses.asdict(options.ae)})
+    save_autoencoder(writer.run_directory(logdir, run) / AUTOENCODER, ae_params,
+                     {'canvas': 2 * max(loaded.config.grid_shape) - 1,
+                      **dataclasses.asdict(options.ae)})
   return result, lambda meta: schema.patterns_values(result, meta), None
+
+
+AUTOENCODER = 'pattern_autoencoder'
+
+
+def save_autoencoder(path: Path, params, config: dict) -> None:
+  """The pattern autoencoder as an orbax directory (atomically); OutputError (one line,
+  naming the path) where it cannot be written, e.g. a full disk. Orbax logs each failed
+  write thread's traceback at ERROR on the absl logger: quiet while it saves, since the
+  error says it."""
+  import logging
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    checkpoints.save_orbax(path, params, config)
+  except (OSError, ValueError, RuntimeError) as e:  # tensorstore's write errors: ValueError
+    first = str(e).splitlines()[0][:200] if str(e) else ''
+    raise OutputError(f'{path}: cannot save the pattern autoencoder ({type(e).__name__}: '
+                      f'{first})') from None
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _remove_orphan_autoencoder(logdir, run: str) -> None:
+  """The autoencoder saved by a patterns run whose event file could not be written: it
+  would sit beside no patterns results (or beside older ones it does not belong to)."""
+  directory = writer.run_directory(logdir, run)
+  if not any(writer.file_analysis_step(p)[0] == 'patterns'
+             for p in directory.glob('events.out.tfevents.*')):
+    import shutil
+    shutil.rmtree(directory / AUTOENCODER, ignore_errors=True)
 
 
 def options_types() -> dict:
@@ -329,7 +361,12 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
       timings[name] = {'seconds': time.perf_counter() - start}
     meta = common_meta(inputs, loaded, options[name])
     if _writes():  # every process holds the reduced result; process 0 alone writes it
-      written.append(writer.write_analysis(logdir, run, name, values(meta)))
+      try:
+        written.append(writer.write_analysis(logdir, run, name, values(meta)))
+      except BaseException:
+        if name == 'patterns':
+          _remove_orphan_autoencoder(logdir, run)
+        raise
     if done:
       done()  # progress is dropped only once the results are safely written
   for s in stages:  # what each stage actually did and took

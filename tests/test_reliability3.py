@@ -430,3 +430,40 @@ def test_patterns_whose_event_file_fails_leave_no_autoencoder(tmp_path, capsys, 
 def _named(values):
   """(tag, Value) pairs of what write_analysis is given (a mapping or pairs)."""
   return values.items() if hasattr(values, 'items') else values
+
+
+def _float_tiff(path, values):
+  from PIL import Image
+  Image.fromarray(np.asarray(values, np.float32), 'F').save(path)
+  return path
+
+
+def test_float_tiff_is_scaled_by_its_own_range(tmp_path):
+  """4: a 0-255 float (mode F) TIFF was clipped to [0, 1]: white wherever a value >= 1."""
+  from PIL import Image
+  from vit_jax_analytics import data
+  levels = np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.float32)
+  eight_bit = tmp_path / 'eight.png'
+  Image.fromarray(levels.astype(np.uint8), 'L').save(eight_bit)
+  as_255 = _float_tiff(tmp_path / 'f255.tif', levels)
+  as_unit = _float_tiff(tmp_path / 'f1.tif', levels / 255)
+  reference = data.load_image(eight_bit, 28)
+  np.testing.assert_allclose(data.load_image(as_255, 28), reference, atol=1e-6)
+  np.testing.assert_allclose(data.load_image(as_unit, 28), reference, atol=1e-6)
+  # a big float image decoded in strips takes the whole image's range, not each strip's
+  big = np.zeros((3000, 3000), np.float32)
+  big[:10] = 200.   # only the first strip holds values above 1
+  big[2000:] = 0.5
+  a = data.load_image(_float_tiff(tmp_path / 'big.tif', big), 28, (0, 0, 0), (1, 1, 1))
+  assert abs(a[-1].mean() - 0.5 / 255) < 1e-4
+
+
+def test_float_tiff_of_another_range_is_skipped_naming_it(tmp_path, capsys):
+  images = tmp_path / 'images'
+  images.mkdir()
+  _float_tiff(images / 'a.tif', np.full((28, 28), 128.))
+  _float_tiff(images / 'b.tif', np.linspace(-5, 1000, 28 * 28).reshape(28, 28))
+  code, out, err = run(capsys, 'evaluate', '--images', images, '--no-progress')
+  assert code == 0, err
+  assert (f'warning: skipping {images / "b.tif"}: cannot read image (ValueError: a float '
+          f'(mode F) image with values in [-5, 1000]; expected them in [0, 1] or [0, 255])') in err

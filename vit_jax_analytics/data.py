@@ -312,14 +312,27 @@ _STRIP_PIXELS = 2 ** 20
 _OPEN_LOCK = threading.Lock()
 
 
-def _to_unit_float(img: Image.Image) -> np.ndarray:
+def _float_scale(img: Image.Image) -> float:
+  """What a float ('F' mode, e.g. TIFF) image is multiplied by to lie in [0, 1], from its
+  own range: values in [0, 1] as they are, in [0, 255] (8-bit levels as floats) / 255.
+  ValueError (the file is skipped with a warning naming it) for any other range, which
+  clipping would silently turn white or black."""
+  lo, hi = img.getextrema()
+  if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 255:
+    raise ValueError(f'a float (mode F) image with values in [{lo:.4g}, {hi:.4g}]; expected '
+                     f'them in [0, 1] or [0, 255]')
+  return 1. if hi <= 1 else 1. / 255.
+
+
+def _to_unit_float(img: Image.Image, scale: Optional[float] = None) -> np.ndarray:
   """Any Pillow mode -> [h, w, 3] float32 in [0, 1]. Alpha is dropped, as TF's
-  decode_image(channels=3) does in the vit_jax input pipeline."""
+  decode_image(channels=3) does in the vit_jax input pipeline. scale: of a float image,
+  default from its own range (_float_scale; a strip of an image takes the whole's)."""
   mode = img.mode
   if mode.startswith('I;16') or mode == 'I':  # 16-bit (PNG) grayscale
     a = np.asarray(img, np.float32) / 65535.
   elif mode == 'F':
-    a = np.asarray(img, np.float32)
+    a = np.asarray(img, np.float32) * np.float32(_float_scale(img) if scale is None else scale)
   elif mode in ('1', 'L', 'LA', 'La'):
     a = np.asarray(img.convert('L'), np.float32) / 255.
   else:  # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV, ...
@@ -358,7 +371,9 @@ def _reduced_unit_float(img: Image.Image, factors) -> np.ndarray:
   in strips of rows so that the full-size float image never exists."""
   (w, h), (fx, fy) = img.size, factors
   rows = fy * max(1, _STRIP_PIXELS // (w * fy))  # a multiple of fy: strips reduce exactly
-  strips = (_to_unit_float(img.crop((0, y, w, min(h, y + rows)))) for y in range(0, h, rows))
+  scale = _float_scale(img) if img.mode == 'F' else None  # the whole image's range
+  strips = (_to_unit_float(img.crop((0, y, w, min(h, y + rows))), scale)
+            for y in range(0, h, rows))
   return np.concatenate([_channels(a, lambda c: c.reduce((fx, fy))) for a in strips])
 
 

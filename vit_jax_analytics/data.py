@@ -314,14 +314,16 @@ _OPEN_LOCK = threading.Lock()
 
 def _float_scale(img: Image.Image) -> float:
   """What a float ('F' mode, e.g. TIFF) image is multiplied by to lie in [0, 1], from its
-  own range: values in [0, 1] as they are, in [0, 255] (8-bit levels as floats) / 255.
-  ValueError (the file is skipped with a warning naming it) for any other range, which
-  clipping would silently turn white or black."""
+  own range: values up to 2 are in [0, 1] units (a small overshoot, as resampling leaves,
+  is clipped as before), up to 255 * 1.05 are 8-bit levels (/ 255). ValueError (the file is
+  skipped with a warning naming it) for any other range, or one that reaches below -0.5
+  in those units, which clipping would silently turn white or black."""
   lo, hi = img.getextrema()
-  if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 255:
+  scale = 1. if hi <= 2 else 1. / 255. if hi <= 255 * 1.05 else None
+  if not (np.isfinite(lo) and np.isfinite(hi)) or scale is None or lo * scale < -0.5:
     raise ValueError(f'a float (mode F) image with values in [{lo:.4g}, {hi:.4g}]; expected '
                      f'them in [0, 1] or [0, 255]')
-  return 1. if hi <= 1 else 1. / 255.
+  return scale
 
 
 def _to_unit_float(img: Image.Image, scale: Optional[float] = None) -> np.ndarray:

@@ -467,3 +467,73 @@ def test_float_tiff_of_another_range_is_skipped_naming_it(tmp_path, capsys):
   assert code == 0, err
   assert (f'warning: skipping {images / "b.tif"}: cannot read image (ValueError: a float '
           f'(mode F) image with values in [-5, 1000]; expected them in [0, 1] or [0, 255])') in err
+
+
+@pytest.fixture(scope='module')
+def wrapped_onnx(tmp_path_factory):
+  """A ViTForImageClassification exported inside a wrapper module: node scopes /m/vit/...
+  and /m/classifier/...; the graph's only output is the logits."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  pytest.importorskip('onnx')
+  torch.manual_seed(0)
+  vit = transformers.ViTForImageClassification(transformers.ViTConfig(
+      hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+      image_size=28, patch_size=7, num_labels=5, attn_implementation='eager')).eval()
+
+  class Wrapper(torch.nn.Module):
+    def __init__(self, m):
+      super().__init__()
+      self.m = m
+
+    def forward(self, x):
+      return self.m(pixel_values=x).logits
+
+  path = tmp_path_factory.mktemp('onnx') / 'wrapped.onnx'
+  torch.onnx.export(Wrapper(vit), (torch.zeros(1, 3, 28, 28),), str(path),
+                    input_names=['pixel_values'], output_names=['logits'], opset_version=14,
+                    dynamo=False)
+  return path
+
+
+def test_wrapped_onnx_export_keeps_its_classifier(wrapped_onnx, capsys):
+  """3: the wrapped export loaded headless (output embedding, 0 classes, the whole model
+  reported as an ignored scope 'm'); its logits now equal onnxruntime's."""
+  ort = pytest.importorskip('onnxruntime')
+  import jax
+  from vit_jax_analytics import checkpoints, model as model_lib
+  code, out, err = run(capsys, 'info', '--checkpoint', wrapped_onnx)
+  assert code == 0, err
+  info = json.loads(out)
+  assert info['output'] == 'logits' and info['config']['num_classes'] == 5
+  assert info['source']['ignored_scopes'] == {} and info['source']['ignored_count'] == 0
+  assert 'warning' not in err
+  params, config = checkpoints.load_checkpoint(wrapped_onnx)
+  x = np.random.default_rng(0).normal(size=(2, 3, 28, 28)).astype(np.float32)
+  session = ort.InferenceSession(str(wrapped_onnx), providers=['CPUExecutionProvider'])
+  reference = np.concatenate([session.run(None, {'pixel_values': x[i:i + 1]})[0]
+                              for i in range(2)])
+  ours = np.asarray(model_lib.apply(jax.tree.map(np.asarray, params), config,
+                                    x.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(ours, reference, atol=1e-4 * np.abs(reference).max())
+
+
+def test_onnx_output_the_loaded_model_does_not_make_is_said(wrapped_onnx, tmp_path, capsys):
+  """3: a graph output made in a scope the loader leaves out (here the classifier renamed
+  to a 'decoder' scope) is named in a warning, with what the loaded model outputs."""
+  import onnx
+  model = onnx.load(str(wrapped_onnx))
+  rename = lambda name: name.replace('/m/classifier/', '/m/decoder/').replace(
+      'm.classifier.', 'm.decoder.')
+  for n in model.graph.node:
+    n.name = rename(n.name)
+    n.input[:] = [rename(i) for i in n.input]
+  for i in model.graph.initializer:
+    i.name = rename(i.name)
+  path = tmp_path / 'decoder.onnx'
+  onnx.save(model, str(path))
+  code, out, err = run(capsys, 'info', '--checkpoint', path)
+  assert code == 0, err
+  assert (f"warning: {path}: the graph's output(s) ['logits'] come from scope(s) ['decoder'], "
+          f"which are not part of the ViT; the loaded model outputs 'embedding' instead") in err
+  assert json.loads(out)['source']['ignored_scopes'] == {'decoder': 1}

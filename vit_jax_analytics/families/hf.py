@@ -99,6 +99,16 @@ def legacy_names(tensors: dict, style: str) -> dict:
   return out
 
 
+_HEADS = ('classifier', 'cls_classifier', 'distillation_classifier', 'visual_projection')
+
+
+def wrapper_prefix(base: str) -> str:
+  """The prefix of the module that holds the backbone: '' for 'vit.' or '' (the model's
+  own), 'm.' for 'm.vit.' (a wrapper's attribute `m` holding a ViTForImageClassification)."""
+  parts = base.rstrip('.').split('.')
+  return '.'.join(parts[:-1]) + '.' if len(parts) > 1 else ''
+
+
 def _get(t: dict, key: str, path, optional=False):
   if key in t:
     return t[key]
@@ -195,7 +205,14 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
     common.put_norm(t, 'Transformer/encoder_norm', take('layernorm.weight'),
                     take('layernorm.bias'))
 
-  # Pooling and heads (outside the backbone prefix).
+  # Pooling and heads (outside the backbone prefix: beside it, under the same wrapper as
+  # the backbone, e.g. 'm.classifier' beside 'm.vit.' when a module wraps the model).
+  outer = wrapper_prefix(pre)
+  head = next((p for p in dict.fromkeys((outer, '')) if any(
+      f'{p}{h}.weight' in tensors for h in _HEADS)), '')
+  if head:
+    tensors = {(k[len(head):] if k.startswith(head) and k[len(head):].split('.')[0] in _HEADS
+                else k): v for k, v in tensors.items()}
   classifier, num_classes, representation, output = 'token', 0, None, 'embedding'
   pooler = take('pooler.dense.weight', True)
   if pooler is not None:

@@ -537,3 +537,26 @@ def test_onnx_output_the_loaded_model_does_not_make_is_said(wrapped_onnx, tmp_pa
   assert (f"warning: {path}: the graph's output(s) ['logits'] come from scope(s) ['decoder'], "
           f"which are not part of the ViT; the loaded model outputs 'embedding' instead") in err
   assert json.loads(out)['source']['ignored_scopes'] == {'decoder': 1}
+
+
+def test_foreign_class_folders_are_refused_naming_the_way_on(tmp_path, capsys):
+  """22: class folders that are not the model's classes (cats/, dogs/ for a 10-class
+  model) are refused, rightly; the error names --label-free, which analyses every image at
+  any depth without labels."""
+  sources = sorted(DEMO_IMAGES.rglob('*.png'))
+  images = tmp_path / 'pets'
+  for i, name in enumerate(['cats/a.png', 'cats/b.png', 'dogs/c.png', 'dogs/deep/er/d.png']):
+    (images / name).parent.mkdir(parents=True, exist_ok=True)
+    (images / name).write_bytes(sources[i].read_bytes())
+  argv = ['analyze', '--images', images, '--logdir', tmp_path / 'logs', '--dry-run',
+          '--no-progress']
+  code, _, err = run(capsys, *argv)
+  one_line_error(code, err, str(images), '2 class folders (cats, dogs)', '10 classes',
+                 '--label-free')
+  code, _, err = run(capsys, *argv, '--label-free')
+  assert code == 0, err
+  assert 'none of the 4 images is labelled: importance runs label-free' in err
+  code, out, err = run(capsys, 'evaluate', '--images', images, '--label-free', '--no-progress')
+  assert code == 0 and out.startswith('4 images, none labelled'), (out, err)
+  code, _, err = run(capsys, *argv, '--label-free', '--labels', tmp_path / 'labels.csv')
+  one_line_error(code, err, '--label-free', 'contradict')

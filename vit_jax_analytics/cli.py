@@ -127,6 +127,10 @@ def add_data_args(p, seen: set):
   p.add_argument('--labels', type=Path, default=None,
                  help='labels file for a flat folder: CSV "filename,label" or JSON '
                       '{"filename": label}')
+  p.add_argument('--label-free', action='store_true',
+                 help='ignore class sub-folders: every image at any depth below --images, '
+                      "unlabelled (the model's own prediction is the target), e.g. for a "
+                      "folder whose classes are not the model's")
   p.add_argument('--max-images', type=int, default=None, help='use only the first N images')
   p.add_argument('--mean', type=parse_floats(3), default=defaults['mean'],
                  help='per-channel mean for normalisation (default: 0.5,0.5,0.5 -> [-1, 1] '
@@ -143,7 +147,8 @@ def add_data_args(p, seen: set):
 def inputs_from(args):
   from vit_jax_analytics.pipeline import Inputs
 
-  data_args = {k: getattr(args, k) for k in ('images', 'labels', 'max_images', 'mean', 'std')
+  data_args = {k: getattr(args, k) for k in ('images', 'labels', 'max_images', 'mean', 'std',
+                                             'label_free')
                if hasattr(args, k)}  # `info` reads no images
   return Inputs(checkpoint=args.checkpoint, image_size=args.image_size,
                 gelu_approximate=None if args.gelu is None else args.gelu == 'tanh',

@@ -76,7 +76,8 @@ class ImageSet:
       raise DataError(
           f'{self.root}: {len(self.class_names)} class folders ({_preview(self.class_names)}) '
           f'but the model has {num_classes} classes; class i is the i-th folder in sorted order, '
-          f'so keep an empty folder for a class without images, or use a labels file')
+          f'so keep an empty folder for a class without images, use a labels file, or pass '
+          f'{LABEL_FREE_FLAG} to analyse the images without labels')
     bad = np.flatnonzero((self.labels != UNLABELLED)
                          & ((self.labels < 0) | (self.labels >= num_classes)))
     if bad.size:
@@ -241,7 +242,7 @@ def _class_folder_set(root: Path, classes: dict, loose: list) -> ImageSet:
     raise DataError(
         f'{root}: {len(loose)} image(s) directly in the folder beside its class sub-folders '
         f'({_preview(p.name for p in loose)}) have no class; move them into a class folder, '
-        f'or pass a labels file')
+        f'pass a labels file, or pass {LABEL_FREE_FLAG} to analyse every image without labels')
   empty = [d.name for d, files in classes.items() if not files]
   if empty:
     _warn(f'{root}: class folder(s) {_preview(empty)} hold no images; they keep their class '
@@ -254,7 +255,11 @@ def _class_folder_set(root: Path, classes: dict, loose: list) -> ImageSet:
                   tuple(d.name for d in classes))
 
 
-def image_folder(root, labels_file=None) -> ImageSet:
+# The CLI flag of `image_folder(..., label_free=True)`, named in the errors it is a way past.
+LABEL_FREE_FLAG = '--label-free'
+
+
+def image_folder(root, labels_file=None, label_free: bool = False) -> ImageSet:
   """An ImageFolder (one sub-folder per class) or a flat folder (+ optional labels file).
 
   Without a labels file, if any top-level sub-folder holds an image at any depth, `root`
@@ -265,18 +270,22 @@ def image_folder(root, labels_file=None) -> ImageSet:
   folders are an error (they have no class). Otherwise the images are those directly in
   `root`, unlabelled. With a labels file, the images are those at any depth below `root`,
   labelled by their '/'-separated path relative to it. Names starting with '.' are ignored
-  at every depth.
+  at every depth. label_free: sub-folders are not classes; every image at any depth below
+  `root` is taken, unlabelled (the analyses then take the model's prediction as the target).
   """
   root = Path(root)
   if not root.is_dir():
     raise DataError(f'{root}: not a folder of images')
+  if label_free and labels_file is not None:
+    raise DataError(f'{labels_file}: a labels file and {LABEL_FREE_FLAG} contradict each '
+                    f'other; give one of them')
   exts = image_extensions()
   loose, folders = _scan(root, exts)
   classes = {d: _images_below(d, exts) for d in folders}
-  if labels_file is None and any(classes.values()):
+  if labels_file is None and not label_free and any(classes.values()):
     return _class_folder_set(root, classes, loose)
   paths = loose
-  if labels_file is not None:  # the labels file may name nested files
+  if labels_file is not None or label_free:  # the labels file may name nested files
     paths = sorted(loose + [p for files in classes.values() for p in files])
   if not paths:
     what = 'is empty' if not any(root.iterdir()) else 'holds no image files'

@@ -53,6 +53,7 @@ class Inputs:
   mean: tuple = data.VIT_JAX_MEAN_STD[0]
   std: tuple = data.VIT_JAX_MEAN_STD[1]
   pooling: Optional[str] = None  # 'none' for a big_vision pool_type='none' model
+  label_free: bool = False       # sub-folders are not classes: every image, unlabelled
 
   def __post_init__(self):
     check(self, 'max_images', self.max_images, low=1, optional=True)
@@ -72,7 +73,8 @@ class Inputs:
 
   def load(self) -> 'Loaded':
     params, config = self.load_model()
-    image_set = data.image_folder(self.images, self.labels).take(self.max_images)
+    image_set = data.image_folder(self.images, self.labels, self.label_free).take(
+        self.max_images)
     if config.has_classifier and (image_set.labels >= 0).any():
       image_set.check_labels(config.num_classes)  # shifted or foreign labels: fail now
     source = data.ImageFolderSource(image_set, config.image_size, self.mean, self.std)

@@ -95,6 +95,12 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
       values[f'partial_{m}_se'] = _array(getattr(r, f'partial_{m}_se'),
                                          ('head_index', 'variant'),
                                          f'standard error of partial_{m} over the subset')
+      values[f'partial_whole_{m}'] = _array(
+          getattr(r, f'partial_whole_{m}'), ('head_index',),
+          f'{m} change with the whole head removed, over the same subset as partial_{m}')
+      values[f'partial_whole_{m}_se'] = _array(
+          getattr(r, f'partial_whole_{m}_se'), ('head_index',),
+          f'standard error of partial_whole_{m} over the subset')
   for k, description in PER_IMAGE_MODEL.items():
     values[k] = _array(getattr(r, k), ('image',), description)
   # Metrics not computed (in-training analysis without the ablation scan or curves) are
@@ -121,6 +127,8 @@ def importance_from(tags: dict) -> ImportanceResult:
                        else None),
       **{f'{kind}_{m}_se': get(f'{kind}_{m}_se') for kind in ('curve', 'partial')
          for m in METRICS},
+      **{f'partial_whole_{m}{se}': get(f'partial_whole_{m}{se}') for m in METRICS
+         for se in ('', '_se')},
       **{k: get(k) for k in PER_IMAGE_MODEL},
       objective=meta.get('objective'), **{k: get(k) for k in POOL})
 

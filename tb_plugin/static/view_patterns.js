@@ -3,15 +3,18 @@
 // head, real sample maps of a clicked cell with their image and query patch, and the head
 // clusters with the statistics behind their names.
 
-import {CATEGORICAL, categoryKey, extent, frame, heatCanvas, legend, niceTicks, ratio,
+import {categoryKey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks, ratio,
         sequential} from './charts.js';
 import {array, arrays, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, gridShape, headName, tokens} from './format.js';
-import {onSelect, select, state} from './state.js';
+import {changed, onSelect, publish, select, state, use, whenPublished} from './state.js';
+import {kindMix} from './kinds.js';
 
 const SAMPLES_SHOWN = 6;
 const SCATTER_MAX = 6000;   // points drawn in the latent scatter (an even subsample beyond)
+
+export {renderPatterns as render};
 
 export async function renderPatterns(body, info) {
   const [meta, a, samples] = await Promise.all([
@@ -36,8 +39,7 @@ export async function renderPatterns(body, info) {
     pt.headCount.set(key, (pt.headCount.get(key) || 0) + 1);
     pt.headCount.set(`${l},${h}`, (pt.headCount.get(`${l},${h}`) || 0) + 1);
   });
-  state.data.cluster = a.head_cluster;
-  state.data.clusterNames = meta.cluster_names;
+  publish('clusters', {cluster: a.head_cluster, names: meta.cluster_names.map((_, j) => clusterName(pt, j))});
   const mapBox = el('div', {class: 'panel'});
   const scatterBox = el('div', {class: 'panel'});
   const cellBox = el('div', {class: 'panel cell-panel', id: 'cell-panel'});
@@ -52,6 +54,13 @@ export async function renderPatterns(body, info) {
   const drawScatter = () => drawSampleScatter(scatterBox, cellBox, pt);
   const drawClusters = () => drawClusterList(clusterBox, pt);
   drawMap(); drawScatter(); drawClusters(); drawCell(cellBox, pt);
+  if (!use('headKinds') && info.analyses.includes('strength')) {
+    whenPublished('headKinds').then(() => {   // the names follow the kinds once known
+      publish('clusters', {cluster: a.head_cluster, names: meta.cluster_names.map((_, j) => clusterName(pt, j))});
+      drawClusters();
+      changed();
+    });
+  }
   onSelect(drawMap, drawScatter, drawClusters, () => drawCell(cellBox, pt));
 }
 
@@ -65,10 +74,17 @@ function drawPatternMap(mapBox, cellBox, pt) {
   const total = pt.headCount.get(`${l},${h}`) || 0;
   const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
                           style: `grid-template-columns: repeat(${g}, auto)`});
-  const sc = sequential(0, 1, 'decoded, peak = 1');
+  // Each pattern on its own range (its minimum dark, its peak bright): the decoded patterns
+  // differ mostly in shape, which one shared range hides (144 near-identical dark squares).
+  // On a log scale (down to 1/300 of the peak): the surround, not only the peak, shows.
+  const sc = sequential(0, 1, 'each cell: log, peak/300 → peak');
+  sc.ticks = [[0, '≤ peak/300'], [1, 'peak']];
   for (let r = 0; r < g; r++) {
     for (let k = 0; k < g; k++) {
-      const canvas = heatCanvas(map[r][k], sc, cellPx, {cls: 'pattern-cell'});
+      const hi = Math.max(extent(map[r][k])[1], 1e-12);
+      const floor = hi / 300;
+      const logs = map[r][k].map((row) => row.map((v) => Math.log(Math.max(v, floor))));
+      const canvas = heatCanvas(logs, sequential(Math.log(floor), Math.log(hi)), cellPx, {cls: 'pattern-cell'});
       const all = pt.cellSamples[r * g + k].length;
       const mine = pt.headCount.get(`${l},${h},${r},${k}`) || 0;
       if (!all) canvas.classList.add('empty-cell');
@@ -110,7 +126,7 @@ function drawSampleScatter(box, cellBox, pt) {
   for (let sIdx = 0; sIdx < lat.length; sIdx += step) {
     const [, l, h] = idx[sIdx];
     const x = f.x(clamp(lat[sIdx][0], ext[0][0], ext[0][1])), y = f.y(clamp(lat[sIdx][1], ext[1][0], ext[1][1]));
-    const fill = CATEGORICAL[(by === 'layer' ? l : h) % CATEGORICAL.length];
+    const fill = by === 'layer' ? layerColour(l, L) : headColour(h, H);
     s.append(svg('circle', {cx: x, cy: y, r: 2, fill, class: 'sample-point'}));
     if (l === state.layer && h === state.head) ringed.push([x, y]);
   }
@@ -172,7 +188,7 @@ async function drawCell(box, pt) {
   const maps = await Promise.all(pick.map((s) => array('patterns/sample_plain', {index: s})));
   if (!state.cell || state.cell[0] !== r || state.cell[1] !== k) return;
   const names = pt.meta.image_names || [];
-  const stored = state.storedImages || [];
+  const stored = use('storedImages') || [];
   const {gh, gw} = pt;
   const cell = Math.max(4, Math.floor(84 / Math.max(gh, gw)));
   pick.forEach((s, j) => {
@@ -218,6 +234,29 @@ export function patternStatistics(pattern) {
   return {cls, self: p[c][c], peak, local, row, column, entropy, cells};
 }
 
+// A cluster's name: its members' most common head kind (kinds.js, as `vit-analytics
+// kinds`), or the pattern rule's name (meta) when the strength view has not computed the
+// kinds. "none of the above" no longer collapses to "global": that is a kind of its own.
+function clusterName(pt, j) {
+  const kinds = use('headKinds');
+  if (!kinds) return pt.meta.cluster_names[j];
+  const mix = kindMix(kinds, members(pt, j));
+  return mix.length ? mix[0][0] : pt.meta.cluster_names[j];
+}
+
+function members(pt, j) {
+  const out = [];
+  for (let l = 0; l < pt.L; l++) for (let h = 0; h < pt.H; h++) if (pt.head_cluster[l][h] === j) out.push([l, h]);
+  return out;
+}
+
+function kindText(pt, heads) {
+  const kinds = use('headKinds');
+  if (!kinds) return '';
+  return 'kinds of its heads: ' + kindMix(kinds, heads).map(([k, c]) => `${k} ${c}`).join(', ') +
+         ` (pattern rule: ${pt.meta.cluster_names[heads.length ? pt.head_cluster[heads[0][0]][heads[0][1]] : 0]})`;
+}
+
 function drawClusterList(clusterBox, pt) {
   hideTooltip();
   const {head_cluster: clusters, cluster_pattern: reps, meta, L, H, T} = pt;
@@ -234,23 +273,25 @@ function drawClusterList(clusterBox, pt) {
       fired = fired || hit;
       return el('tr', {class: hit ? 'fired' : ''}, el('td', {}, label), el('td', {}, fmt(st[key])),
                 el('td', {}, `> ${threshold} → ${name}`));
-    }), el('tr', {class: fired ? '' : 'fired'}, el('td', {}, 'none of the above'), el('td', {}, ''), el('td', {}, '→ global')),
+    }), el('tr', {class: fired ? '' : 'fired'}, el('td', {}, 'none of the above'), el('td', {}, ''),
+           el('td', {}, '→ by mean distance: global (≥ 0.85× uniform), local (< 0.5×), else mixed')),
        el('tr', {}, el('td', {}, 'entropy over patches'), el('td', {}, fmt(st.entropy)),
           el('td', {}, `uniform over its ${st.cells} cells: ${fmt(Math.log(Math.max(1, st.cells)))}`)));
     return el('div', {class: 'cluster' + (clusters[state.layer][state.head] === j ? ' selected' : ''), 'data-cluster': j},
         el('div', {}, heatCanvas(times[j], sc, Math.max(3, Math.floor(60 / rep.length)), {cls: 'cluster-map'}),
            state.scaleMode === 'shared' ? null : legend(sc, 90)),
-        el('div', {}, el('b', {}, `cluster ${j}: ${meta.cluster_names[j]}`),
+        el('div', {}, el('b', {class: 'cluster-name'}, `cluster ${j}: ${clusterName(pt, j)}`),
+           el('div', {class: 'help cluster-kinds'}, kindText(pt, members)),
            el('span', {class: 'help'}, ` · peak ${fmt(Math.max(...times[j].flat()))}× uniform`),
            el('div', {class: 'chips'}, members.map(([l, h]) =>
                el('button', {class: 'chip' + (l === state.layer && h === state.head ? ' selected' : ''),
                              onclick: () => select(l, h)}, headName(l, h))))),
-        stats);
+        el('details', {class: 'rules-fold'}, el('summary', {}, 'why this name: the rule statistics'), stats));
   });
   clusterBox.replaceChildren(el('h3', {}, 'Head clusters: mean re-centred attention of the members (× uniform), and why each got its name'),
                              el('p', {class: 'help'}, 'The first rule whose statistic passes its threshold names the cluster (highlighted). ' +
                                     'Offsets far from the centre lie inside the image for fewer query patches, so their mean (and colour) is lower.'),
-                             state.scaleMode === 'shared' ? legend(shared, 180, 'cluster-legend') : null,
+                             ...(state.scaleMode === 'shared' ? [legend(shared, 180, 'cluster-legend')] : []),
                              ...rows, el('h3', {}, 'Autoencoder training'),
                              trainingChart(pt.train_loss, pt.val_loss),
                              el('div', {class: 'keys'}, el('span', {style: 'color:#4e79a7'}, '■ training '),

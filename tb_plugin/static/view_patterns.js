@@ -65,49 +65,78 @@ export async function renderPatterns(body, info) {
 }
 
 // The decoded latent grid; each cell outlined in red by the share of the selected head's
-// samples that fall there. A click shows that cell's samples and the heads behind it.
+// samples that fall there. A click shows that cell's samples and the heads behind it. The
+// decoded cells are drawn once; a new selection only restyles their outlines (a head click
+// repaints every view: 144 canvases made anew each time cost most of this view's share).
 function drawPatternMap(mapBox, cellBox, pt) {
   hideTooltip();
   const {map, g, c} = pt;
-  const cellPx = Math.max(3, Math.floor(40 / c));
   const {layer: l, head: h} = state;
   const total = pt.headCount.get(`${l},${h}`) || 0;
-  const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
-                          style: `grid-template-columns: repeat(${g}, auto)`});
-  // Each pattern on its own range (its minimum dark, its peak bright): the decoded patterns
-  // differ mostly in shape, which one shared range hides (144 near-identical dark squares).
-  // On a log scale (down to 1/300 of the peak): the surround, not only the peak, shows.
-  const sc = sequential(0, 1, 'each cell: log, peak/300 → peak');
-  sc.ticks = [[0, '≤ peak/300'], [1, 'peak']];
-  for (let r = 0; r < g; r++) {
-    for (let k = 0; k < g; k++) {
-      const hi = Math.max(extent(map[r][k])[1], 1e-12);
-      const floor = hi / 300;
-      const logs = map[r][k].map((row) => row.map((v) => Math.log(Math.max(v, floor))));
-      const canvas = heatCanvas(logs, sequential(Math.log(floor), Math.log(hi)), cellPx, {cls: 'pattern-cell'});
-      const all = pt.cellSamples[r * g + k].length;
-      const mine = pt.headCount.get(`${l},${h},${r},${k}`) || 0;
-      if (!all) canvas.classList.add('empty-cell');
-      if (state.cell && state.cell[0] === r && state.cell[1] === k) canvas.classList.add('selected');
-      canvas.style.outline = mine ? `3px solid rgba(225,87,89,${0.25 + 0.75 * mine / Math.max(1, total)})` : '';
-      canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
-      canvas.addEventListener('click', () => {
-        state.cell = [r, k];
-        for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
-        drawCell(cellBox, pt);
-      });
-      wrap.append(tip(canvas, all ? `cell (${r}, ${k}): ${all} sample${all === 1 ? '' : 's'} in all; ` +
-                      `${mine} of ${total} samples of ${headName(l, h)}`
-                      : `cell (${r}, ${k}): no sample falls here (decoder extrapolation)`));
+  if (!pt.mapWrap) {
+    const cellPx = Math.max(3, Math.floor(40 / c));
+    const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
+                            style: `grid-template-columns: repeat(${g}, auto)`});
+    // Each pattern on its own range: the decoded patterns differ mostly in shape, which one
+    // shared range hides (144 near-identical dark squares); on a log scale down to 1/300 of
+    // its peak, so that the surround shows, not only the peak.
+    for (let r = 0; r < g; r++) {
+      for (let k = 0; k < g; k++) {
+        const hi = Math.max(extent(map[r][k])[1], 1e-12);
+        const floor = hi / 300;
+        const logs = map[r][k].map((row) => row.map((v) => Math.log(Math.max(v, floor))));
+        const canvas = heatCanvas(logs, sequential(Math.log(floor), Math.log(hi)), cellPx, {cls: 'pattern-cell'});
+        const all = pt.cellSamples[r * g + k].length;
+        if (!all) canvas.classList.add('empty-cell');
+        canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
+        canvas.addEventListener('click', () => {
+          state.cell = [r, k];
+          for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
+          drawCell(cellBox, pt);
+        });
+        wrap.append(tip(canvas, () => {
+          const {layer: sl, head: sh} = state;
+          const mine = pt.headCount.get(`${sl},${sh},${r},${k}`) || 0;
+          const of = pt.headCount.get(`${sl},${sh}`) || 0;
+          return all ? `cell (${r}, ${k}): ${all} sample${all === 1 ? '' : 's'} in all; ` +
+                       `${mine} of ${of} samples of ${headName(sl, sh)}`
+                     : `cell (${r}, ${k}): no sample falls here (decoder extrapolation)`;
+        }));
+      }
     }
+    const sc = sequential(0, 1, 'each cell: log, peak/300 → peak');
+    sc.ticks = [[0, '≤ peak/300'], [1, 'peak']];
+    pt.mapWrap = wrap;
+    pt.mapTitle = el('h3', {});
+    mapBox.replaceChildren(pt.mapTitle, wrap, legend(sc, 160, 'pattern-legend'));
   }
-  mapBox.replaceChildren(el('h3', {}, `Pattern map; red: where ${headName(l, h)}'s samples fall`),
-                         wrap, legend(sc, 160, 'pattern-legend'));
+  for (const canvas of pt.mapWrap.children) {
+    const r = +canvas.dataset.row, k = +canvas.dataset.col;
+    const mine = pt.headCount.get(`${l},${h},${r},${k}`) || 0;
+    canvas.classList.toggle('selected', !!state.cell && state.cell[0] === r && state.cell[1] === k);
+    canvas.style.outline = mine ? `3px solid rgba(225,87,89,${0.25 + 0.75 * mine / Math.max(1, total)})` : '';
+  }
+  pt.mapTitle.textContent = `Pattern map; red: where ${headName(l, h)}'s samples fall`;
 }
 
 // The samples in the latent plane, on the map's grid (row 0 at the top), coloured by layer
 // or head; the selected head's samples ringed.
 function drawSampleScatter(box, cellBox, pt) {
+  const idx = pt.sample_index;
+  // The points are drawn once per colouring; a new selection only redraws the rings.
+  if (!pt.scatter || pt.scatter.by !== state.sampleColour) pt.scatter = sampleScatter(box, cellBox, pt);
+  const {rings, xy, note} = pt.scatter;
+  const ringed = [];
+  for (const [sIdx, x, y] of xy) {
+    const [, l, h] = idx[sIdx];
+    if (l === state.layer && h === state.head) ringed.push(svg('circle', {cx: x, cy: y, r: 3.5, class: 'sample-selected'}));
+  }
+  rings.replaceChildren(...ringed);
+  note.textContent = `ringed: ${headName(state.layer, state.head)}; grid rows run upwards here (latent 2), downwards in the map` +
+      (pt.scatter.step > 1 ? `; every ${pt.scatter.step}th sample drawn` : '');
+}
+
+function sampleScatter(box, cellBox, pt) {
   const {map_extent: ext, sample_latent: lat, sample_index: idx, g, L, H} = pt;
   const size = 260;
   const by = state.sampleColour;
@@ -122,15 +151,16 @@ function drawSampleScatter(box, cellBox, pt) {
   }
   const clamp = (v, lo, hi) => Math.min(Math.max(v, Math.min(lo, hi)), Math.max(lo, hi));
   const step = Math.max(1, Math.ceil(lat.length / SCATTER_MAX));
-  const ringed = [];
+  const xy = [];
   for (let sIdx = 0; sIdx < lat.length; sIdx += step) {
     const [, l, h] = idx[sIdx];
     const x = f.x(clamp(lat[sIdx][0], ext[0][0], ext[0][1])), y = f.y(clamp(lat[sIdx][1], ext[1][0], ext[1][1]));
     const fill = by === 'layer' ? layerColour(l, L) : headColour(h, H);
     s.append(svg('circle', {cx: x, cy: y, r: 2, fill, class: 'sample-point'}));
-    if (l === state.layer && h === state.head) ringed.push([x, y]);
+    xy.push([sIdx, x, y]);
   }
-  for (const [x, y] of ringed) s.append(svg('circle', {cx: x, cy: y, r: 3.5, class: 'sample-selected'}));
+  const rings = svg('g', {class: 'rings'});
+  s.append(rings);
   s.addEventListener('click', (e) => {   // a click picks the map cell under the pointer
     const rect = s.getBoundingClientRect();
     const fx = (e.clientX - rect.left - f.m.l) / (f.width - f.m.l - f.m.r);
@@ -142,14 +172,14 @@ function drawSampleScatter(box, cellBox, pt) {
     }
     drawCell(cellBox, pt);
   });
+  const note = el('p', {class: 'help'});
   box.replaceChildren(el('h3', {}, 'The samples on the map\'s grid'),
       el('label', {}, 'colour by ', dropdown([['layer', 'layer'], ['head', 'head']], by,
                                              (v) => { state.sampleColour = v; drawSampleScatter(box, cellBox, pt); },
                                              'sample-colour')),
       el('div', {}, s),
-      categoryKey(by === 'layer' ? L : H, by === 'layer' ? 'L' : 'H', `colour = ${by}`),
-      el('p', {class: 'help'}, `ringed: ${headName(state.layer, state.head)}; grid rows run upwards here (latent 2), downwards in the map` +
-         (step > 1 ? `; every ${step}th sample drawn` : '')));
+      categoryKey(by === 'layer' ? L : H, by === 'layer' ? 'L' : 'H', `colour = ${by}`), note);
+  return {s, rings, xy, note, by, step};
 }
 
 // The heads behind the selected cell, and a few of its real samples with their image and

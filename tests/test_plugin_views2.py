@@ -418,3 +418,30 @@ def test_12_the_image_overview_shows_every_image_as_a_thumbnail_in_the_tables_or
   assert len(offsets) == N
   page.select('#thumb-colour', 'loss')
   page.wait.until(lambda d: 'dark' in page.one('#overview-thumbs-box').text)
+
+
+def test_12_images_laid_out_by_their_heads_and_brushing_filters_the_table(page, logdir):
+  per_image = reader.read_run(logdir / 'tiny')['importance/per_image_taylor']
+  N = per_image.shape[0]
+  page.wait.until(lambda d: len(page.all('#overview-layout circle.layout-point')) == N)
+  pts = sorted(page.all('#overview-layout circle.layout-point'), key=lambda c: int(c.get_attribute('data-image')))
+  xy = np.array([[float(c.get_attribute('cx')), -float(c.get_attribute('cy'))] for c in pts])
+  # The first two principal axes of the standardised [image, layer * head] vectors (numpy).
+  X = per_image.reshape(N, -1).astype(np.float64)
+  X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1)
+  _, _, vt = np.linalg.svd(X, full_matrices=False)
+  for a in range(2):
+    assert abs(np.corrcoef(xy[:, a], X @ vt[a])[0, 1]) > 0.999, a
+  # A rectangle around the left half of the points filters the thumbnails and the table.
+  box = page.one('#overview-layout')
+  mid = float(np.median(xy[:, 0]))
+  inside = sorted(int(c.get_attribute('data-image')) for c in pts if float(c.get_attribute('cx')) <= mid)
+  page.js("""
+    const s = arguments[0], r = s.getBoundingClientRect();
+    const ev = (type, x, y) => s.dispatchEvent(new MouseEvent(type, {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
+    ev('mousedown', 1, 1); ev('mousemove', arguments[1], 259); ev('mouseup', arguments[1], 259);""", box, mid + 0.01)
+  page.wait.until(lambda d: page.all('#overview-filter'))
+  rows = sorted(int(r.get_attribute('data-image')) for r in page.all('#overview-table tbody tr'))
+  assert rows == inside
+  thumbs = sorted(int(t.get_attribute('data-image')) for t in page.all('#overview-thumbs .overview-thumb'))
+  assert thumbs == inside

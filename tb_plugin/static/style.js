@@ -31,7 +31,8 @@ details.variant-definitions { font-size: 12px; max-width: 420px; margin: 4px 0; 
 details.variant-definitions summary, details.fold summary { cursor: pointer; color: #1565c0; }
 details.fold { max-width: 300px; }
 #view-importance .panel { max-width: 440px; }
-#view-importance .panel select { max-width: 170px; }
+#view-importance .panel select { max-width: 150px; }
+#view-importance .panel select#scatter-x, #view-importance .panel select#scatter-y { max-width: 125px; }
 #view-importance .keys, #view-importance .note { max-width: 380px; } details.fold[open] summary { display: none; }
 .whisker line { stroke: #212121; stroke-width: 1.2; }
 .bar.whole { fill: #37474f; }
@@ -105,6 +106,8 @@ p.help.definition { max-width: 300px; }
 .chips { display: flex; flex-wrap: wrap; gap: 4px; }
 .chip { border: 1px solid #bdbdbd; border-radius: 10px; background: #fafafa; cursor: pointer; padding: 1px 8px; font-size: 11px; }
 .chip.selected { border-color: #e15759; background: #fdecea; }
+.layout-point.faded { fill-opacity: 0.15; } .brush { fill: rgba(21,101,192,0.1); stroke: #1565c0; }
+#overview-layout { cursor: crosshair; }
 .thumb-grid { display: flex; flex-wrap: wrap; gap: 6px; padding: 3px; max-height: 420px; overflow: auto; }
 .overview-thumb { cursor: pointer; flex: none; } .overview-thumb.selected { box-shadow: 0 0 0 6px #212121; }
 .thumbs { display: flex; gap: 6px; flex-wrap: wrap; }

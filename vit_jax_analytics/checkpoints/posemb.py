@@ -24,6 +24,21 @@ import numpy as np
 from vit_jax_analytics.errors import CheckpointError
 
 METHODS = ('bilinear', 'bicubic', 'bicubic_antialias')
+# Patches of an image at most: a grid beyond this is refused before its position embedding
+# is made (at most 1.3 GB for a width of 1280); the memory a forward needs is checked
+# against the device once the model is loaded (cost.check_forward_memory).
+MAX_GRID_TOKENS = 2 ** 18
+
+
+def check_patch_grid(new_hw, patch: int = None) -> None:
+  """OptionError (field image_size: the CLI names --image-size) for a patch grid of more than MAX_GRID_TOKENS."""
+  nh, nw = (int(v) for v in new_hw)
+  if nh * nw > MAX_GRID_TOKENS:
+    from vit_jax_analytics.errors import OptionError
+    size = f'{nh * patch}x{nw * patch} px' if patch else 'the size asked for'
+    raise OptionError('image_size', f'{size} gives a {nh} x {nw} grid of patches ({nh * nw} '
+                                    f'tokens); at most {MAX_GRID_TOKENS} are supported: '
+                                    f'choose a smaller size')
 
 
 def _cubic(x, a):
@@ -62,6 +77,7 @@ def resize_grid(grid: np.ndarray, new_hw, method: str = 'bicubic', a: float = No
   if method not in METHODS:
     raise ValueError(f'position-embedding resize: expected one of {METHODS}, got {method!r}')
   h, w, _ = grid.shape
+  check_patch_grid(new_hw)
   nh, nw = (int(v) for v in new_hw)
   if (h, w) == (nh, nw):
     return np.asarray(grid, np.float32)
@@ -95,6 +111,7 @@ def posemb_sincos_2d(grid, width: int, temperature: float = 10_000.) -> np.ndarr
   if width % 4:
     raise CheckpointError(f'sincos2d position embedding needs a width divisible by 4, got {width}')
   h, w = hw(grid)
+  check_patch_grid((h, w))  # before it is made
   y, x = np.mgrid[:h, :w]
   omega = 1. / temperature ** (np.arange(width // 4) / (width // 4 - 1))
   y = np.einsum('m,d->md', y.ravel(), omega)
@@ -130,6 +147,7 @@ def resize_position_embedding(posemb: np.ndarray, new_grid, has_cls: bool,
   if old_grid is None:
     old_grid = int(round(np.sqrt(grid_pe.shape[0])))
   (oh, ow), (nh, nw) = hw(old_grid), hw(new_grid)
+  check_patch_grid((nh, nw))  # before it is made
   grid_pe = grid_pe.reshape(oh, ow, -1)
   if (oh, ow) != (nh, nw):
     grid_pe = _bilinear(grid_pe, nh, nw)

@@ -95,6 +95,9 @@ def plan_stage2(acc: dict, config: ViTConfig, options: ImportanceOptions,
   targets = acc['target']
   subset = stratified_subset(targets, options.subset_size(int((targets >= 0).sum())),
                              options.seed)
-  return Stage2Plan(list(orders), counts, masks, heads, layers,
-                    np.stack([v.keep for v in variants]), subset, unique, mask_of,
-                    first_masked_layers(unique))
+  # One more keep than variants, all zeros: the whole head removed, on the same subset
+  # and images as its parts (finalise splits it off as partial_whole_*).
+  keeps = np.stack([v.keep for v in variants])
+  keeps = np.concatenate([keeps, np.zeros_like(keeps[:1])])
+  return Stage2Plan(list(orders), counts, masks, heads, layers, keeps, subset, unique,
+                    mask_of, first_masked_layers(unique))

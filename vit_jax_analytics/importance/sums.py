@@ -154,7 +154,7 @@ def finalise(acc: dict, plan, variants: list,
   scores, baseline = head_scores(acc)
   count = acc['count']
   shape = (len(plan.order_names), len(plan.counts))
-  curves, partial = {}, {}
+  curves, partial, whole = {}, {}, {}
   for m in ABLATION_METRICS:
     full = acc[f's2_full_{m}']                                       # [S]
     per_mask = np.concatenate([acc[f's2_curve_{m}'], full[:, None]], axis=1)
@@ -165,7 +165,8 @@ def finalise(acc: dict, plan, variants: list,
     pruned = acc[f's2_partial_{m}']                                  # [S, E, V]
     sign = {'loss': 1., 'kl': 1.}.get(m, -1.)
     change = pruned if m == 'kl' else sign * (pruned - full[:, None, None])
-    partial[m] = _mean_se(change)
+    partial[m] = _mean_se(change[..., :len(variants)])
+    whole[m] = _mean_se(change[..., len(variants)])  # the last keep: the whole head
   subset_base = Baseline(*(float(np.mean(acc[f's2_full_{m}'])) for m in ('loss', 'top1', 'top5')))
   return ImportanceResult(
       **scores, baseline=baseline, curve_counts=np.asarray(plan.counts),
@@ -180,6 +181,8 @@ def finalise(acc: dict, plan, variants: list,
       subset_index=np.asarray(plan.subset, np.int64), subset_baseline=subset_base,
       **{f'curve_{m}_se': curves[m][1].reshape(shape) for m in ABLATION_METRICS},
       **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS},
+      **{f'partial_whole_{m}': whole[m][0] for m in ABLATION_METRICS},
+      **{f'partial_whole_{m}_se': whole[m][1] for m in ABLATION_METRICS},
       per_image_loss=acc.get('per_image_loss'),
       per_image_prediction=(None if acc.get('per_image_prediction') is None
                             else acc['per_image_prediction'].astype(np.int32)),

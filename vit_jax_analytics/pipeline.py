@@ -193,11 +193,8 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   key = computation_key(inputs, loaded, options)
   if jax.process_count() > 1:  # each process saves (and resumes) its own sums
     key += f'-p{jax.process_index()}of{jax.process_count()}'
-  # What every saved state holds: stage 1's sums (their shapes; the per-image ones vary)
-  required = {k: v.shape for k, v in importance.stage1_sums(loaded.config, 0, False).items()
-              if k != 'target'}
-  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key,
-                                             required={**required, 'stage': ()})
+  store = progress_store.LogdirProgressStore(
+      logdir, run, 'importance', key, required=importance.progress_state_shapes(loaded.config))
   objective = None
   if options.classes_npz:
     objective = importance.classes_objective(

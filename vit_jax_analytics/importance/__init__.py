@@ -31,7 +31,7 @@ from vit_jax_analytics.importance.ablation import (ablation_batch, ablation_pool
                                                    ablation_strategy)
 from vit_jax_analytics.importance.curves import (ORDER_METRICS, curve_counts, curves_batch,
                                                  first_masked_layers, pruning_masks)
-from vit_jax_analytics.importance.driver import compute_importance
+from vit_jax_analytics.importance.driver import compute_importance, progress_state_shapes
 from vit_jax_analytics.importance.forwards import single_head_masks
 from vit_jax_analytics.importance.objective import (ABLATION_METRICS, POOLED_EMBEDDING,
                                                     Objective, classes_objective,
@@ -55,7 +55,8 @@ __all__ = [
     'ablation_pool_batch', 'ablation_strategy', 'classes_objective', 'compute_importance',
     'curve_counts', 'curves_batch', 'curves_partial_batch', 'default_chunk',
     'default_objective', 'first_masked_layers', 'full_metrics', 'head_orders', 'image_metrics',
-    'objective_definitions', 'partial_batch', 'partial_variants', 'pruning_masks',
+    'objective_definitions', 'partial_batch', 'partial_variants', 'progress_state_shapes',
+    'pruning_masks',
     'select_partial_heads', 'single_head_masks', 'stage1_scores', 'stratified_subset',
     'taylor_ablation_batch', 'taylor_batch', 'taylor_pool_batch', 'targets_from',
 ]

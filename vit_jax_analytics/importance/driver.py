@@ -39,6 +39,13 @@ class _Saver:
       self.last = time.monotonic()
 
 
+def progress_state_shapes(config: ViTConfig) -> dict:
+  """{name: shape} of what every progress state compute_importance saves holds: stage 1's
+  sums and the stage (the per-image rows, whose sizes vary with the images, left out)."""
+  sums = {k: v.shape for k, v in stage1_sums(config, 0, False).items() if k != 'target'}
+  return {**sums, 'stage': ()}
+
+
 def run_stage1(stream: BatchStream, config, first_batch, acc, chunk, save, progress: bool,
                objective: Objective) -> StageClock:
   """Taylor and the ablation scan over the stream's batches from first_batch."""

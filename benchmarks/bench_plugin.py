@@ -13,7 +13,11 @@ the real shapes, starts the real `tensorboard`, and prints, each with its target
 * TensorBoard's own page alone: on an empty logdir, the time to the frame's start with a
   one-word probe plugin instead of this one (benchmarks/tb_boot_probe.py), and with this one;
 * the image overview of a 10,000-image ViT-L/16-shaped run: when its rows are drawn, and
-  what two sorts, a page and another sort take in the page (target < 1 s).
+  what two sorts, a page and another sort take in the page (target < 1 s);
+* with --interactions LOGDIR (e.g. the photo demo's): how long the page takes to repaint
+  after selecting a head (every view; target < 150 ms), switching the metric (< 100 ms)
+  and switching the run (< 300 ms), medians of --interaction-repeats, in the plugin's page
+  alone (a second run is a copy of the first, so that there is a run to switch to).
 
 With --baseline REV, a second `tensorboard` serves the plugin (routes and frontend) of git
 revision REV on the same logdir, and the page loads alternate between the two, so that
@@ -21,6 +25,7 @@ before and after are measured in one run, under the same machine load.
 
   python benchmarks/bench_plugin.py [--load-fast false|true] [--requests 40] [--repeats 5]
                                     [--baseline main] [--logdir DIR] [--overview-images N]
+                                    [--interactions LOGDIR [--interactions-only]]
 """
 
 import argparse
@@ -311,6 +316,126 @@ def overview_responsiveness(url, run):
   return rows, ms, pages
 
 
+# In the page: fetches in flight are counted (window.__pending), so that "repainted" means
+# every view's requests answered, their draws done and the next frame painted.
+COUNT_FETCHES = '''
+  if (!window.__pending) {
+    window.__pending = 0;
+    const real = window.fetch;
+    window.fetch = (...a) => { window.__pending++;
+      return real(...a).finally(() => setTimeout(() => { window.__pending--; }, 0)); };
+  }'''
+SETTLED = '''
+  const settled = async (t0) => {
+    for (;;) {
+      await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
+      if (!window.__pending && document.body.dataset.ready === 'true') return performance.now() - t0;
+    }
+  };'''
+
+
+def interactions(url, runs, repeats):
+  """Milliseconds from an interaction to the page repainted with every view settled, in
+  the plugin's page alone: {'head': [...], 'metric': [...], 'run': [...]} (`runs`: two run
+  names; the metric switches between taylor and ablation_loss)."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+
+  from tb_plugin.browser import chromium
+  from tb_plugin.vit_analytics_plugin import ALONE_PATH
+
+  out = {'head': [], 'metric': [], 'run': []}
+  with chromium(window='1600,1000') as driver:
+    driver.set_script_timeout(60)
+    driver.get(f'{url}{ALONE_PATH}#vit=' + urllib.parse.quote(f'run:{runs[0]}'))
+    WebDriverWait(driver, 120).until(
+        lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-ready') == 'true')
+    driver.execute_script(COUNT_FETCHES)
+    run_js = lambda body: driver.execute_async_script(
+        'const done = arguments[arguments.length - 1];' + SETTLED +
+        f'(async () => {{ {body} }})().then(done, (e) => done(-1));')
+    heads = [(8, 3), (1, 1), (11, 2), (3, 4), (5, 0), (0, 5), (9, 1), (2, 3)]
+    for i in range(repeats):
+      l, h = heads[i % len(heads)]
+      out['head'].append(run_js(f'''
+        const cell = document.querySelector('#importance-grid rect[data-layer="{l}"][data-head="{h}"]');
+        const t0 = performance.now();
+        cell.dispatchEvent(new MouseEvent('click', {{bubbles: true}}));
+        return settled(t0);'''))
+    for i in range(repeats):
+      metric = 'ablation_loss' if i % 2 == 0 else 'taylor'
+      out['metric'].append(run_js(f'''
+        const s = document.getElementById('metric-select');
+        const t0 = performance.now();
+        s.value = '{metric}'; s.dispatchEvent(new Event('change'));
+        return settled(t0);'''))
+    for i in range(repeats):
+      run = runs[(i + 1) % 2]
+      out['run'].append(run_js(f'''
+        const s = document.getElementById('run-select');
+        const t0 = performance.now();
+        s.value = '{run}'; s.dispatchEvent(new Event('change'));
+        await new Promise((r) => setTimeout(r, 0));
+        return settled(t0);'''))
+  return out
+
+
+def runs_loaded(url, runs):
+  """Until both runs list every analysis the first has on disk, with a stable tag count."""
+  import json
+  deadline, seen, stable = time.time() + 300, None, 0
+  while time.time() < deadline:
+    with urllib.request.urlopen(f'{url}/data/plugin/vit_analytics/runs') as r:
+      listed = {x['run']: x for x in json.loads(r.read())['runs']}
+    counts = tuple(len(listed[r]['tags']) if r in listed else 0 for r in runs)
+    stable = stable + 1 if counts == seen and all(counts) else 0
+    seen = counts
+    if stable >= 3:
+      return
+    time.sleep(1)
+  raise RuntimeError(f'{url}: the runs did not finish loading')
+
+
+def interaction_logdir(source: Path, target: Path) -> list:
+  """`source`'s first run and a copy of it as a second run, in `target`: [run, copy]."""
+  import shutil
+  run = sorted(p for p in source.iterdir() if p.is_dir())[0]
+  for name in (run.name, f'{run.name}-copy'):
+    if not (target / name).exists():
+      shutil.copytree(run, target / name)
+  return [run.name, f'{run.name}-copy']
+
+
+def print_interactions(servers, logdir, repeats, load_fast):
+  """Times the interactions on `logdir` for every plugin in `servers` ({label: cwd}),
+  alternating, and prints the medians against their targets."""
+  from tb_plugin.browser import tensorboard
+  targets = {'head': ('select a head (every view)', 150), 'metric': ('switch the metric', 100),
+             'run': ('switch the run', 300)}
+  with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+    runs = interaction_logdir(logdir, Path(tmp))
+    urls = {}
+    for label, cwd in servers.items():
+      with pythonpath_first(cwd):
+        urls[label] = stack.enter_context(tensorboard(Path(tmp), load_fast, cwd=cwd, reload_interval=30))
+      runs_loaded(urls[label], runs)
+    before = load_now()
+    times = {label: {k: [] for k in targets} for label in urls}
+    for i in range(2):   # two browser sessions each, alternating
+      for label, u in (urls.items() if i % 2 == 0 else reversed(urls.items())):
+        for k, v in interactions(u, runs, repeats).items():
+          times[label][k] += v
+    print(f'interactions on {logdir} (runs {runs[0]} and a copy; medians of {2 * repeats}; '
+          f'{before} before, {load_now()} after):')
+    for label, t in times.items():
+      parts = []
+      for k, (what, target) in targets.items():
+        m = float(np.median(t[k]))
+        parts.append(f'{what} {m:.0f} ms (min {min(t[k]):.0f}, max {max(t[k]):.0f}; target < '
+                     f'{target} ms: {"met" if m < target else "NOT met"})')
+      print(f'  {label}: ' + '; '.join(parts))
+
+
 @contextlib.contextmanager
 def revision_plugin(rev):
   """A folder holding tb_plugin/ as of git revision `rev`, to put first on PYTHONPATH."""
@@ -389,6 +514,11 @@ def main():
                  help='page loads timed as a returning visitor (this tree only)')
   p.add_argument('--baseline', metavar='REV', help='git revision whose plugin is timed too, '
                  'in the same run (e.g. main)')
+  p.add_argument('--interactions', type=Path, metavar='LOGDIR',
+                 help='time head, metric and run switches on this logdir (its first run)')
+  p.add_argument('--interactions-only', action='store_true',
+                 help='with --interactions: time only those (no ViT-L/16 logdir)')
+  p.add_argument('--interaction-repeats', type=int, default=8)
   p.add_argument('--logdir', type=Path, help='keep the written logdir here and reuse it when '
                  'it exists (default: a temporary folder); the overview run goes to '
                  'LOGDIR-overview')
@@ -400,6 +530,14 @@ def main():
                    check=True, capture_output=True)
   print(f'machine load (uptime): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} '
         f'{os.getloadavg()[2]:.2f} on {os.cpu_count()} CPUs')
+  if args.interactions:
+    with contextlib.ExitStack() as stack:
+      trees = {'this tree': ROOT}
+      if args.baseline:
+        trees[args.baseline] = stack.enter_context(revision_plugin(args.baseline))
+      print_interactions(trees, args.interactions, args.interaction_repeats, args.load_fast)
+    if args.interactions_only:
+      return
   with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
     logdir = args.logdir or Path(tmp) / 'logs'
     start = time.perf_counter()

@@ -95,3 +95,18 @@ def open_plugin(driver, url, timeout: float = 90):
   frame = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, 'iframe'))[0]
   driver.switch_to.frame(frame)
   return WebDriverWait(driver, timeout)
+
+
+def js_fmt(v) -> str:
+  """The page's number format (fmt in static/format.js), for tests that read numbers off the
+  page: 3 significant digits, exact zeros as 0, powers of ten beyond 1e4 or below 1e-3
+  ('7.02e-4', '1.23e5'), a leading '−' for minus."""
+  v = float(v)
+  if v == 0:
+    return '0'
+  if abs(v) >= 1e4 or abs(v) < 1e-3:
+    mantissa, exponent = f'{v:.2e}'.split('e')
+    text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+  else:
+    text = repr(float(f'{v:.3g}')).removesuffix('.0')
+  return text[0].replace('-', '−') + text[1:]

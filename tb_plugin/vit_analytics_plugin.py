@@ -168,6 +168,19 @@ def _listed(parsed):
   return parsed
 
 
+PER_IMAGE_AXES = ('image', 'subset_image')
+
+
+def first_view_tags(listing, analyses) -> list:
+  """The arrays /first_view serves when no `tags` are named: every array tag of the
+  `analyses` without a per-image axis (those are fetched a head at a time), at most
+  FIRST_VIEW_TAGS of them, by name. `listing`: {tag: plugin metadata} of one run."""
+  out = [tag for tag, info in sorted(listing.items())
+         if info.get('kind') == 'array' and tag.split('/', 1)[0] in analyses
+         and not set(info.get('axes') or ()) & set(PER_IMAGE_AXES)]
+  return out[:FIRST_VIEW_TAGS]
+
+
 def pack(a) -> dict:
   """An array as JSON: shape, dtype ('float32' or 'int32', little-endian) and its bytes in
   base64 — far faster to make and parse than nested lists; NaN stays NaN."""
@@ -519,7 +532,8 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     step = _integer(request, 'step')
     if step is not None and step < 0:
       raise BadRequest(f'parameter "step" must be >= 0, got {step}')
-    names = [t for t in (_param(request, 'tags') or '').split(',') if t]
+    given = _param(request, 'tags')
+    names = [t for t in (given or '').split(',') if t]
     if len(names) > FIRST_VIEW_TAGS:
       raise BadRequest(f'parameter "tags" names {len(names)} tags; at most {FIRST_VIEW_TAGS}')
     analyses = [a for a in (_param(request, 'analyses') or '').split(',') if a]
@@ -535,6 +549,8 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
            'missing': []}
     if run is None:
       return _json(request, out)
+    if given is None:  # the first view's arrays: those of its analyses, less per-image ones
+      names = first_view_tags(tags[run], analyses)
     try:
       out['steps'] = self._steps(request, run, tags)
     except Exception:  # left to /steps, which answers for itself

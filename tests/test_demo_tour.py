@@ -13,6 +13,7 @@ the one below.
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,13 @@ def test_tour_screenshots(demo):
     p = page(layer=1, head=1)
     assert p.one('#selected-head').text == 'L1 H1'
     assert 'class-token embedding' in p.one('#importance-summary').text
+    assert 'kind: neighbour-offset' in p.one('#head-numbers').text
+    # The embedding objective defines no top-1/top-5: they are not offered (issue 21, 9).
+    options = [o.get_attribute('value') for o in p.all('#metric-select option')]
+    assert 'ablation_loss' in options and not {'ablation_top1', 'ablation_top5'} & set(options)
+    # L1 H1's right neighbour is the brightest red of the shared offset scale (issue 21, 5).
+    hi = float(p.all('#multiples-legend text.legend-tick')[-1].text.rstrip('×'))
+    assert hi == pytest.approx(float(demo['strength'].offset_ratio.max()), rel=6e-3)
     shot(p, '1-strength-L1H1.png', '#view-strength')
     p = page(layer=1, head=1, image=0, query=CHIN)
     assert 'row 5, col 5' in p.one('#query-label').text
@@ -218,8 +226,38 @@ def test_tour_screenshots(demo):
     p = page(layer=8, head=3)
     assert p.one('#selected-head').text == 'L8 H3'
     assert p.all('#partial-bars rect')
+    # The whole head on the same 11 images, with whiskers, and global - local in SEs.
+    assert p.one('#partial-bars rect.bar.whole') and p.all('#partial-bars g.whisker')
+    assert 'global − local' in p.one('#local-global').text
     shot(p, '3-importance-L8H3.png', '#view-importance')
     shot(p, '4-patterns.png', '#view-patterns')
+    # The gallery of docs/views.md: every view on the demo, at 1600 x 1000.
+    driver.set_window_size(1600, 1000)
+    p = page(layer=8, head=3)
+    driver.set_window_size(1600, 1000)
+    time.sleep(0.3)
+    driver.save_screenshot(str(SHOTS / 'views-page-1600.png'))
+    # Each view whole: 1600 wide, in a window tall enough that no view is cut.
+    tall = lambda: (driver.set_window_size(1600, 2600), time.sleep(0.3))
+    tall()
+    for css, name in (('#view-importance', 'views-importance.png'),
+                      ('#view-strength', 'views-strength.png'),
+                      ('#view-patterns', 'views-patterns.png'),
+                      ('#view-overview', 'views-overview.png')):
+      shot(p, name, css)
+    p = page(layer=3, head=1, image=0, query=CHIN)
+    tall()
+    shot(p, 'views-images.png', '#view-images')
+    p = page(layer=8, head=3, compare=photo_demo.RUN)
+    p.wait.until(lambda d: p.all('#compare-distance'))
+    assert 'top-1' not in p.one('#compare-makeup').text     # undefined without a classifier
+    tall()
+    shot(p, 'views-compare.png', '#view-compare')
+    driver.set_window_size(1280, 800)
+    p = page(layer=8, head=3)
+    driver.set_window_size(1280, 800)
+    time.sleep(0.3)
+    driver.save_screenshot(str(SHOTS / 'views-page-1280.png'))
   target = os.environ.get('TOUR_SCREENSHOTS')
   if target:   # `make tour`: refresh the README's pictures
     Path(target).mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, open_plugin, tensorboard
+from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, js_fmt, open_plugin, tensorboard
 from vit_jax_analytics.logdir import reader
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / 'test-artifacts'
@@ -23,11 +23,6 @@ def browser():
   with chromium() as driver:
     yield driver
 
-
-def js_fmt(v):
-  """The frontend's number format (fmt in format.js) for ordinary magnitudes."""
-  assert 1e-3 <= abs(v) < 1000
-  return f'{v:.4f}'
 
 
 @pytest.mark.parametrize('load_fast', ['false', 'true'])

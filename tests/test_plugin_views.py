@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, open_plugin, tensorboard
+from tb_plugin.browser import js_fmt as fmt
 from tb_plugin.vit_analytics_plugin import ALONE_PATH
 from vit_jax_analytics.logdir import reader
 
@@ -116,7 +117,7 @@ class Page:
 
 
 def numbers(texts):
-  return [float(t) for t in texts if t]
+  return [float(t.replace('−', '-')) for t in texts if t]
 
 
 # --- bugs 1-11 -----------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def test_2_locality_plots_draw_uniform_and_self_baselines(server, browser, writt
     assert 'uniform' in p.one(chart).text
   assert len(p.all('#neighbourhood .reference-curve')) == 2
   assert p.one('#locality-table tr.reference-row').text.startswith('uniform')
-  assert f"{base['uniform']['mean_distance']:.4f}" in p.one('#locality-table tr.reference-row').text
+  assert fmt(base['uniform']['mean_distance']) in p.one('#locality-table tr.reference-row').text
   # The y axis includes the uniform value; y-from-zero puts 0 on it.
   assert 0. not in numbers(t.text for t in p.all('#trend-distance text.y-tick'))
   p.click(p.one('#y-from-zero'))
@@ -162,15 +163,18 @@ def test_2_locality_plots_draw_uniform_and_self_baselines(server, browser, writt
 
 def test_3_colour_scales_diverge_at_uniform_and_zero_and_every_map_has_a_legend(server, browser, written):
   p = Page(browser, server)
-  # Offset maps: a log-ratio legend whose centre tick is 1x uniform, in the middle of the ramp.
+  # Offset maps: a log-ratio legend from the data's smallest to its largest ratio, with the
+  # 1x uniform tick where 1 falls between them (issue 21: fitted, not symmetric).
   for css in ('#multiples-legend', '#focus-legend'):
     legend = p.one(css)
     assert legend.get_attribute('data-kind') == 'ratio'
-    centre = [t for t in legend.find_elements(p.By.CSS_SELECTOR, 'text.legend-tick')
-              if t.text == '1× uniform']
-    assert len(centre) == 1
+    ticks = legend.find_elements(p.By.CSS_SELECTOR, 'text.legend-tick')
+    centre = [t for t in ticks if t.text in ('1× uniform', '1×')]
+    lo, hi = (float(ticks[i].text.rstrip('×').replace('−', '-')) for i in (0, -1))
     width = float(legend.find_element(p.By.TAG_NAME, 'rect').get_attribute('width'))
-    assert float(centre[0].get_attribute('x')) == pytest.approx(10 + width / 2)
+    if centre:
+      want = 10 + width * (0 - math.log(lo)) / (math.log(hi) - math.log(lo))
+      assert float(centre[0].get_attribute('x')) == pytest.approx(want, abs=0.01 * width)
   # The cell of the focus map at 1x uniform would be white: the centre colour of the ramp.
   # Signed metrics on a scale centred at 0, unsigned on a sequential one.
   for metric in ('ablation_top1', 'ablation_loss', 'taylor'):
@@ -213,7 +217,7 @@ def test_4_partial_pruning_bars_are_signed_with_definitions_and_metrics(server, 
       elif w > 1:
         assert x == pytest.approx(zero, abs=0.5)
     assert p.all('#partial-bars text.x-tick')   # an axis with numbers
-  text = p.one('#variant-definitions').text
+  text = p.one('#variant-definitions').get_attribute('textContent')
   for v in variants:
     assert v['description'] in text
 
@@ -267,8 +271,9 @@ def test_6_cluster_names_show_their_statistics_and_thresholds(server, browser, w
     fired = cluster.find_elements(p.By.CSS_SELECTOR, 'table.rules tr.fired')
     assert len(fired) == 1 and len(rules) >= 7
     word = name.split(' ')[0]
-    assert f'→ {word}' in fired[0].text, (name, fired[0].text)
-    text = cluster.text
+    assert f'→ {word}' in fired[0].get_attribute('textContent') or (
+        word == 'global' and 'global (≥' in fired[0].get_attribute('textContent')), name
+    text = cluster.get_attribute('textContent')
     for stat in ('class-token share', 'share within 1 patch', 'entropy', '> 0.6'):
       assert stat in text
 
@@ -473,9 +478,9 @@ def test_13_locality_table_and_class_token_attention(server, browser, written):
   row = p.one('#locality-table tr.selected')
   assert row.get_attribute('data-layer') == '2' and row.get_attribute('data-head') == '1'
   cells = [c.text for c in row.find_elements(p.By.TAG_NAME, 'td')]
-  assert cells[1] == f"{written['strength/mean_distance'][2, 1]:.4f}"
+  assert cells[2] == fmt(written['strength/mean_distance'][2, 1])   # after head and kind
   uniform = written['strength/meta']['baselines']['uniform']['mean_distance']
-  assert cells[2] == f"{written['strength/mean_distance'][2, 1] / uniform:.2f}"
+  assert cells[3] == fmt(written['strength/mean_distance'][2, 1] / uniform)
   header = p.one('#locality-table thead').text
   for column in ('mean distance', 'share ≤', 'entropy', 'class-token share', 'p5–p95'):
     assert column in header
@@ -521,8 +526,8 @@ def test_15_sticky_header_url_state_and_wide_layout(server, browser, written):
   p = Page(browser, server)
   p.head(2, 3)
   numbers_text = p.one('#head-numbers').text
-  assert f"{written['importance/taylor'][2, 3]:.4f}" in numbers_text
-  assert f"{written['strength/mean_distance'][2, 3]:.4f}" in numbers_text
+  assert fmt(written['importance/taylor'][2, 3]) in numbers_text
+  assert fmt(written['strength/mean_distance'][2, 3]) in numbers_text
   # The header stays at the top while scrolling.
   p.js('window.scrollTo(0, document.body.scrollHeight)')
   time.sleep(0.2)
@@ -573,7 +578,7 @@ def test_16_the_page_explains_itself(server, browser, written):
   for d in written['strength/meta']['definitions'].values():
     assert d in text
   assert 'num_layers' in p.one('#model-config').text
-  assert p.one('#metric-definition').text == written['importance/meta']['definitions']['taylor']
+  assert p.one('#metric-definition').get_attribute('data-text') == written['importance/meta']['definitions']['taylor']
   p.shot('views-about.png', '#about-run')
   p.shot('views-importance.png', '#view-importance')
   p.shot('views-images.png', '#view-images')
@@ -642,7 +647,7 @@ def test_first_view_comes_in_one_request_and_shows_the_stored_values(server, bro
   l, h = np.unravel_index(np.argmax(taylor), taylor.shape)
   cell = p.one(f'#importance-grid rect.imp-cell[data-layer="{l}"][data-head="{h}"]')
   ActionChains(browser).move_to_element(cell).perform()
-  p.wait.until(lambda d: f'{taylor[l, h]:.4f}' in p.one('#vit-tooltip').text)
+  p.wait.until(lambda d: f'= {fmt(taylor[l, h])}' in p.one('#vit-tooltip').text)
   assert f'L{l} H{h}' in p.one('#vit-tooltip').text
   assert p.all('#pruning-curves polyline')
 
@@ -665,4 +670,4 @@ def test_focus_map_labels_each_offset_with_the_selected_heads_mean(server, brows
     p.js('arguments[0].scrollIntoView({block: "center"})', cell)
     ActionChains(browser).move_to_element(cell).perform()
     p.wait.until(lambda d: p.one('#vit-tooltip').is_displayed())
-    assert f'mean {value:.4f} =' in p.one('#vit-tooltip').text
+    assert f'mean {fmt(value)} =' in p.one('#vit-tooltip').text

@@ -7,18 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, open_plugin, tensorboard
+from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, js_fmt, open_plugin, tensorboard
 from vit_jax_analytics.logdir import reader
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / 'test-artifacts'
 
-
-def js_fmt(v):
-  """fmt of format.js."""
-  if abs(v) >= 1000 or (abs(v) < 1e-3 and v != 0):
-    mantissa, exponent = f'{v:.3e}'.split('e')
-    return f'{mantissa}e{int(exponent):+d}'
-  return f'{v:.4f}'
 
 
 @pytest.fixture(scope='module')

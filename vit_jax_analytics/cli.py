@@ -137,6 +137,9 @@ def add_data_args(p, seen: set):
                       'as in vit_jax)')
   p.add_argument('--std', type=parse_floats(3), default=defaults['std'],
                  help='per-channel std (default: 0.5,0.5,0.5)')
+  p.add_argument('--thumbnail-budget-mib', type=float, default=defaults['thumbnail_budget_mib'],
+                 help='the image overview stores thumbnails of as many images as fit in this '
+                      'many MiB (40 x 40 px, 4.7 KiB each; default: %(default)s MiB, 436 images)')
   if '--batch-size' not in seen:
     seen.update({'--batch-size', '--no-progress'})
     p.add_argument('--batch-size', type=int, default=DEFAULT_BATCH_SIZE,
@@ -148,7 +151,7 @@ def inputs_from(args):
   from vit_jax_analytics.pipeline import Inputs
 
   data_args = {k: getattr(args, k) for k in ('images', 'labels', 'max_images', 'mean', 'std',
-                                             'label_free')
+                                             'label_free', 'thumbnail_budget_mib')
                if hasattr(args, k)}  # `info` reads no images
   return Inputs(checkpoint=args.checkpoint, image_size=args.image_size,
                 gelu_approximate=None if args.gelu is None else args.gelu == 'tanh',

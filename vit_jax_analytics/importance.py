@@ -1140,9 +1140,12 @@ def plan_stage2(acc: dict, config: ViTConfig, options: ImportanceOptions,
   targets = acc['target']
   subset = stratified_subset(targets, options.subset_size(int((targets >= 0).sum())),
                              options.seed)
-  return Stage2Plan(list(orders), counts, masks, heads, layers,
-                    np.stack([v.keep for v in variants]), subset, unique, mask_of,
-                    first_masked_layers(unique))
+  # One more keep than variants, all zeros: the whole head removed, on the same subset
+  # and images as its parts (finalise splits it off as partial_whole_*).
+  keeps = np.stack([v.keep for v in variants])
+  keeps = np.concatenate([keeps, np.zeros_like(keeps[:1])])
+  return Stage2Plan(list(orders), counts, masks, heads, layers, keeps, subset, unique,
+                    mask_of, first_masked_layers(unique))
 
 
 class _Saver:
@@ -1303,7 +1306,7 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list,
   scores, baseline = head_scores(acc)
   count = acc['count']
   shape = (len(plan.order_names), len(plan.counts))
-  curves, partial = {}, {}
+  curves, partial, whole = {}, {}, {}
   for m in ABLATION_METRICS:
     full = acc[f's2_full_{m}']                                       # [S]
     per_mask = np.concatenate([acc[f's2_curve_{m}'], full[:, None]], axis=1)
@@ -1314,7 +1317,8 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list,
     pruned = acc[f's2_partial_{m}']                                  # [S, E, V]
     sign = {'loss': 1., 'kl': 1.}.get(m, -1.)
     change = pruned if m == 'kl' else sign * (pruned - full[:, None, None])
-    partial[m] = _mean_se(change)
+    partial[m] = _mean_se(change[..., :len(variants)])
+    whole[m] = _mean_se(change[..., len(variants)])  # the last keep: the whole head
   subset_base = Baseline(*(float(np.mean(acc[f's2_full_{m}'])) for m in ('loss', 'top1', 'top5')))
   return ImportanceResult(
       **scores, baseline=baseline, curve_counts=np.asarray(plan.counts),
@@ -1329,6 +1333,8 @@ def finalise(acc: dict, plan: Stage2Plan, variants: list,
       subset_index=np.asarray(plan.subset, np.int64), subset_baseline=subset_base,
       **{f'curve_{m}_se': curves[m][1].reshape(shape) for m in ABLATION_METRICS},
       **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS},
+      **{f'partial_whole_{m}': whole[m][0] for m in ABLATION_METRICS},
+      **{f'partial_whole_{m}_se': whole[m][1] for m in ABLATION_METRICS},
       per_image_loss=acc.get('per_image_loss'),
       per_image_prediction=(None if acc.get('per_image_prediction') is None
                             else acc['per_image_prediction'].astype(np.int32)),

@@ -54,6 +54,9 @@ class Inputs:
   std: tuple = data.VIT_JAX_MEAN_STD[1]
   pooling: Optional[str] = None  # 'none' for a big_vision pool_type='none' model
   label_free: bool = False       # sub-folders are not classes: every image, unlabelled
+  # The image overview's thumbnails (THUMBNAIL_PX square, stored with importance): as many
+  # images, spread over the set, as fit in this many MiB (raw RGB).
+  thumbnail_budget_mib: float = 2.0
 
   def __post_init__(self):
     check(self, 'max_images', self.max_images, low=1, optional=True)
@@ -61,6 +64,7 @@ class Inputs:
       check(self, 'image_size', size, low=1)
     if len(self.mean) != 3 or not all(np.isfinite(self.mean)):
       raise OptionError('mean', f'expected three finite numbers, got {self.mean!r}', Inputs)
+    check(self, 'thumbnail_budget_mib', self.thumbnail_budget_mib, low=0, what='a number')
     if len(self.std) != 3 or not all(np.isfinite(s) and s > 0 for s in self.std):
       raise OptionError('std', f'expected three finite positive numbers, got {self.std!r}',
                         Inputs)
@@ -146,9 +150,30 @@ def _leaves(tree):
     yield np.asarray(tree)
 
 
-def model_view_images(inputs: Inputs, loaded: Loaded, indices) -> np.ndarray:
-  """[M, S, S, 3] uint8: the images at `indices` as the model saw them (resized)."""
-  size = loaded.config.image_size
+THUMBNAIL_PX = 40
+THUMBNAIL_BYTES = THUMBNAIL_PX * THUMBNAIL_PX * 3
+
+
+def thumbnails(inputs: Inputs, loaded: Loaded) -> tuple:
+  """(index [M], images [M, THUMBNAIL_PX, THUMBNAIL_PX, 3] uint8): thumbnails of as many
+  images as fit in inputs.thumbnail_budget_mib, spread evenly over the set (all of a small
+  run: 2 MiB hold 436)."""
+  index = thumbnail_index(len(loaded.image_set.paths), inputs.thumbnail_budget_mib)
+  return index, model_view_images(inputs, loaded, index, THUMBNAIL_PX)
+
+
+def thumbnail_index(n: int, budget_mib: float) -> np.ndarray:
+  """[M] the images (of n) whose thumbnails fit in budget_mib, spread evenly, ascending."""
+  count = min(n, int(budget_mib * 2 ** 20 // THUMBNAIL_BYTES))
+  if not count:
+    return np.zeros(0, np.int64)
+  return np.unique(np.round(np.linspace(0, n - 1, count)).astype(np.int64))
+
+
+def model_view_images(inputs: Inputs, loaded: Loaded, indices, size=None) -> np.ndarray:
+  """[M, S, S, 3] uint8: the images at `indices` as the model saw them (resized; to `size`
+  if given)."""
+  size = size or loaded.config.image_size
   out = []
   for i in indices:
     x = data.load_image(loaded.image_set.paths[i], size, inputs.mean, inputs.std)
@@ -186,7 +211,10 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
     if s2 and 'layers' in s2:
       s2['forward_eq'] = cost.stage2(loaded.config, s2.pop('first_layers'), s2.pop('layers'),
                                      s2.pop('variants'))
-  return result, lambda meta: schema.importance_values(result, meta), store.clear
+  thumbs = thumbnails(inputs, loaded)
+  return (result, lambda meta: schema.importance_values(result, meta, thumbs,
+                                                         inputs.thumbnail_budget_mib),
+          store.clear)
 
 
 def _strength(inputs: Inputs, loaded: Loaded, logdir, run: str, options,

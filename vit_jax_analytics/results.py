@@ -67,6 +67,16 @@ class ImportanceResult:
   partial_top1_se: Optional[np.ndarray] = None        # [E, V]
   partial_top5_se: Optional[np.ndarray] = None        # [E, V]
   partial_kl_se: Optional[np.ndarray] = None          # [E, V]
+  # The whole head removed on the same subset as its parts (stage 2; the single-head
+  # ablation above is over every image): mean change and its standard error.
+  partial_whole_loss: Optional[np.ndarray] = None     # [E]
+  partial_whole_top1: Optional[np.ndarray] = None     # [E]
+  partial_whole_top5: Optional[np.ndarray] = None     # [E]
+  partial_whole_kl: Optional[np.ndarray] = None       # [E]
+  partial_whole_loss_se: Optional[np.ndarray] = None  # [E]
+  partial_whole_top1_se: Optional[np.ndarray] = None  # [E]
+  partial_whole_top5_se: Optional[np.ndarray] = None  # [E]
+  partial_whole_kl_se: Optional[np.ndarray] = None    # [E]
 
   @property
   def subset_images(self) -> int:

@@ -6,44 +6,23 @@
 // charts.js is imported by the views only; importing it here too lets the browser fetch it
 // together with the other modules instead of one round-trip later.
 import './charts.js';
-import {forgetMeta, getJSON, meta, preload, trainingSteps, view} from './data.js';
-import {checkbox, createTooltip, dropdown, el, hideTooltip, nextPaint, section} from './dom.js';
-import {fmt, headName} from './format.js';
-import {changed, onChange, resetForRun, state} from './state.js';
+import {forgetMeta, getJSON, guard, live, meta, newScope, preload, trainingSteps, view} from './data.js';
+import {createTooltip, dropdown, el, hideTooltip, nextPaint, section} from './dom.js';
+import {fmt, headName, kindLabel} from './format.js';
+import {changed, onChange, resetForRun, state, use} from './state.js';
 import {CSS} from './style.js';
 import {readURL, writeURL} from './url.js';
-import {renderImportance} from './view_importance.js';
+import {FIRST_VIEW, VIEWS, moduleOf} from './views.js';
+import {render as renderFirst} from './view_importance.js';
 
-// Only the first view's modules are imported before render() runs; the other views' modules
-// are fetched while the first view is drawn (later(), below), so that their number does not
-// delay the first paint.
-const later = (load, name) => async (...args) => (await load())[name](...args);
-const renderStrength = later(() => import('./view_strength.js'), 'renderStrength');
-const renderPatterns = later(() => import('./view_patterns.js'), 'renderPatterns');
-const renderOverview = later(() => import('./view_overview.js'), 'renderOverview');
-const renderImages = later(() => import('./view_images.js'), 'renderImages');
-const renderTraining = later(() => import('./view_training.js'), 'renderTraining');
-const renderComparison = later(() => import('./view_compare.js'), 'renderComparison');
-const preloadViews = () => ['./view_strength.js', './view_patterns.js', './view_overview.js',
-                            './view_images.js', './view_training.js', './view_compare.js']
-    .forEach((m) => import(m).catch(() => {}));   // a failure is reported by the view
+// Only the first view's module is imported before render() runs; the other views' modules
+// are fetched while the first view is drawn (preloadViews), so that their number does not
+// delay the first paint. Every view module exports render(body, info).
+const loaders = Object.fromEntries(VIEWS.map((v) => [v.id, v === FIRST_VIEW
+    ? async () => ({render: renderFirst}) : () => import(`./${moduleOf(v)}`)]));
+const preloadViews = () => VIEWS.forEach((v) => loaders[v.id]().catch(() => {}));   // a failure is reported by the view
+const renderComparison = async (...args) => (await import('./view_compare.js')).renderComparison(...args);
 
-// [section id, title, help, render, analysis it needs (default: the id), what to run]
-const VIEWS = [
-  ['importance', 'Which heads matter?', 'Pruning-based importance: mask gradients and single-head ablation.',
-   renderImportance, 'importance', 'vit-analytics importance --checkpoint CKPT --images DIR --logdir LOGDIR --per-image'],
-  ['strength', 'How strongly do patches attend to their neighbours?',
-   'Every locality number is drawn against two reference heads: uniform attention (1/T to every token) and self-only attention.',
-   renderStrength, 'strength', 'vit-analytics strength --checkpoint CKPT --images DIR --logdir LOGDIR'],
-  ['patterns', 'What patterns have heads learned?', null, renderPatterns, 'patterns',
-   'vit-analytics patterns --checkpoint CKPT --images DIR --logdir LOGDIR'],
-  ['overview', 'Image overview', 'Every analysed image: label, prediction, loss and the selected head\'s per-image importance.',
-   renderOverview, 'importance', 'vit-analytics importance ... --per-image'],
-  ['images', 'Attention of one image', null, renderImages, 'strength',
-   'vit-analytics strength ... --map-images N'],
-  ['training', 'Over training', 'Per-head importance, mean distance and entropy against the training step (rows: layers, columns: heads). The selected head is highlighted; the dashed line marks the step shown.',
-   renderTraining, 'steps', 'vit-analytics train-demo --log-every K, or training.analyse_step in your loop'],
-];
 const RELOAD_MS = 5000;   // the run list follows new runs (TensorBoard reloads every few s)
 
 // `first`: the body of ./first_view, or null (then every request goes to its own route).
@@ -75,9 +54,9 @@ export async function render(first = null) {
   const page = {runs, content};
   const show = (run, keep) => showRun(page, run, keep);
   const runSelect = dropdown(runs.map((r) => [r.run, r.run]), shown,
-                             (r) => { view.step = null; show(r); }, 'run-select');
+                             (r) => { page.step = null; show(r); }, 'run-select');
   // Training steps of the run (filled by showRun); choosing one redraws every view there.
-  const stepSelect = dropdown([], '', (s) => { view.step = s === '' ? null : +s;
+  const stepSelect = dropdown([], '', (s) => { page.step = s === '' ? null : +s;
                                               show(state.run, keepSelection()); },
                               'step-select');
   const compareSelect = dropdown([['', 'none'], ...runs.map((r) => [r.run, r.run])], state.compare,
@@ -100,7 +79,7 @@ export async function render(first = null) {
                     el('span', {class: 'help'}, 'Click a head in any view to select it everywhere; the URL keeps the selection.'))),
               content);
   onChange(() => { drawHeadNumbers(); writeURL(); });
-  pollRuns(runs.map((r) => r.run), (latest) => updateRuns(page, latest));
+  pollRuns(runs, (latest) => updateRuns(page, latest));
   await show(shown, {layer: fromURL.layer ?? 0, head: fromURL.head ?? 0,
                      image: fromURL.image ?? 0, query: fromURL.query ?? null});
   preload(null);   // what the first view did not use is not kept
@@ -118,11 +97,12 @@ async function showRun(page, run, keep = {}) {
   document.body.dataset.ready = 'false';
   hideTooltip();
   resetForRun(run, keep);
-  state.data = {};
   forgetMeta();
+  const scope = newScope(run, page.step ?? null);
   page.runSelect.value = run;
   const info = {...runs.find((r) => r.run === run)};
-  const steps = trainingSteps(run);
+  page.shown = info;
+  const steps = guard(scope, trainingSteps(run));
   document.getElementById('selected-head').textContent = headName(state.layer, state.head);
   const box = about(info);
   content.replaceChildren(box.node);
@@ -134,29 +114,35 @@ async function showRun(page, run, keep = {}) {
     sec.classList.add('wide');
     content.append(sec);
     draws.push(() => renderComparison(sec.querySelector('.body'), runs, state.compare).catch((e) => {
-      sec.querySelector('.body').append(el('p', {class: 'help'}, `Could not draw: ${e.message}`));
+      if (live(scope)) sec.querySelector('.body').append(el('p', {class: 'help'}, `Could not draw: ${e.message}`));
     }));
   }
-  for (const [id, title, help, renderView, needs, command] of VIEWS) {
-    const sec = section(`view-${id}`, title, help);
+  const sections = {};
+  for (const v of VIEWS) {
+    const sec = section(`view-${v.id}`, v.title, v.help);
+    sections[v.id] = sec;
     content.append(sec);
     const body = sec.querySelector('.body');
     draws.push(async () => {
-      if (!info.analyses.includes(needs)) {
-        body.append(el('p', {class: 'help empty-view'}, `Not computed for this run. Run: ${command}`));
+      if (!info.analyses.includes(v.needs)) {
+        if (v.hideWithout) { sec.remove(); return; }
+        body.append(el('p', {class: 'help empty-view'}, `Not computed for this run. Run: ${v.command}`));
         return;
       }
       try {
-        await renderView(body, info);
+        const module = await guard(scope, loaders[v.id]());
+        await module.render(body, info);
       } catch (e) {
-        body.append(el('p', {class: 'help'}, `Could not draw: ${e.message}`));
+        if (live(scope)) body.append(el('p', {class: 'help'}, `Could not draw: ${e.message}`));
       }
     });
   }
-  const first = draws.splice(state.compare ? 1 : 0, 1)[0];   // the importance view
+  const first = draws.splice(state.compare ? 1 : 0, 1)[0];   // the first view
   await first();
+  if (!live(scope)) return;
   preloadViews();
   await nextPaint();
+  if (!live(scope)) return;
   info.steps = await steps;
   const stepSelect = document.getElementById('step-select');
   stepSelect.replaceChildren(el('option', {value: ''}, 'latest'),
@@ -166,6 +152,7 @@ async function showRun(page, run, keep = {}) {
   if (info.steps.length > 1) info.analyses = [...info.analyses, 'steps'];
   box.fill();
   await Promise.all(draws.map((draw) => draw()));
+  if (!live(scope)) return;
   changed();
   document.body.dataset.ready = 'true';
 }
@@ -175,7 +162,8 @@ async function showRun(page, run, keep = {}) {
 function about(info) {
   const box = el('details', {id: 'about-run'}, el('summary', {}, `About run ${info.run}: model, images and metric definitions`));
   const fill = async () => {
-    const metas = await Promise.all(['importance', 'strength', 'patterns'].filter((a) => info.analyses.includes(a))
+    const analyses = [...new Set(VIEWS.map((v) => v.needs))].filter((a) => a !== 'steps');
+    const metas = await Promise.all(analyses.filter((a) => info.analyses.includes(a))
         .map((a) => meta(a).then((m) => [a, m])));
     if (!metas.length) return;
     const cfg = metas[0][1].config || {};
@@ -192,34 +180,42 @@ function about(info) {
   return {node: box, fill: () => { fill().catch(() => {}); }};
 }
 
-// The selected head's key numbers in the sticky header (whatever the views loaded).
+// The selected head's key numbers in the sticky header (whatever the views published):
+// one line of fixed height, the rest in its tooltip.
 function drawHeadNumbers() {
   const box = document.getElementById('head-numbers');
   if (!box) return;
   const {layer: l, head: h} = state;
-  const d = state.data || {};
   const parts = [];
-  if (d.importance) parts.push(`${d.metricLabel}: ${fmt(d.importance[state.metric][l][h])} (rank ${d.rank(l, h)} of ${d.heads})`);
-  if (d.distance) parts.push(`mean distance ${fmt(d.distance[l][h])} px${d.uniformDistance != null ? ` (uniform ${fmt(d.uniformDistance)})` : ''}`);
-  if (d.entropy) parts.push(`entropy ${fmt(d.entropy[l][h])} nats`);
-  if (d.cluster) parts.push(`cluster ${d.cluster[l][h]}: ${d.clusterNames[d.cluster[l][h]]}`);
+  const kinds = use('headKinds'), imp = use('importanceNumbers'), st = use('strengthNumbers'), cl = use('clusters');
+  if (kinds) parts.push(`kind: ${kindLabel(kinds[l][h])}`);
+  if (imp) parts.push(`${imp.label(state.metric)} ${fmt(imp.values[state.metric][l][h])} (rank ${imp.rank(l, h)} of ${imp.heads})`);
+  if (st) parts.push(`mean distance ${fmt(st.distance[l][h], 'px')}${st.uniformDistance != null ? ` (${fmt(st.distance[l][h] / st.uniformDistance)}× uniform)` : ''}`);
+  if (st) parts.push(`entropy ${fmt(st.entropy[l][h], 'nats')}`);
+  if (cl) parts.push(`cluster ${cl.cluster[l][h]}: ${cl.names[cl.cluster[l][h]]}`);
   box.textContent = parts.join(' · ');
+  box.title = parts.join('\n');
 }
 
-// Follows TensorBoard's reload: new runs written while the page is open join the lists.
+// Follows TensorBoard's reload: new runs written while the page is open join the lists,
+// and a run whose analyses changed (one more written) is redrawn if it is the one shown.
 function pollRuns(known, onNew) {
-  let names = known.join('\n');
+  let last = signature(known);
   setInterval(async () => {
     try {
       const latest = (await getJSON('./runs')).runs;
-      const now = latest.map((r) => r.run).join('\n');
-      if (now !== names) { names = now; onNew(latest); }
+      const now = signature(latest);
+      if (now !== last) { last = now; onNew(latest); }
     } catch (e) { /* TensorBoard restarting: try again later */ }
   }, RELOAD_MS);
 }
 
+// What the poll compares: each run with its analyses and tags.
+const signature = (runs) => runs.map((r) => `${r.run}:${r.analyses.join('+')}:${Object.keys(r.tags || {}).length}`).join('\n');
+
 function updateRuns(page, latest) {
   const added = latest.filter((r) => !page.runs.some((o) => o.run === r.run)).map((r) => r.run);
+  const before = page.runs.find((r) => r.run === state.run);
   page.runs.splice(0, page.runs.length, ...latest);
   const options = (select, extra) => {
     const value = select.value;
@@ -229,6 +225,11 @@ function updateRuns(page, latest) {
   options(page.runSelect, []);
   options(page.compareSelect, [el('option', {value: ''}, 'none')]);
   if (added.length) document.getElementById('run-note').textContent = `new run${added.length > 1 ? 's' : ''}: ${added.join(', ')}`;
+  const now = latest.find((r) => r.run === state.run);
+  if (now && before && signature([now]) !== signature([before])) {
+    document.getElementById('run-note').textContent = `${now.run}: analyses updated`;
+    showRun(page, state.run, keepSelection());
+  }
 }
 
 // A state change outside a run switch (kept here so the views stay independent).

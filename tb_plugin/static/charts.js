@@ -105,41 +105,131 @@ export function autoScale(values, label) {
   return lo < 0 ? signed(values, label) : sequential(lo, hi, label);
 }
 
-// Ratios to uniform (1 = uniform), log-symmetric around 1; values <= 0 clip at the floor.
+// Ratios to uniform (1 = uniform) on a log scale fitted to the values shown: white at 1×,
+// full red at their largest ratio, full blue at their smallest (each side on its own log
+// range, so a map that is mostly a little below uniform and one cell 60× above shows that
+// cell bright red, not a sea of blue). The legend's ends are the data's range. Each side
+// spans at least 1.5× (near-uniform maps stay pale) and at most 1000× (the low side: an
+// edge offset with almost no attention cannot wash the rest out); values <= 0 are the
+// floor.
 export function ratio(values, label = '× uniform attention') {
-  // The range covers 98% of the values' |log ratio| (the rest saturate), at least 1.5×
-  // and at most 1000× either way, so that one stripe or one empty edge cell cannot flatten
-  // everything else.
-  // (Selected, not sorted: the strength view's shared scale covers 280,000 values.)
-  const v = finite(values), logs = new Float64Array(v.length);
-  let n = 0;
-  for (const x of v) if (x > 0) logs[n++] = Math.abs(Math.log(x));
-  let m = n ? kthSmallest(logs.subarray(0, n), Math.min(n - 1, Math.floor(0.98 * n))) : 0;
-  m = Math.min(Math.max(m, Math.log(1.5)), Math.log(1e3));
-  const k = Math.exp(m);
-  const show = (x) => x >= 10 ? `${Math.round(x)}×` : `${+x.toPrecision(2)}×`;
-  return {kind: 'ratio', lo: 1 / k, hi: k, label,
-          colour: (x) => divergingColour(x > 0 ? Math.log(x) / m : -1),
-          rgb: (x) => divergingRGB(x > 0 ? Math.log(x) / m : -1),
-          ticks: [[1 / k, show(1 / k)], [1, '1× uniform'], [k, show(k)]]};
+  const v = finite(values);
+  let lo = Infinity, hi = -Infinity;
+  for (const x of v) if (x > 0) { if (x < lo) lo = x; if (x > hi) hi = x; }
+  if (!(hi > 0)) { lo = 1; hi = 1; }
+  const up = Math.min(Math.max(Math.log(Math.max(hi, 1)), Math.log(1.5)), Math.log(1e6));
+  const down = Math.min(Math.max(-Math.log(Math.min(lo, 1)), Math.log(1.5)), Math.log(1e3));
+  const t = (x) => (x > 0 ? (Math.log(x) >= 0 ? Math.min(1, Math.log(x) / up) : Math.max(-1, Math.log(x) / down)) : -1);
+  const show = (x) => `${fmt(x)}×`;
+  const shownLo = Math.max(Math.min(lo, 1), Math.exp(-down)), shownHi = Math.max(hi, 1);
+  return {kind: 'ratio', lo: Math.exp(-down), hi: Math.exp(up), label, t,
+          colour: (x) => divergingColour(t(x)), rgb: (x) => divergingRGB(t(x)),
+          dataLo: shownLo, dataHi: shownHi,
+          ticks: [[shownLo, show(shownLo)], [1, '1× uniform'], [shownHi, show(shownHi)]]};
+}
+
+// A sequential scale on log10 of the values (the positive ones; 0 and below are grey).
+export function logScale(values, label) {
+  const v = finite(values).filter((x) => x > 0);
+  let [lo, hi] = v.length ? extent(v.map(Math.log10)) : [0, 1];
+  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const t = (x) => (x > 0 ? (Math.log10(x) - lo) / (hi - lo) : NaN);
+  return {kind: 'sequential', scale: 'log', lo, hi, label: `${label} (log scale; grey: ≤ 0)`,
+          colour: (x) => colour(t(x)), rgb: (x) => rampRGB(VIRIDIS, t(x)),
+          ticks: [[lo, fmt(10 ** lo)], [hi, fmt(10 ** hi)]]};
+}
+
+// A sequential scale on the values' ranks (1 = the largest, brightest).
+export function rankScale(values, label) {
+  const v = finite(values), n = v.length;
+  const order = [...v].sort((a, b) => b - a);
+  const rank = (x) => { const i = order.indexOf(x); return i < 0 ? NaN : i + 1; };
+  const t = (x) => (n > 1 ? 1 - (rank(x) - 1) / (n - 1) : 1);
+  return {kind: 'sequential', scale: 'rank', lo: 0, hi: 1, label: `${label} (rank)`,
+          colour: (x) => colour(t(x)), rgb: (x) => rampRGB(VIRIDIS, t(x)),
+          ticks: [[0, `rank ${n}`], [1, 'rank 1']]};
+}
+
+// A domain with 6% padding on each side (points at the ends are drawn whole).
+export function padded(values) {
+  const [lo, hi] = extent(values);
+  const pad = (hi - lo) * 0.06 || Math.abs(hi) * 0.06 || 1;
+  return [lo - pad, hi + pad];
+}
+
+// Ranks (1 = the largest; ties get their mean rank).
+export function ranks(xs) {
+  const order = xs.map((x, i) => [x, i]).sort((p, q) => q[0] - p[0]);
+  const r = new Array(xs.length);
+  for (let i = 0; i < order.length;) {
+    let j = i;
+    while (j + 1 < order.length && order[j + 1][0] === order[i][0]) j++;
+    for (let k = i; k <= j; k++) r[order[k][1]] = (i + j) / 2 + 1;
+    i = j + 1;
+  }
+  return r;
+}
+
+// Spearman's rank correlation of two equally long lists (NaN if either is constant).
+export function spearman(a, b) {
+  const ra = ranks(a), rb = ranks(b), n = a.length;
+  const ma = ra.reduce((s, x) => s + x, 0) / n, mb = rb.reduce((s, x) => s + x, 0) / n;
+  let num = 0, da = 0, db = 0;
+  for (let i = 0; i < n; i++) {
+    num += (ra[i] - ma) * (rb[i] - mb); da += (ra[i] - ma) ** 2; db += (rb[i] - mb) ** 2;
+  }
+  return da && db ? num / Math.sqrt(da * db) : NaN;
+}
+
+// Layers are ordered: one sequential ramp (dark = first, bright = last) everywhere a colour
+// stands for a layer, so L10 never looks like L0. Heads are not ordered: categorical
+// colours, Tableau 10 up to 10 heads, evenly spaced hues beyond.
+export const layerColour = (l, L) => colour(L > 1 ? 0.9 * l / (L - 1) : 0);
+export const headColour = (h, H) => (H <= CATEGORICAL.length ? CATEGORICAL[h]
+    : `hsl(${Math.round(360 * h / H)}, 65%, 48%)`);
+// The key of layerColour: a ramp from L0 to the last layer.
+export function layerKey(L, id) {
+  const sc = sequential(0, Math.max(1, L - 1) / 0.9, 'layer');
+  sc.hi = Math.max(1, L - 1);
+  sc.colour = (l) => layerColour(l, L);
+  sc.ticks = [[0, 'L0'], [Math.max(1, L - 1), `L${L - 1}`]];
+  const node = legend({...sc, stops: Array.from({length: 9}, (_, i) => [i / 8, rampRGB(VIRIDIS, 0.9 * i / 8)])}, 160, id);
+  return node;
 }
 
 // A legend for any scale: the ramp with its ticks (centre tick for diverging scales).
 export function legend(scale, width = 180, id) {
   const gid = 'grad' + Math.random().toString(36).slice(2);
-  const stops = (scale.kind === 'sequential' ? VIRIDIS : DIVERGING).map((c, i, a) =>
-      svg('stop', {offset: `${100 * i / (a.length - 1)}%`, 'stop-color': `rgb(${c})`}));
   const pos = (t) => 10 + t * width;
   const frac = scale.kind === 'ratio'
-      ? (v) => (Math.log(v) - Math.log(scale.lo)) / (Math.log(scale.hi) - Math.log(scale.lo))
+      ? (v) => (Math.log(v) - Math.log(scale.dataLo)) / ((Math.log(scale.dataHi) - Math.log(scale.dataLo)) || 1)
       : (v) => (v - scale.lo) / ((scale.hi - scale.lo) || 1);
+  // The ramp as the scale colours its range: a ratio legend spans the data's range, with
+  // white where 1× falls in it.
+  const offsets = scale.stops || (scale.kind === 'ratio'
+      ? Array.from({length: 17}, (_, i) => {
+        const v = Math.exp(Math.log(scale.dataLo) + i / 16 * (Math.log(scale.dataHi) - Math.log(scale.dataLo)));
+        return [i / 16, scale.rgb(v)];
+      })
+      : (scale.kind === 'sequential' ? VIRIDIS : DIVERGING).map((c, i, a) => [i / (a.length - 1), c]));
+  const stops = offsets.map(([o, c]) => svg('stop', {offset: `${100 * o}%`, 'stop-color': `rgb(${c})`}));
+  // Tick labels that would overlap drop out, the middle one first (the ends say the range).
+  let ticks = scale.ticks.map(([v, label]) => [Math.min(1, Math.max(0, frac(v))), label]);
+  // Each label's [left, right] as it is anchored (start, middle, end), at ~6.2 px a character.
+  const span = (a, i) => {
+    const w = 6.2 * a[i][1].length, x = pos(a[i][0]);
+    return i === 0 ? [x, x + w] : i === a.length - 1 ? [x - w, x] : [x - w / 2, x + w / 2];
+  };
+  const overlaps = (a) => a.some((_, i) => i && span(a, i)[0] < span(a, i - 1)[1] + 4);
+  if (ticks.length === 3 && overlaps(ticks)) ticks = [ticks[0], [ticks[1][0], '1×'], ticks[2]];
+  if (ticks.length === 3 && overlaps(ticks)) ticks = [ticks[0], ticks[2]];
   const node = svg('svg', {width: width + 30, height: 42, class: 'legend',
                            'data-kind': scale.kind},
       svg('defs', {}, svg('linearGradient', {id: gid}, stops)),
       svg('rect', {x: 10, y: 4, width, height: 10, fill: `url(#${gid})`}),
-      scale.ticks.map(([v, label], i, a) => [
-          svg('line', {x1: pos(frac(v)), x2: pos(frac(v)), y1: 14, y2: 18, class: 'axis'}),
-          svg('text', {x: pos(frac(v)), y: 28, class: 'tick legend-tick',
+      ticks.map(([t, label], i, a) => [
+          svg('line', {x1: pos(t), x2: pos(t), y1: 14, y2: 18, class: 'axis'}),
+          svg('text', {x: pos(t), y: 28, class: 'tick legend-tick',
                        'text-anchor': i === 0 ? 'start' : i === a.length - 1 ? 'end' : 'middle'},
               label)]),
       svg('text', {x: 10 + width / 2, y: 40, 'text-anchor': 'middle', class: 'axis-label'},
@@ -212,8 +302,9 @@ export function yDomain(values, refs = [], fromZero = false) {
 
 // Colour key for categorical colours: `${prefix}${i}` swatches.
 export function categoryKey(count, prefix, title) {
+  if (prefix === 'L') return el('div', {class: 'keys category-key'}, layerKey(count));
   return el('div', {class: 'keys category-key'}, el('span', {class: 'help'}, `${title}: `),
-      Array.from({length: count}, (_, i) => el('span', {style: `color:${CATEGORICAL[i % CATEGORICAL.length]}`},
+      Array.from({length: count}, (_, i) => el('span', {style: `color:${headColour(i, count)}`},
                                                `■ ${prefix}${i} `)));
 }
 

@@ -1,7 +1,5 @@
 // Fetching from this plugin's JSON routes and unpacking the arrays they send.
 
-import {state} from './state.js';
-
 // Bodies that ./first_view brought, by the request they answer ('array?run=R&tag=T'), each
 // used once: the first view's requests are answered from them, not from the network.
 const preloaded = new Map();
@@ -67,29 +65,56 @@ function decode(r) {
                                : new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
 }
 
-// The training step shown (null: the latest of each analysis); set by the header's step
-// selector and sent with every fetch of the selected run.
-export const view = {step: null};
+// The run shown and its step: a scope. Every fetch below belongs to the scope in which it
+// was asked for, and settles only while that scope is still the one shown (else never):
+// a view's code after an `await` of these never runs for a run or step replaced since, so
+// it neither draws into a page that is gone nor registers listeners or asks for more data
+// of the new run in the old view's name.
+let scope = {run: null, step: null, gen: 0};
+export function newScope(run, step) {
+  scope = {run, step, gen: scope.gen + 1};
+  return scope;
+}
+export const currentScope = () => scope;
+export const live = (s) => s === scope;
+// `promise`, dropped (left pending) once scope `s` is no longer shown.
+export function guard(s, promise) {
+  return new Promise((resolve, reject) => {
+    promise.then((v) => { if (live(s)) resolve(v); }, (e) => { if (live(s)) reject(e); });
+  });
+}
 
-// Query string for the selected run (at the selected step).
-export const q = (params) => new URLSearchParams(
-    {run: state.run, ...(view.step == null ? {} : {step: view.step}), ...params}).toString();
-// The stored meta of an analysis of the selected run (at the selected step). Several views
-// read the same meta: it is asked for once, and forgotten when showRun draws a run or step
-// anew (forgetMeta). The object is shared: read it, never change it.
+// The training step shown (null: the latest of each analysis); set by the header's step
+// selector (newScope) and sent with every fetch of the selected run.
+export const view = {get step() { return scope.step; }};
+
+// Query string for the run (at the step) of scope `s` (default: the one shown).
+export const q = (params, s = scope) => new URLSearchParams(
+    {run: s.run, ...(s.step == null ? {} : {step: s.step}), ...params}).toString();
+// The stored meta of an analysis of the run shown (at its step). Several views read the
+// same meta: it is asked for once per scope. The object is shared: read it, never change it.
 const metas = new Map();
 export function meta(analysis) {
-  const key = q({analysis});
+  const s = scope, key = `${s.gen}:${q({analysis}, s)}`;
   if (!metas.has(key)) {
-    const value = getJSON(`./meta?${key}`);
+    const value = getJSON(`./meta?${q({analysis}, s)}`);
     value.catch(() => metas.delete(key));   // a failure is not kept
     metas.set(key, value);
   }
-  return metas.get(key);
+  return guard(s, metas.get(key));
 }
 export const forgetMeta = () => metas.clear();
-export const array = (tag, extra = {}) => getJSON(`./array?${q({tag, ...extra})}`).then(unpack);
-export const arrayOf = (run, tag) => getJSON(`./array?${new URLSearchParams({run, tag})}`).then(unpack);
+export const array = (tag, extra = {}) => {
+  const s = scope;
+  return guard(s, getJSON(`./array?${q({tag, ...extra}, s)}`).then(unpack));
+};
+export const json = (route, params = {}) => {
+  const s = scope;
+  return guard(s, getJSON(`./${route}?${q(params, s)}`));
+};
+// Another run's array (the comparison), while the scope it was asked in is shown.
+export const arrayOf = (run, tag) => guard(scope, getJSON(`./array?${new URLSearchParams({run, tag})}`).then(unpack));
+export const metaOf = (run, analysis) => guard(scope, getJSON(`./meta?${new URLSearchParams({run, analysis})}`));
 // {name: array} for tags `${prefix}/${name}`, fetched in parallel.
 export async function arrays(prefix, names) {
   const values = await Promise.all(names.map((name) => array(`${prefix}/${name}`)));

@@ -75,3 +75,17 @@ export function section(id, title, help) {
   return el('section', {id}, el('h2', {}, title), help ? el('p', {class: 'help'}, help) : null,
             el('div', {class: 'body'}));
 }
+
+// A long definition folded: its first sentence (or 110 characters) shown, the rest on a
+// click, so that one paragraph does not stretch its panel. Short ones stay a paragraph.
+export function fold(text, id) {
+  const cut = text.search(/[.:;](\s|$)/);
+  const head = cut > 0 && cut < 110 ? text.slice(0, cut + 1) : text.slice(0, 110);
+  if (text.length <= 120 || head.length >= text.length - 1) {
+    return el('p', {class: 'help definition', id, 'data-text': text}, text);
+  }
+  const node = el('details', {class: 'help definition fold', id},
+                  el('summary', {}, `${head.trim()} …`), el('span', {class: 'full'}, text));
+  node.dataset.text = text;
+  return node;
+}

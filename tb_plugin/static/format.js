@@ -6,11 +6,34 @@ export const METRIC_LABELS = {
   ablation_top5: 'ablation: top-5 drop', ablation_kl: 'ablation: KL (nats)',
 };
 
-export const fmt = (v) => v == null || Number.isNaN(v) ? '–' : Math.abs(v) >= 1000 || (Math.abs(v) < 1e-3 && v !== 0)
-    ? v.toExponential(3) : (+v).toFixed(4);
+// Under the embedding objective (no classifier) the metric slots keep their names but measure
+// the distortion of the pooled embedding (importance/meta 'definitions' says so in full).
+const EMBEDDING_LABELS = {
+  taylor: 'Taylor (embedding distortion)', taylor_normalized: 'Taylor (embedding, layer-normalised)',
+  ablation_loss: 'ablation: cosine distortion', ablation_kl: 'ablation: relative L2 distortion',
+  ablation_top1: 'ablation: top-1 (undefined)', ablation_top5: 'ablation: top-5 (undefined)',
+};
+export const isEmbeddingMeta = (meta) => !!meta && !!meta.objective && meta.objective.kind === 'embedding';
+// A metric's name for a run (its importance meta): what it measures under its objective.
+export const metricLabel = (meta, m) => (isEmbeddingMeta(meta) && EMBEDDING_LABELS[m]) || METRIC_LABELS[m] || m;
+
+// One number format everywhere: 3 significant digits, exact zeros as 0, powers of ten
+// beyond 1e4 or below 1e-3, and the unit (if any) after a space: 51.7 px, 7.02e-4, 0.
+export function fmt(v, unit = '') {
+  if (v == null || Number.isNaN(+v)) return '–';
+  v = +v;
+  let text;
+  if (v === 0) text = '0';
+  else if (!Number.isFinite(v)) text = v > 0 ? '∞' : '−∞';
+  else if (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3) text = v.toExponential(2).replace(/\.?0+e/, 'e').replace('e+', 'e');
+  else text = `${+v.toPrecision(3)}`;
+  text = text.replace(/^-/, '−');
+  return unit ? `${text} ${unit}` : text;
+}
+// A change: with its sign (+0.122, −7.02e-4, 0).
+export const fmtSigned = (v, unit = '') => (v > 0 ? '+' : '') + fmt(v, unit);
 export const headName = (l, h) => `L${l} H${h}`;
-export const tickFmt = (v) => Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0)
-    ? v.toExponential(1) : `${+v.toPrecision(3)}`;
+export const tickFmt = (v) => fmt(v);
 // [h, w]: the patch grid of a model config as stored in meta (image_size S or [height, width]).
 export const gridShape = (cfg) => (Array.isArray(cfg.image_size) ? cfg.image_size : [cfg.image_size, cfg.image_size])
     .map((s) => s / cfg.patch_size);
@@ -19,3 +42,6 @@ export const prefixTokens = (cfg) => (['token', 'token_gap', 'token_dist'].inclu
     (cfg.num_registers || 0);
 // T: the tokens of a model config (patches, plus the class token and registers).
 export const tokens = (cfg) => gridShape(cfg)[0] * gridShape(cfg)[1] + prefixTokens(cfg);
+
+// The words for a head kind (kinds.js), as `vit-analytics kinds` prints them.
+export const kindLabel = (k) => k || '–';

@@ -1,23 +1,15 @@
 // ViT Analytics: the plugin's entry point. TensorBoard imports this module in the plugin's
 // iframe and calls render(); the page itself is app.js and the modules it imports.
 //
-// This module imports nothing statically, so that it runs as soon as it arrives: it asks at
-// once for what the first view draws (./first_view: the runs, the shown run's steps, its
-// importance meta and grid, curve and partial-pruning arrays, in one response), and at the
-// same time for every module the first view needs (modulepreload: all at once, not one
-// level of imports after another). The first view's requests are then answered from that
-// response (data.js), and anything it lacks is asked for as usual.
+// This module imports only views.js (the table of views, which imports nothing), so that it
+// runs as soon as they arrive: it asks at once for what the first view draws (./first_view
+// with the first view's analysis: the runs, the shown run's steps, the analysis' meta and
+// every array of it without a per-image axis, chosen by the plugin, in one response), and
+// at the same time for every module the first view needs (modulepreload: all at once, not
+// one level of imports after another). The first view's requests are then answered from
+// that response (data.js), and anything it lacks is asked for as usual.
 
-const FIRST_VIEW_MODULES = ['app.js', 'charts.js', 'data.js', 'dom.js', 'format.js', 'state.js',
-                            'style.js', 'url.js', 'view_importance.js'];
-const METRICS = ['taylor', 'taylor_normalized', 'ablation_loss', 'ablation_top1', 'ablation_top5',
-                 'ablation_kl'];
-export const FIRST_VIEW_TAGS = [
-  ...METRICS, 'curve_counts', 'curve_top1', 'curve_kl', 'curve_loss',
-  'curve_top1_se', 'curve_kl_se', 'curve_loss_se',
-  'partial_heads', 'partial_loss', 'partial_top1', 'partial_kl',
-  ...METRICS.filter((m) => m !== 'taylor_normalized').map((m) => `pool_${m}`),
-].map((name) => `importance/${name}`);
+import {FIRST_VIEW, FIRST_VIEW_MODULES} from './views.js';
 
 // The run named in the URL's selection (`vit=run:<name>,...` in the frame's hash or in
 // TensorBoard's; see url.js), or null.
@@ -34,7 +26,7 @@ function runInURL() {
 
 // The data first: the browser opens at most 6 connections to TensorBoard's server, and the
 // modules would otherwise take them all before it.
-const params = new URLSearchParams({analyses: 'importance', tags: FIRST_VIEW_TAGS.join(',')});
+const params = new URLSearchParams({analyses: FIRST_VIEW.needs});
 const wanted = runInURL();
 if (wanted) params.set('run', wanted);
 const first = fetch(`./first_view?${params}`).then((r) => (r.ok ? r.json() : null))

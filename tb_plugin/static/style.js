@@ -10,20 +10,33 @@ html { scroll-padding-top: 96px; }   /* scrollIntoView stops below the sticky he
 body { font: 13px/1.4 Roboto, system-ui, sans-serif; margin: 0; color: #212121; }
 #vit-root { padding: 12px 16px; }
 #sticky-header { position: sticky; top: 0; z-index: 5; background: #fff; border-bottom: 1px solid #ddd; padding: 6px 0; margin-bottom: 8px; }
-.header-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; }
-.numbers { color: #37474f; font-variant-numeric: tabular-nums; }
+.header-row { display: flex; gap: 16px; align-items: center; flex-wrap: nowrap; height: 26px; overflow: hidden; white-space: nowrap; }
+.header-row > * { flex: none; }
+.numbers { color: #37474f; font-variant-numeric: tabular-nums; flex: 0 1 auto !important; min-width: 0; overflow: hidden; text-overflow: ellipsis; }
+.header-row .help { overflow: hidden; text-overflow: ellipsis; flex: 0 1 auto; min-width: 0; }
 #run-note { color: #2e7d32; }
 #content > section { min-width: 0; }
-@media (min-width: 1800px) {
+/* One layout: each view a full-width band whose panels sit side by side (flex rows that
+   wrap), so at >= 1400 px a view's panels are side by side and below that they stack. */
+@media (min-width: 2400px) {   /* room for two views' panel rows side by side */
   #content { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 0 24px; align-items: start; }
   #content > #about-run, #content > section.wide { grid-column: 1 / -1; }
 }
 details#about-run { margin: 4px 0; }
 details#about-run summary { cursor: pointer; color: #1565c0; }
 table.kv th { text-align: left; font-weight: 500; padding-right: 12px; }
-dl#definitions dt, dl.variant-definitions dt { font-weight: 500; }
-dl#definitions dd, dl.variant-definitions dd { margin: 0 0 4px 16px; color: #424242; }
-dl.variant-definitions { font-size: 12px; max-width: 400px; margin: 4px 0; }
+dl#definitions dt, .variant-definitions dt { font-weight: 500; }
+dl#definitions dd, .variant-definitions dd { margin: 0 0 4px 16px; color: #424242; }
+details.variant-definitions { font-size: 12px; max-width: 420px; margin: 4px 0; }
+details.variant-definitions summary, details.fold summary { cursor: pointer; color: #1565c0; }
+details.fold { max-width: 300px; }
+#view-importance .panel { max-width: 440px; }
+#view-importance .panel select { max-width: 150px; }
+#view-importance .panel select#scatter-x, #view-importance .panel select#scatter-y { max-width: 125px; }
+#view-importance .keys, #view-importance .note { max-width: 380px; } details.fold[open] summary { display: none; }
+.whisker line { stroke: #212121; stroke-width: 1.2; }
+.bar.whole { fill: #37474f; }
+table.data.compact td { padding: 1px 6px; font-size: 11px; }
 .controls { margin: 4px 0; display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
 .row.tight { gap: 4px; }
 .reference { stroke: #616161; stroke-dasharray: 5 3; stroke-width: 1.2; fill: none; }
@@ -64,7 +77,9 @@ table.rules tr.fired td { color: #212121; font-weight: 600; }
 h2 { font-size: 16px; margin: 18px 0 4px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .help { color: #616161; margin: 2px 0 6px; }
+p.help.definition { max-width: 300px; }
 .row { display: flex; flex-wrap: wrap; gap: 16px; }
+.panel > p.help, .panel > .keys { max-width: 380px; }
 .panel { border: 1px solid #e0e0e0; border-radius: 4px; padding: 8px; background: #fff; }
 .tick { font-size: 10px; fill: #616161; }
 .axis-label { font-size: 11px; fill: #424242; }
@@ -83,12 +98,18 @@ h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .multiples { display: grid; gap: 3px; }
 .offset-small, .pattern-cell { cursor: pointer; image-rendering: pixelated; border: 2px solid transparent; }
 .offset-small.selected { border-color: #e15759; }
+.qk-small { cursor: pointer; border: 2px solid transparent; } .qk-small.selected { border-color: #e15759; }
 .pattern-map { display: grid; gap: 4px; }
-.cluster { display: grid; grid-template-columns: 110px 300px auto; gap: 8px; align-items: center; padding: 4px; }
+.cluster { display: grid; grid-template-columns: 110px 340px auto; gap: 8px; align-items: start; padding: 4px; }
+.rules-fold summary { cursor: pointer; color: #1565c0; font-size: 11px; }
 .cluster.selected { background: #fdecea; }
 .chips { display: flex; flex-wrap: wrap; gap: 4px; }
 .chip { border: 1px solid #bdbdbd; border-radius: 10px; background: #fafafa; cursor: pointer; padding: 1px 8px; font-size: 11px; }
 .chip.selected { border-color: #e15759; background: #fdecea; }
+.layout-point.faded { fill-opacity: 0.15; } .brush { fill: rgba(21,101,192,0.1); stroke: #1565c0; }
+#overview-layout { cursor: crosshair; }
+.thumb-grid { display: flex; flex-wrap: wrap; gap: 6px; padding: 3px; max-height: 420px; overflow: auto; }
+.overview-thumb { cursor: pointer; flex: none; } .overview-thumb.selected { box-shadow: 0 0 0 6px #212121; }
 .thumbs { display: flex; gap: 6px; flex-wrap: wrap; }
 .thumb { width: 56px; height: 56px; image-rendering: pixelated; cursor: pointer; border: 2px solid transparent; }
 .thumb.selected { border-color: #e15759; }

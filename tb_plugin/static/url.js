@@ -38,7 +38,9 @@ export function encodeState() {
 
 export function writeURL() {
   const value = encodeState();
-  try { history.replaceState(null, '', `#${value}`); } catch (e) { /* sandboxed */ }
+  // The full address, not '#…' alone: that resolves against the page's <base> (the plugin
+  // page alone has one), which would turn the address into one that cannot be reloaded.
+  try { history.replaceState(null, '', `${location.pathname}${location.search}#${value}`); } catch (e) { /* sandboxed */ }
   const top = topLocation();
   if (!top) return;
   try {

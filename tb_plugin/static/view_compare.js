@@ -3,10 +3,10 @@
 // rank scatter with Spearman's ρ, the class make-up of each run's images, and the mean
 // attention distance by layer. Redrawn when the metric or the selected head changes.
 
-import {autoScale, extent, frame, legend, niceTicks, reference, signed, yDomain} from './charts.js';
-import {arrayOf, getJSON} from './data.js';
+import {autoScale, frame, legend, niceTicks, ranks, reference, signed, spearman, yDomain} from './charts.js';
+import {arrayOf, metaOf} from './data.js';
 import {el, hideTooltip, svg, tip} from './dom.js';
-import {METRIC_LABELS, fmt, headName} from './format.js';
+import {fmt, headName, isEmbeddingMeta, metricLabel} from './format.js';
 import {onMetric, onSelect, select, state} from './state.js';
 
 const RUN_COLOURS = ['#4e79a7', '#e15759'];
@@ -22,7 +22,7 @@ export async function renderComparison(body, runs, other) {
   body.append(cmp.imp, cmp.rest);
   for (const info of pair) {
     if (info.analyses.includes('importance')) {
-      cmp.metas[info.run] = await getJSON(`./meta?${new URLSearchParams({run: info.run, analysis: 'importance'})}`);
+      cmp.metas[info.run] = await metaOf(info.run, 'importance');
     }
   }
   const draw = () => compareImportance(cmp);
@@ -58,8 +58,11 @@ function grid(v, sc, id, title, tipText, cls = 'compare-grid') {
 
 async function compareImportance(cmp) {
   hideTooltip();
-  const metric = state.metric, label = METRIC_LABELS[metric] || metric;
+  const metric = state.metric;
   const runs = cmp.pair.filter((info) => info.analyses.includes('importance')).map((i) => i.run);
+  // Each run's own name for the metric (an embedding-objective run's "loss" is a distortion).
+  const labelOf = (run) => metricLabel(cmp.metas[run], metric);
+  const label = labelOf(runs[0]);
   if (!runs.length) { cmp.imp.replaceChildren(el('p', {class: 'help'}, 'Neither run has importance.')); return; }
   const grids = await Promise.all(runs.map((run) => values(cmp, run, metric).catch(() => null)));
   if (metric !== state.metric) return;    // a newer metric is being drawn
@@ -68,8 +71,8 @@ async function compareImportance(cmp) {
   // Δ grid shows the differences on one scale centred at 0.
   runs.forEach((run, i) => {
     if (!grids[i]) return;
-    const sc = autoScale(grids[i], label);
-    panels.push(grid(grids[i], sc, `compare-grid-${i}`, `${run}: ${label}`,
+    const sc2 = autoScale(grids[i], labelOf(run));
+    panels.push(grid(grids[i], sc2, `compare-grid-${i}`, `${run}: ${labelOf(run)}`,
                      (l, h, x) => `${run} ${headName(l, h)}: ${fmt(x)}`));
   });
   const [a, b] = grids;
@@ -85,29 +88,6 @@ async function compareImportance(cmp) {
     panels.push(el('p', {class: 'help'}, 'The runs have different numbers of layers or heads: no Δ grid or rank scatter.'));
   }
   cmp.imp.replaceChildren(...panels);
-}
-
-// Ranks (1 = most important; ties get their mean rank).
-function ranks(xs) {
-  const order = xs.map((x, i) => [x, i]).sort((p, q) => q[0] - p[0]);
-  const r = new Array(xs.length);
-  for (let i = 0; i < order.length;) {
-    let j = i;
-    while (j + 1 < order.length && order[j + 1][0] === order[i][0]) j++;
-    for (let k = i; k <= j; k++) r[order[k][1]] = (i + j) / 2 + 1;
-    i = j + 1;
-  }
-  return r;
-}
-
-export function spearman(a, b) {
-  const ra = ranks(a), rb = ranks(b), n = a.length;
-  const ma = ra.reduce((s, x) => s + x, 0) / n, mb = rb.reduce((s, x) => s + x, 0) / n;
-  let num = 0, da = 0, db = 0;
-  for (let i = 0; i < n; i++) {
-    num += (ra[i] - ma) * (rb[i] - mb); da += (ra[i] - ma) ** 2; db += (rb[i] - mb) ** 2;
-  }
-  return da && db ? num / Math.sqrt(da * db) : NaN;
 }
 
 function rankScatter(a, b, runs) {
@@ -143,35 +123,41 @@ function makeUp(cmp) {
     const names = m.class_names || [];
     const text = [...counts.entries()].sort((x, y) => x[0] - y[0])
         .map(([l, c]) => `${l < 0 ? 'unlabelled' : names[l] ?? l}: ${c}`).join(', ');
+    // Without a classifier top-1 and the loss are undefined (the stored values are 1 and ~0).
+    const base = isEmbeddingMeta(m) ? `measured against ${m.objective.source || 'the embedding'}`
+                                    : `top-1 ${fmt(m.baseline.top1)}, loss ${fmt(m.baseline.loss)}`;
     box.append(el('p', {class: 'makeup'}, el('b', {}, `${info.run}`),
-        ` ${m.images} images (${m.labelled_images} labelled), top-1 ${fmt(m.baseline.top1)}, loss ${fmt(m.baseline.loss)}. Classes: ${text}.`));
+        ` ${m.images} images (${m.labelled_images} labelled), ${base}. Classes: ${text}.`));
   }
   cmp.rest.append(box);
 }
 
-// Layer means of each run's mean attention distance, one line per run, with uniform.
+// Layer means of each run's mean attention distance, as a multiple of its own uniform
+// head's (the runs may have different grids: pixels would not compare), one line per run.
 async function compareDistance(cmp) {
   const trends = [];
-  let uniform = null;
   for (const info of cmp.pair) {
     if (!info.analyses.includes('strength')) continue;
-    const d = await arrayOf(info.run, 'strength/mean_distance');
-    const meta = await getJSON(`./meta?${new URLSearchParams({run: info.run, analysis: 'strength'})}`);
-    if (meta.baselines && uniform == null) uniform = meta.baselines.uniform.mean_distance;
-    trends.push([info.run, d.map((r) => r.reduce((a, b) => a + b, 0) / r.length)]);
+    const [d, meta] = await Promise.all([arrayOf(info.run, 'strength/mean_distance'), metaOf(info.run, 'strength')]);
+    const u = meta.baselines ? meta.baselines.uniform.mean_distance : null;
+    const means = d.map((r) => r.reduce((a, b) => a + b, 0) / r.length);
+    trends.push([info.run, u ? means.map((v) => v / u) : means, !!u]);
   }
   if (!trends.length) return;
+  const ratio = trends.every(([, , r]) => r);
   const L = Math.max(...trends.map(([, t]) => t.length));
-  const f = frame(340, 210, [-0.3, Math.max(1, L - 1) + 0.3], yDomain(trends.map(([, t]) => t), [uniform], state.yFromZero),
-                  'layer', 'mean attention distance (px)', {xTicks: niceTicks(0, Math.max(0, L - 1), 8, true)});
-  const s = svg('svg', {width: 340, height: 210, class: 'compare-trend'}, f.g, ...reference(f, uniform, 'uniform'));
+  const f = frame(340, 210, [-0.3, Math.max(1, L - 1) + 0.3], yDomain(trends.map(([, t]) => t), ratio ? [1] : [], state.yFromZero),
+                  'layer', ratio ? 'mean distance ÷ its run\'s uniform' : 'mean attention distance (px)',
+                  {xTicks: niceTicks(0, Math.max(0, L - 1), 8, true)});
+  const s = svg('svg', {width: 340, height: 210, class: 'compare-trend', id: 'compare-distance', 'data-ratio': ratio},
+                f.g, ...(ratio ? reference(f, 1, 'uniform (each run\'s own)') : []));
   const keys = el('div', {class: 'keys'});
   trends.forEach(([run, t], i) => {
     s.append(svg('polyline', {points: t.map((v, l) => `${f.x(l)},${f.y(v)}`).join(' '),
                               class: 'curve', stroke: RUN_COLOURS[i]}));
     t.forEach((v, l) => s.append(tip(svg('circle', {cx: f.x(l), cy: f.y(v), r: 3, fill: RUN_COLOURS[i]}),
-                                     `${run} layer ${l}: ${fmt(v)} px (mean over heads)`)));
+                                     `${run} layer ${l}: ${ratio ? `${fmt(v)}× uniform` : fmt(v, 'px')} (mean over heads)`)));
     keys.append(el('span', {style: `color:${RUN_COLOURS[i]}`}, `■ ${run}${i && trends[0][0] === run ? ' (same run)' : ''} `));
   });
-  cmp.rest.append(el('div', {class: 'panel'}, el('h3', {}, 'Mean attention distance by layer'), s, keys));
+  cmp.rest.append(el('div', {class: 'panel'}, el('h3', {}, 'Mean attention distance by layer, against each run\'s uniform attention'), s, keys));
 }

@@ -5,13 +5,15 @@
 // model looks: the MAP head's attention (selected head) or the rollout started from it.
 
 import {frame, heatCanvas, legend, ratio} from './charts.js';
-import {array, getJSON, meta as analysisMeta, q, unpack} from './data.js';
+import {array, json, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, gridShape, headName, prefixTokens, tokens} from './format.js';
-import {changed, onSelect, select, state} from './state.js';
+import {changed, onSelect, publish, select, state} from './state.js';
 
 const STAGE_PX = 336;
 const THUMBS = 24;
+
+export {renderImages as render};
 
 export async function renderImages(body, info) {
   const meta = await analysisMeta('strength');
@@ -29,6 +31,7 @@ export async function renderImages(body, info) {
               patch: STAGE_PX / Math.max(gh, n), result: null, key: null, thumbs: el('div', {class: 'thumbs'}),
               main: el('div', {class: 'panel'}), heads: el('div', {class: 'panel'}),
               qkBox: el('div', {class: 'panel', id: 'qk-panel'}), qk: {},
+              qkAll: el('div', {class: 'panel', id: 'qk-matrix-panel'}),
               hasQK: 'strength/qk_embedding' in info.tags};
   const labels = meta.labels || [], classes = meta.class_names || [];
   // At most THUMBS thumbnails (the image overview lists and opens every stored image).
@@ -44,11 +47,12 @@ export async function renderImages(body, info) {
   }
   body.append(el('p', {class: 'help'}, `${indices.length} of ${meta.images} images have stored attention maps ` +
                  '(store more, or all, with --map-images N or --map-budget-mib MIB). Click a patch of the image to see where it attends.'),
-              im.thumbs, el('div', {class: 'row'}, im.main, im.heads, im.qkBox));
+              im.thumbs, el('div', {class: 'row'}, im.main, im.heads, im.qkBox, im.qkAll));
   if (im.hasQK) im.qkImages = await array('strength/qk_images');
-  state.showImage = (i) => showImage(im, i);
-  state.storedImages = indices;
-  const draw = () => { drawImage(im); drawQK(im); };
+  if (im.hasQK) drawQKMatrix(im, await array('strength/qk_embedding'));
+  publish('openImage', (i) => showImage(im, i));
+  publish('storedImages', indices);
+  const draw = () => { drawImage(im); drawQK(im); markQKMatrix(im); };
   if (state.query != null) await fetchQuery(im);
   draw();
   onSelect(draw);
@@ -67,7 +71,7 @@ function showImage(im, i) {
 async function fetchQuery(im) {
   if (state.query == null) { im.result = null; im.key = null; return; }
   const key = `${state.image}:${state.query}`;
-  const r = await getJSON(`./attention?${q({image: state.image, query: state.query + im.cls})}`);
+  const r = await json('attention', {image: state.image, query: state.query + im.cls});
   if (key !== `${state.image}:${state.query}`) return;
   im.result = {attention: unpack(r.attention), rollout: unpack(r.rollout)};
   im.key = key;
@@ -93,14 +97,20 @@ function currentPool(im) {
   return null;
 }
 
-function overlayCanvas(im, weights, sc, alpha = 0.7) {
+// The attention over the photograph: only patches above uniform are painted, red, more
+// opaque the stronger (below-uniform ones leave the photograph as it is); `opacity` is the
+// strongest patch's (the canvas' own opacity, so the slider needs no redraw).
+function overlayCanvas(im, weights, sc) {
   const {n, gh, cls, patch, T} = im;
-  const c = el('canvas', {width: n * patch, height: gh * patch, class: 'overlay'});
+  const c = el('canvas', {width: n * patch, height: gh * patch, class: 'overlay',
+                          style: `opacity:${state.overlayOpacity}`});
   if (!weights) return c;
   const ctx = c.getContext('2d');
   weights.slice(cls).forEach((w, p) => {
+    const t = sc.t(w * T);
+    if (!(t > 0)) return;
     const r = Math.floor(p / n), k = p % n;
-    ctx.globalAlpha = alpha;
+    ctx.globalAlpha = Math.min(1, 0.25 + 0.75 * t);
     ctx.fillStyle = sc.colour(w * T);
     ctx.fillRect(k * patch, r * patch, patch, patch);
   });
@@ -131,10 +141,19 @@ function drawImage(im) {
   const truth = meta.labels && meta.labels[idx] >= 0
       ? ` · label ${(meta.class_names || [])[meta.labels[idx]] ?? meta.labels[idx]}` : '';
   im.main.replaceChildren(el('h3', {}, `${meta.image_names[idx]}${truth}`),
-      dropdown([['head', 'selected head'], ['rollout', 'attention rollout']], state.overlay,
-               (v) => { state.overlay = v; drawImage(im); }, 'overlay-select'),
+      el('div', {class: 'controls'},
+         dropdown([['head', 'selected head'], ['rollout', 'attention rollout']], state.overlay,
+                  (v) => { state.overlay = v; drawImage(im); }, 'overlay-select'),
+         el('label', {}, 'opacity ', el('input', {type: 'range', min: 0, max: 1, step: 0.05, value: state.overlayOpacity,
+                                                   id: 'overlay-opacity',
+                                                   oninput: (e) => {
+                                                     state.overlayOpacity = +e.target.value;
+                                                     const c = document.querySelector('#image-stage canvas.overlay');
+                                                     if (c) c.style.opacity = state.overlayOpacity;
+                                                   }}))),
       el('p', {class: 'help', id: 'query-label'}, label), imageStage(im, weights),
-      sc ? legend(sc, 220, 'overlay-legend') : el('p', {class: 'help legend-placeholder'}, 'Overlay: × uniform attention (1/T).'));
+      sc ? legend(sc, 220, 'overlay-legend') : el('p', {class: 'help legend-placeholder'}, 'Overlay: × uniform attention (1/T).'),
+      el('p', {class: 'help'}, 'Only patches above uniform attention are painted (red, more opaque the stronger); the others show the photograph.'));
   im.heads.replaceChildren(el('h3', {}, 'This patch\'s attention in every head (× uniform)'), result ? headMultiples(im, result) :
                            el('p', {class: 'help', id: 'head-multiples-empty'}, 'Click a patch of the image.'));
 }
@@ -158,7 +177,7 @@ function imageStage(im, weights) {
     drawQK(im);
     changed();
   });
-  return tip(stage, () => weights ? 'attention overlay: red = above uniform, blue = below' : 'click a patch');
+  return tip(stage, () => weights ? 'attention overlay: red = above uniform (the rest left clear)' : 'click a patch');
 }
 
 // The query patch's attention as a small map per head (× uniform); a click selects that head.
@@ -171,9 +190,12 @@ function headMultiples(im, result) {
     return m;
   }));
   const shared = ratio(maps);
+  // Rows = layers, columns = heads, labelled, as every other matrix of the page.
   const grid = el('div', {class: 'multiples', id: 'head-multiples',
-                          style: `grid-template-columns: repeat(${cfg.num_heads}, auto)`});
+                          style: `grid-template-columns: 22px repeat(${cfg.num_heads}, auto)`});
+  grid.append(el('span', {}), ...Array.from({length: cfg.num_heads}, (_, hi) => el('span', {class: 'tick-label'}, `H${hi}`)));
   maps.forEach((layer, li) => layer.forEach((m, hi) => {
+    if (hi === 0) grid.append(el('span', {class: 'tick-label'}, `L${li}`));
     const sc = state.scaleMode === 'shared' ? shared : ratio(m);
     const c = heatCanvas(m, sc, Math.max(3, Math.floor(48 / Math.max(n, gh))),
                          {cls: 'offset-small' + (li === l && hi === h ? ' selected' : '')});
@@ -242,6 +264,44 @@ async function drawQK(im) {
           : el('div', {class: 'keys help'}, 'hue = column (left → right), lightness = row (top dark → bottom light); black = class token, registers'),
       el('p', {class: 'help'}, shown >= 0 ? `Strong: this image's ${T} tokens; faint: the other ${im.qkImages.length - 1} embedded images. Ringed: the selected query.`
           : `This image is not among the ${im.qkImages.length} embedded images; all are drawn faint.`));
+}
+
+// AttentionViz's overview: every head's joint query/key embedding as a small multiple (rows =
+// layers, columns = heads; blue queries, orange keys, every embedded image), so heads whose
+// queries sit among their keys and heads that split them apart are seen at once; a click
+// selects the head. Drawn once (canvas: ~70 heads × thousands of points).
+function drawQKMatrix(im, all) {
+  const L = all.length, H = all[0].length, px = 54;
+  const grid = el('div', {class: 'multiples', id: 'qk-matrix',
+                          style: `grid-template-columns: 22px repeat(${H}, auto)`});
+  grid.append(el('span', {}), ...Array.from({length: H}, (_, h) => el('span', {class: 'tick-label'}, `H${h}`)));
+  for (let l = 0; l < L; l++) {
+    grid.append(el('span', {class: 'tick-label'}, `L${l}`));
+    for (let h = 0; h < H; h++) {
+      const e = all[l][h];   // [role][token][2]
+      let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+      for (const role of e) for (const [x, y] of role) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
+      const c = el('canvas', {width: px, height: px, class: 'qk-small', 'data-layer': l, 'data-head': h});
+      const ctx = c.getContext('2d');
+      ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, px, px);
+      const sx = (x) => 2 + (x - x0) / ((x1 - x0) || 1) * (px - 4), sy = (y) => px - 2 - (y - y0) / ((y1 - y0) || 1) * (px - 4);
+      e.forEach((role, r) => {
+        ctx.fillStyle = r ? 'rgba(242,142,43,0.5)' : 'rgba(78,121,167,0.5)';
+        for (const [x, y] of role) ctx.fillRect(sx(x) - 0.75, sy(y) - 0.75, 1.5, 1.5);
+      });
+      c.addEventListener('click', () => select(l, h));
+      grid.append(tip(c, `${headName(l, h)}: queries (blue) and keys (orange) of ${im.qkImages.length} images; click to select`));
+    }
+  }
+  im.qkAll.replaceChildren(el('h3', {}, 'Queries and keys of every head'), grid,
+      el('div', {class: 'keys'}, el('span', {style: 'color:#4e79a7'}, '● query '), el('span', {style: 'color:#f28e2b'}, '● key')));
+  markQKMatrix(im);
+}
+
+function markQKMatrix(im) {
+  for (const c of im.qkAll.querySelectorAll('canvas.qk-small')) {
+    c.classList.toggle('selected', +c.dataset.layer === state.layer && +c.dataset.head === state.head);
+  }
 }
 
 // Token t in words: the class token, a register or a patch.

@@ -1,26 +1,24 @@
 // Importance view: which heads matter. A layer × head grid, two metrics against each other,
 // pruning curves, and why the selected head matters (partial pruning, per-image spread).
 
-import {autoScale, extent, frame, legend, niceTicks, sequential} from './charts.js';
+import {autoScale, extent, frame, layerColour, layerKey, legend, logScale, niceTicks, padded,
+        rankScale, spearman} from './charts.js';
 import {array, arrays, meta as analysisMeta} from './data.js';
-import {dropdown, el, hideTooltip, nextPaint, svg, tip} from './dom.js';
-import {METRIC_LABELS, fmt, headName} from './format.js';
-import {changed, onMetric, onSelect, select, setMetric, state} from './state.js';
+import {dropdown, el, fold, hideTooltip, nextPaint, svg, tip} from './dom.js';
+import {METRIC_LABELS, fmt, fmtSigned, headName, metricLabel} from './format.js';
+import {changed, onMetric, onSelect, publish, select, selectionToken, setMetric, stale, state,
+        use} from './state.js';
 
 const CURVE_PALETTE = ['#e15759', '#4e79a7', '#59a14f', '#f28e2b', '#b07aa1'];
 const PARTIAL_METRICS = [['loss', 'loss increase'], ['top1', 'top-1 drop'], ['kl', 'KL to unmasked (nats)']];
-// Under the embedding objective (no classifier) the metric slots keep their names but measure
-// the distortion of the pooled embedding (importance/meta 'definitions' says so in full).
-const EMBEDDING_LABELS = {
-  taylor: 'Taylor (embedding distortion)', taylor_normalized: 'Taylor (embedding, layer-normalised)',
-  ablation_loss: 'ablation: cosine distortion', ablation_kl: 'ablation: relative L2 distortion',
-  ablation_top1: 'ablation: top-1 (undefined)', ablation_top5: 'ablation: top-5 (undefined)',
-};
 // Curve and partial-pruning metrics [slot, label] under each objective.
 const CURVE_METRICS = {classification: [['top1', 'top-1 accuracy'], ['kl', 'KL'], ['loss', 'loss']],
                        embedding: [['loss', 'cosine distortion'], ['kl', 'relative L2 distortion']]};
 const PARTIAL_EMBEDDING = [['loss', 'cosine distortion'], ['kl', 'relative L2 distortion']];
 const isEmbedding = (meta) => !!meta.objective && meta.objective.kind === 'embedding';
+// Metrics the objective does not define (top-1/top-5 without a classifier) are not offered.
+const UNDEFINED = {embedding: new Set(['ablation_top1', 'ablation_top5'])};
+const defined = (meta, m) => !(UNDEFINED[isEmbedding(meta) ? 'embedding' : 'classification'] || new Set()).has(m);
 const POOL_METRICS = ['taylor', 'ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'];
 
 // What importance was measured against, in one sentence for the summary.
@@ -32,6 +30,8 @@ function objectiveText(meta) {
          'distortion 1 − cos(e_masked, e), "KL" = relative L2 distortion |e_masked − e| / |e|; ' +
          'top-1/top-5 are undefined.';
 }
+
+export {renderImportance as render};
 
 export async function renderImportance(body, info) {
   const imp = await loadImportance(info.tags);
@@ -48,10 +48,10 @@ export async function renderImportance(body, info) {
   const scatterBox = el('div', {class: 'panel'});
   const curveBox = el('div', {class: 'panel'});
   const detailBox = el('div', {class: 'panel', id: 'detail-panel'});
-  body.append(summary, el('div', {class: 'row'}, gridBox, scatterBox),
-              el('div', {class: 'row'}, curveBox, detailBox));
-  state.imp = imp;
-  publish(imp);
+  // One row: at 1600 px the whole view fits a screen; narrower, the panels wrap.
+  body.append(summary, el('div', {class: 'row'}, gridBox, scatterBox, curveBox, detailBox));
+  publish('perImageTaylor', imp.perImageTaylor);
+  publishNumbers(imp);
   const grid = () => drawGrid(gridBox, imp);
   const scatter = () => drawScatter(scatterBox, imp);
   const detail = () => drawDetail(detailBox, imp);
@@ -60,15 +60,15 @@ export async function renderImportance(body, info) {
   scatter(); drawCurves(curveBox, imp); await detail();
   // The pruning curves do not depend on the selected head.
   onSelect(grid, scatter, detail);
-  onMetric(grid, () => publish(imp));
+  onMetric(grid, () => publishNumbers(imp));
 }
 
 // The selected head's numbers for the sticky header.
-function publish(imp) {
+function publishNumbers(imp) {
   const v = imp.values[state.metric] || imp.values.taylor;
   const flat = v.flat().filter((x) => Number.isFinite(x)).sort((a, b) => b - a);
-  Object.assign(state.data, {importance: imp.values, metricLabel: imp.label(state.metric),
-                             heads: imp.L * imp.H, rank: (l, h) => flat.indexOf(v[l][h]) + 1});
+  publish('importanceNumbers', {values: imp.values, label: imp.label, heads: imp.L * imp.H,
+                         rank: (l, h) => flat.indexOf(v[l][h]) + 1});
 }
 
 // Everything the importance panels draw from, fetched once per run.
@@ -85,23 +85,24 @@ async function loadImportance(tags) {
       analysisMeta('importance'),
       arrays('importance', ['curve_counts', 'curve_top1', 'curve_kl', 'curve_loss']),
       arrays('importance', ['partial_heads', 'partial_loss', 'partial_top1', 'partial_kl'])]);
-  const metrics = Object.keys(meta.definitions);
+  const metrics = Object.keys(meta.definitions).filter((m) => defined(meta, m));
   const values = Object.fromEntries(await Promise.all(
       metrics.map(async (m) => [m, await (early[m] || array(`importance/${m}`))])));
   if (!(state.metric in values)) state.metric = 'taylor';
+  for (const k of ['scatterX', 'scatterY']) if (!(state[k] in values)) state[k] = k === 'scatterX' ? 'taylor' : 'ablation_loss';
   // A MAP head's pooling heads ([H] per metric): a row of their own below the layers.
   const poolNames = meta.pool_heads ? POOL_METRICS.filter((m) => `importance/pool_${m}` in tags) : [];
   const poolArrays = poolNames.length ? await arrays('importance', poolNames.map((m) => `pool_${m}`)) : {};
   const pool = Object.fromEntries(poolNames.map((m) => [m, poolArrays[`pool_${m}`]]));
-  const labels = meta.objective && meta.objective.kind === 'embedding' ? {...METRIC_LABELS, ...EMBEDDING_LABELS}
-                                                                        : METRIC_LABELS;
-  const label = (m) => labels[m] || m;
+  const label = (m) => metricLabel(meta, m);
   const perImageTaylor = new Map();   // 'l,h' -> promise of that head's [image] values
   return {
-    meta, values, pool, label, hasCurveSe: 'importance/curve_top1_se' in tags,
+    meta, tags, values, pool, label, hasCurveSe: 'importance/curve_top1_se' in tags,
     curves: {counts: c.curve_counts, top1: c.curve_top1, kl: c.curve_kl, loss: c.curve_loss},
     partial: {heads: p.partial_heads, loss: p.partial_loss, top1: p.partial_top1,
               kl: p.partial_kl},
+    // Standard errors and the whole head on the same subset (item 6), fetched on first use.
+    partialExtra: null,
     L: values.taylor.length, H: values.taylor[0].length,
     options: metrics.map((m) => [m, label(m)]),
     // One head's per-image Taylor importance [image], for the detail panel and the image
@@ -119,6 +120,15 @@ async function loadImportance(tags) {
   };
 }
 
+// The grid's colour scale: linear (signed metrics diverge at 0), log (most heads are small
+// next to a few large ones: 7e-4 … 0.095 is one colour on a linear scale) or rank.
+const GRID_SCALES = [['linear', 'linear'], ['log', 'log'], ['rank', 'rank']];
+function gridScale(values, label) {
+  if (state.gridScale === 'log') return logScale(values, label);
+  if (state.gridScale === 'rank') return rankScale(values, label);
+  return autoScale(values, label);
+}
+
 function drawGrid(box, imp) {
   hideTooltip();
   const {values, L, H, options, meta} = imp;
@@ -127,8 +137,8 @@ function drawGrid(box, imp) {
   const poolRow = imp.pool[state.metric] || null;
   // Signed metrics (an ablation can help) on a diverging scale centred at 0; the pooling
   // row on the same scale as the layers.
-  const sc = autoScale(poolRow ? [...v, poolRow] : v, label);
-  const cell = Math.max(14, Math.min(34, Math.floor(300 / Math.max(L, H))));
+  const sc = gridScale(poolRow ? [...v, poolRow] : v, label);
+  const cell = Math.max(14, Math.min(30, Math.floor(300 / Math.max(L, H))));
   const poolY = 20 + L * cell + 8;
   const s = svg('svg', {width: H * cell + 40, height: L * cell + 30 + (poolRow ? cell + 8 : 0),
                         id: 'importance-grid', 'data-scale': sc.kind});
@@ -143,7 +153,8 @@ function drawGrid(box, imp) {
                                 'data-layer': l, 'data-head': h,
                                 onclick: () => select(l, h)});
       s.append(tip(rect, () => `${headName(l, h)} · ${imp.label(state.metric)}` +
-                   ` = ${fmt(values[state.metric][l][h])}`));
+                   ` = ${fmt(values[state.metric][l][h])}` +
+                   (use('headKinds') ? ` · kind: ${use('headKinds')[l][h]}` : '')));
     }
   }
   for (let h = 0; h < H; h++) {
@@ -161,9 +172,11 @@ function drawGrid(box, imp) {
       ? ' The "pool" row: the MAP head\'s pooling heads (masking one reruns only the pooling); they are not in the pruning curves or partial pruning.'
       : ' (This metric has no pooling-head row.)') : '';
   box.replaceChildren(el('h3', {}, 'Importance of each layer × head'),
-      dropdown(options, state.metric, (m) => setMetric(m), 'metric-select'),
-      el('p', {class: 'help definition', id: 'metric-definition'},
-         (meta.definitions[state.metric] || '') + (poolNote ? '.' + poolNote : '')),
+      el('div', {class: 'controls'},
+         dropdown(options, state.metric, (m) => setMetric(m), 'metric-select'),
+         el('label', {}, 'colour ', dropdown(GRID_SCALES, state.gridScale,
+                                             (k) => { state.gridScale = k; drawGrid(box, imp); }, 'grid-scale'))),
+      fold((meta.definitions[state.metric] || '') + (poolNote ? '.' + poolNote : ''), 'metric-definition'),
       el('div', {}, s), legend(sc, 200, 'importance-legend'));
 }
 
@@ -171,29 +184,33 @@ function drawScatter(box, imp) {
   hideTooltip();
   const {values, L, H, options} = imp;
   const xs = values[state.scatterX].flat(), ys = values[state.scatterY].flat();
-  const f = frame(320, 250, extent(xs), extent(ys), imp.label(state.scatterX),
+  const W = 320, HT = 250;
+  // Padded domains: the extreme heads are drawn whole, not clipped by the axes.
+  const f = frame(W, HT, padded(xs), padded(ys), imp.label(state.scatterX),
                   imp.label(state.scatterY));
-  const s = svg('svg', {width: 320, height: 250, id: 'importance-scatter'}, f.g);
-  const layerScale = sequential(0, Math.max(1, L - 1), 'layer');
-  layerScale.ticks = [[0, 'L0'], [Math.max(1, L - 1), `L${L - 1}`]];
+  const s = svg('svg', {width: W, height: HT, id: 'importance-scatter'}, f.g);
   for (let l = 0; l < L; l++) {
     for (let h = 0; h < H; h++) {
       const sel = l === state.layer && h === state.head;
       s.append(tip(svg('circle', {cx: f.x(values[state.scatterX][l][h]),
                                   cy: f.y(values[state.scatterY][l][h]), r: sel ? 6 : 4,
                                   class: 'point' + (sel ? ' selected' : ''),
-                                  fill: layerScale.colour(l),
+                                  fill: layerColour(l, L),
                                   onclick: () => select(l, h)}),
                    () => `${headName(l, h)}: x ${fmt(values[state.scatterX][l][h])}, ` +
                          `y ${fmt(values[state.scatterY][l][h])}`));
     }
   }
+  const rho = spearman(xs, ys);
   box.replaceChildren(el('h3', {}, 'Two metrics, each head a point (colour = layer)'),
-      el('label', {}, 'x ', dropdown(options, state.scatterX,
-                                     (m) => { state.scatterX = m; drawScatter(box, imp); })),
-      el('label', {}, ' y ', dropdown(options, state.scatterY,
-                                      (m) => { state.scatterY = m; drawScatter(box, imp); })),
-      el('div', {}, s), legend(layerScale, 160, 'scatter-layer-legend'));
+      el('div', {class: 'controls'},
+         el('label', {}, 'x ', dropdown(options, state.scatterX,
+                                        (m) => { state.scatterX = m; drawScatter(box, imp); }, 'scatter-x')),
+         el('label', {}, ' y ', dropdown(options, state.scatterY,
+                                         (m) => { state.scatterY = m; drawScatter(box, imp); }, 'scatter-y')),
+         el('b', {id: 'scatter-spearman', title: 'Spearman rank correlation of the two metrics over the heads'},
+            `Spearman ρ = ${Number.isFinite(rho) ? rho.toFixed(2) : '–'}`)),
+      el('div', {}, s), layerKey(L, 'scatter-layer-legend'));
 }
 
 function drawCurves(box, imp) {
@@ -215,9 +232,9 @@ function drawCurves(box, imp) {
     const e = Number.isFinite(se[i][j]) ? 1.96 * se[i][j] : 0;
     return [v - e, v + e];
   }))) : extent(rows);
-  const f = frame(380, 240, [0, 100], span, '% of heads removed (least important first)',
+  const f = frame(340, 240, [0, 100], span, '% of heads removed (least important first)',
                   choices.find(([k]) => k === m)[1]);
-  const s = svg('svg', {width: 380, height: 240, id: 'pruning-curves'}, f.g);
+  const s = svg('svg', {width: 340, height: 240, id: 'pruning-curves'}, f.g);
   const px = counts.map((c) => 100 * c / (L * H));
   const randomRows = meta.curve_orders.map((o, i) => o.startsWith('random') ? rows[i] : null)
       .filter(Boolean);
@@ -278,10 +295,14 @@ function orderCurves(s, keys, f, px, rows, counts, orders) {
 async function drawDetail(box, imp) {
   hideTooltip();
   const {layer: l, head: h} = state;
-  const parts = [el('h3', {}, `Why does ${headName(l, h)} matter?`), ...partialBars(imp, l, h, box)];
+  const token = selectionToken();
+  if (imp.partialExtra === null) imp.partialExtra = loadPartialExtra(imp);
+  const extra = await imp.partialExtra;
+  if (stale(token)) return;   // a newer selection draws instead
+  const parts = [el('h3', {}, `Why does ${headName(l, h)} matter?`), ...partialBars(imp, extra, l, h, box)];
   if (imp.perImageTaylor) {
     const v = await imp.perImageTaylor(l, h);
-    if (state.layer !== l || state.head !== h) return;   // a newer selection draws instead
+    if (stale(token)) return;
     parts.push(perImageHistogram(v.map((x, i) => [x, i]).filter(([x]) => Number.isFinite(x)), imp));
   } else {
     parts.push(el('p', {class: 'help empty-view'}, 'Per-image distributions: run importance with --per-image.'));
@@ -289,9 +310,24 @@ async function drawDetail(box, imp) {
   box.replaceChildren(...parts);
 }
 
-// The whole head and each partial variant: signed bars around zero on an axis, for the
-// chosen metric, with every variant's definition on screen.
-function partialBars(imp, l, h, box) {
+// The standard errors of partial pruning and the whole head on the same subset (runs
+// written before the whole head was measured there lack it: then the bar is the ablation
+// over every image, and says so).
+async function loadPartialExtra(imp) {
+  const tags = imp.tags || {};
+  const names = [];
+  for (const m of ['loss', 'top1', 'kl']) {
+    for (const t of [`partial_${m}_se`, `partial_whole_${m}`, `partial_whole_${m}_se`]) {
+      if (`importance/${t}` in tags) names.push(t);
+    }
+  }
+  return names.length ? arrays('importance', names) : {};
+}
+
+// The whole head and each partial variant: signed bars around zero with ±1.96 SE whiskers,
+// for the chosen metric; the whole head on the same images as its parts; the local and
+// global parts' difference with its standard error; the definitions folded.
+function partialBars(imp, extra, l, h, box) {
   const {meta, partial, values, H} = imp;
   const row = partial.heads.indexOf(l * H + h);
   if (row < 0) {
@@ -301,35 +337,75 @@ function partialBars(imp, l, h, box) {
   const choices = isEmbedding(meta) ? PARTIAL_EMBEDDING : PARTIAL_METRICS;
   if (!choices.some(([k]) => k === state.partialMetric)) state.partialMetric = choices[0][0];
   const m = state.partialMetric;
-  const whole = {loss: values.ablation_loss, top1: values.ablation_top1, kl: values.ablation_kl}[m][l][h];
-  const bars = [{v: {name: 'whole head', description: 'the whole head masked out'}, x: whole},
-                ...meta.partial_variants.map((v, j) => ({v, x: partial[m][row][j]}))];
-  const [lo, hi] = extent([bars.map((b) => b.x), 0]);
+  const seOf = extra[`partial_${m}_se`] || null;
+  const wholeSame = extra[`partial_whole_${m}`] ? extra[`partial_whole_${m}`][row] : null;
+  const wholeSe = extra[`partial_whole_${m}_se`] ? extra[`partial_whole_${m}_se`][row] : null;
+  const n = meta.subset_images ?? meta.images;
+  const whole = wholeSame != null
+      ? {v: {name: 'whole head', description: `the whole head removed, on the same ${n} images as its parts`},
+         x: wholeSame, se: wholeSe, whole: true}
+      : {v: {name: 'whole head*', description: `the whole head removed, over all ${meta.images} images (*not the parts' ${n}: re-run importance to measure it on the same images)`},
+         x: {loss: values.ablation_loss, top1: values.ablation_top1, kl: values.ablation_kl}[m][l][h],
+         se: null, whole: true};
+  const bars = [whole, ...meta.partial_variants.map((v, j) => ({v, x: partial[m][row][j],
+                                                               se: seOf ? seOf[row][j] : null}))];
+  const e = (b) => (Number.isFinite(b.se) ? 1.96 * b.se : 0);
+  const [lo, hi] = extent([bars.flatMap((b) => [b.x - e(b), b.x + e(b)]), 0]);
   const pad = (hi - lo) * 0.05 || 1e-6;
-  const f = frame(400, 22 * bars.length + 44, [lo - pad, hi + pad], [0, bars.length],
-                  choices.find((p) => p[0] === m)[1], '', {yTicks: [], margin: {l: 84, r: 60}});
-  const s = svg('svg', {width: 400, height: 22 * bars.length + 44, id: 'partial-bars', 'data-metric': m}, f.g);
+  const BAR = 20;
+  const f = frame(400, BAR * bars.length + 44, [lo - pad, hi + pad], [0, bars.length],
+                  choices.find((p) => p[0] === m)[1], '', {yTicks: [], margin: {l: 84, r: 64}});
+  const s = svg('svg', {width: 400, height: BAR * bars.length + 44, id: 'partial-bars', 'data-metric': m}, f.g);
   const x0 = f.x(0);
   s.append(svg('line', {x1: x0, x2: x0, y1: f.m.t, y2: f.y(0), class: 'zero-line'}));
   bars.forEach((b, j) => {
-    const y = f.m.t + 4 + j * 22, xv = f.x(b.x);
-    s.append(svg('text', {x: f.m.l - 4, y: y + 12, 'text-anchor': 'end', class: 'tick bar-label'}, b.v.name),
+    const y = f.m.t + 4 + j * BAR, xv = f.x(b.x);
+    s.append(svg('text', {x: f.m.l - 4, y: y + 11, 'text-anchor': 'end', class: 'tick bar-label'}, b.v.name),
              tip(svg('rect', {x: b.x >= 0 ? x0 : x0 - Math.max(1, x0 - xv), y,
-                              width: Math.max(1, Math.abs(xv - x0)), height: 15,
-                              class: b.x >= 0 ? 'bar' : 'bar negative', 'data-value': b.x}),
-                 `${b.v.description}: ${m} ${b.x >= 0 ? '+' : ''}${fmt(b.x)}`),
-             svg('text', {x: b.x >= 0 ? xv + 3 : x0 + 3, y: y + 12, class: 'tick bar-value'},
-                 `${b.x >= 0 ? '+' : ''}${fmt(b.x)}`));
+                              width: Math.max(1, Math.abs(xv - x0)), height: 14,
+                              class: (b.x >= 0 ? 'bar' : 'bar negative') + (b.whole ? ' whole' : ''),
+                              'data-value': b.x, 'data-se': b.se ?? ''}),
+                 `${b.v.description}: ${m} ${fmtSigned(b.x)}` + (Number.isFinite(b.se) ? ` ± ${fmt(1.96 * b.se)} (95%)` : '')),
+             svg('text', {x: Math.max(xv, x0, f.x(b.x + e(b))) + 3, y: y + 11, class: 'tick bar-value'},
+                 fmtSigned(b.x)));
+    if (e(b) > 0) {
+      const [a, c] = [f.x(b.x - e(b)), f.x(b.x + e(b))];
+      s.append(svg('g', {class: 'whisker'},
+          svg('line', {x1: a, x2: c, y1: y + 7, y2: y + 7}),
+          svg('line', {x1: a, x2: a, y1: y + 3, y2: y + 11}),
+          svg('line', {x1: c, x2: c, y1: y + 3, y2: y + 11})));
+    }
   });
-  const defs = el('dl', {class: 'variant-definitions', id: 'variant-definitions'},
-                  bars.map((b) => [el('dt', {}, b.v.name), el('dd', {}, b.v.description)]));
+  const defs = el('details', {class: 'variant-definitions', id: 'variant-definitions'},
+                  el('summary', {}, 'What each bar removes'),
+                  el('dl', {}, bars.map((b) => [el('dt', {}, b.v.name), el('dd', {}, b.v.description)])));
   return [el('div', {class: 'controls'}, 'Change when only part of its attention is removed: ',
              dropdown(choices, m, (v) => { state.partialMetric = v; drawDetail(box, imp); },
                       'partial-metric')),
-          el('p', {class: 'help'}, isEmbedding(meta)
+          el('p', {class: 'help'}, (isEmbedding(meta)
               ? 'Bars right of 0: removing that part distorts the embedding more.'
-              : 'Bars right of 0: removing that part hurts (loss up, top-1 down, predictions change); left: it helps.'),
-          s, defs];
+              : 'Bars right of 0: removing that part hurts (loss up, top-1 down, predictions change); left: it helps.') +
+              ` Means over the same ${n} images; whiskers: ±1.96 standard errors.`),
+          s, localGlobal(meta, partial[m][row], seOf ? seOf[row] : null), defs];
+}
+
+// Global minus local part at each radius, with its standard error (the two treated as
+// independent: √(SE₁² + SE₂²)) and how many standard errors that is.
+function localGlobal(meta, row, se) {
+  const names = meta.partial_variants.map((v) => v.name);
+  const lines = [];
+  for (const [j, name] of names.entries()) {
+    const r = /^local_r(\d+)$/.exec(name);
+    const g = r ? names.indexOf(`global_r${r[1]}`) : -1;
+    if (g < 0) continue;
+    const d = row[g] - row[j];
+    const sd = se ? Math.hypot(se[g], se[j]) : NaN;
+    lines.push(el('tr', {'data-radius': r[1]}, el('td', {}, `r = ${r[1]}`),
+                  el('td', {}, `global − local = ${fmtSigned(d)}`),
+                  el('td', {}, Number.isFinite(sd) ? `SE ${fmt(sd)}` : 'SE –'),
+                  el('td', {class: 'z'}, Number.isFinite(sd) && sd > 0 ? `${fmt(Math.abs(d) / sd)} SE` : '')));
+  }
+  return lines.length ? el('table', {class: 'data compact', id: 'local-global'}, el('tbody', {}, lines)) : null;
 }
 
 // Histogram of one head's Taylor importance over the images, on log-spaced bins; a bar
@@ -343,14 +419,14 @@ function perImageHistogram(pairs, imp) {
   const bins = 20, members = Array.from({length: bins}, () => []);
   positive.forEach(([x, i], k) => members[Math.min(bins - 1, Math.floor((logs[k] - lo) / (hi - lo) * bins))].push(i));
   const counts = members.map((m) => m.length);
-  const f = frame(400, 170, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
+  const f = frame(390, 160, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
                   'images', {yInteger: true, xTicks: niceTicks(lo, hi, 5, true).length >= 2 ? niceTicks(lo, hi, 5, true) : niceTicks(lo, hi, 4),
                              xFormat: (v) => {
                                const x = Math.pow(10, v);
                                if (x >= 1e-3 && x < 1e4) return `${+x.toPrecision(2)}`;
                                return Number.isInteger(v) ? `1e${v}` : x.toExponential(1);
                              }});
-  const s = svg('svg', {width: 400, height: 170, id: 'per-image-hist'}, f.g);
+  const s = svg('svg', {width: 390, height: 160, id: 'per-image-hist'}, f.g);
   const width = (f.x(hi) - f.x(lo)) / bins;
   members.forEach((m, i) => {
     const c = m.length;
@@ -362,7 +438,7 @@ function perImageHistogram(pairs, imp) {
         'data-bin': i, 'data-count': c,
         onclick: () => {
           state.imageFilter = active ? null : {bin: i, indices: m, label: `Taylor ${fmt(b0)}–${fmt(b1)} (${headName(state.layer, state.head)})`};
-          if (state.redrawOverview) state.redrawOverview();
+          if (use('filterChanged')) use('filterChanged')();
           for (const r of s.querySelectorAll('.hist-bar')) r.classList.toggle('selected', state.imageFilter && +r.dataset.bin === state.imageFilter.bin);
           changed();
         }}), `${c} image${c === 1 ? '' : 's'} with Taylor ${fmt(b0)}–${fmt(b1)}; click to list them in the image overview`));

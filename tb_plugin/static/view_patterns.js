@@ -3,15 +3,18 @@
 // head, real sample maps of a clicked cell with their image and query patch, and the head
 // clusters with the statistics behind their names.
 
-import {CATEGORICAL, categoryKey, extent, frame, heatCanvas, legend, niceTicks, ratio,
+import {categoryKey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks, ratio,
         sequential} from './charts.js';
 import {array, arrays, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, gridShape, headName, tokens} from './format.js';
-import {onSelect, select, state} from './state.js';
+import {changed, onSelect, publish, select, state, use, whenPublished} from './state.js';
+import {kindMix} from './kinds.js';
 
 const SAMPLES_SHOWN = 6;
 const SCATTER_MAX = 6000;   // points drawn in the latent scatter (an even subsample beyond)
+
+export {renderPatterns as render};
 
 export async function renderPatterns(body, info) {
   const [meta, a, samples] = await Promise.all([
@@ -36,8 +39,7 @@ export async function renderPatterns(body, info) {
     pt.headCount.set(key, (pt.headCount.get(key) || 0) + 1);
     pt.headCount.set(`${l},${h}`, (pt.headCount.get(`${l},${h}`) || 0) + 1);
   });
-  state.data.cluster = a.head_cluster;
-  state.data.clusterNames = meta.cluster_names;
+  publish('clusters', {cluster: a.head_cluster, names: meta.cluster_names.map((_, j) => clusterName(pt, j))});
   const mapBox = el('div', {class: 'panel'});
   const scatterBox = el('div', {class: 'panel'});
   const cellBox = el('div', {class: 'panel cell-panel', id: 'cell-panel'});
@@ -52,46 +54,89 @@ export async function renderPatterns(body, info) {
   const drawScatter = () => drawSampleScatter(scatterBox, cellBox, pt);
   const drawClusters = () => drawClusterList(clusterBox, pt);
   drawMap(); drawScatter(); drawClusters(); drawCell(cellBox, pt);
+  if (!use('headKinds') && info.analyses.includes('strength')) {
+    whenPublished('headKinds').then(() => {   // the names follow the kinds once known
+      publish('clusters', {cluster: a.head_cluster, names: meta.cluster_names.map((_, j) => clusterName(pt, j))});
+      drawClusters();
+      changed();
+    });
+  }
   onSelect(drawMap, drawScatter, drawClusters, () => drawCell(cellBox, pt));
 }
 
 // The decoded latent grid; each cell outlined in red by the share of the selected head's
-// samples that fall there. A click shows that cell's samples and the heads behind it.
+// samples that fall there. A click shows that cell's samples and the heads behind it. The
+// decoded cells are drawn once; a new selection only restyles their outlines (a head click
+// repaints every view: 144 canvases made anew each time cost most of this view's share).
 function drawPatternMap(mapBox, cellBox, pt) {
   hideTooltip();
   const {map, g, c} = pt;
-  const cellPx = Math.max(3, Math.floor(40 / c));
   const {layer: l, head: h} = state;
   const total = pt.headCount.get(`${l},${h}`) || 0;
-  const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
-                          style: `grid-template-columns: repeat(${g}, auto)`});
-  const sc = sequential(0, 1, 'decoded, peak = 1');
-  for (let r = 0; r < g; r++) {
-    for (let k = 0; k < g; k++) {
-      const canvas = heatCanvas(map[r][k], sc, cellPx, {cls: 'pattern-cell'});
-      const all = pt.cellSamples[r * g + k].length;
-      const mine = pt.headCount.get(`${l},${h},${r},${k}`) || 0;
-      if (!all) canvas.classList.add('empty-cell');
-      if (state.cell && state.cell[0] === r && state.cell[1] === k) canvas.classList.add('selected');
-      canvas.style.outline = mine ? `3px solid rgba(225,87,89,${0.25 + 0.75 * mine / Math.max(1, total)})` : '';
-      canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
-      canvas.addEventListener('click', () => {
-        state.cell = [r, k];
-        for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
-        drawCell(cellBox, pt);
-      });
-      wrap.append(tip(canvas, all ? `cell (${r}, ${k}): ${all} sample${all === 1 ? '' : 's'} in all; ` +
-                      `${mine} of ${total} samples of ${headName(l, h)}`
-                      : `cell (${r}, ${k}): no sample falls here (decoder extrapolation)`));
+  if (!pt.mapWrap) {
+    const cellPx = Math.max(3, Math.floor(40 / c));
+    const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
+                            style: `grid-template-columns: repeat(${g}, auto)`});
+    // Each pattern on its own range: the decoded patterns differ mostly in shape, which one
+    // shared range hides (144 near-identical dark squares); on a log scale down to 1/300 of
+    // its peak, so that the surround shows, not only the peak.
+    for (let r = 0; r < g; r++) {
+      for (let k = 0; k < g; k++) {
+        const hi = Math.max(extent(map[r][k])[1], 1e-12);
+        const floor = hi / 300;
+        const logs = map[r][k].map((row) => row.map((v) => Math.log(Math.max(v, floor))));
+        const canvas = heatCanvas(logs, sequential(Math.log(floor), Math.log(hi)), cellPx, {cls: 'pattern-cell'});
+        const all = pt.cellSamples[r * g + k].length;
+        if (!all) canvas.classList.add('empty-cell');
+        canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
+        canvas.addEventListener('click', () => {
+          state.cell = [r, k];
+          for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
+          drawCell(cellBox, pt);
+        });
+        wrap.append(tip(canvas, () => {
+          const {layer: sl, head: sh} = state;
+          const mine = pt.headCount.get(`${sl},${sh},${r},${k}`) || 0;
+          const of = pt.headCount.get(`${sl},${sh}`) || 0;
+          return all ? `cell (${r}, ${k}): ${all} sample${all === 1 ? '' : 's'} in all; ` +
+                       `${mine} of ${of} samples of ${headName(sl, sh)}`
+                     : `cell (${r}, ${k}): no sample falls here (decoder extrapolation)`;
+        }));
+      }
     }
+    const sc = sequential(0, 1, 'each cell: log, peak/300 → peak');
+    sc.ticks = [[0, '≤ peak/300'], [1, 'peak']];
+    pt.mapWrap = wrap;
+    pt.mapTitle = el('h3', {});
+    mapBox.replaceChildren(pt.mapTitle, wrap, legend(sc, 160, 'pattern-legend'));
   }
-  mapBox.replaceChildren(el('h3', {}, `Pattern map; red: where ${headName(l, h)}'s samples fall`),
-                         wrap, legend(sc, 160, 'pattern-legend'));
+  for (const canvas of pt.mapWrap.children) {
+    const r = +canvas.dataset.row, k = +canvas.dataset.col;
+    const mine = pt.headCount.get(`${l},${h},${r},${k}`) || 0;
+    canvas.classList.toggle('selected', !!state.cell && state.cell[0] === r && state.cell[1] === k);
+    canvas.style.outline = mine ? `3px solid rgba(225,87,89,${0.25 + 0.75 * mine / Math.max(1, total)})` : '';
+  }
+  pt.mapTitle.textContent = `Pattern map; red: where ${headName(l, h)}'s samples fall`;
 }
 
 // The samples in the latent plane, on the map's grid (row 0 at the top), coloured by layer
 // or head; the selected head's samples ringed.
 function drawSampleScatter(box, cellBox, pt) {
+  const idx = pt.sample_index;
+  // The points are drawn once per colouring; a new selection only redraws the rings.
+  if (!pt.scatter || pt.scatter.by !== state.sampleColour) pt.scatter = sampleScatter(box, cellBox, pt);
+  const {rings, xy, note} = pt.scatter;
+  const ringed = [];
+  for (const [sIdx, x, y] of xy) {
+    const [, l, h] = idx[sIdx];
+    if (l === state.layer && h === state.head) ringed.push(svg('circle', {cx: x, cy: y, r: 3.5, class: 'sample-selected'}));
+  }
+  rings.replaceChildren(...ringed);
+  note.textContent = `ringed: ${headName(state.layer, state.head)}; grid rows run upwards here (latent 2), downwards in the map` +
+      (pt.scatter.step > 1 ? `; every ${pt.scatter.step}th sample drawn` : '');
+}
+
+function sampleScatter(box, cellBox, pt) {
   const {map_extent: ext, sample_latent: lat, sample_index: idx, g, L, H} = pt;
   const size = 260;
   const by = state.sampleColour;
@@ -106,15 +151,16 @@ function drawSampleScatter(box, cellBox, pt) {
   }
   const clamp = (v, lo, hi) => Math.min(Math.max(v, Math.min(lo, hi)), Math.max(lo, hi));
   const step = Math.max(1, Math.ceil(lat.length / SCATTER_MAX));
-  const ringed = [];
+  const xy = [];
   for (let sIdx = 0; sIdx < lat.length; sIdx += step) {
     const [, l, h] = idx[sIdx];
     const x = f.x(clamp(lat[sIdx][0], ext[0][0], ext[0][1])), y = f.y(clamp(lat[sIdx][1], ext[1][0], ext[1][1]));
-    const fill = CATEGORICAL[(by === 'layer' ? l : h) % CATEGORICAL.length];
+    const fill = by === 'layer' ? layerColour(l, L) : headColour(h, H);
     s.append(svg('circle', {cx: x, cy: y, r: 2, fill, class: 'sample-point'}));
-    if (l === state.layer && h === state.head) ringed.push([x, y]);
+    xy.push([sIdx, x, y]);
   }
-  for (const [x, y] of ringed) s.append(svg('circle', {cx: x, cy: y, r: 3.5, class: 'sample-selected'}));
+  const rings = svg('g', {class: 'rings'});
+  s.append(rings);
   s.addEventListener('click', (e) => {   // a click picks the map cell under the pointer
     const rect = s.getBoundingClientRect();
     const fx = (e.clientX - rect.left - f.m.l) / (f.width - f.m.l - f.m.r);
@@ -126,14 +172,14 @@ function drawSampleScatter(box, cellBox, pt) {
     }
     drawCell(cellBox, pt);
   });
+  const note = el('p', {class: 'help'});
   box.replaceChildren(el('h3', {}, 'The samples on the map\'s grid'),
       el('label', {}, 'colour by ', dropdown([['layer', 'layer'], ['head', 'head']], by,
                                              (v) => { state.sampleColour = v; drawSampleScatter(box, cellBox, pt); },
                                              'sample-colour')),
       el('div', {}, s),
-      categoryKey(by === 'layer' ? L : H, by === 'layer' ? 'L' : 'H', `colour = ${by}`),
-      el('p', {class: 'help'}, `ringed: ${headName(state.layer, state.head)}; grid rows run upwards here (latent 2), downwards in the map` +
-         (step > 1 ? `; every ${step}th sample drawn` : '')));
+      categoryKey(by === 'layer' ? L : H, by === 'layer' ? 'L' : 'H', `colour = ${by}`), note);
+  return {s, rings, xy, note, by, step};
 }
 
 // The heads behind the selected cell, and a few of its real samples with their image and
@@ -172,7 +218,7 @@ async function drawCell(box, pt) {
   const maps = await Promise.all(pick.map((s) => array('patterns/sample_plain', {index: s})));
   if (!state.cell || state.cell[0] !== r || state.cell[1] !== k) return;
   const names = pt.meta.image_names || [];
-  const stored = state.storedImages || [];
+  const stored = use('storedImages') || [];
   const {gh, gw} = pt;
   const cell = Math.max(4, Math.floor(84 / Math.max(gh, gw)));
   pick.forEach((s, j) => {
@@ -218,6 +264,29 @@ export function patternStatistics(pattern) {
   return {cls, self: p[c][c], peak, local, row, column, entropy, cells};
 }
 
+// A cluster's name: its members' most common head kind (kinds.js, as `vit-analytics
+// kinds`), or the pattern rule's name (meta) when the strength view has not computed the
+// kinds. "none of the above" no longer collapses to "global": that is a kind of its own.
+function clusterName(pt, j) {
+  const kinds = use('headKinds');
+  if (!kinds) return pt.meta.cluster_names[j];
+  const mix = kindMix(kinds, members(pt, j));
+  return mix.length ? mix[0][0] : pt.meta.cluster_names[j];
+}
+
+function members(pt, j) {
+  const out = [];
+  for (let l = 0; l < pt.L; l++) for (let h = 0; h < pt.H; h++) if (pt.head_cluster[l][h] === j) out.push([l, h]);
+  return out;
+}
+
+function kindText(pt, heads) {
+  const kinds = use('headKinds');
+  if (!kinds) return '';
+  return 'kinds of its heads: ' + kindMix(kinds, heads).map(([k, c]) => `${k} ${c}`).join(', ') +
+         ` (pattern rule: ${pt.meta.cluster_names[heads.length ? pt.head_cluster[heads[0][0]][heads[0][1]] : 0]})`;
+}
+
 function drawClusterList(clusterBox, pt) {
   hideTooltip();
   const {head_cluster: clusters, cluster_pattern: reps, meta, L, H, T} = pt;
@@ -234,23 +303,25 @@ function drawClusterList(clusterBox, pt) {
       fired = fired || hit;
       return el('tr', {class: hit ? 'fired' : ''}, el('td', {}, label), el('td', {}, fmt(st[key])),
                 el('td', {}, `> ${threshold} → ${name}`));
-    }), el('tr', {class: fired ? '' : 'fired'}, el('td', {}, 'none of the above'), el('td', {}, ''), el('td', {}, '→ global')),
+    }), el('tr', {class: fired ? '' : 'fired'}, el('td', {}, 'none of the above'), el('td', {}, ''),
+           el('td', {}, '→ by mean distance: global (≥ 0.85× uniform), local (< 0.5×), else mixed')),
        el('tr', {}, el('td', {}, 'entropy over patches'), el('td', {}, fmt(st.entropy)),
           el('td', {}, `uniform over its ${st.cells} cells: ${fmt(Math.log(Math.max(1, st.cells)))}`)));
     return el('div', {class: 'cluster' + (clusters[state.layer][state.head] === j ? ' selected' : ''), 'data-cluster': j},
         el('div', {}, heatCanvas(times[j], sc, Math.max(3, Math.floor(60 / rep.length)), {cls: 'cluster-map'}),
            state.scaleMode === 'shared' ? null : legend(sc, 90)),
-        el('div', {}, el('b', {}, `cluster ${j}: ${meta.cluster_names[j]}`),
+        el('div', {}, el('b', {class: 'cluster-name'}, `cluster ${j}: ${clusterName(pt, j)}`),
+           el('div', {class: 'help cluster-kinds'}, kindText(pt, members)),
            el('span', {class: 'help'}, ` · peak ${fmt(Math.max(...times[j].flat()))}× uniform`),
            el('div', {class: 'chips'}, members.map(([l, h]) =>
                el('button', {class: 'chip' + (l === state.layer && h === state.head ? ' selected' : ''),
                              onclick: () => select(l, h)}, headName(l, h))))),
-        stats);
+        el('details', {class: 'rules-fold'}, el('summary', {}, 'why this name: the rule statistics'), stats));
   });
   clusterBox.replaceChildren(el('h3', {}, 'Head clusters: mean re-centred attention of the members (× uniform), and why each got its name'),
                              el('p', {class: 'help'}, 'The first rule whose statistic passes its threshold names the cluster (highlighted). ' +
                                     'Offsets far from the centre lie inside the image for fewer query patches, so their mean (and colour) is lower.'),
-                             state.scaleMode === 'shared' ? legend(shared, 180, 'cluster-legend') : null,
+                             ...(state.scaleMode === 'shared' ? [legend(shared, 180, 'cluster-legend')] : []),
                              ...rows, el('h3', {}, 'Autoencoder training'),
                              trainingChart(pt.train_loss, pt.val_loss),
                              el('div', {class: 'keys'}, el('span', {style: 'color:#4e79a7'}, '■ training '),

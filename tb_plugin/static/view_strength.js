@@ -3,12 +3,15 @@
 // the class token's attention, all against the uniform and self-only reference heads
 // (`baselines` in strength/meta).
 
-import {CATEGORICAL, categoryKey, extent, frame, heatCanvas, legend, niceTicks, ratio,
+import {categoryKey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks, ratio,
         reference, yDomain} from './charts.js';
 import {array, arrays, meta as analysisMeta} from './data.js';
 import {checkbox, dropdown, el, svg, tip} from './dom.js';
 import {fmt, headName, tokens} from './format.js';
-import {changed, onSelect, select, state} from './state.js';
+import {changed, onSelect, publish, select, state, use} from './state.js';
+import {headKinds} from './kinds.js';
+
+export {renderStrength as render};
 
 export async function renderStrength(body, info) {
   // offset_mean (as large as offset_ratio) only labels the focus map: one head's slice
@@ -35,8 +38,11 @@ export async function renderStrength(body, info) {
               n: a.neighbourhood_share[0][0].length, T: tokens(cfg), base: meta.baselines || null,
               offsetMean};
   st.scale = ratio(ratioMaps);
-  Object.assign(state.data, {distance: a.mean_distance, entropy: a.entropy,
-                             uniformDistance: st.base ? st.base.uniform.mean_distance : null});
+  const uniformDistance = st.base ? st.base.uniform.mean_distance : null;
+  publish('strengthNumbers', {distance: a.mean_distance, entropy: a.entropy, uniformDistance});
+  st.kinds = headKinds({offsetRatio: ratioMaps, clsShare: a.cls_share || null, distance: a.mean_distance,
+                        uniformDistance, T: st.T});
+  publish('headKinds', st.kinds);
   const multiples = el('div', {class: 'panel'});
   const focus = el('div', {class: 'panel'});
   const curves = el('div', {class: 'panel'});
@@ -82,7 +88,7 @@ function smallMultiples(st) {
                            {cls: 'offset-small'});
       c.dataset.layer = l; c.dataset.head = h;
       c.addEventListener('click', () => select(l, h));
-      grid.append(tip(c, `${headName(l, h)}: mean distance ${fmt(dist[l][h])} px` +
+      grid.append(tip(c, `${headName(l, h)} (${st.kinds[l][h]}): mean distance ${fmt(dist[l][h], 'px')}` +
                          (state.scaleMode === 'shared' ? '' : `; colours ${sc.ticks[0][1]} … ${sc.ticks[2][1]}`)));
     }
   }
@@ -149,7 +155,7 @@ function drawNeighbourhood(curves, {neighbourhood_share: neigh, L, H, n, base}) 
       const sel = l === state.layer && h === state.head;
       if (sel) continue;
       const line = svg('polyline', {points: neigh[l][h].map((v, d) => `${f.x(d)},${f.y(v)}`).join(' '),
-                                    class: 'curve faint', stroke: CATEGORICAL[l % CATEGORICAL.length],
+                                    class: 'curve faint', stroke: layerColour(l, L),
                                     onclick: () => select(l, h)});
       s.append(tip(line, `${headName(l, h)}: within 1 patch ${fmt(neigh[l][h][Math.min(1, n - 1)])}`));
     }
@@ -202,7 +208,7 @@ function trendChart(v, label, id, L, H, uniform, self) {
       const sel = l === state.layer && h === state.head;
       s.append(tip(svg('circle', {cx: f.x(l) + (h - (H - 1) / 2) * 2, cy: f.y(v[l][h]),
                                   r: sel ? 6 : 3.5, class: 'point' + (sel ? ' selected' : ''),
-                                  fill: CATEGORICAL[h % CATEGORICAL.length],
+                                  fill: headColour(h, H),
                                   onclick: () => select(l, h)}),
                    `${headName(l, h)}: ${fmt(v[l][h])}` + (uniform != null ? ` (uniform ${fmt(uniform)})` : '')));
     }
@@ -221,28 +227,30 @@ function drawLocalityTable(box, st) {
   const q = st.mean_distance_quantiles;
   const cols = [
     ['head', 'head', (l, h) => l * H + h, (l, h) => headName(l, h)],
+    ['kind', 'kind', (l, h) => st.kinds[l][h], (l, h) => st.kinds[l][h]],
     ['distance', 'mean distance (px)', (l, h) => dist[l][h], (l, h) => fmt(dist[l][h])],
     ['distance_ratio', '÷ uniform', (l, h) => u ? dist[l][h] / u.mean_distance : NaN,
-     (l, h) => u ? (dist[l][h] / u.mean_distance).toFixed(2) : '–'],
+     (l, h) => u ? fmt((dist[l][h] / u.mean_distance)) : '–'],
     ['distance_spread', 'p5–p95 over images', (l, h) => q ? q[l][h][4] - q[l][h][0] : NaN,
      (l, h) => q ? `${fmt(q[l][h][0])}–${fmt(q[l][h][4])}` : '–'],
     ['share', `share ≤ ${r}`, (l, h) => neigh[l][h][r], (l, h) => fmt(neigh[l][h][r])],
     ['share_ratio', '÷ uniform', (l, h) => u ? neigh[l][h][r] / u.neighbourhood_share[r] : NaN,
-     (l, h) => u ? (neigh[l][h][r] / u.neighbourhood_share[r]).toFixed(2) : '–'],
+     (l, h) => u ? fmt((neigh[l][h][r] / u.neighbourhood_share[r])) : '–'],
     ['entropy', 'entropy (nats)', (l, h) => entropy[l][h], (l, h) => fmt(entropy[l][h])],
     ['entropy_ratio', '÷ log T', (l, h) => u ? entropy[l][h] / u.entropy : NaN,
-     (l, h) => u ? (entropy[l][h] / u.entropy).toFixed(2) : '–'],
+     (l, h) => u ? fmt((entropy[l][h] / u.entropy)) : '–'],
     ['self', 'self share', (l, h) => self[l][h], (l, h) => fmt(self[l][h])],
   ];
   if (clsShare) {
     cols.push(['cls', 'class-token share', (l, h) => clsShare[l][h], (l, h) => fmt(clsShare[l][h])],
               ['cls_ratio', '÷ uniform', (l, h) => u ? clsShare[l][h] / u.cls_share : NaN,
-               (l, h) => u ? (clsShare[l][h] / u.cls_share).toFixed(2) : '–']);
+               (l, h) => u ? fmt((clsShare[l][h] / u.cls_share)) : '–']);
   }
   const rows = [];
   for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) rows.push([l, h]);
   const sortCol = cols.find((c) => c[0] === LOCALITY_SORT.key);
-  if (sortCol) rows.sort((a, b) => (sortCol[2](...a) - sortCol[2](...b)) * (LOCALITY_SORT.desc ? -1 : 1));
+  const cmp = (x, y) => (typeof x === 'string' ? x.localeCompare(y) : x - y);
+  if (sortCol) rows.sort((a, b) => cmp(sortCol[2](...a), sortCol[2](...b)) * (LOCALITY_SORT.desc ? -1 : 1));
   const head = el('tr', {}, cols.map(([key, label]) => el('th', {
       class: 'sortable' + (key === LOCALITY_SORT.key ? ' sorted' : ''), 'data-key': key,
       onclick: () => { LOCALITY_SORT.desc = LOCALITY_SORT.key === key ? !LOCALITY_SORT.desc : true;

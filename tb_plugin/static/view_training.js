@@ -3,7 +3,7 @@
 // selected head is highlighted everywhere; the step shown by the other views is marked.
 
 import {frame} from './charts.js';
-import {getJSON, unpack, view} from './data.js';
+import {json, unpack, view} from './data.js';
 import {el, svg, tip} from './dom.js';
 import {fmt, headName} from './format.js';
 import {onSelect, select, state} from './state.js';
@@ -13,10 +13,12 @@ const SERIES = [['importance/taylor', 'Taylor importance'],
                 ['strength/entropy', 'attention entropy (nats)']];
 const W = 64, HT = 38;
 
+export {renderTraining as render};
+
 export async function renderTraining(body, info) {
   const wanted = SERIES.filter(([tag]) => info.tags && info.tags[tag]);
   const series = await Promise.all(wanted.map(([tag]) =>
-      getJSON(`./series?${new URLSearchParams({run: state.run, tag})}`)));
+      json('series', {tag})));
   const panels = el('div', {class: 'row', id: 'training-panels'});
   body.append(el('p', {class: 'help'}, `${info.steps.length} steps: ${info.steps[0]} to ` +
                  `${info.steps[info.steps.length - 1]}. Click a chart to select its head.`), panels);

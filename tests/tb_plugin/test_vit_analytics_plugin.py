@@ -176,7 +176,7 @@ def test_static_files_only_from_the_static_folder(client):
 
 def test_every_frontend_module_is_served_as_javascript(client):
   """index.js and, recursively, every module it imports (statically, or later with
-  `import('./x.js')`): a missing file fails here, and so does a MIME type the browser would
+  `import('./x.js')`, or as a row of views.js's VIEWS): a missing file fails here, and so does a MIME type the browser would
   refuse for a module. Every file of static/ is reached."""
   imports = re.compile(r"^import\s+(?:[^;]*?\s+from\s+)?['\"]\./([\w.-]+)['\"]", re.M)
   dynamic = re.compile(r"\bimport\(\s*['\"]\./([\w.-]+)['\"]\s*\)")
@@ -191,6 +191,8 @@ def test_every_frontend_module_is_served_as_javascript(client):
     served.add(name)
     text = r.get_data(as_text=True)
     todo += imports.findall(text) + dynamic.findall(text)
+    if name == 'views.js':   # app.js imports each view's module by its row of the table
+      todo += [f'view_{v}.js' for v in re.findall(r"\{id: '(\w+)'", text)]
   assert len(served) > 1  # the frontend is split into modules
   static = Path(vit_analytics_plugin.__file__).parent / 'static'
   assert served == {p.name for p in static.glob('*.js')}
@@ -222,8 +224,9 @@ def test_first_view_answers_as_the_routes_it_replaces(client):
 
 
 def test_first_view_names_the_first_views_modules():
-  """index.js preloads the modules app.js imports statically (all of them, and no other):
-  a stale list would fetch the first view's modules one level of imports at a time."""
+  """index.js preloads the modules app.js imports statically (all of them, and no other),
+  as views.js lists them: a stale list would fetch the first view's modules one level of
+  imports at a time. index.js imports only views.js, which imports nothing."""
   static = Path(vit_analytics_plugin.__file__).parent / 'static'
   imports = re.compile(r"^import\s+(?:[^;]*?\s+from\s+)?['\"]\./([\w.-]+)['\"]", re.M)
   closure, todo = set(), ['app.js']
@@ -232,9 +235,27 @@ def test_first_view_names_the_first_views_modules():
     if name not in closure:
       closure.add(name)
       todo += imports.findall((static / name).read_text())
-  listed = re.search(r'FIRST_VIEW_MODULES = \[([^\]]*)\]', (static / 'index.js').read_text())
-  assert set(re.findall(r"'([\w.-]+)'", listed.group(1))) == closure
-  assert imports.findall((static / 'index.js').read_text()) == []   # nothing before its fetch
+  table = (static / 'views.js').read_text()
+  listed = re.search(r'FIRST_VIEW_MODULES = \[([^\]]*)\]', table)
+  first = re.search(r"VIEWS = \[\s*\{id: '(\w+)'", table).group(1)
+  assert 'moduleOf(FIRST_VIEW)' in listed.group(1)
+  assert set(re.findall(r"'([\w.-]+)'", listed.group(1))) | {f'view_{first}.js', 'views.js'} == closure
+  assert imports.findall((static / 'index.js').read_text()) == ['views.js']
+  assert imports.findall(table) == []   # nothing before the first view's fetch
+
+
+def test_first_view_without_tags_serves_the_analyses_arrays_less_per_image_ones(client):
+  """The first view's arrays are chosen by the plugin from the stored tags (no copy of the
+  schema in the page): every array of the analysis without a per-image axis."""
+  code, body = get(client, '/first_view', analyses='importance', run='tiny')
+  assert code == 200
+  listing = get(client, '/runs')[1]['runs']
+  tags = next(r for r in listing if r['run'] == 'tiny')['tags']
+  want = {t for t, i in tags.items() if t.startswith('importance/') and i['kind'] == 'array'
+          and not {'image', 'subset_image'} & set(i.get('axes') or ())}
+  assert set(body['arrays']) == want and body['missing'] == []
+  assert 'importance/taylor' in want and 'importance/partial_loss_se' in want
+  assert not any('per_image' in t for t in body['arrays'])
 
 
 def test_empty_logdir_lists_no_runs(tmp_path):

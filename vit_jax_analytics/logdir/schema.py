@@ -55,9 +55,30 @@ def _array(data, *args):
   return None if data is None else Value.array(data, *args)
 
 
-def importance_values(r: ImportanceResult, meta: dict) -> dict:
+def thumbnail_atlas(images: np.ndarray) -> tuple:
+  """[M, s, s, 3] uint8 -> (one PNG-able [rows * s, columns * s, 3] atlas, columns):
+  thumbnail m at row m // columns, column m % columns."""
+  m, s = len(images), images.shape[1]
+  columns = max(1, int(np.ceil(np.sqrt(m))))
+  rows = max(1, -(-m // columns))
+  atlas = np.full((rows * s, columns * s, 3), 255, np.uint8)
+  for k, image in enumerate(images):
+    atlas[k // columns * s:(k // columns + 1) * s, k % columns * s:(k % columns + 1) * s] = image
+  return atlas, columns
+
+
+def importance_values(r: ImportanceResult, meta: dict, thumbnails=None,
+                      thumbnail_budget_mib=None) -> dict:
+  """thumbnails: (index [M], images [M, s, s, 3] uint8) for the image overview, or None."""
   definitions = importance_definitions(r.objective)
+  thumbs = {}
+  if thumbnails is not None and len(thumbnails[0]):
+    atlas, columns = thumbnail_atlas(np.asarray(thumbnails[1]))
+    thumbs = {'thumbnails': {'index': [int(i) for i in thumbnails[0]],
+                             'px': int(thumbnails[1].shape[1]), 'columns': columns,
+                             'budget_mib': thumbnail_budget_mib}}
   values = {'meta': Value.json({
+      **thumbs,
       **meta, 'definitions': definitions, 'objective': r.objective,
       'pool_heads': r.pool_taylor is not None, 'baseline': dataclasses.asdict(r.baseline),
       'images': r.images, 'labelled_images': r.labelled_images, 'label_free': r.label_free,
@@ -67,6 +88,9 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
       'subset_baseline': (dataclasses.asdict(r.subset_baseline)
                           if r.subset_baseline is not None else None),
   })}
+  if thumbs:
+    values['thumbnails'] = Value.png(atlas, 'thumbnails of meta.thumbnails.index, px square, '
+                                            'in rows of meta.thumbnails.columns')
   for name, description in definitions.items():
     values[name] = _array(getattr(r, name), LH, description)
   for name in POOL:  # the MAP head's heads: the pooling row
@@ -95,6 +119,12 @@ def importance_values(r: ImportanceResult, meta: dict) -> dict:
       values[f'partial_{m}_se'] = _array(getattr(r, f'partial_{m}_se'),
                                          ('head_index', 'variant'),
                                          f'standard error of partial_{m} over the subset')
+      values[f'partial_whole_{m}'] = _array(
+          getattr(r, f'partial_whole_{m}'), ('head_index',),
+          f'{m} change with the whole head removed, over the same subset as partial_{m}')
+      values[f'partial_whole_{m}_se'] = _array(
+          getattr(r, f'partial_whole_{m}_se'), ('head_index',),
+          f'standard error of partial_whole_{m} over the subset')
   for k, description in PER_IMAGE_MODEL.items():
     values[k] = _array(getattr(r, k), ('image',), description)
   # Metrics not computed (in-training analysis without the ablation scan or curves) are
@@ -121,6 +151,8 @@ def importance_from(tags: dict) -> ImportanceResult:
                        else None),
       **{f'{kind}_{m}_se': get(f'{kind}_{m}_se') for kind in ('curve', 'partial')
          for m in METRICS},
+      **{f'partial_whole_{m}{se}': get(f'partial_whole_{m}{se}') for m in METRICS
+         for se in ('', '_se')},
       **{k: get(k) for k in PER_IMAGE_MODEL},
       objective=meta.get('objective'), **{k: get(k) for k in POOL})
 

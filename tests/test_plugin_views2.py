@@ -1,0 +1,447 @@
+"""Issue 21 ("Views II") in a real browser: one test (or more) per item, each against the
+real `tensorboard` serving a logdir written by the real analysis of a tiny model, in headless
+Chromium. One server and one browser for the module; the page is reopened only where a test
+needs a fresh one."""
+
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, tensorboard
+from tb_plugin.vit_analytics_plugin import ALONE_PATH
+from vit_jax_analytics import head_kinds
+from vit_jax_analytics.logdir import reader
+
+STATIC = Path(__file__).resolve().parents[1] / 'tb_plugin' / 'static'
+
+
+@pytest.fixture(scope='module')
+def logdir(analysis_logdir, tmp_path_factory):
+  """A copy of the analysis logdir: the tests add runs to it."""
+  root = tmp_path_factory.mktemp('views2') / 'logs'
+  shutil.copytree(analysis_logdir, root)
+  return root
+
+
+@pytest.fixture(scope='module')
+def server(logdir):
+  with tensorboard(logdir, 'false') as url:
+    yield url
+
+
+@pytest.fixture(scope='module')
+def browser():
+  assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
+      'the browser test needs Debian chromium and chromium-driver')
+  with chromium('1400,1000') as driver:
+    yield driver
+
+
+@pytest.fixture(scope='module')
+def tiny(logdir):
+  return {'importance': reader.read_importance(logdir / 'tiny'),
+          'strength': reader.read_strength(logdir / 'tiny')}
+
+
+class Alone:
+  """The plugin's page alone (its own address, its own hash), with run `run` shown."""
+
+  def __init__(self, driver, url, hash_='', run='tiny'):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    self.d, self.By, self.url = driver, By, url
+    driver.get('about:blank')
+    driver.get(f'{url}{ALONE_PATH}{hash_}')
+    self.wait = WebDriverWait(driver, 90)
+    self.wait.until(self.ready)
+    if run and self.js('return document.getElementById("run-select").value') != run:
+      self.switch(run)
+
+  def ready(self, d=None):
+    return self.d.execute_script('return document.body.dataset.ready') == 'true'
+
+  def switch(self, run):
+    from selenium.webdriver.support.ui import Select
+    Select(self.one('#run-select')).select_by_value(run)
+    self.wait.until(lambda d: self.ready() and self.one('#run-select').get_attribute('value') == run)
+
+  def all(self, css):
+    return self.d.find_elements(self.By.CSS_SELECTOR, css)
+
+  def one(self, css):
+    return self.d.find_element(self.By.CSS_SELECTOR, css)
+
+  def js(self, script, *args):
+    return self.d.execute_script(script, *args)
+
+  def select(self, css, value):
+    from selenium.webdriver.support.ui import Select
+    Select(self.one(css)).select_by_value(value)
+
+  def head(self, layer, head):
+    self.js('document.querySelector(`#importance-grid rect[data-layer="${arguments[0]}"]'
+            '[data-head="${arguments[1]}"]`).dispatchEvent(new MouseEvent("click"))', layer, head)
+    self.wait.until(lambda d: self.one('#selected-head').text == f'L{layer} H{head}')
+
+  def module(self, name):
+    """A frontend module as the page itself has it (the same instance)."""
+    return f'(await import("/data/plugin/vit_analytics/static/{name}"))'
+
+  def run_async(self, body, *args):
+    return self.d.execute_async_script(
+        f'const done = arguments[arguments.length - 1];'
+        f'(async () => {{ {body} }})().then(done, (e) => done("ERROR " + e.message));', *args)
+
+
+@pytest.fixture
+def page(server, browser):
+  return Alone(browser, server)
+
+
+def add_run(logdir, name, analyses):
+  """A new run made of some of run 'tiny''s event files (one per analysis)."""
+  (logdir / name).mkdir(exist_ok=True)
+  for a in analyses:
+    src = next((logdir / 'tiny').glob(f'events.out.tfevents.*.{a}.step0'))
+    shutil.copy(src, logdir / name / src.name)
+
+
+# --- bugs 1-4 --------------------------------------------------------------------------------
+
+def test_1_the_page_alone_keeps_its_address_and_reloads_to_the_selection(page):
+  page.head(1, 2)
+  address = page.d.current_url
+  assert ALONE_PATH in address and '#vit=' in address, address   # not /data/plugin/vit_analytics/#…
+  assert 'layer%3A1' in address and 'head%3A2' in address
+  page.d.get('about:blank')
+  page.d.get(address)
+  page.wait.until(page.ready)
+  assert 'Not found' not in page.one('body').text
+  assert page.one('#selected-head').text == 'L1 H2'
+
+
+def test_2_a_runs_new_analyses_are_drawn_without_a_reload(server, browser, logdir):
+  add_run(logdir, 'late', ['importance'])
+  p = Alone(browser, server, run=None)
+  p.wait.until(lambda d: 'late' in [o.get_attribute('value') for o in p.all('#run-select option')])
+  p.switch('late')
+  assert 'Not computed' in p.one('#view-strength').text
+  add_run(logdir, 'late', ['strength', 'patterns'])
+  # TensorBoard re-reads the logdir every second, the page polls every 5 s.
+  p.wait.until(lambda d: p.ready() and p.all('#view-strength canvas.offset-small')
+               and p.all('#pattern-map canvas'))
+  assert 'Not computed' not in p.one('#view-strength').text
+  assert p.one('#run-select').get_attribute('value') == 'late'
+
+
+def test_3_no_null_text_legends_do_not_overlap_and_layer_colours_do_not_repeat(page):
+  page.select('#scale-mode', 'per-map')
+  page.wait.until(lambda d: page.ready() and page.one('#scale-mode').get_attribute('value') == 'per-map')
+  page.wait.until(lambda d: page.all('.cluster'))
+  assert 'null' not in page.js('return document.getElementById("view-patterns").innerText')
+  # Every legend's tick labels are apart (small ones included).
+  overlaps = page.js("""
+    const out = [];
+    for (const lg of document.querySelectorAll('svg.legend')) {
+      const boxes = [...lg.querySelectorAll('text.legend-tick')].map((t) => t.getBBox());
+      for (let i = 1; i < boxes.length; i++) {
+        if (boxes[i].x < boxes[i - 1].x + boxes[i - 1].width) out.push(lg.id || lg.outerHTML.slice(0, 80));
+      }
+    }
+    return out;""")
+  assert overlaps == []
+  page.select('#scale-mode', 'shared')
+  page.wait.until(lambda d: page.ready() and page.one('#scale-mode').get_attribute('value') == 'shared')
+  # Layer colours: 12 layers, 12 different colours (Tableau 10 made L10 = L0), in order.
+  colours = page.run_async(f'const m = {page.module("charts.js")};'
+                           'return Array.from({length: 12}, (_, l) => m.layerColour(l, 12));')
+  assert len(set(colours)) == 12, colours
+
+
+def test_4_a_late_response_of_the_previous_run_draws_nothing_and_asks_for_nothing(page):
+  """The previous run's strength meta arrives after the switch: its views must neither ask
+  for the new run's data in their name nor register their listeners."""
+  page.js("""
+    window.asked = [];
+    const real = window.fetch;
+    window.fetch = (url, ...rest) => {
+      window.asked.push(String(url));
+      const late = String(url).includes('run=tiny') && String(url).includes('analysis=strength');
+      return late ? new Promise((r) => setTimeout(() => r(real(url, ...rest)), 2500)) : real(url, ...rest);
+    };""")
+  page.select('#scale-mode', 'per-map')      # redraws run tiny: its strength meta is late
+  time.sleep(0.3)
+  page.switch('importance-only')
+  time.sleep(3.5)                            # the late meta has arrived
+  asked = page.js('return window.asked')
+  wrong = [u for u in asked if 'run=importance-only' in u and ('strength' in u or 'patterns' in u)]
+  assert wrong == [], wrong
+  page.head(0, 1)                            # no listener of the old views throws or draws
+  assert 'Could not draw' not in page.one('#content').text
+  page.js('window.fetch = window.fetch; document.getElementById("scale-mode").value = "shared"')
+
+
+# --- item 18: frontend state -----------------------------------------------------------------
+
+def test_18_views_publish_only_declared_keys_and_one_table_lists_the_views():
+  texts = {p.name: p.read_text() for p in STATIC.glob('*.js')}
+  ad_hoc = re.compile(r'state\.(imp|showImage|redrawOverview|storedImages|data)\b')
+  assert not [n for n, t in texts.items() if ad_hoc.search(t)]
+  declared = set(re.findall(r"^  (\w+): '", texts['state.js'].split('PUBLISHED = {')[1].split('};')[0], re.M))
+  used = {k for t in texts.values() for k in re.findall(r"\b(?:publish|use|whenPublished)\('(\w+)'", t)}
+  assert used and used <= declared, used - declared
+  # One table: app.js and index.js name no view; every row has its module exporting render.
+  ids = re.findall(r"\{id: '(\w+)'", texts['views.js'])
+  assert ids[:2] == ['importance', 'strength'] and len(ids) == len(set(ids))
+  for i in ids:
+    assert f"view_{i}.js" in texts and re.search(r'export \{\w+ as render\}', texts[f'view_{i}.js']), i
+    assert f"'{i}'" not in texts['app.js'] and f"'{i}'" not in texts['index.js'], i
+  assert 'FIRST_VIEW_TAGS' not in texts['index.js']   # the plugin picks the first view's arrays
+  # Every await in a view is followed by no use of `q(`/`array(` for another scope: the data
+  # functions take the scope at call time and settle only while it is shown.
+  assert 'guard(s,' in texts['data.js']
+
+
+def test_18_fetches_of_a_replaced_scope_never_settle(page):
+  result = page.run_async(f"""
+    const d = {page.module('data.js')};
+    const old = d.currentScope();
+    let settled = false;
+    const p = d.array('importance/taylor').then(() => {{ settled = true; }});
+    d.newScope(old.run, old.step);           // the run is shown anew: the old fetch is dropped
+    await new Promise((r) => setTimeout(r, 1500));
+    const fresh = await d.array('importance/taylor');
+    return [settled, fresh.length];""")
+  assert result[0] is False and result[1] > 0, result
+
+
+# --- misleading displays ---------------------------------------------------------------------
+
+def test_5_scales_fit_the_data_and_below_uniform_patches_are_clear(page, server, tiny):
+  ratio = tiny['strength'].offset_ratio
+  labels = [t.text for t in page.all('#multiples-legend text.legend-tick')]
+  lo, hi = float(ratio[ratio > 0].min()), float(ratio.max())
+  num = lambda s: float(s.replace('×', '').replace('−', '-').split()[0])
+  assert num(labels[-1]) == pytest.approx(hi, rel=6e-3), labels     # the data's max, not a symmetric range
+  assert num(labels[0]) == pytest.approx(max(lo, 1e-3), rel=6e-3), labels
+  # The brightest cell is the scale's full red, whatever the low side's range.
+  reddest = page.run_async(f'const m = {page.module("charts.js")};'
+                           f'const s = m.ratio([[{hi}, 0.5, 1]]); return [s.colour({hi}), s.colour(1)];')
+  assert reddest == ['rgb(178,24,43)', 'rgb(247,247,247)']
+  # The overlay: a patch below uniform leaves the photograph clear; one above is painted.
+  page.js('document.getElementById("images-anchor")')
+  stage = page.one('#image-stage')
+  page.js('arguments[0].scrollIntoView()', stage)
+  from selenium.webdriver.common.action_chains import ActionChains
+  ActionChains(page.d).move_to_element_with_offset(stage, 10, 10).click().perform()
+  page.wait.until(lambda d: page.all('#head-multiples canvas'))
+  n = page.js('return document.querySelector("#image-stage canvas").width')
+  alpha = page.js("""
+    const c = document.querySelector('#image-stage canvas.overlay');
+    const ctx = c.getContext('2d');
+    return [...Array(arguments[0] * arguments[0]).keys()].map((p) => {
+      const k = p % arguments[0], r = Math.floor(p / arguments[0]);
+      const s = c.width / arguments[0];
+      return ctx.getImageData(Math.floor((k + 0.5) * s), Math.floor((r + 0.5) * s), 1, 1).data[3];
+    });""", 4)
+  assert n > 0 and len(alpha) == 16
+  import json
+  import urllib.request
+  query = page.js('return location.hash')
+  q = int(re.search(r'query%3A(\d+)', query).group(1))
+  with urllib.request.urlopen(f'{server}/data/plugin/vit_analytics/attention?run=tiny&image=0&query={q + 1}') as r:
+    body = json.loads(r.read())
+  from tb_plugin.vit_analytics_plugin import unpack
+  att = unpack(body['attention'])[0, 0, 1:]                    # L0 H0, the patches
+  T = att.shape[0] + 1
+  for p_, a in enumerate(alpha):
+    if p_ == q:
+      continue   # the query's outline
+    assert (a > 0) == (att[p_] * T > 1), (p_, a, att[p_] * T)
+  assert page.all('#overlay-opacity')
+
+
+def test_6_partial_pruning_whole_head_on_the_same_images_with_whiskers(page, tiny):
+  imp = tiny['importance']
+  H = imp.taylor.shape[1]
+  flat = int(imp.partial_heads[0])
+  page.head(flat // H, flat % H)
+  page.wait.until(lambda d: page.all('#partial-bars rect.bar'))
+  bars = page.all('#partial-bars rect.bar')
+  whole = float(bars[0].get_attribute('data-value'))
+  assert whole == pytest.approx(float(imp.partial_whole_loss[0]), rel=1e-5, abs=1e-7)
+  assert float(bars[0].get_attribute('data-se')) == pytest.approx(float(imp.partial_whole_loss_se[0]), rel=1e-5)
+  with_se = [b for b in bars if b.get_attribute('data-se') not in ('', '0')]
+  assert len(with_se) >= len(bars) - 2
+  assert len(page.all('#partial-bars g.whisker')) == len(with_se)   # every SE is drawn
+  names = [v[0] for v in imp.partial_variants]
+  rows = page.all('#local-global tr')
+  assert len(rows) == sum(n.startswith('local_r') for n in names)
+  j, g = names.index('local_r1'), names.index('global_r1')
+  d = imp.partial_loss[0, g] - imp.partial_loss[0, j]
+  se = math.hypot(imp.partial_loss_se[0, g], imp.partial_loss_se[0, j])
+  text = rows[0].text
+  assert 'global − local' in text and 'SE' in text
+  from_page = float(re.search(r'local = ([+−-]?[\d.e−-]+)', text).group(1).replace('−', '-'))
+  assert from_page == pytest.approx(d, rel=6e-3, abs=1e-9)
+  z = float(re.search(r'([\d.e−-]+) SE$', text).group(1).replace('−', '-'))
+  assert z == pytest.approx(abs(d) / se, rel=6e-3)
+
+
+def test_7_head_kinds_agree_with_the_command_line_and_are_shown(page, tiny):
+  want = head_kinds.head_kinds(tiny['strength'])
+  L, H = want.shape
+  kinds = page.run_async(f'return {page.module("state.js")}.use("headKinds");')
+  assert np.array(kinds).tolist() == want.tolist()
+  page.head(1, 0)
+  assert f'kind: {want[1, 0]}' in page.one('#head-numbers').text
+  table = {r.get_attribute('data-layer') + ',' + r.get_attribute('data-head'): r.find_elements(page.By.TAG_NAME, 'td')[1].text
+           for r in page.all('#locality-table tbody tr[data-layer]')}
+  assert table['1,0'] == want[1, 0] and len(table) == L * H
+  # Cluster names are a kind (the most common of the members'), never the bare fallback.
+  names = [b.text for b in page.all('.cluster-name')]
+  assert names and all(n.split(': ', 1)[1] in head_kinds.KINDS for n in names), names
+
+
+def test_9_10_only_defined_metrics_log_and_rank_scales_padded_scatter_with_rho(page, tiny):
+  options = [o.get_attribute('value') for o in page.all('#metric-select option')]
+  assert 'ablation_top1' in options                  # the tiny model has a classifier
+  page.select('#grid-scale', 'log')
+  page.wait.until(lambda d: 'log' in page.one('#importance-legend').text)
+  page.select('#grid-scale', 'rank')
+  page.wait.until(lambda d: 'rank 1' in page.one('#importance-legend').text)
+  fills = {r.get_attribute('fill') for r in page.all('#importance-grid rect.imp-cell')}
+  assert len(fills) == tiny['importance'].taylor.size   # every head its own colour by rank
+  page.select('#grid-scale', 'linear')
+  # The scatter: no point on or past an axis.
+  inside = page.js("""
+    const s = document.getElementById('importance-scatter');
+    const w = +s.getAttribute('width'), h = +s.getAttribute('height');
+    return [...s.querySelectorAll('circle')].every((c) => +c.getAttribute('cx') > 58 + 2 &&
+        +c.getAttribute('cx') < w - 18 - 2 && +c.getAttribute('cy') > 8 + 2 && +c.getAttribute('cy') < h - 34 - 2);""")
+  assert inside
+  imp = tiny['importance']
+  rank = lambda a: np.argsort(np.argsort(-a.ravel(), kind='stable'), kind='stable')
+  rho = np.corrcoef(rank(imp.taylor), rank(imp.ablation_loss))[0, 1]
+  shown = float(re.search(r'ρ = (−?-?[\d.]+)', page.one('#scatter-spearman').text).group(1).replace('−', '-'))
+  assert shown == pytest.approx(rho, abs=0.006)
+
+
+def test_9_an_embedding_run_offers_no_top1(page):
+  """The same metric filter on an embedding objective (the photo demo's own is checked in
+  tests/test_demo_tour.py): the frontend's rule, applied to that meta."""
+  out = page.run_async(f"""
+    const f = {page.module('format.js')};
+    return [f.metricLabel({{objective: {{kind: 'embedding'}}}}, 'taylor'),
+            f.metricLabel({{objective: {{kind: 'classification'}}}}, 'taylor')];""")
+  assert out == ['Taylor (embedding distortion)', 'Taylor |dL/dξ|']
+
+
+def test_11_one_number_format(page):
+  out = page.run_async(f"""
+    const f = {page.module('format.js')};
+    return [51.6683, 7.023e-4, 5.96e-8, 0, -0.122, 123456, 0.5].map((v) => f.fmt(v))
+        .concat([f.fmt(51.6683, 'px'), f.fmtSigned(0.122), f.fmtSigned(0)]);""")
+  assert out == ['51.7', '7.02e-4', '5.96e-8', '0', '−0.122', '1.23e5', '0.5', '51.7 px', '+0.122', '0']
+  text = page.js('return document.getElementById("content").innerText + document.getElementById("sticky-header").innerText')
+  digits = lambda t: len(t.replace('.', '').lstrip('0'))   # significant digits of a decimal
+  long = [t for t in re.findall(r'(?<![\d.])\d+\.\d+', text) if digits(t) > 3]
+  assert not long, long[:5]
+  assert not re.search(r'\de[+]', text)
+
+
+def test_8_comparison_labels_and_distance_against_each_runs_uniform(page):
+  page.select('#compare-select', 'tiny')
+  page.wait.until(lambda d: page.ready() and page.all('#compare-distance'))
+  chart = page.one('#compare-distance')
+  assert chart.get_attribute('data-ratio') == 'true'
+  assert '÷' in chart.text and 'px' not in chart.text
+  page.select('#compare-select', '')
+  page.wait.until(lambda d: page.ready() and not page.all('#view-compare'))
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+def test_14_16_header_has_one_height_and_runs_without_steps_have_no_training_section(page):
+  heights = set()
+  for l, h in ((0, 0), (1, 1), (0, 2)):
+    page.head(l, h)
+    heights.add(page.js('return document.getElementById("sticky-header").offsetHeight'))
+  assert len(heights) == 1, heights
+  assert not page.all('#view-training')
+  # The per-patch multiples are labelled by layer and head.
+  stage = page.one('#image-stage')
+  from selenium.webdriver.common.action_chains import ActionChains
+  page.js('arguments[0].scrollIntoView()', stage)
+  ActionChains(page.d).move_to_element_with_offset(stage, 10, 10).click().perform()
+  page.wait.until(lambda d: page.all('#head-multiples canvas'))
+  labels = [t.text for t in page.all('#head-multiples .tick-label')]
+  assert 'L0' in labels and 'H0' in labels
+
+
+def test_15_every_heads_queries_and_keys_as_small_multiples_select_the_head(page, tiny):
+  L, H = tiny['strength'].qk_embedding.shape[:2]
+  page.wait.until(lambda d: len(page.all('#qk-matrix canvas.qk-small')) == L * H)
+  labels = [t.text for t in page.all('#qk-matrix .tick-label')]
+  assert labels[:H] == [f'H{h}' for h in range(H)] and 'L0' in labels
+  target = page.one(f'#qk-matrix canvas[data-layer="{L - 1}"][data-head="1"]')
+  page.js('arguments[0].dispatchEvent(new MouseEvent("click"))', target)
+  page.wait.until(lambda d: page.one('#selected-head').text == f'L{L - 1} H1')
+  assert 'selected' in target.get_attribute('class')
+  # Each multiple is the stored embedding: not blank, queries and keys both drawn.
+  colours = page.js("""
+    const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let blue = 0, orange = 0;
+    for (let i = 0; i < d.length; i += 4) { if (d[i + 2] > d[i] + 30) blue++; if (d[i] > d[i + 2] + 60) orange++; }
+    return [blue, orange];""", target)
+  assert colours[0] > 0 and colours[1] > 0, colours
+
+
+def test_12_the_image_overview_shows_every_image_as_a_thumbnail_in_the_tables_order(page, logdir):
+  meta = reader.read_run(logdir / 'tiny')['importance/meta']
+  N = len(meta['image_names'])
+  page.wait.until(lambda d: len(page.all('#overview-thumbs .overview-thumb')) == N)
+  order = lambda: [int(t.get_attribute('data-image')) for t in page.all('#overview-thumbs .overview-thumb')]
+  assert order() == list(range(N))
+  page.js('document.querySelector(\'#overview-table th[data-key="taylor"]\').click()')
+  page.wait.until(lambda d: order()[0] == int(page.one('#overview-table tbody tr').get_attribute('data-image')))
+  rows = [int(r.get_attribute('data-image')) for r in page.all('#overview-table tbody tr')]
+  assert order() == rows                                    # the table's order
+  # Each is its own tile of the atlas (distinct background offsets).
+  offsets = {t.get_attribute('style').split('background:')[1].split(';')[0].split(')')[1]
+             for t in page.all('#overview-thumbs .overview-thumb')}
+  assert len(offsets) == N
+  page.select('#thumb-colour', 'loss')
+  page.wait.until(lambda d: 'dark' in page.one('#overview-thumbs-box').text)
+
+
+def test_12_images_laid_out_by_their_heads_and_brushing_filters_the_table(page, logdir):
+  per_image = reader.read_run(logdir / 'tiny')['importance/per_image_taylor']
+  N = per_image.shape[0]
+  page.wait.until(lambda d: len(page.all('#overview-layout circle.layout-point')) == N)
+  pts = sorted(page.all('#overview-layout circle.layout-point'), key=lambda c: int(c.get_attribute('data-image')))
+  xy = np.array([[float(c.get_attribute('cx')), -float(c.get_attribute('cy'))] for c in pts])
+  # The first two principal axes of the standardised [image, layer * head] vectors (numpy).
+  X = per_image.reshape(N, -1).astype(np.float64)
+  X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1)
+  _, _, vt = np.linalg.svd(X, full_matrices=False)
+  for a in range(2):
+    assert abs(np.corrcoef(xy[:, a], X @ vt[a])[0, 1]) > 0.999, a
+  # A rectangle around the left half of the points filters the thumbnails and the table.
+  box = page.one('#overview-layout')
+  mid = float(np.median(xy[:, 0]))
+  inside = sorted(int(c.get_attribute('data-image')) for c in pts if float(c.get_attribute('cx')) <= mid)
+  page.js("""
+    const s = arguments[0], r = s.getBoundingClientRect();
+    const ev = (type, x, y) => s.dispatchEvent(new MouseEvent(type, {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
+    ev('mousedown', 1, 1); ev('mousemove', arguments[1], 259); ev('mouseup', arguments[1], 259);""", box, mid + 0.01)
+  page.wait.until(lambda d: page.all('#overview-filter'))
+  rows = sorted(int(r.get_attribute('data-image')) for r in page.all('#overview-table tbody tr'))
+  assert rows == inside
+  thumbs = sorted(int(t.get_attribute('data-image')) for t in page.all('#overview-thumbs .overview-thumb'))
+  assert thumbs == inside

@@ -84,9 +84,10 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=30
 
 # The edit-test loop: everything but the browser, multi-process, cross-library and demo
-# tests (markers set in conftest.py).
+# tests (markers set in conftest.py), with compiled programs kept between runs in
+# build/test-cache (a program whose code did not change is loaded, not compiled again).
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m 'not slow_kind'
+	VIT_TEST_CACHE_DIR=$(CURDIR)/build/test-cache $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m 'not slow_kind'
 
 # examples/quickstart.ipynb executed top to bottom (fails on the first failing cell).
 notebook: $(VENV)/.installed-test

@@ -73,9 +73,11 @@ def _compile_cache_in_a_temporary_directory(tmp_path_factory):
   """The CLI keeps compiled programs in $XDG_CACHE_HOME: not the user's, in tests. One
   directory for the whole run, shared by the workers and the CLI subprocesses, and JAX's
   persistent cache on in this process too: a program that one test compiled, another test
-  (or worker) with the same shapes loads instead of compiling again."""
+  (or worker) with the same shapes loads instead of compiling again. VIT_TEST_CACHE_DIR keeps
+  that cache between runs (the edit-test loop: only what changed compiles again)."""
   from vit_jax_analytics import cost
-  os.environ['XDG_CACHE_HOME'] = str(shared_directory(tmp_path_factory, 'xdg_cache'))
+  kept = os.environ.get('VIT_TEST_CACHE_DIR')   # `make test-fast`: kept between runs
+  os.environ['XDG_CACHE_HOME'] = kept or str(shared_directory(tmp_path_factory, 'xdg_cache'))
   cost.enable_compile_cache(cost.default_cache_dir())
 
 

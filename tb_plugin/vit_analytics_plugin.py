@@ -35,6 +35,11 @@ STATIC = Path(__file__).parent / 'static'
 # document for module plugins (the one its frame loads). Its hash holds the selection.
 ALONE_PATH = f'/data/plugin_entry.html?name={metadata.PLUGIN_NAME}'
 MAX_ARRAY_ELEMENTS = 4_000_000   # larger arrays are served only sliced (index=...)
+# A stored tensor is decoded only if its declared element count is at most this (1 GiB of
+# float32: ViT-L/16's attention of one image at 384² is 128 M), and a tensor that fills its
+# declared shape from fewer stored values (one float_val for [20000, 20000]: 1.6 GB from a
+# few bytes) only up to MAX_ARRAY_ELEMENTS; the writer never stores such a fill.
+MAX_DECODED_ELEMENTS = 2 ** 28
 MAX_STEPS = 100_000  # steps of a tag read at once (all of them: the step is chosen here)
 CACHE_BYTES = 512 * 2 ** 20
 LISTING_TTL = 1.0
@@ -131,7 +136,9 @@ def _no_constant(name):
 def _decode(tag, kind, arr):
   """The value a stored tensor holds, checked against its kind: a numeric ndarray, PNG
   bytes, or parsed JSON without NaN or infinities (the responses are strict JSON).
-  BadRequest(422) when it holds anything else."""
+  BadRequest(422) when it holds anything else; a tensor refused undecoded: its own code."""
+  if isinstance(arr, _Refused):
+    raise BadRequest(f'tag {_show(tag)} {arr.message}', arr.code)
   if kind == 'array':
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in 'biuf':
       raise BadRequest(f'tag {_show(tag)} is not a numeric array (dtype '
@@ -192,6 +199,57 @@ def unpack(obj) -> np.ndarray:
 _Failure = collections.namedtuple('_Failure', 'message code')
 
 
+class _Refused:
+  """Stands for a stored tensor that was not decoded: what it declares is too large (413)
+  or malformed (422). `_decode` answers it with `message` and `code`."""
+
+  def __init__(self, message, code):
+    self.message, self.code = message, code
+
+
+def refusal(tensor) -> _Refused | None:
+  """Why a TensorProto must not be decoded, from its declared shape and what it stores,
+  before anything is allocated; None if it may be. Python ints: no overflow."""
+  dims = [d.size for d in tensor.tensor_shape.dim]
+  if any(d < 0 for d in dims):
+    return _Refused(f'declares the shape {dims[:8]} with a negative dimension', 422)
+  declared = math.prod(dims)
+  if declared > MAX_DECODED_ELEMENTS:
+    return _Refused(f'declares {declared} elements (shape {dims[:8]}); the plugin decodes at '
+                    f'most {MAX_DECODED_ELEMENTS}', 413)
+  if declared > MAX_ARRAY_ELEMENTS:
+    stored = (len(tensor.tensor_content) if tensor.tensor_content else
+              sum(len(v) for f, v in tensor.ListFields() if f.name.endswith('_val')))
+    if stored < declared:
+      return _Refused(f'declares {declared} elements (shape {dims[:8]}) but stores {stored} '
+                      f'values; a fill over {MAX_ARRAY_ELEMENTS} elements is not decoded', 413)
+  return None
+
+
+# While this thread reads our tensors through the data provider, `make_ndarray` refuses a
+# tensor by its declared shape before decoding it: the providers (in-process and the
+# data server's) decode every tensor they return, and the provider API offers no way to
+# see a shape first. Other plugins' reads, and other threads, are left as they are.
+_reading = threading.local()
+
+
+def _install_checked_make_ndarray():
+  original = tensor_util.make_ndarray
+  if getattr(original, 'checks_declared_shape', False):
+    return
+
+  def make_ndarray(tensor):
+    if getattr(_reading, 'active', False):
+      refused = refusal(tensor)
+      if refused is not None:
+        return refused
+    return original(tensor)
+
+  make_ndarray.checks_declared_shape = True
+  make_ndarray.__doc__ = original.__doc__
+  tensor_util.make_ndarray = make_ndarray
+
+
 class VitAnalyticsPlugin(base_plugin.TBPlugin):
   plugin_name = metadata.PLUGIN_NAME
 
@@ -202,6 +260,7 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     self._listing = {}                        # experiment id -> (time, tags)
     self._cache_bytes = 0
     self._lock = threading.Lock()
+    _install_checked_make_ndarray()
 
   # --- plugin protocol ---------------------------------------------------------------------
 
@@ -301,11 +360,16 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     return info, value
 
   def _series(self, request, run, tag):
-    """[(step, datum)] of (run, tag), one per step (a step written twice: the newer)."""
+    """[(step, datum)] of (run, tag), one per step (a step written twice: the newer); a
+    datum's `numpy` is a _Refused where its tensor was not decoded."""
     ctx, eid = self._ctx(request)
-    data = self._provider.read_tensors(
-        ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, downsample=MAX_STEPS,
-        run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
+    _reading.active = True  # values too large to decode come back as _Refused
+    try:
+      data = self._provider.read_tensors(
+          ctx, experiment_id=eid, plugin_name=metadata.PLUGIN_NAME, downsample=MAX_STEPS,
+          run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]))
+    finally:
+      _reading.active = False
     by_step = {}
     for datum in data.get(run, {}).get(tag) or ():
       if datum.step not in by_step or datum.wall_time >= by_step[datum.step].wall_time:

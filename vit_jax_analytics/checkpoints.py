@@ -221,6 +221,8 @@ def posemb_sincos_2d(grid, width: int, temperature: float = 10_000.) -> np.ndarr
   if width % 4:
     raise CheckpointError(f'sincos2d position embedding needs a width divisible by 4, got {width}')
   h, w = _hw(grid)
+  from vit_jax_analytics.families import posemb
+  posemb.check_patch_grid((h, w))  # before it is made
   y, x = np.mgrid[:h, :w]
   omega = 1. / temperature ** (np.arange(width // 4) / (width // 4 - 1))
   y = np.einsum('m,d->md', y.ravel(), omega)
@@ -383,6 +385,8 @@ def resize_position_embedding(posemb: np.ndarray, new_grid, has_cls: bool,
   if old_grid is None:
     old_grid = int(round(np.sqrt(grid_pe.shape[0])))
   (oh, ow), (nh, nw) = _hw(old_grid), _hw(new_grid)
+  from vit_jax_analytics.families import posemb
+  posemb.check_patch_grid((nh, nw))  # before it is made
   grid_pe = grid_pe.reshape(oh, ow, -1)
   if (oh, ow) != (nh, nw):  # separable: rows, then columns
     lo, hi, frac = _linear_weights(oh, nh)

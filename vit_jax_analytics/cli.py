@@ -78,7 +78,8 @@ def _flag_for(field: str, owner=None) -> str:
                                               pipeline.RunOptions]
   for cls in ([owner] if owner in classes else classes):
     for f in dataclasses.fields(cls):
-      if f.name == field and f.metadata.get('cli', True):
+      # a field off the CLI but set from a flag (AEOptions.seed) names that flag
+      if f.name == field and (f.metadata.get('cli', True) or f.metadata.get('flag')):
         return flag_of(f)
   return '--' + field.replace('_', '-')
 
@@ -126,6 +127,10 @@ def add_data_args(p, seen: set):
   p.add_argument('--labels', type=Path, default=None,
                  help='labels file for a flat folder: CSV "filename,label" or JSON '
                       '{"filename": label}')
+  p.add_argument('--label-free', action='store_true',
+                 help='ignore class sub-folders: every image at any depth below --images, '
+                      "unlabelled (the model's own prediction is the target), e.g. for a "
+                      "folder whose classes are not the model's")
   p.add_argument('--max-images', type=int, default=None, help='use only the first N images')
   p.add_argument('--mean', type=parse_floats(3), default=defaults['mean'],
                  help='per-channel mean for normalisation (default: 0.5,0.5,0.5 -> [-1, 1] '
@@ -146,7 +151,7 @@ def inputs_from(args):
   from vit_jax_analytics.pipeline import Inputs
 
   data_args = {k: getattr(args, k) for k in ('images', 'labels', 'max_images', 'mean', 'std',
-                                             'thumbnail_budget_mib')
+                                             'label_free', 'thumbnail_budget_mib')
                if hasattr(args, k)}  # `info` reads no images
   return Inputs(checkpoint=args.checkpoint, image_size=args.image_size,
                 gelu_approximate=None if args.gelu is None else args.gelu == 'tanh',
@@ -174,15 +179,22 @@ def cmd_evaluate(args):
   from vit_jax_analytics.errors import CheckpointError, NonFiniteError
   from vit_jax_analytics.pipeline import name_images
 
+  from vit_jax_analytics import cost
+  from vit_jax_analytics.options import check
+
+  check(args, 'batch_size', args.batch_size, low=1)
   loaded = inputs_from(args).load()
+  cost.check_forward_memory(loaded.config)
   if not loaded.config.has_classifier:
     raise CheckpointError(f'{args.checkpoint}: the model outputs an embedding '
                           f'({loaded.config.pooling} pooling, output '
                           f'{loaded.config.output!r}), not class logits; evaluate needs a '
                           f'classifier (importance takes --classes-npz)')
   try:
+    # no batch larger than the images: 100,000,000 would allocate for that many
+    batch_size = min(args.batch_size, max(len(loaded.source), 1))
     result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
-        args.batch_size, progress=not args.no_progress, desc='evaluate'))
+        batch_size, progress=not args.no_progress, desc='evaluate'))
   except NonFiniteError as e:
     raise name_images(e, loaded.image_set) from None
   if result['labelled_images'] == 0:
@@ -270,8 +282,10 @@ def cmd_demo_images(args):
   return 0
 
 
-def print_kinds(summary: dict, out=sys.stdout) -> None:
-  """The head kinds of a head_kinds.summarise() dict, a few lines."""
+def print_kinds(summary: dict, out=None) -> None:
+  """The head kinds of a head_kinds.summarise() dict, a few lines (to `out`, default the
+  sys.stdout of the call: a default bound at import would miss a redirected one)."""
+  out = out or sys.stdout
   heads = summary['heads']
   print(f"head kinds ({len(heads)} heads; uniform attention's mean distance "
         f"{summary['uniform_mean_distance_px']:.1f} px):", file=out)
@@ -470,7 +484,23 @@ def build_parser():
   return parser
 
 
+def _quiet_closed_event_loop(previous):
+  """An unraisable-exception hook that drops RuntimeError('Event loop is closed'): after
+  orbax fails to read a damaged checkpoint (the one-line error says so), tensorstore's
+  reads still in flight call back into the asyncio loop orbax has closed, and each would
+  print a traceback. Every other unraisable exception goes to `previous`."""
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
+      return
+    previous(unraisable)
+  hook.drops_closed_event_loop = True
+  return hook
+
+
 def main(argv=None) -> int:
+  if not getattr(sys.unraisablehook, 'drops_closed_event_loop', False):
+    sys.unraisablehook = _quiet_closed_event_loop(sys.unraisablehook)
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)

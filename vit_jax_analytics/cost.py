@@ -159,6 +159,61 @@ def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dic
   return stages
 
 
+def forward_bytes(config: ViTConfig, batch_size: int = 1) -> int:
+  """A lower bound on the memory one forward of `batch_size` images needs beyond the
+  weights: one layer's attention logits and weights (2 H T² floats) and its widest
+  activations (4 T max(mlp, 3 D) floats), per image."""
+  t = config.num_tokens
+  per_image = 4 * (2 * config.num_heads * t * t + 4 * t * max(config.mlp_dim, 3 * config.hidden_size))
+  return batch_size * per_image
+
+
+def available_memory_bytes() -> Optional[int]:
+  """What the default device can still allocate: an accelerator's free memory, or on the
+  CPU the system's available memory, bounded by this process's address-space limit
+  (`ulimit -v`); None if unknown."""
+  import jax
+  device = jax.devices()[0]
+  if device.platform != 'cpu':
+    stats = device.memory_stats() or {}
+    limit = stats.get('bytes_limit')
+    return None if not limit else int(limit - stats.get('bytes_in_use', 0))
+  found = []
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          found.append(int(line.split()[1]) * 1024)
+  except OSError:
+    pass
+  try:
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+      with open('/proc/self/status') as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmSize:'))
+      found.append(max(soft - size, 0))
+  except (ImportError, OSError, StopIteration, ValueError):
+    pass
+  return min(found) if found else None
+
+
+def check_forward_memory(config: ViTConfig, batch_size: int = 1) -> None:
+  """OptionError (naming --image-size) when one image's forward cannot fit the memory the
+  device has left (a lower bound: the analyses need more), before anything runs at that
+  size."""
+  from vit_jax_analytics.errors import OptionError
+  need, have = forward_bytes(config, batch_size), available_memory_bytes()
+  if have is not None and need > have:
+    h, w = config.image_hw
+    raise OptionError('image_size', f'{h}x{w} px is {config.num_tokens} tokens an image; one '
+                                    f'forward needs at least {need / 2 ** 30:.1f} GiB '
+                                    f'({config.num_heads} heads x {config.num_tokens}² '
+                                    f'attention weights), more than the '
+                                    f'{have / 2 ** 30:.1f} GiB this device has free: choose '
+                                    f'a smaller size')
+
+
 def time_forward(params, config: ViTConfig, batch_size: int, repeats: int = 2) -> tuple:
   """(seconds per image of one plain forward, seconds to compile it) on the default
   device, timed on zero images."""

@@ -76,7 +76,8 @@ class ImageSet:
       raise DataError(
           f'{self.root}: {len(self.class_names)} class folders ({_preview(self.class_names)}) '
           f'but the model has {num_classes} classes; class i is the i-th folder in sorted order, '
-          f'so keep an empty folder for a class without images, or use a labels file')
+          f'so keep an empty folder for a class without images, use a labels file, or pass '
+          f'{LABEL_FREE_FLAG} to analyse the images without labels')
     bad = np.flatnonzero((self.labels != UNLABELLED)
                          & ((self.labels < 0) | (self.labels >= num_classes)))
     if bad.size:
@@ -241,7 +242,7 @@ def _class_folder_set(root: Path, classes: dict, loose: list) -> ImageSet:
     raise DataError(
         f'{root}: {len(loose)} image(s) directly in the folder beside its class sub-folders '
         f'({_preview(p.name for p in loose)}) have no class; move them into a class folder, '
-        f'or pass a labels file')
+        f'pass a labels file, or pass {LABEL_FREE_FLAG} to analyse every image without labels')
   empty = [d.name for d, files in classes.items() if not files]
   if empty:
     _warn(f'{root}: class folder(s) {_preview(empty)} hold no images; they keep their class '
@@ -254,7 +255,11 @@ def _class_folder_set(root: Path, classes: dict, loose: list) -> ImageSet:
                   tuple(d.name for d in classes))
 
 
-def image_folder(root, labels_file=None) -> ImageSet:
+# The CLI flag of `image_folder(..., label_free=True)`, named in the errors it is a way past.
+LABEL_FREE_FLAG = '--label-free'
+
+
+def image_folder(root, labels_file=None, label_free: bool = False) -> ImageSet:
   """An ImageFolder (one sub-folder per class) or a flat folder (+ optional labels file).
 
   Without a labels file, if any top-level sub-folder holds an image at any depth, `root`
@@ -265,18 +270,22 @@ def image_folder(root, labels_file=None) -> ImageSet:
   folders are an error (they have no class). Otherwise the images are those directly in
   `root`, unlabelled. With a labels file, the images are those at any depth below `root`,
   labelled by their '/'-separated path relative to it. Names starting with '.' are ignored
-  at every depth.
+  at every depth. label_free: sub-folders are not classes; every image at any depth below
+  `root` is taken, unlabelled (the analyses then take the model's prediction as the target).
   """
   root = Path(root)
   if not root.is_dir():
     raise DataError(f'{root}: not a folder of images')
+  if label_free and labels_file is not None:
+    raise DataError(f'{labels_file}: a labels file and {LABEL_FREE_FLAG} contradict each '
+                    f'other; give one of them')
   exts = image_extensions()
   loose, folders = _scan(root, exts)
   classes = {d: _images_below(d, exts) for d in folders}
-  if labels_file is None and any(classes.values()):
+  if labels_file is None and not label_free and any(classes.values()):
     return _class_folder_set(root, classes, loose)
   paths = loose
-  if labels_file is not None:  # the labels file may name nested files
+  if labels_file is not None or label_free:  # the labels file may name nested files
     paths = sorted(loose + [p for files in classes.values() for p in files])
   if not paths:
     what = 'is empty' if not any(root.iterdir()) else 'holds no image files'
@@ -312,14 +321,29 @@ _STRIP_PIXELS = 2 ** 20
 _OPEN_LOCK = threading.Lock()
 
 
-def _to_unit_float(img: Image.Image) -> np.ndarray:
+def _float_scale(img: Image.Image) -> float:
+  """What a float ('F' mode, e.g. TIFF) image is multiplied by to lie in [0, 1], from its
+  own range: values up to 2 are in [0, 1] units (a small overshoot, as resampling leaves,
+  is clipped as before), up to 255 * 1.05 are 8-bit levels (/ 255). ValueError (the file is
+  skipped with a warning naming it) for any other range, or one that reaches below -0.5
+  in those units, which clipping would silently turn white or black."""
+  lo, hi = img.getextrema()
+  scale = 1. if hi <= 2 else 1. / 255. if hi <= 255 * 1.05 else None
+  if not (np.isfinite(lo) and np.isfinite(hi)) or scale is None or lo * scale < -0.5:
+    raise ValueError(f'a float (mode F) image with values in [{lo:.4g}, {hi:.4g}]; expected '
+                     f'them in [0, 1] or [0, 255]')
+  return scale
+
+
+def _to_unit_float(img: Image.Image, scale: Optional[float] = None) -> np.ndarray:
   """Any Pillow mode -> [h, w, 3] float32 in [0, 1]. Alpha is dropped, as TF's
-  decode_image(channels=3) does in the vit_jax input pipeline."""
+  decode_image(channels=3) does in the vit_jax input pipeline. scale: of a float image,
+  default from its own range (_float_scale; a strip of an image takes the whole's)."""
   mode = img.mode
   if mode.startswith('I;16') or mode == 'I':  # 16-bit (PNG) grayscale
     a = np.asarray(img, np.float32) / 65535.
   elif mode == 'F':
-    a = np.asarray(img, np.float32)
+    a = np.asarray(img, np.float32) * np.float32(_float_scale(img) if scale is None else scale)
   elif mode in ('1', 'L', 'LA', 'La'):
     a = np.asarray(img.convert('L'), np.float32) / 255.
   else:  # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV, ...
@@ -358,7 +382,9 @@ def _reduced_unit_float(img: Image.Image, factors) -> np.ndarray:
   in strips of rows so that the full-size float image never exists."""
   (w, h), (fx, fy) = img.size, factors
   rows = fy * max(1, _STRIP_PIXELS // (w * fy))  # a multiple of fy: strips reduce exactly
-  strips = (_to_unit_float(img.crop((0, y, w, min(h, y + rows)))) for y in range(0, h, rows))
+  scale = _float_scale(img) if img.mode == 'F' else None  # the whole image's range
+  strips = (_to_unit_float(img.crop((0, y, w, min(h, y + rows))), scale)
+            for y in range(0, h, rows))
   return np.concatenate([_channels(a, lambda c: c.reduce((fx, fy))) for a in strips])
 
 

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 from PIL import Image
 
 from vit_jax_analytics import atomic
-from vit_jax_analytics.errors import DataError, OptionError
+from vit_jax_analytics.errors import DataError, OptionError, OutputError
 from vit_jax_analytics.progress import progress_bar
 
 SKIMAGE_LICENCES = 'skimage/data/_fetchers.py, docstring of skimage.data.{name}()'
@@ -232,8 +232,12 @@ def build_demo_images(out_dir, photos: Sequence[Photo] = PHOTOGRAPHS, size: int 
   paths = find_photographs(photos) if paths is None else {k: Path(v) for k, v in paths.items()}
   if out_dir.exists() and not out_dir.is_dir():
     raise DataError(f'{out_dir}: exists and is not a folder')
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+  try:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+  except OSError as e:
+    raise OutputError(f'{out_dir}: cannot write the demo images there '
+                      f'({e.strerror or type(e).__name__})') from None
   records = []
   try:
     with progress_bar(len(photos) * len(views), 'demo images', 'image',
@@ -265,6 +269,9 @@ def build_demo_images(out_dir, photos: Sequence[Photo] = PHOTOGRAPHS, size: int 
     (tmp / 'README.md').write_text(_readme(records, size), encoding='utf-8')
     os.chmod(tmp, 0o755)
     atomic.replace_directory(tmp, out_dir)
+  except OSError as e:  # a full disk, or the folder's place taken meanwhile
+    raise OutputError(f'{out_dir}: cannot write the demo images there '
+                      f'({e.strerror or type(e).__name__})') from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return records

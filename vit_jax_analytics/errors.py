@@ -21,6 +21,10 @@ class OptionError(VitAnalyticsError, ValueError):
     self.field, self.message, self.owner = field, message, owner
 
 
+class ReadError(VitAnalyticsError, ValueError):
+  """A run directory holds no results of the analysis asked for, or they cannot be read."""
+
+
 class OutputError(VitAnalyticsError, OSError):
   """The logdir or run directory cannot be written."""
 

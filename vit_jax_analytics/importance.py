@@ -48,7 +48,7 @@ from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, Progress
                                        process_shard, subset_source)
 from vit_jax_analytics.errors import NonFiniteError, OptionError
 from vit_jax_analytics.model import ViTConfig
-from vit_jax_analytics.options import check, option, parse_ints
+from vit_jax_analytics.options import MAX_SEED, check, option, parse_ints
 from vit_jax_analytics.results import Baseline, ImportanceResult
 
 ABLATION_METRICS = ('loss', 'top1', 'top5', 'kl')
@@ -928,6 +928,7 @@ class ImportanceOptions:
     check(self, 'partial_heads', self.partial_heads, low=0, optional=True)
     check(self, 'taylor_probes', self.taylor_probes, low=1)
     check(self, 'mask_shards', self.mask_shards, low=1)
+    check(self, 'seed', self.seed, low=0, high=MAX_SEED)
     precision.check(self, 'dtype', self.dtype)
     if not self.partial_radii:
       raise OptionError('partial_radii', 'expected at least one radius')

@@ -8,9 +8,13 @@ parser); the CLI generates its flags from these fields, so a default exists only
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Optional
 
 from vit_jax_analytics.errors import OptionError
+
+
+MAX_SEED = 2 ** 32 - 1  # numpy's and JAX's seeds are non-negative; this many is plenty
 
 
 def option(default=None, help: str = '', *, flag: Optional[str] = None,
@@ -35,6 +39,7 @@ def check(owner, name: str, value, *, low=None, high=None, optional: bool = Fals
   if value is None and optional:
     return
   ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  ok = ok and math.isfinite(value)  # inf passes any lower bound; NaN fails them silently
   ok = ok and (low is None or value >= low) and (high is None or value <= high)
   if not ok:
     bounds = (f'>= {low}' if high is None else f'in [{low}, {high}]') if low is not None else ''

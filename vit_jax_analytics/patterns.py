@@ -27,7 +27,7 @@ from vit_jax_analytics import model as model_lib, parallel, precision
 from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, process_shard
 from vit_jax_analytics.errors import DataError
 from vit_jax_analytics.model import ViTConfig
-from vit_jax_analytics.options import check, option
+from vit_jax_analytics.options import MAX_SEED, check, option
 from vit_jax_analytics.results import PatternResult, Samples, TrainingHistory
 
 
@@ -260,7 +260,7 @@ class AEOptions:
   warmup_fraction: float = option(0.05, cli=False)
   validation_fraction: float = option(0.1, cli=False)
   patience: int = option(20, cli=False)  # epochs without validation improvement
-  seed: int = option(0, cli=False)       # the CLI sets it from --pattern-seed
+  seed: int = option(0, cli=False, flag='--pattern-seed')  # the CLI sets it from that flag
   progress: bool = option(True, cli=False)
 
   def __post_init__(self):
@@ -268,13 +268,15 @@ class AEOptions:
     check(self, 'epochs', self.epochs, low=1)
     check(self, 'batch_size', self.batch_size, low=1)
     check(self, 'patience', self.patience, low=1)
+    check(self, 'seed', self.seed, low=0, high=MAX_SEED)
     check(self, 'validation_fraction', self.validation_fraction, low=0., high=0.5, what='a number')
 
 
 def _adamw(options: AEOptions, total_steps: int):
+  warmup = max(1, int(total_steps * options.warmup_fraction))
   schedule = optax.warmup_cosine_decay_schedule(
-      0., options.learning_rate, max(1, int(total_steps * options.warmup_fraction)),
-      total_steps)
+      0., options.learning_rate, warmup,
+      max(total_steps, warmup + 1))  # optax needs a decay of at least one step (1 epoch)
   return optax.adamw(schedule, weight_decay=options.weight_decay)
 
 
@@ -359,6 +361,9 @@ def _reconstruction_errors(params, x, canvas, latent_dim, width):
 # padded to this size, so that one compiled program serves them all and their activations
 # take the same memory whatever the number of samples.
 EVAL_CHUNK = 512
+# The decoded pattern map's side at most: GRID² maps of the canvas are decoded at once
+# (128: 16,384 maps, 1.4 GB for ViT-L/14 at 518 px; 100,000 asked for 74.5 GiB).
+MAX_GRID = 128
 
 
 def _in_chunks(f, x, batch: int = EVAL_CHUNK) -> np.ndarray:
@@ -463,26 +468,26 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100, restarts: int
 
 
 def describe_pattern(pattern: np.ndarray, to_cls: float) -> str:
-  """A suggested name for a mean re-centred pattern [2n-1, 2n-1] (weights, not scaled)."""
-  n = (pattern.shape[0] + 1) // 2
+  """A suggested name for a mean re-centred pattern [2h-1, 2w-1] (weights, not scaled; a
+  rectangular grid's is rectangular)."""
   total = pattern.sum() + to_cls
   if total <= 0:
     return 'empty'
   if to_cls / total > 0.5:
     return 'class-token-focused'
   p = pattern / max(pattern.sum(), 1e-12)
-  c = n - 1
+  cy, cx = (pattern.shape[0] - 1) // 2, (pattern.shape[1] - 1) // 2  # the zero offset
   dy, dx = np.unravel_index(np.argmax(p), p.shape)
-  cheb = np.maximum(*np.abs(np.mgrid[-c:c + 1, -c:c + 1]))
-  if p[c, c] > 0.5:
+  cheb = np.maximum(*np.abs(np.mgrid[-cy:cy + 1, -cx:cx + 1]))
+  if p[cy, cx] > 0.5:
     return 'self'
   if p.max() > 0.4:
-    return f'offset ({dy - c:+d}, {dx - c:+d})'
+    return f'offset ({dy - cy:+d}, {dx - cx:+d})'
   if p[cheb <= 1].sum() > 0.6:
     return 'local'
-  if p[c].sum() > 0.6:
+  if p[cy].sum() > 0.6:
     return 'row'
-  if p[:, c].sum() > 0.6:
+  if p[:, cx].sum() > 0.6:
     return 'column'
   return 'global'
 
@@ -505,7 +510,8 @@ class PatternOptions:
     check(self, 'per_head', self.per_head, low=1)
     check(self, 'max_images', self.max_images, low=1, optional=True)
     check(self, 'batch_size', self.batch_size, low=1)
-    check(self, 'grid', self.grid, low=2)
+    check(self, 'grid', self.grid, low=2, high=MAX_GRID)
+    check(self, 'seed', self.seed, low=0, high=MAX_SEED)
     check(self, 'clusters', self.clusters, low=1)
     precision.check(self, 'dtype', self.dtype)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from vit_jax_analytics import checkpoints, data
-from vit_jax_analytics.errors import NonFiniteError, OptionError, VitAnalyticsError
+from vit_jax_analytics.errors import NonFiniteError, OptionError, OutputError, VitAnalyticsError
 from vit_jax_analytics.logdir import progress_store, schema, writer
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
@@ -52,6 +53,7 @@ class Inputs:
   mean: tuple = data.VIT_JAX_MEAN_STD[0]
   std: tuple = data.VIT_JAX_MEAN_STD[1]
   pooling: Optional[str] = None  # 'none' for a big_vision pool_type='none' model
+  label_free: bool = False       # sub-folders are not classes: every image, unlabelled
   # The image overview's thumbnails (THUMBNAIL_PX square, stored with importance): as many
   # images, spread over the set, as fit in this many MiB (raw RGB).
   thumbnail_budget_mib: float = 2.0
@@ -75,7 +77,8 @@ class Inputs:
 
   def load(self) -> 'Loaded':
     params, config = self.load_model()
-    image_set = data.image_folder(self.images, self.labels).take(self.max_images)
+    image_set = data.image_folder(self.images, self.labels, self.label_free).take(
+        self.max_images)
     if config.has_classifier and (image_set.labels >= 0).any():
       image_set.check_labels(config.num_classes)  # shifted or foreign labels: fail now
     source = data.ImageFolderSource(image_set, config.image_size, self.mean, self.std)
@@ -124,7 +127,9 @@ def computation_key(inputs: Inputs, loaded: Loaded, options) -> str:
   h.update(json.dumps(loaded.config.to_dict(), sort_keys=True).encode())
   for path in loaded.image_set.paths:
     stat = path.stat() if path.exists() else None
-    h.update(f'{path}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n'.encode())
+    # os.fsencode: a file name that is not UTF-8 holds surrogate escapes, which .encode()
+    # refuses
+    h.update(os.fsencode(path) + f'\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n'.encode())
   h.update(np.asarray(loaded.image_set.labels, np.int64).tobytes())
   settings = dataclasses.asdict(options)
   for name in ('progress', 'save_every_seconds'):
@@ -187,7 +192,11 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   key = computation_key(inputs, loaded, options)
   if jax.process_count() > 1:  # each process saves (and resumes) its own sums
     key += f'-p{jax.process_index()}of{jax.process_count()}'
-  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key)
+  # What every saved state holds: stage 1's sums (their shapes; the per-image ones vary)
+  required = {k: v.shape for k, v in importance.stage1_sums(loaded.config, 0, False).items()
+              if k != 'target'}
+  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key,
+                                             required={**required, 'stage': ()})
   objective = None
   if options.classes_npz:
     objective = importance.classes_objective(
@@ -225,10 +234,42 @@ def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   result, ae_params = patterns.compute_patterns(loaded.params, loaded.config, loaded.source,
                                                 options)
   if ae_params is not None:  # the autoencoder itself, beside the event file
-    checkpoints.save_orbax(writer.run_directory(logdir, run) / 'pattern_autoencoder',
-                           ae_params, {'canvas': 2 * max(loaded.config.grid_shape) - 1,
-                                       **dataclasses.asdict(options.ae)})
+    save_autoencoder(writer.run_directory(logdir, run) / AUTOENCODER, ae_params,
+                     {'canvas': 2 * max(loaded.config.grid_shape) - 1,
+                      **dataclasses.asdict(options.ae)})
   return result, lambda meta: schema.patterns_values(result, meta), None
+
+
+AUTOENCODER = 'pattern_autoencoder'
+
+
+def save_autoencoder(path: Path, params, config: dict) -> None:
+  """The pattern autoencoder as an orbax directory (atomically); OutputError (one line,
+  naming the path) where it cannot be written, e.g. a full disk. Orbax logs each failed
+  write thread's traceback at ERROR on the absl logger: quiet while it saves, since the
+  error says it."""
+  import logging
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    checkpoints.save_orbax(path, params, config)
+  except (OSError, ValueError, RuntimeError) as e:  # tensorstore's write errors: ValueError
+    first = str(e).splitlines()[0][:200] if str(e) else ''
+    raise OutputError(f'{path}: cannot save the pattern autoencoder ({type(e).__name__}: '
+                      f'{first})') from None
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _remove_orphan_autoencoder(logdir, run: str) -> None:
+  """The autoencoder saved by a patterns run whose event file could not be written: it
+  would sit beside no patterns results (or beside older ones it does not belong to)."""
+  directory = writer.run_directory(logdir, run)
+  if not any(writer.file_analysis_step(p)[0] == 'patterns'
+             for p in directory.glob('events.out.tfevents.*')):
+    import shutil
+    shutil.rmtree(directory / AUTOENCODER, ignore_errors=True)
 
 
 def options_types() -> dict:
@@ -268,14 +309,25 @@ def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
   if run_options.use_compile_cache:  # before anything compiles
     cost.enable_compile_cache(run_options.compile_cache or cost.default_cache_dir())
   options = {name: (options or {}).get(name) or options_types()[name]() for name in analyses}
-  run = writer.check_run_name(run or default_run_name(inputs.checkpoint))
+  run = writer.check_run_name(default_run_name(inputs.checkpoint) if run is None else run)
+  created = []  # the directories made here, deepest last: removed again if left empty
   if not run_options.dry_run:
+    directory = writer.run_directory(logdir, run)
+    created = [d for d in (directory, *directory.parents) if not d.exists()][::-1]
     writer.check_writable(logdir, run)  # before any work, not after it
-  loaded = inputs.load()
   try:
-    return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options)
-  except NonFiniteError as e:
-    raise name_images(e, loaded.image_set) from None
+    loaded = inputs.load()
+    try:
+      return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options)
+    except NonFiniteError as e:
+      raise name_images(e, loaded.image_set) from None
+  except BaseException:  # a refused or interrupted run leaves no empty run directory
+    for d in reversed(created):
+      try:
+        d.rmdir()  # only if empty: progress to resume from, or results, are kept
+      except OSError:
+        break
+    raise
 
 
 def name_images(e: NonFiniteError, image_set) -> VitAnalyticsError:
@@ -287,13 +339,39 @@ def name_images(e: NonFiniteError, image_set) -> VitAnalyticsError:
                            f'check the checkpoint and the normalisation (--mean/--std)')
 
 
+def importance_target(loaded: Loaded) -> str:
+  """What importance measures the heads against, in words: the labels, the model's own
+  prediction (label-free), or the embedding."""
+  labels = np.asarray(loaded.image_set.labels)[:len(loaded.source)]
+  if not loaded.config.has_classifier:
+    return (f'the model outputs an embedding ({loaded.config.output!r}), not class logits: '
+            f'importance is measured on the embedding, label-free')
+  unlabelled = int((labels < 0).sum())
+  if unlabelled == len(labels):
+    return (f'none of the {len(labels)} images is labelled: importance runs label-free (the '
+            f"model's own prediction is the target)")
+  if unlabelled:
+    return (f'{unlabelled} of the {len(labels)} images are unlabelled: importance takes '
+            f"the model's own prediction as their target (label-free), the label elsewhere")
+  return f'importance is measured against the labels of the {len(labels)} images'
+
+
 def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> list:
   from vit_jax_analytics import cost
 
+  cost.check_forward_memory(loaded.config)  # a size no forward fits: refused before any work
+  heads = loaded.config.num_layers * loaded.config.num_heads
+  if 'patterns' in options and options['patterns'].clusters > heads:
+    # k-means makes at most one cluster a head: say so, and store what is used
+    print(f'warning: --clusters {options["patterns"].clusters} is more than the model\'s '
+          f'{heads} heads; using {heads}', file=sys.stderr)
+    options['patterns'] = dataclasses.replace(options['patterns'], clusters=heads)
   for opts in options.values():  # options that depend on the model, before any work
     if hasattr(opts, 'check_model'):
       opts.check_model(loaded.config)
   n_images = len(loaded.source)
+  if 'importance' in analyses and not options['importance'].classes_npz:
+    print(f'note: {importance_target(loaded)}', file=sys.stderr, flush=True)
   stages = cost.plan(loaded.config, n_images, analyses, options,
                      _variants(loaded.config, options))
   per_forward = None
@@ -313,7 +391,12 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
       timings[name] = {'seconds': time.perf_counter() - start}
     meta = common_meta(inputs, loaded, options[name])
     if _writes():  # every process holds the reduced result; process 0 alone writes it
-      written.append(writer.write_analysis(logdir, run, name, values(meta)))
+      try:
+        written.append(writer.write_analysis(logdir, run, name, values(meta)))
+      except BaseException:
+        if name == 'patterns':
+          _remove_orphan_autoencoder(logdir, run)
+        raise
     if done:
       done()  # progress is dropped only once the results are safely written
   for s in stages:  # what each stage actually did and took

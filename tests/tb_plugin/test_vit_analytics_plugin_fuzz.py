@@ -124,6 +124,10 @@ def malformed_runs():
           ('importance/missing_values', _proto(types_pb2.DT_FLOAT, [3], float_val=[1, 2]),
            ARRAY),
           ('importance/variant', _proto(types_pb2.DT_VARIANT, []), ARRAY),
+          # a few bytes that declare 1.6 GB: refused from the declared shape, undecoded
+          ('importance/bomb', _proto(types_pb2.DT_FLOAT, [20000, 20000], float_val=[1]), ARRAY),
+          ('importance/bomb_json', _proto(types_pb2.DT_STRING, [20000, 20000],
+                                          string_val=[b'{}']), JSON),
           ('strength/map_image/0', _array(np.float32(0.5)), PNG),            # float as png
           ('strength/map_image/1', _strings(b'GIF89a not a png'), PNG),
           ('strength/map_image/2', _strings([_png_bytes()] * 2), PNG),      # not a scalar
@@ -273,6 +277,8 @@ TABLE = [
     ('/array', {'run': 'arrays', 'tag': 'importance/missing_values'}, 422,
      'cannot be decoded'),
     ('/array', {'run': 'arrays', 'tag': 'importance/variant'}, 422, 'cannot be decoded'),
+    ('/array', {'run': 'arrays', 'tag': 'importance/bomb'}, 413, 'declares 400000000'),
+    ('/array', {'run': 'arrays', 'tag': 'importance/bomb', 'index': 3}, 413, 'declares'),
     ('/array', {'run': 'arrays', 'tag': 'importance/bool'}, 200, None),
     ('/array', {'run': 'arrays', 'tag': 'importance/int64', 'index': 1, 'index2': 2}, 200,
      None),

@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from vit_jax_analytics.errors import CheckpointError
 from vit_jax_analytics.model import ViTConfig
 
 ATTN = 'MultiHeadDotProductAttention_1'
@@ -18,6 +19,16 @@ class Mapped(NamedTuple):
   flat: dict
   config: ViTConfig
   source: dict
+
+
+def check_float(tensors: dict, names, path) -> None:
+  """Refuses a weight stored as integers or booleans: cast to float it would run as
+  nonsense (an I32 tensor's values read as ~1e9), where a float dtype was meant."""
+  for name in sorted(names):
+    dtype = np.asarray(tensors[name]).dtype
+    if dtype.kind != 'f' and 'float' not in dtype.name:  # ml_dtypes' bfloat16: kind 'V'
+      raise CheckpointError(f'{path}: tensor {name!r} has dtype {dtype}; expected '
+                            f'floating-point weights (float32, float16 or bfloat16)')
 
 
 def f32(a) -> np.ndarray:

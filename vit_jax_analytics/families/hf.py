@@ -99,6 +99,16 @@ def legacy_names(tensors: dict, style: str) -> dict:
   return out
 
 
+_HEADS = ('classifier', 'cls_classifier', 'distillation_classifier', 'visual_projection')
+
+
+def wrapper_prefix(base: str) -> str:
+  """The prefix of the module that holds the backbone: '' for 'vit.' or '' (the model's
+  own), 'm.' for 'm.vit.' (a wrapper's attribute `m` holding a ViTForImageClassification)."""
+  parts = base.rstrip('.').split('.')
+  return '.'.join(parts[:-1]) + '.' if len(parts) > 1 else ''
+
+
 def _get(t: dict, key: str, path, optional=False):
   if key in t:
     return t[key]
@@ -129,7 +139,7 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   except KeyError as e:
     raise CheckpointError(f'{path}: {e.args[0]}; expected a {model_type} checkpoint') from None
   g = lambda k, optional=False: _get(tensors, pre + k, path, optional)
-  heads = int(hf_config.get('num_attention_heads', 0))
+  heads = _positive_int(hf_config, 'num_attention_heads', path)
   used = set()
   t = {}
 
@@ -170,7 +180,7 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
                    if (m := re.match(re.escape(pre + layer_word) + r'(\d+)\.', k))})
   if not layers or layers != list(range(len(layers))):
     raise CheckpointError(f'{path}: expected layers {pre}{layer_word}0..N-1, found {layers}')
-  if not heads or width % heads:
+  if width % heads:
     raise CheckpointError(f'{path}: config.json num_attention_heads {heads} does not divide '
                           f'the width {width}')
   if any(f'{pre}{layer_word}0.mlp.weights_in' in k for k in tensors):
@@ -195,7 +205,14 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
     common.put_norm(t, 'Transformer/encoder_norm', take('layernorm.weight'),
                     take('layernorm.bias'))
 
-  # Pooling and heads (outside the backbone prefix).
+  # Pooling and heads (outside the backbone prefix: beside it, under the same wrapper as
+  # the backbone, e.g. 'm.classifier' beside 'm.vit.' when a module wraps the model).
+  outer = wrapper_prefix(pre)
+  head = next((p for p in dict.fromkeys((outer, '')) if any(
+      f'{p}{h}.weight' in tensors for h in _HEADS)), '')
+  if head:
+    tensors = {(k[len(head):] if k.startswith(head) and k[len(head):].split('.')[0] in _HEADS
+                else k): v for k, v in tensors.items()}
   classifier, num_classes, representation, output = 'token', 0, None, 'embedding'
   pooler = take('pooler.dense.weight', True)
   if pooler is not None:
@@ -231,7 +248,7 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   if side * side != grid_tokens:
     raise CheckpointError(f'{path}: position embedding has {grid_tokens} patch positions, not '
                           f'a square grid')
-  cfg_size = hf_config.get('image_size', side * patch)
+  cfg_size = _image_size(hf_config, path) or side * patch
   target = image_size if image_size is not None else cfg_size
   th, tw = (target, target) if np.isscalar(target) else tuple(target)
   if th % patch or tw % patch:
@@ -241,7 +258,18 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   pe = posemb.resize_posemb(pe, prefix, (side, side), (th // patch, tw // patch), method)
   t[POSEMB_KEY] = pe
 
-  act = common.activation_of(hf_config.get('hidden_act', 'gelu'))
+  try:
+    act = common.activation_of(hf_config.get('hidden_act', 'gelu'))
+  except ValueError as e:
+    raise CheckpointError(f'{path}: config.json hidden_act: {e}') from None
+  mlp_dim = t[f'{block(0)}/MlpBlock_3/Dense_0/kernel'].shape[1]
+  _check_config_against_weights(hf_config, path, {
+      'num_hidden_layers': len(layers), 'hidden_size': width, 'patch_size': patch,
+      'num_channels': t['embedding/kernel'].shape[2],
+      # Dinov2 sizes its MLP by mlp_ratio (an intermediate_size there is unused)
+      **({'mlp_ratio': mlp_dim / width} if style == 'dinov2' else {'intermediate_size': mlp_dim}),
+      'num_labels': num_classes if output == 'logits' and 'visual_projection.weight' not in tensors
+                    else None})
   try:
     config = ViTConfig(
         image_size=(th, tw), patch_size=patch, hidden_size=width, num_layers=len(layers),
@@ -253,12 +281,53 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
         pre_norm=style == 'clip', distillation_token=model_type == 'deit')
   except ValueError as e:
     raise CheckpointError(f'{path}: {e}') from None
+  common.check_float(tensors, used, path)
   ignored = sorted(set(tensors) - used)
   source = {'family': FAMILY[model_type], 'format': 'transformers safetensors',
             'architecture': (hf_config.get('architectures') or [None])[0],
             'model_type': model_type, 'posemb_resize': method,
             'posemb_grid': [side, side], 'ignored': ignored}
   return Mapped(t, config, source)
+
+
+def _positive_int(hf_config: dict, field: str, path) -> int:
+  """config.json's `field`, which must be a positive integer."""
+  value = hf_config.get(field)
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise CheckpointError(f'{path}: config.json {field} is {value!r}; expected a positive '
+                          f'integer')
+  return value
+
+
+def _image_size(hf_config: dict, path):
+  """config.json's image_size: a positive integer or [height, width] of them; None if
+  absent."""
+  value = hf_config.get('image_size')
+  if value is None:
+    return None
+  sizes = list(value) if isinstance(value, (list, tuple)) else [value]
+  if (len(sizes) not in (1, 2) or
+      not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)):
+    raise CheckpointError(f'{path}: config.json image_size is {value!r}; expected a positive '
+                          f'integer or [height, width]')
+  return sizes[0] if len(sizes) == 1 else tuple(sizes)
+
+
+def _check_config_against_weights(hf_config: dict, path, from_weights: dict) -> None:
+  """Refuses a config.json field that contradicts the weights: `transformers` builds its
+  model from the config, so it would compute another model (or fail to load) while we would
+  run the weights' one. num_labels is the count of id2label when not given."""
+  declared = dict(hf_config)
+  if 'num_labels' not in declared and isinstance(declared.get('id2label'), dict):
+    declared['num_labels'] = len(declared['id2label'])
+  for field, actual in from_weights.items():
+    value = declared.get(field)
+    if actual is None or value is None:
+      continue
+    if value != actual:
+      raise CheckpointError(f'{path}: config.json {field} is {value!r} but the weights have '
+                            f'{actual}; a model built from this config.json (as transformers '
+                            f'does) would differ from these weights: fix one of them')
 
 
 def read_safetensors(files, path) -> dict:

@@ -169,16 +169,37 @@ def graph_to_state_dict(model, path='model.onnx'):
          'architectures': [f'ONNX export ({model_type})']}
   if image_size:
     cfg['image_size'] = image_size
-  # What the mapping does not use: other top-level scopes (e.g. a task decoder).
-  tops = Counter(n.name.strip('/').split('/')[0] for n in g.node if n.name.startswith('/'))
-  keep = {base.rstrip('.') or 'embeddings', 'encoder', 'embeddings', 'layernorm',
+  # What the mapping does not use: other top-level scopes (e.g. a task decoder), below the
+  # module that wraps the backbone if any ('/m/vit/...' beside '/m/classifier/...').
+  outer = hf.wrapper_prefix(base)
+  keep = {base[len(outer):].rstrip('.') or 'embeddings', 'encoder', 'embeddings', 'layernorm',
           'pre_layrnorm', 'post_layernorm', *_HEADS}
-  ignored_scopes = {k: v for k, v in tops.items()
-                    if k not in keep and not re.fullmatch(r'[A-Z][A-Za-z]*(_\d+)?', k)}
-  report = {'ignored_scopes': ignored_scopes,
+  tops = Counter(_top_scope(n, outer) for n in g.node if n.name.startswith('/'))
+  ignored_scopes = {k: v for k, v in tops.items() if k is not None and k not in keep
+                    and not re.fullmatch(r'[A-Z][A-Za-z]*(_\d+)?', k)}
+  # The graph's outputs and the scope that makes each: one made in an ignored scope is not
+  # what the loaded model computes.
+  made_by = {o: n for n in g.node for o in n.output}
+  output_scopes = {}
+  for o in g.output:
+    node = made_by.get(o.name)
+    while node is not None and not node.name.startswith('/') and node.input:  # Identity, ...
+      node = made_by.get(node.input[0])
+    output_scopes[o.name] = None if node is None else _top_scope(node, outer)
+  report = {'ignored_scopes': ignored_scopes, 'output_scopes': output_scopes,
             'outputs': [o.name for o in g.output], 'opset': [o.version for o in model.opset_import],
             'heads_assumed': heads_assumed, 'image_size_from_graph': image_size}
   return tensors, cfg, resize, report
+
+
+def _top_scope(node, outer: str) -> Optional[str]:
+  """The first scope of a node's name below the wrapper `outer` ('m.'): '/m/classifier/Gemm'
+  -> 'classifier', '/m/Gather' -> 'Gather'; None for a node outside the wrapper."""
+  parts = node.name.strip('/').split('/')
+  wrapper = outer.rstrip('.').split('.') if outer else []
+  if parts[:len(wrapper)] != wrapper:
+    return None
+  return parts[len(wrapper)]
 
 
 def _param_slots(node, consts):
@@ -227,6 +248,13 @@ def onnx_to_vit_jax(model, path='model.onnx', image_size=None) -> Mapped:
   mapped = hf.hf_to_vit_jax(tensors, cfg, path, image_size, resize_method=resize)
   source = dict(mapped.source, format='ONNX export', **report)
   source['family'] = source['family'].replace('(Hugging Face)', '(Hugging Face, ONNX)')
+  ignored = set(report['ignored_scopes'])
+  lost = {o: s for o, s in report['output_scopes'].items() if s in ignored}
+  if lost:  # e.g. a saliency decoder's map: say what is analysed instead
+    import sys
+    print(f'warning: {path}: the graph\'s output(s) {sorted(lost)} come from scope(s) '
+          f'{sorted(set(lost.values()))}, which are not part of the ViT; the loaded model '
+          f'outputs {mapped.config.output!r} instead', file=sys.stderr)
   if resize is None:
     source['posemb_resize'] = f"{mapped.source['posemb_resize']} (no Resize in the graph; " \
                               f"the source model's)"

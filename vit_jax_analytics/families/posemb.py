@@ -20,6 +20,21 @@ from __future__ import annotations
 import numpy as np
 
 METHODS = ('bilinear', 'bicubic', 'bicubic_antialias')
+# Patches of an image at most: a grid beyond this is refused before its position embedding
+# is made (at most 1.3 GB for a width of 1280); the memory a forward needs is checked
+# against the device once the model is loaded (cost.check_forward_memory).
+MAX_GRID_TOKENS = 2 ** 18
+
+
+def check_patch_grid(new_hw, patch: int = None) -> None:
+  """OptionError (field image_size: the CLI names --image-size) for a patch grid of more than MAX_GRID_TOKENS."""
+  nh, nw = (int(v) for v in new_hw)
+  if nh * nw > MAX_GRID_TOKENS:
+    from vit_jax_analytics.errors import OptionError
+    size = f'{nh * patch}x{nw * patch} px' if patch else 'the size asked for'
+    raise OptionError('image_size', f'{size} gives a {nh} x {nw} grid of patches ({nh * nw} '
+                                    f'tokens); at most {MAX_GRID_TOKENS} are supported: '
+                                    f'choose a smaller size')
 
 
 def _cubic(x, a):
@@ -70,6 +85,7 @@ def resize_grid(grid: np.ndarray, new_hw, method: str = 'bicubic', a: float = No
   if method not in METHODS:
     raise ValueError(f'position-embedding resize: expected one of {METHODS}, got {method!r}')
   h, w, _ = grid.shape
+  check_patch_grid(new_hw)
   nh, nw = (int(v) for v in new_hw)
   if (h, w) == (nh, nw):
     return np.asarray(grid, np.float32)

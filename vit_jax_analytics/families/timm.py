@@ -52,6 +52,8 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
       take('patch_embed.proj.weight'), take('patch_embed.proj.bias', True))
   patch, width = t['embedding/kernel'].shape[0], t['embedding/kernel'].shape[-1]
   heads = num_heads or max(width // 64, 1)
+  if width % heads:
+    raise CheckpointError(f'{path}: {heads} heads do not divide the width {width}')
   cls = take('cls_token', True)
   reg = take('reg_token', True)
   pe = f32(take('pos_embed'))
@@ -84,6 +86,10 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
     qkv_w = f32(take(b + 'attn.qkv.weight'))
     qkv_b = take(b + 'attn.qkv.bias', True)
     qkv_b = np.zeros(qkv_w.shape[0], np.float32) if qkv_b is None else f32(qkv_b)
+    if qkv_w.shape != (3 * width, width) or qkv_b.shape != (3 * width,):
+      raise CheckpointError(f'{path}: {b}attn.qkv.weight / .bias have shapes '
+                            f'{list(qkv_w.shape)} / {list(qkv_b.shape)}; expected [3 x width, '
+                            f'width] = {[3 * width, width]} / {[3 * width]} (query, key, value)')
     q, k, v = ((w, bb) for w, bb in zip(np.split(qkv_w, 3), np.split(qkv_b, 3)))
     common.put_attention(t, i, heads, q, k, v,
                          (take(b + 'attn.proj.weight'), take(b + 'attn.proj.bias', True)))
@@ -115,6 +121,7 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
         output='logits' if num_classes else 'embedding')
   except ValueError as e:
     raise CheckpointError(f'{path}: {e}') from None
+  common.check_float(sd, used, path)
   source = {'family': 'ViT (timm)', 'format': 'timm state dict (safetensors)',
             'posemb_resize': 'bicubic_antialias', 'posemb_grid': [side, side],
             'no_embed_class': no_embed_class,

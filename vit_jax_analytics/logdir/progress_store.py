@@ -23,8 +23,12 @@ STATE_DIR = '.vit_analytics_state'
 class LogdirProgressStore:
   """Accumulators of the computation `key` of `analysis` in <logdir>/<run>."""
 
-  def __init__(self, logdir, run: str, analysis: str, key: str):
+  def __init__(self, logdir, run: str, analysis: str, key: str,
+               required: Optional[Mapping[str, tuple]] = None):
+    """required: {array name: its shape} that a saved file must hold (else it is set
+    aside like a damaged one: e.g. a file left by another version)."""
     self.path = run_directory(logdir, run) / STATE_DIR / f'{analysis}-{key}.npz'
+    self.required = dict(required or {})
 
   def save(self, next_batch: int, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically records the accumulators after `next_batch` batches."""
@@ -46,11 +50,18 @@ class LogdirProgressStore:
     try:
       with np.load(self.path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k != '__next_batch__'}
-        return int(f['__next_batch__']), arrays
+        next_batch = f['__next_batch__']
+        if next_batch.shape != () or next_batch.dtype.kind not in 'iu' or next_batch < 0:
+          raise ValueError(f'__next_batch__ is {next_batch!r}')
+        for name, shape in self.required.items():
+          if name not in arrays or arrays[name].shape != tuple(shape):
+            raise KeyError(f'{name} of shape {tuple(shape)}')
+        return int(next_batch), arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       damaged = self.path.with_suffix('.damaged')
       os.replace(self.path, damaged)
-      print(f'warning: {self.path}: damaged progress file ({type(e).__name__}) moved to '
+      reason = f'lacks {e.args[0]}' if isinstance(e, KeyError) else type(e).__name__
+      print(f'warning: {self.path}: damaged or foreign progress file ({reason}) moved to '
             f'{damaged.name}; starting over', file=sys.stderr)
       return None
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
+from vit_jax_analytics.errors import ReadError
 from vit_jax_analytics.logdir import metadata, records, schema
 from vit_jax_analytics.logdir.writer import file_analysis_step
 
@@ -64,16 +65,40 @@ def _read_files(paths) -> dict:
   return values
 
 
+def _read_result(run_dir, step, analysis: str, from_tags):
+  """from_tags(the analysis's tags) at `step`; ReadError (one line, naming the directory)
+  where the run or the analysis is missing, or its values are not of this format."""
+  run_dir = Path(run_dir)
+  if not run_dir.is_dir():
+    raise ReadError(f'{run_dir}: no such run directory')
+  written = steps(run_dir).get(analysis)
+  if not written:
+    raise ReadError(f'{run_dir}: no {analysis} results in this run directory (expected an '
+                    f'event file written by `vit-analytics {analysis}` or `analyze`)')
+  if step is not None and step not in written:
+    raise ReadError(f'{run_dir}: no {analysis} results at step {step}; steps written: '
+                    f'{written[:20]}')
+  tags = read_run(run_dir, step, (analysis,))
+  if f'{analysis}/meta' not in tags:
+    raise ReadError(f'{run_dir}: the {analysis} event file holds no {analysis}/meta; '
+                    f'expected a complete file written by vit-analytics')
+  try:
+    return from_tags(tags)
+  except (KeyError, TypeError, ValueError) as e:
+    raise ReadError(f'{run_dir}: the {analysis} values are incomplete or of another format '
+                    f'({type(e).__name__}: {str(e)[:100]})') from None
+
+
 def read_importance(run_dir, step=None):
   """-> results.ImportanceResult (float32 as stored) at `step` (default the latest)."""
-  return schema.importance_from(read_run(run_dir, step, ('importance',)))
+  return _read_result(run_dir, step, 'importance', schema.importance_from)
 
 
 def read_strength(run_dir, step=None):
   """-> results.StrengthResult (float32 as stored) at `step` (default the latest)."""
-  return schema.strength_from(read_run(run_dir, step, ('strength',)))
+  return _read_result(run_dir, step, 'strength', schema.strength_from)
 
 
 def read_patterns(run_dir, step=None):
   """-> results.PatternResult (float32 as stored) at `step` (default the latest)."""
-  return schema.patterns_from(read_run(run_dir, step, ('patterns',)))
+  return _read_result(run_dir, step, 'patterns', schema.patterns_from)

@@ -32,7 +32,7 @@ _RUN_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$')
 
 
 def check_run_name(run: str) -> str:
-  if not _RUN_NAME.match(run or '') or '..' in run:
+  if not isinstance(run, str) or not _RUN_NAME.fullmatch(run) or '..' in run:  # not match: '$' matches before a final newline
     raise VitAnalyticsError(f'run name {run!r}: expected letters, digits, ".", "_" or "-" '
                             f'(at most 128, not starting with a dot)')
   return run

@@ -63,7 +63,7 @@ table.data tr.stored td { font-weight: 600; } table.data tr.wrong td:nth-child(5
 table.rules { font-size: 11px; border-collapse: collapse; } table.rules td { padding: 0 6px; color: #757575; }
 table.rules tr.fired td { color: #212121; font-weight: 600; }
 .pattern-cell.empty-cell { opacity: 0.18; }
-.pattern-cell.selected { border-color: #212121; }
+.pattern-cell.selected { box-shadow: 0 0 0 2px #212121; }
 .cell-panel { width: 360px; min-height: 300px; }
 .sample-gallery { display: grid; grid-template-columns: repeat(3, auto); gap: 6px; }
 .sample .caption { font-size: 10px; color: #616161; }

@@ -12,8 +12,9 @@ import pytest
 # The kinds of test that `make test-fast` leaves out (`-m 'not slow_kind'`), by module; tests
 # that start eight-device JAX subprocesses are found by what they call.
 SLOW_KINDS = {
-    'browser': ('test_plugin_browser', 'test_plugin_views', 'test_training_browser',
-                'test_demo_tour', 'test_siglip_end_to_end'),
+    'browser': ('test_plugin_browser', 'test_plugin_views', 'test_plugin_views2',
+                'test_training_browser', 'test_demo_tour', 'test_siglip_end_to_end'),
+    'server': ('test_plugin_memory_bomb',),
     'multiprocess': ('test_multiprocess',),
     'crosslib': ('test_crosscheck_hf', 'test_crosscheck_siglip', 'test_families_hf',
                  'test_families_onnx', 'test_families_timm'),
@@ -23,6 +24,7 @@ SLOW_KINDS = {
 
 def pytest_configure(config):
   for kind, why in (('browser', 'drives the plugin in headless Chromium'),
+                    ('server', 'serves a logdir with a real tensorboard'),
                     ('multiprocess', 'starts other JAX processes (2 processes, 8 devices)'),
                     ('crosslib', 'checks against PyTorch / transformers / timm / onnxruntime'),
                     ('demo', "runs or reads the photo demo's analysis"),

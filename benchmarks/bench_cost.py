@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.reference import importance_kernels as reference  # noqa: E402
 from vit_jax_analytics import (cost, importance, model as model_lib, patterns,  # noqa: E402
                                strength)
+from vit_jax_analytics.importance import forwards, partial, plan as stage2_plan, sums  # noqa: E402
 
 
 def timed(fn, *args, repeats=2):
@@ -43,22 +45,23 @@ def stage_functions(params, config, images, labels, options):
   """{stage: (jitted fn, args)} on this batch, stage 2 planned from this batch's stage 1
   (so its masks and heads are those a real run would use)."""
   chunk = options.chunk or importance.default_chunk()
-  grads, _, ablation, _, logits = importance.stage1_batch(params, config, images, labels,
-                                                          chunk)
-  acc = importance.stage1_sums(config, images.shape[0], False)
+  grads, _, ablation, _, logits = importance.taylor_ablation_batch(params, config, images,
+                                                                   labels, chunk)
+  acc = sums.stage1_sums(config, images.shape[0], False)
   from vit_jax_analytics.batches import Batch
   b = images.shape[0]
   batch = Batch(np.asarray(images), np.asarray(labels), np.arange(b, dtype=np.int32),
                 np.ones(b, bool))
-  importance.add_stage1(acc, batch, grads, ablation, importance.full_metrics(logits, labels),
+  sums.add_stage1(acc, batch, grads, ablation, importance.full_metrics(logits, labels),
                         importance.targets_from(logits, labels))
   variants = importance.partial_variants(config, options.partial_radii, options.partial_region)
-  plan = importance.plan_stage2(acc, config, options, variants)
+  plan = stage2_plan.plan_stage2(acc, config, options, variants)
   forward = jax.jit(lambda p, x: model_lib.apply(p, config, x), )
   return plan, len(variants), {
       'forward': (forward, (params, images)),
-      'importance stage 1': (importance.stage1_batch, (params, config, images, labels, chunk)),
-      'importance stage 2': (importance.stage2_batch, (
+      'importance stage 1': (importance.taylor_ablation_batch, (params, config, images, labels,
+                                                                chunk)),
+      'importance stage 2': (importance.curves_partial_batch, (
           params, config, images, labels, jnp.asarray(plan.unique_masks), plan.first_layers,
           jnp.asarray(plan.heads), jnp.asarray(plan.keeps), options.renormalize, plan.layers,
           chunk)),
@@ -70,7 +73,7 @@ def stage_functions(params, config, images, labels, options):
       'old: taylor_batch': (importance.taylor_batch, (params, config, images, labels)),
       'old: ablation_batch': (importance.ablation_batch, (params, config, images, labels,
                                                           chunk)),
-      'old: partial (whole layer)': (importance.partial_batch_plain, (
+      'old: partial (whole layer)': (reference.partial_batch_plain, (
           params, config, images, labels, jnp.asarray(plan.heads), jnp.asarray(plan.keeps),
           options.renormalize, plan.layers, chunk)),
   }
@@ -112,7 +115,8 @@ def xla_pieces(params, config, images, labels, plan, variants, renormalize):
   share = cf(lambda h, k: jnp.einsum('bte,ed->btd', h, k),
              jnp.zeros((b, config.num_tokens, config.hidden_size // H)),
              jnp.zeros((config.hidden_size // H, config.hidden_size)))
-  unmasked = cf(lambda p, x: importance._unmasked(p, config, x, labels), params, images)
+  unmasked = cf(lambda p, x: forwards.unmasked_forward(
+      p, config, x, labels, importance.default_objective(config)), params, images)
   suffix_after = {l: after_attention(l) for l in range(L)}
   stage1 = cf(taylor, params, images, labels) + sum(
       H * (suffix_after[l] + share) for l in range(L))
@@ -120,9 +124,9 @@ def xla_pieces(params, config, images, labels, plan, variants, renormalize):
   keep = jnp.asarray(plan.keeps[0])
   for flat, l in zip(plan.heads, plan.layers):
     p_l = params['Transformer'][f'encoderblock_{l}']
-    head = cf(lambda p, x: importance._one_head_attention(p, config, x, int(flat) % H),
+    head = cf(lambda p, x: model_lib.one_head_attention(p, config, x, int(flat) % H),
               p_l, tokens)
-    edit = cf(lambda w, v, k: jnp.einsum('bqk,bke->bqe', w - importance._edit_weights(
+    edit = cf(lambda w, v, k: jnp.einsum('bqk,bke->bqe', w - partial.edit_attention(
         w, k, renormalize), v), jnp.zeros((b, config.num_tokens, config.num_tokens)),
         jnp.zeros((b, config.num_tokens, config.hidden_size // H)), keep)
     stage2 += head + variants * (edit + share + suffix_after[l])

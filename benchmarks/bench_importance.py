@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import best_time  # noqa: E402
+from tests.reference import importance_kernels as reference  # noqa: E402
 from vit_jax_analytics import importance, model as model_lib  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main():
   plain = best_time(forward, params, images, jnp.ones((config.num_layers, config.num_heads)),
                     repeats=args.repeats)
   t_loop = best_time(python_loop, params, images, repeats=args.repeats)
-  t_vmap = best_time(importance.ablation_batch_no_reuse, params, config, images, labels,
+  t_vmap = best_time(reference.ablation_batch_no_reuse, params, config, images, labels,
                      args.chunk, repeats=args.repeats)
   t_reuse = best_time(importance.ablation_batch, params, config, images, labels, args.chunk,
                       repeats=args.repeats)

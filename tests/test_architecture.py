@@ -38,11 +38,80 @@ def imports() -> dict:
   return {k: {m for m in v if m in known and m != k} for k, v in graph.items()}
 
 
+def is_analysis(name: str) -> bool:
+  """An analysis module: importance (the package and its modules), strength, patterns."""
+  return any(name == a or name.startswith(a + '.') for a in ANALYSES)
+
+
 def test_analyses_import_no_io_module():
   graph = imports()
-  for analysis in ANALYSES:
+  analyses = [m for m in graph if is_analysis(m)]
+  assert len(analyses) > len(ANALYSES)  # importance's own modules are checked too
+  for analysis in analyses:
     bad = sorted(m for m in graph[analysis] if m.startswith(IO))
     assert not bad, f'{analysis} imports {bad}'
+
+
+def source_files():
+  for package in PACKAGES:
+    for path in sorted((ROOT / package).rglob('*.py')):
+      yield module_name(path), path
+
+
+def calls(path: Path, name: str) -> list:
+  """Line numbers where `path` calls a function or method named `name`."""
+  return [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+          if isinstance(node, ast.Call) and name in (getattr(node.func, 'attr', None),
+                                                     getattr(node.func, 'id', None))]
+
+
+def test_only_streaming_builds_meshes_for_analyses():
+  """The analyses get their mesh, shard, batch size and cast params from streaming.py."""
+  allowed = {'vit_jax_analytics.streaming', 'vit_jax_analytics.parallel'}
+  for name, path in source_files():
+    if name not in allowed:
+      for call in ('batch_mesh', 'process_shard', 'local_batch_size'):
+        assert not calls(path, call), f'{name} calls {call} (lines {calls(path, call)})'
+
+
+def test_one_attention_implementation():
+  """Attention weights are computed in model.dot_product_attention alone (the model,
+  intercepted foreign models and importance's one-head recomputation call it)."""
+  for name, path in source_files():
+    text = path.read_text()
+    tree = ast.parse(text)
+    softmaxes = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and getattr(n.func, 'attr', None) == 'softmax']
+    if name == 'vit_jax_analytics.model':
+      assert len(softmaxes) == 1, softmaxes
+    else:
+      assert not softmaxes, f'{name} computes a softmax (lines {softmaxes})'
+
+
+def test_importance_is_a_package_of_small_modules():
+  modules = sorted((ROOT / 'vit_jax_analytics' / 'importance').glob('*.py'))
+  assert len(modules) >= 8
+  for path in modules + [ROOT / 'vit_jax_analytics' / m for m in ('streaming.py',
+                                                                   'prefix_reuse.py')]:
+    lines = len(path.read_text().splitlines())
+    assert lines <= 500, f'{path.name}: {lines} lines'
+
+
+def test_test_only_kernels_live_under_tests():
+  """The plain (no-reuse) reference kernels are not part of the package."""
+  for name, path in source_files():
+    text = path.read_text()
+    for kernel in ('ablation_batch_no_reuse', 'partial_batch_plain'):
+      assert f'def {kernel}' not in text, f'{name} defines {kernel}'
+
+
+def test_training_uses_importance_through_its_public_api():
+  """training.py reaches importance only through names its __init__ exports."""
+  import vit_jax_analytics.importance as importance
+  tree = ast.parse((ROOT / 'vit_jax_analytics' / 'training.py').read_text())
+  used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+          and getattr(n.value, 'id', None) == 'importance'}
+  assert used and used <= set(importance.__all__), sorted(used - set(importance.__all__))
 
 
 def test_logdir_and_plugin_depend_only_downstream():
@@ -74,3 +143,31 @@ def test_import_graph_is_acyclic():
 
   for node in sorted(graph):
     visit(node, [])
+
+
+def test_loaders_import_no_analysis():
+  """checkpoints/ and the families' weight mappers load weights; they run no analysis.
+  (families/intercept.py and families/example_compact_vit.py still hold a runner of their
+  own: the exception this test names.)"""
+  runners = {'vit_jax_analytics.families.intercept',
+             'vit_jax_analytics.families.example_compact_vit'}
+  graph = imports()
+  loaders = [m for m in graph if m.startswith(('vit_jax_analytics.checkpoints',
+                                               'vit_jax_analytics.families'))]
+  assert 'vit_jax_analytics.checkpoints.posemb' in loaders
+  for name in loaders:
+    if name not in runners:
+      bad = sorted(d for d in graph[name] if is_analysis(d))
+      assert not bad, f'{name} imports {bad}'
+
+
+def test_checkpoints_is_a_package_of_small_modules():
+  modules = sorted((ROOT / 'vit_jax_analytics' / 'checkpoints').glob('*.py'))
+  assert len(modules) >= 6
+  for path in modules:
+    lines = len(path.read_text().splitlines())
+    assert lines <= 500, f'{path.name}: {lines} lines'
+  # One bilinear resampler: the position embedding's, used by every loader.
+  for name, path in source_files():
+    if name != 'vit_jax_analytics.checkpoints.posemb':
+      assert 'def _linear_weights' not in path.read_text(), name

@@ -391,14 +391,14 @@ def bomb(tmp_path_factory):
 @pytest.mark.parametrize('limit,expected', [
     # Over the memory budget: refused from the header alone.
     (1 << 30, 'its arrays declare 1610612736 bytes (1.50 GiB), more than the limit of '
-              '1073741824 bytes (1.00 GiB, checkpoints.MAX_NPZ_BYTES)'),
+              '1073741824 bytes (1.00 GiB, checkpoints.npz.MAX_NPZ_BYTES)'),
     # Within the budget, but not a ViT: the shapes alone say so, before any data is inflated.
     (1 << 40, "'embedding/kernel' has shape (402653184,); expected 4 dimensions"),
 ])
 def test_small_file_inflating_to_1_5_gib_is_refused_without_inflating(bomb, monkeypatch,
                                                                        limit, expected):
   assert bomb.stat().st_size < 16 << 20
-  monkeypatch.setattr(checkpoints, 'MAX_NPZ_BYTES', limit)
+  monkeypatch.setattr(checkpoints.npz, 'MAX_NPZ_BYTES', limit)
   msgs = []
   peak = traced_peak(lambda: msgs.append(refuse(bomb)))
   assert expected in msgs[0] and 'bomb.npz' in msgs[0], msgs[0]
@@ -406,11 +406,11 @@ def test_small_file_inflating_to_1_5_gib_is_refused_without_inflating(bomb, monk
 
 
 def test_default_budget_is_half_the_available_memory(tmp_path, monkeypatch):
-  monkeypatch.setattr(checkpoints, '_available_memory', lambda: 2 * 40000)
+  monkeypatch.setattr(checkpoints.npz, '_available_memory', lambda: 2 * 40000)
   arrays = random_vit_jax_arrays(0, **SMALL)  # about 0.1 MB
   with pytest.raises(CheckpointError, match='limit of 40000 bytes .*half the available memory'):
     checkpoints.load_checkpoint(save(tmp_path, arrays))
-  monkeypatch.setattr(checkpoints, '_available_memory', lambda: None)
+  monkeypatch.setattr(checkpoints.npz, '_available_memory', lambda: None)
   checkpoints.load_checkpoint(save(tmp_path, arrays))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests import numerics
+from tests.reference import importance_kernels as reference
 from tests.tiny import TINY, folder_source, tiny_images, tiny_params, write_images
 from tests.test_importance import np_metrics
 from vit_jax_analytics import checkpoints, cli, cost, importance, model as model_lib
@@ -25,11 +26,11 @@ def setup():
 
 
 @numerics.in_float64  # the same sums in another order: compared in float64
-def test_stage1_batch_is_taylor_and_ablation(setup):
+def test_taylor_ablation_batch_is_taylor_and_ablation(setup):
   params, images, labels, *_ = setup
   params, images = numerics.as64((params, images))
   x, y = jnp.asarray(images), jnp.asarray(labels)
-  grads, pool_grads, ablation, pool_ablation, logits = importance.stage1_batch(
+  grads, pool_grads, ablation, pool_ablation, logits = importance.taylor_ablation_batch(
       params, TINY, x, y, 2)
   assert pool_grads is None and pool_ablation is None  # no MAP head
   ref_grads, ref_logits = importance.taylor_batch(params, TINY, x, y)
@@ -76,7 +77,7 @@ def test_prefix_reused_partial_pruning_equals_rerunning_the_layer(setup):
   for renorm in (False, True):
     args = (params, TINY, jnp.asarray(images), jnp.asarray(labels), jnp.asarray(heads), keeps,
             renorm, layers, 3)
-    got, ref = importance.partial_batch(*args), importance.partial_batch_plain(*args)
+    got, ref = importance.partial_batch(*args), reference.partial_batch_plain(*args)
     for m in importance.ABLATION_METRICS:
       numerics.assert_metric64(got[m], ref[m], m)
 
@@ -167,7 +168,7 @@ def test_analytic_cost_against_xla(setup):
   assert cost.flops(TINY).forward * len(images) <= fwd <= 3 * cost.flops(TINY).forward * len(
       images)
   # Sharing the forward and prefix reuse keep stage 1 within the planned figure.
-  stage1 = cost.xla_flops(importance.stage1_batch, params, TINY, x, y, 2) / fwd
+  stage1 = cost.xla_flops(importance.taylor_ablation_batch, params, TINY, x, y, 2) / fwd
   assert stage1 <= 1.2 * cost.stage1(TINY)
 
 

@@ -181,8 +181,9 @@ def test_tour_pruning_curves(demo):
 # 4. The pattern map.
 def test_tour_pattern_clusters(demo):
   """The autoencoder's clusters separate the kinds better than chance (purity above the
-  99th percentile of random clusterings of the same sizes), and one cluster, named local,
-  gathers the neighbour-offset heads."""
+  99th percentile of random clusterings of the same sizes), and one cluster, whose decoded
+  pattern is local, gathers the neighbour-offset heads. (The page names clusters by their
+  members' most common kind; `names` is the decoded pattern's rule.)"""
   c = demo['kinds']['clusters']
   assert c['purity'] > c['chance_purity_p99']
   by_kind = c['by_kind']

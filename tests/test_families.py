@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests import numerics
+from tests.reference import importance_kernels as reference
 from tests.tiny import tiny_images
 from vit_jax_analytics import batches, importance, model as model_lib
 from vit_jax_analytics.model import ViTConfig
@@ -140,7 +141,7 @@ def test_class_matrix_is_a_classifier_on_the_embedding(setup):
 
 
 @pytest.mark.parametrize('kind', ['embedding', 'classes'])
-def test_stage1_batch_shares_the_taylor_forward_with_a_map_head(setup, kind):
+def test_taylor_ablation_batch_shares_the_taylor_forward_with_a_map_head(setup, kind):
   """Stage 1 in one forward + backward (the ablation scan starting from the Taylor pass's
   intermediates) gives what taylor_pool_batch and ablation_pool_batch give, the pooling row
   included, under both objectives."""
@@ -151,7 +152,7 @@ def test_stage1_batch_shares_the_taylor_forward_with_a_map_head(setup, kind):
   with numerics.float64():  # the same sums in another order: compared in float64
     params, images = numerics.as64((params, images))
     x, labels, index = jnp.asarray(images), jnp.array([1, -1, 4]), jnp.arange(3)
-    grads, pool_grads, blocks, pool, out = importance.stage1_batch(params, MAPCFG, x, labels,
+    grads, pool_grads, blocks, pool, out = importance.taylor_ablation_batch(params, MAPCFG, x, labels,
                                                                    2, obj, index)
     ref_grads, ref_pool_grads, ref_out = importance.taylor_pool_batch(params, MAPCFG, x,
                                                                       labels, obj, index)
@@ -182,7 +183,7 @@ def test_stage2_prefix_reuse_with_registers_and_a_map_head(setup):
     heads, layers = jnp.array([1, 6]), (0, 1)
     args = (params, MAPCFG, x, labels, heads, keeps, False)
     got = importance.partial_batch(*args, jnp.asarray(layers), 2, obj)
-    ref = importance.partial_batch_plain(*args, layers, 2, obj)
+    ref = reference.partial_batch_plain(*args, layers, 2, obj)
     for m in ('loss', 'kl'):
       numerics.assert_close64(got[m], ref[m], m)
       for i, mask in enumerate(masks):

@@ -10,7 +10,7 @@ transformers = pytest.importorskip('transformers')
 import jax
 
 from vit_jax_analytics import checkpoints, model as model_lib
-from vit_jax_analytics.families import posemb
+import vit_jax_analytics.checkpoints.posemb as posemb
 
 KW = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
           image_size=28, patch_size=7, attn_implementation='eager')

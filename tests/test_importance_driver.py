@@ -102,7 +102,7 @@ def test_head_carrying_all_signal_ranks_first_everywhere(image_set):
 def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, tmp_path,
                                                          monkeypatch):
   calls = []
-  real = importance.stage1_batch
+  real = importance.taylor_ablation_batch
 
   def counting(*a, **k):
     calls.append(1)
@@ -111,7 +111,7 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
       raise KeyboardInterrupt
     return real(*a, **k)
 
-  monkeypatch.setattr(importance, 'stage1_batch', counting)
+  monkeypatch.setattr(importance.driver, 'taylor_ablation_batch', counting)
   store = progress_store.LogdirProgressStore(tmp_path, 'run', 'importance', 'k1')
   opts = options(batch_size=4, save_every_seconds=0.)
   params = numerics.as64(tiny_params())
@@ -170,11 +170,11 @@ images, labels = tiny_images(4), np.array([0, 1, -1, 3])
 index = np.arange(4, dtype=np.int32)
 
 def scan(params, config, mesh, chunk=1):
-  """The ablation scan of stage1_batch on `mesh` (None: unsplit, one device)."""
+  """The ablation scan of taylor_ablation_batch on `mesh` (None: unsplit, one device)."""
   if mesh is None:
-    return importance.stage1_batch(params, config, images, labels, chunk, None, index)[2]
+    return importance.taylor_ablation_batch(params, config, images, labels, chunk, None, index)[2]
   x, y, i = parallel.shard_batch(mesh, (images, labels, index))
-  return importance.stage1_batch(parallel.replicate(mesh, params), config, x, y, chunk, None,
+  return importance.taylor_ablation_batch(parallel.replicate(mesh, params), config, x, y, chunk, None,
                                  i, mesh=mesh)[2]
 
 # Heads (4) padded to 8 shards; prefix reuse, and an intercepted model's full forwards.
@@ -196,7 +196,7 @@ def flops(k):
   mesh = parallel.batch_mesh(jax.devices()[:2 * k], mask_shards=k)
   x, y, i = parallel.shard_batch(mesh, (images, labels, index))
   split = mesh if k > 1 else None
-  compiled = importance.stage1_batch.lower(parallel.replicate(mesh, tiny_params()), TINY, x,
+  compiled = importance.taylor_ablation_batch.lower(parallel.replicate(mesh, tiny_params()), TINY, x,
                                            y, 10 ** 6, None, i, mesh=split).compile()
   cost = compiled.cost_analysis()
   return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
@@ -213,7 +213,7 @@ print('ok', f1, f2, f4)
 
 
 def test_ablation_scan_split_over_a_masks_axis_equals_unsplit():
-  """stage1_batch on (batch x masks) meshes of 8 forced CPU devices equals the unsplit scan
+  """taylor_ablation_batch on (batch x masks) meshes of 8 forced CPU devices equals the unsplit scan
   on one device (in float64, to F64_RTOL of the largest magnitude; K = 8 pads 4 heads to 8), for
   prefix reuse and an intercepted model's full forwards, and divides the scan's work."""
   assert 'ok' in run_on_eight_cpu_devices(MASK_SHARDS)

@@ -67,7 +67,7 @@ b = parallel.local_batch_size(8, mesh)
 rows = slice(p * b, (p + 1) * b)
 x, y, index = parallel.shard_batch(mesh, (images[:8][rows], labels[:8][rows],
                                           np.arange(8, dtype=np.int32)[rows]))
-_, _, ablation, _, _ = importance.stage1_batch(parallel.replicate(mesh, tiny_params()), TINY,
+_, _, ablation, _, _ = importance.taylor_ablation_batch(parallel.replicate(mesh, tiny_params()), TINY,
                                                x, y, 1, None, index, mesh=mesh)
 for k, v in parallel.to_host(ablation).items():
   out[f'masks_{k}'] = v[..., rows]
@@ -186,7 +186,7 @@ def test_ablation_on_a_batch_by_masks_mesh_across_processes(two_processes):
   images = tiny_images(21)[:8]
   labels = (np.arange(21) % TINY.num_classes)
   labels[::4] = -1
-  _, _, ablation, _, _ = importance.stage1_batch(tiny_params(), TINY, images, labels[:8], 1,
+  _, _, ablation, _, _ = importance.taylor_ablation_batch(tiny_params(), TINY, images, labels[:8], 1,
                                                  None, np.arange(8, dtype=np.int32))
   for proc in (0, 1):
     got = np.load(two_processes / f'p{proc}.npz')

@@ -28,15 +28,15 @@ def inputs(tmp_path):
 
 def interrupt_after(monkeypatch, batches):
   """Makes the next importance run stop (KeyboardInterrupt) after `batches` batches."""
-  real, calls = importance.stage1_batch, []
+  real, calls = importance.taylor_ablation_batch, []
 
   def ablation(*a, **k):
     calls.append(1)
     if len(calls) > batches:
       raise KeyboardInterrupt
     return real(*a, **k)
-  monkeypatch.setattr(importance, 'stage1_batch', ablation)
-  return lambda: monkeypatch.setattr(importance, 'stage1_batch', real)
+  monkeypatch.setattr(importance.driver, 'taylor_ablation_batch', ablation)
+  return lambda: monkeypatch.setattr(importance.driver, 'taylor_ablation_batch', real)
 
 
 def test_resume_after_the_image_set_changed_starts_over(inputs, tmp_path, monkeypatch):
@@ -79,7 +79,7 @@ def test_resume_key_covers_what_changes_results(inputs, tmp_path, change):
 
 def test_logdir_that_is_a_file_fails_before_computing(inputs, tmp_path, capsys, monkeypatch):
   (tmp_path / 'logs').write_text('not a folder')
-  monkeypatch.setattr(importance, 'stage1_batch', lambda *a: pytest.fail('computed first'))
+  monkeypatch.setattr(importance.driver, 'taylor_ablation_batch', lambda *a: pytest.fail('computed first'))
   code = cli.main(['importance', '--checkpoint', str(inputs.checkpoint), '--images',
                    str(inputs.images), '--logdir', str(tmp_path / 'logs'), '--no-progress'])
   err = capsys.readouterr().err

@@ -143,7 +143,7 @@ def test_3_no_null_text_legends_do_not_overlap_and_layer_colours_do_not_repeat(p
   page.select('#scale-mode', 'per-map')
   page.wait.until(lambda d: page.ready() and page.one('#scale-mode').get_attribute('value') == 'per-map')
   page.wait.until(lambda d: page.all('.cluster'))
-  assert 'null' not in page.js('return document.getElementById("view-patterns").innerText')
+  assert not re.search(r'\bnull\b', page.js('return document.getElementById("content").innerText'))
   # Every legend's tick labels are apart (small ones included).
   overlaps = page.js("""
     const out = [];
@@ -445,3 +445,19 @@ def test_12_images_laid_out_by_their_heads_and_brushing_filters_the_table(page, 
   assert rows == inside
   thumbs = sorted(int(t.get_attribute('data-image')) for t in page.all('#overview-thumbs .overview-thumb'))
   assert thumbs == inside
+
+
+def test_13_pattern_cells_framed_by_their_samples_cluster(page, logdir):
+  tags = reader.read_run(logdir / 'tiny', analyses=['patterns'])
+  cells, index, clusters = (tags[f'patterns/{k}'] for k in ('sample_cell', 'sample_index', 'head_cluster'))
+  g = tags['patterns/map'].shape[0]
+  want = {}
+  for r in range(g):
+    for k in range(g):
+      mine = [int(clusters[index[s, 1], index[s, 2]]) for s in np.flatnonzero((cells[:, 0] == r) & (cells[:, 1] == k))]
+      want[(r, k)] = min(set(mine), key=lambda j: (-mine.count(j), j)) if mine else -1
+  page.wait.until(lambda d: len(page.all('#pattern-map canvas')) == g * g)
+  got = {(int(c.get_attribute('data-row')), int(c.get_attribute('data-col'))): int(c.get_attribute('data-cluster'))
+         for c in page.all('#pattern-map canvas')}
+  assert got == want
+  assert page.all('#pattern-cluster-key')

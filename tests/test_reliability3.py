@@ -188,7 +188,7 @@ def test_foreign_progress_file_is_set_aside_with_a_warning(tmp_path, capsys):
   np.savez(state / f'importance-{key}.npz', __next_batch__=np.asarray(1), other=np.zeros(3))
   code, out, err = run(capsys, *argv)
   assert code == 0, err
-  assert 'damaged or foreign progress file (lacks' in err and 'starting over' in err
+  assert 'damaged progress file (lacks' in err and 'starting over' in err
   assert (state / f'importance-{key}.damaged').exists()
   assert 'wrote' in out
 

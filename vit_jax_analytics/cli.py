@@ -214,7 +214,7 @@ def cmd_info(args):
       inputs.checkpoint, image_size=inputs.image_size, gelu_approximate=inputs.gelu_approximate,
       pooling=inputs.pooling)
   n = sum(v.size for v in flatten(params).values())
-  fmt = checkpoints.source_format(checkpoints._split_subtree(inputs.checkpoint)[0])
+  fmt = checkpoints.source_format(checkpoints.split_subtree(inputs.checkpoint)[0])
   family = (source['family'] if fmt in ('safetensors', 'onnx')
             else checkpoints.describe_family(args.checkpoint, config))
   details = {k: v for k, v in source.items() if k not in ('family', 'format', 'ignored')}

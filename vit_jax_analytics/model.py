@@ -231,6 +231,48 @@ def get_config(name: str, **overrides) -> ViTConfig:
   return CONFIGS[name].replace(**overrides)
 
 
+def dot_product_attention(q, k, v, attention_edit: Optional[AttentionEdit] = None, layer=0,
+                          mask=None):
+  """The attention of every head, the one implementation in this package (the model, the
+  intercepted foreign models and importance's one-head recomputation all call it).
+  q [..., Q, H, D/H], k and v [..., K, H, D/H] (as the projections make them); mask
+  (optional, broadcast to [..., H, Q, K]): False where a key is hidden; attention_edit is
+  applied to the weights after the softmax -> (heads [..., Q, H, D/H], weights
+  [..., H, Q, K])."""
+  head_dim = q.shape[-1]
+  # Heads first, [..., H, T, D/H], for the two attention products: with the heads axis
+  # between tokens and features ([..., T, H, D/H], as the projections make them), XLA's
+  # CPU backend ran q k^T - softmax - (.) v about 2x slower (ViT-B/16, 4 images: 26.1 vs
+  # 12.7 ms a layer; benchmarks/bench_forward.py); the same sums either way.
+  q, k, v = (jnp.swapaxes(a, -3, -2) for a in (q, k, v))
+  logits = jnp.einsum('...hqd,...hkd->...hqk', q / jnp.sqrt(head_dim).astype(q.dtype), k)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if attention_edit is not None:
+    weights = attention_edit(weights, layer)
+  heads = jnp.swapaxes(jnp.einsum('...hqk,...hkd->...hqd', weights, v), -3, -2)
+  return heads, weights
+
+
+def one_head_attention(block_params, config: 'ViTConfig', block_input, h):
+  """Head h's attention weights [B, Q, K] and values [B, K, D/H] in the encoder block with
+  parameters `block_params`, recomputed from the block's input [B, T, D] (its recorded
+  'block_input'): the block's first LayerNorm, head h's projections alone (not the
+  layer's), then dot_product_attention."""
+  att = block_params['MultiHeadDotProductAttention_1']
+  y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply(
+      {'params': block_params['LayerNorm_0']}, block_input)
+
+  def proj(name):
+    kernel, bias = att[name]['kernel'][:, h], att[name]['bias'][h]   # [D, D/H], [D/H]
+    return (jnp.einsum('btd,de->bte', y, kernel) + bias)[:, :, None]  # [B, T, 1, D/H]
+
+  v = proj('value')
+  _, weights = dot_product_attention(proj('query'), proj('key'), v)
+  return weights[:, 0], v[:, :, 0]
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Self-attention whose per-head outputs can be scaled by a head mask."""
   num_heads: int
@@ -246,16 +288,7 @@ class MultiHeadDotProductAttention(nn.Module):
     q = proj(name='query')(x)
     k = proj(name='key')(kv)
     v = proj(name='value')(kv)
-    # Heads first, [B, H, T, D/H], for the two attention products: with the heads axis
-    # between tokens and features ([B, T, H, D/H], as the projections make them), XLA's
-    # CPU backend ran q k^T - softmax - (.) v about 2x slower (ViT-B/16, 4 images: 26.1 vs
-    # 12.7 ms a layer; benchmarks/bench_forward.py); the same sums either way.
-    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
-    logits = jnp.einsum('bhqd,bhkd->bhqk', q / jnp.sqrt(head_dim).astype(q.dtype), k)
-    weights = jax.nn.softmax(logits, axis=-1)
-    if attention_edit is not None:
-      weights = attention_edit(weights, layer)
-    heads = jnp.swapaxes(jnp.einsum('bhqk,bhkd->bhqd', weights, v), 1, 2)  # [B, T, H, D/H]
+    heads, weights = dot_product_attention(q, k, v, attention_edit, layer)  # [B, T, H, D/H]
     # The per-head outputs [B, T, H, D/H], for callers that rebuild `out` without one head.
     self.sow('intermediates', 'heads', heads)
     if head_mask_row is not None:

@@ -14,7 +14,7 @@ writes it.
 For large models with small batches, importance's single-head ablation scan can also split
 its heads over a second mesh axis: `batch_mesh(mask_shards=K)` is a 2-D ('batch', 'masks')
 mesh of (devices / K) x K, each row one process's devices; batches are split over 'batch'
-(and replicated over 'masks'), the scan's heads over 'masks' (`importance.stage1_batch`).
+(and replicated over 'masks'), the scan's heads over 'masks' (`importance.taylor_ablation_batch`).
 Everything else runs as on a 1-D mesh of the 'batch' axis, repeated along 'masks'.
 """
 

@@ -24,11 +24,12 @@ import numpy as np
 import optax
 
 from vit_jax_analytics import model as model_lib, parallel, precision
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, process_shard
+from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource
 from vit_jax_analytics.errors import DataError
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import MAX_SEED, check, option
 from vit_jax_analytics.results import PatternResult, Samples, TrainingHistory
+from vit_jax_analytics.streaming import analysis_mesh, open_stream
 
 
 # --- samples -------------------------------------------------------------------------------
@@ -103,21 +104,14 @@ def extract_samples(params, config: ViTConfig, source: BatchSource, per_head: in
   on every process (`parallel.allgather_concat`): every process returns the same samples.
   dtype: the forward's precision (the samples are float16 either way).
   """
-  mesh = mesh or parallel.batch_mesh()
-  source = source.take(max_images)
-  # No bigger batch than the images need (a padded batch computes its padding too).
-  batch_size = parallel.local_batch_size(min(batch_size, max(len(source), 1)), mesh)
-  if parallel.is_multiprocess(mesh):
-    source = process_shard(source, batch_size, jax.process_index(),
-                           parallel.process_count(mesh))
-  params = parallel.replicate(mesh, precision.cast(params, dtype))
+  stream = open_stream(params, source.take(max_images), batch_size, dtype, mesh)
+  mesh, params = stream.mesh, stream.params
   parts = []
-  for batch in source.batches(batch_size, progress=progress, desc='pattern samples'):
+  for batch in stream.batches(progress=progress, desc='pattern samples'):
     queries = sample_queries(batch.index, config, per_head, seed)
-    images, q = parallel.shard_batch(mesh, (precision.like_params(batch.images, params),
-                                            queries))
+    images, q = stream.put(batch.images, queries)
     # With several processes, each reads back (and keeps) only its own rows.
-    rows, to_cls = (parallel.local_rows(x, mesh) for x in parallel.to_host(
+    rows, to_cls = (parallel.local_rows(x, mesh) for x in stream.fetch(
         extract_batch(params, config, images, q)))
     keep = batch.valid
     if keep.any():
@@ -602,7 +596,7 @@ def compute_patterns(params, config: ViTConfig, source: BatchSource,
   autoencoder and returns the result (the others return (None, None)): the autoencoder is
   trained once, by the process that writes.
   """
-  mesh = mesh or parallel.batch_mesh()
+  mesh = mesh or analysis_mesh()
   samples = extract_samples(params, config, source, options.per_head, options.max_images,
                             options.batch_size, options.seed, mesh, options.progress,
                             options.dtype)

@@ -25,6 +25,7 @@ from vit_jax_analytics.errors import NonFiniteError, OptionError, OutputError, V
 from vit_jax_analytics.logdir import progress_store, schema, writer
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
+from vit_jax_analytics.streaming import StageTiming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,25 +193,14 @@ def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
   key = computation_key(inputs, loaded, options)
   if jax.process_count() > 1:  # each process saves (and resumes) its own sums
     key += f'-p{jax.process_index()}of{jax.process_count()}'
-  # What every saved state holds: stage 1's sums (their shapes; the per-image ones vary)
-  required = {k: v.shape for k, v in importance.stage1_sums(loaded.config, 0, False).items()
-              if k != 'target'}
-  store = progress_store.LogdirProgressStore(logdir, run, 'importance', key,
-                                             required={**required, 'stage': ()})
+  store = progress_store.LogdirProgressStore(
+      logdir, run, 'importance', key, required=importance.progress_state_shapes(loaded.config))
   objective = None
   if options.classes_npz:
     objective = importance.classes_objective(
         loaded.config, **checkpoints.load_class_matrix(options.classes_npz))
   result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
                                          store=store, timings=timings, objective=objective)
-  if timings is not None:  # forward-equivalents per image of what each stage evaluated
-    from vit_jax_analytics import cost
-    s1 = timings.setdefault('importance stage 1', {})
-    s1['forward_eq'] = cost.stage1(loaded.config, s1.pop('taylor_probes', 1))
-    s2 = timings.get('importance stage 2')
-    if s2 and 'layers' in s2:
-      s2['forward_eq'] = cost.stage2(loaded.config, s2.pop('first_layers'), s2.pop('layers'),
-                                     s2.pop('variants'))
   thumbs = thumbnails(inputs, loaded)
   return (result, lambda meta: schema.importance_values(result, meta, thumbs,
                                                          inputs.thumbnail_budget_mib),
@@ -387,8 +377,8 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
     print(f'[{k}/{len(analyses)}] {name}', file=sys.stderr, flush=True)
     start = time.perf_counter()
     result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name], timings)
-    if name != 'importance':
-      timings[name] = {'seconds': time.perf_counter() - start}
+    if name != 'importance':  # importance times its two stages itself
+      timings[name] = StageTiming(seconds=time.perf_counter() - start)
     meta = common_meta(inputs, loaded, options[name])
     if _writes():  # every process holds the reduced result; process 0 alone writes it
       try:
@@ -400,11 +390,11 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
     if done:
       done()  # progress is dropped only once the results are safely written
   for s in stages:  # what each stage actually did and took
-    t = timings.get(s.name, {})
-    s.seconds = t.get('seconds')
-    s.compile_seconds = t.get('compile_seconds')
-    s.per_image = t.get('forward_eq', s.per_image)
-    s.images = t.get('images', s.images)
+    t = timings.get(s.name, StageTiming())
+    s.seconds = t.seconds
+    s.compile_seconds = t.compile_seconds
+    s.per_image = s.per_image if t.forward_eq is None else t.forward_eq
+    s.images = s.images if t.images is None else t.images
     s.note = ''
   print(cost.format_table(stages, loaded.config, n_images, title='done'), file=sys.stderr,
         flush=True)

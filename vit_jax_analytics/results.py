@@ -25,7 +25,7 @@ class Baseline:
 
 @dataclasses.dataclass(frozen=True)
 class ImportanceResult:
-  """Which heads matter (see importance.py for the definitions)."""
+  """Which heads matter (see the importance package for the definitions)."""
   taylor: np.ndarray                  # [L, H] mean |dL/d xi|
   taylor_normalized: np.ndarray       # [L, H] L2-normalised within each layer
   ablation_loss: np.ndarray           # [L, H] loss increase with only this head removed

@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax_analytics import model as model_lib, parallel, precision
-from vit_jax_analytics.batches import (DEFAULT_BATCH_SIZE, BatchSource, process_shard,
-                                       shard_range)
+from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, shard_range
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
 from vit_jax_analytics.results import ScalarDistribution, StrengthResult
+from vit_jax_analytics.streaming import open_stream
 
 HIST_BINS = 256
 SCALARS = ('mean_distance', 'entropy', 'self_share', 'cls_share')
@@ -373,26 +373,20 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   """Streams the strength statistics over the images of `source`; also the full attention
   maps and rollout of `options.map_images` images spread evenly over it (over process 0's
   shard when the mesh spans several processes; every process returns the same sums)."""
-  mesh = mesh or parallel.batch_mesh()
-  multi = parallel.is_multiprocess(mesh)
-  # No bigger batch than the images need (a padded batch computes its padding too).
-  batch_size = parallel.local_batch_size(min(options.batch_size, max(len(source), 1)), mesh)
+  stream = open_stream(params, source, options.batch_size, options.dtype, mesh)
+  mesh, params, multi = stream.mesh, stream.params, stream.multiprocess
   wanted = spread_indices(len(source), options.stored_maps(config, len(source)))
   if multi:  # the stored maps come from process 0's shard, which writes them
-    count_p, p = parallel.process_count(mesh), jax.process_index()
-    first_shard = shard_range(len(source), 0, count_p)[1]
+    first_shard = shard_range(len(source), 0, parallel.process_count(mesh))[1]
     wanted = spread_indices(first_shard, options.stored_maps(config, first_shard))
-    source = process_shard(source, batch_size, p, count_p)
-  params = parallel.replicate(mesh, precision.cast(params, options.dtype))
   local_params = parallel.local_copy(params) if multi else params
   sums, count = {}, 0
   maps, map_index = {}, []               # {field: [per-batch arrays]}
   qk = ([], [])                          # queries, keys of the first qk_images stored images
-  for batch in source.batches(batch_size, progress=options.progress, desc='strength'):
-    batch = batch._replace(images=precision.like_params(batch.images, params))
+  for batch in stream.batches(progress=options.progress, desc='strength'):
+    batch = batch._replace(images=stream.cast(batch.images))
     stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
-    sums = accumulate(sums, parallel.to_host(stats), parallel.global_rows(batch.valid, mesh),
-                      config)
+    sums = accumulate(sums, stream.fetch(stats), stream.global_batch(batch).valid, config)
     count += int(batch.valid.sum())
     rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
     if len(rows):

@@ -135,31 +135,9 @@ def probe_importance(params, config: ViTConfig, probe: Probe, options=None) -> I
   empty."""
   options = options or TrainingAnalysisOptions()
   params, place = cast(params, options.dtype), _Placement(params)
-  L, H = config.num_layers, config.num_heads
-  acc = importance.stage1_sums(config, 0, False)
-  for batch, images, labels in _probe_batches(probe, options.batch_size, options.dtype,
-                                              place):
-    grads, logits = place.fetch(importance.taylor_batch(params, config, images, labels))
-    logits = np.asarray(logits, np.float32)
-    if options.ablation:
-      ablation, _ = place.fetch(importance.ablation_batch(params, config, images, labels,
-                                                          importance.default_chunk()))
-    else:
-      ablation = {m: np.zeros((L, H, len(batch.valid))) for m in importance.ABLATION_METRICS}
-    importance.add_stage1(acc, batch, grads, ablation,
-                          importance.full_metrics(logits, batch.labels))
-  scores, baseline = importance.head_scores(acc)
-  if not options.ablation:  # not computed: NaN (shown blank), so every view still draws
-    for name in ('ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'):
-      scores[name] = np.full((L, H), np.nan)
-  empty = {f'{k}_{m}': np.zeros((0, 0)) for k in ('curve', 'partial')
-           for m in importance.ABLATION_METRICS}
-  count = int(acc['count'])
-  return ImportanceResult(**scores, baseline=baseline, curve_counts=np.zeros(0, np.int32),
-                          curve_orders=(), partial_heads=np.zeros(0, np.int32),
-                          partial_variants=(), **empty, images=count,
-                          labelled_images=int(acc['labelled']),
-                          label_free=int(acc['labelled']) < count)
+  return importance.stage1_scores(
+      params, config, _probe_batches(probe, options.batch_size, options.dtype, place),
+      ablation=options.ablation, fetch=place.fetch)
 
 
 # --- cost, in forward-equivalents --------------------------------------------------------
@@ -274,12 +252,12 @@ def _check_same_probe(probe: Probe) -> None:
   """With global params every process must pass the same probe batch (it is replicated
   over the params' devices): a one-line error otherwise."""
   import hashlib
-  from vit_jax_analytics import parallel
+  from vit_jax_analytics import parallel, streaming
   h = hashlib.sha256(np.ascontiguousarray(np.asarray(probe.images, np.float32)).tobytes())
   if probe.labels is not None:
     h.update(np.asarray(probe.labels, np.int64).tobytes())
   digest = int.from_bytes(h.digest()[:4], 'little') & 0x7fffffff
-  if not parallel.agree(digest, parallel.batch_mesh()):
+  if not parallel.agree(digest, streaming.analysis_mesh()):
     raise ValueError('analyse_step: the params are global arrays over several processes, '
                      'but the probe batch differs between processes; pass the same probe '
                      'on every process')

@@ -29,11 +29,11 @@ dl#definitions dt, .variant-definitions dt { font-weight: 500; }
 dl#definitions dd, .variant-definitions dd { margin: 0 0 4px 16px; color: #424242; }
 details.variant-definitions { font-size: 12px; max-width: 420px; margin: 4px 0; }
 details.variant-definitions summary, details.fold summary { cursor: pointer; color: #1565c0; }
-details.fold { max-width: 300px; }
+details.fold { max-width: 260px; }
 #view-importance .panel { max-width: 440px; }
 #view-importance .panel select { max-width: 150px; }
 #view-importance .panel select#scatter-x, #view-importance .panel select#scatter-y { max-width: 125px; }
-#view-importance .keys, #view-importance .note { max-width: 380px; } details.fold[open] summary { display: none; }
+#view-importance .keys, #view-importance .note { max-width: 340px; } details.fold[open] summary { display: none; }
 .whisker line { stroke: #212121; stroke-width: 1.2; }
 .bar.whole { fill: #37474f; }
 table.data.compact td { padding: 1px 6px; font-size: 11px; }
@@ -63,7 +63,7 @@ table.data tr.stored td { font-weight: 600; } table.data tr.wrong td:nth-child(5
 table.rules { font-size: 11px; border-collapse: collapse; } table.rules td { padding: 0 6px; color: #757575; }
 table.rules tr.fired td { color: #212121; font-weight: 600; }
 .pattern-cell.empty-cell { opacity: 0.18; }
-.pattern-cell.selected { border-color: #212121; }
+.pattern-cell.selected { box-shadow: 0 0 0 2px #212121; }
 .cell-panel { width: 360px; min-height: 300px; }
 .sample-gallery { display: grid; grid-template-columns: repeat(3, auto); gap: 6px; }
 .sample .caption { font-size: 10px; color: #616161; }
@@ -77,7 +77,7 @@ table.rules tr.fired td { color: #212121; font-weight: 600; }
 h2 { font-size: 16px; margin: 18px 0 4px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .help { color: #616161; margin: 2px 0 6px; }
-p.help.definition { max-width: 300px; }
+p.help.definition { max-width: 260px; }
 .row { display: flex; flex-wrap: wrap; gap: 16px; }
 .panel > p.help, .panel > .keys { max-width: 380px; }
 .panel { border: 1px solid #e0e0e0; border-radius: 4px; padding: 8px; background: #fff; }

@@ -207,7 +207,8 @@ function drawScatter(box, imp) {
          el('label', {}, 'x ', dropdown(options, state.scatterX,
                                         (m) => { state.scatterX = m; drawScatter(box, imp); }, 'scatter-x')),
          el('label', {}, ' y ', dropdown(options, state.scatterY,
-                                         (m) => { state.scatterY = m; drawScatter(box, imp); }, 'scatter-y')),
+                                         (m) => { state.scatterY = m; drawScatter(box, imp); }, 'scatter-y'))),
+      el('div', {},
          el('b', {id: 'scatter-spearman', title: 'Spearman rank correlation of the two metrics over the heads'},
             `Spearman ρ = ${Number.isFinite(rho) ? rho.toFixed(2) : '–'}`)),
       el('div', {}, s), layerKey(L, 'scatter-layer-legend'));
@@ -307,7 +308,7 @@ async function drawDetail(box, imp) {
   } else {
     parts.push(el('p', {class: 'help empty-view'}, 'Per-image distributions: run importance with --per-image.'));
   }
-  box.replaceChildren(...parts);
+  box.replaceChildren(...parts.filter((p) => p != null));   // (a null would show as "null")
 }
 
 // The standard errors of partial pruning and the whole head on the same subset (runs

@@ -25,7 +25,8 @@ export async function renderOverview(body, info) {
   // same list, but may not have drawn yet).
   const storedImages = info.analyses.includes('strength')
       ? (await analysisMeta('strength')).map_image_index || [] : [];
-  const ov = {meta, loss, prediction, N, taylor: null, storedImages, table: el('div', {id: 'overview-table-box'}),
+  // Without a classifier the stored per-image loss is NaN: then there is none to show.
+  const ov = {meta, loss: loss && loss.some(Number.isFinite) ? loss : null, prediction, N, taylor: null, storedImages, table: el('div', {id: 'overview-table-box'}),
               summary: el('div', {class: 'help', id: 'overview-summary'})};
   if (!has('per_image_taylor') || !prediction) {
     body.append(el('p', {class: 'help empty-view'}, 'Per-image predictions and importance are not stored for this run. ' +
@@ -66,7 +67,7 @@ function drawSummary({meta, prediction, N}) {
   if (prediction) {
     let right = 0, known = 0;
     prediction.forEach((p, i) => { if (labels[i] >= 0 && p >= 0) { known++; if (p === labels[i]) right++; } });
-    parts.push(`${right} of ${known} labelled images predicted correctly`);
+    if (known) parts.push(`${right} of ${known} labelled images predicted correctly`);
   }
   const makeUp = [...counts.entries()].sort((a, b) => a[0] - b[0])
       .map(([l, c]) => `${l < 0 ? 'unlabelled' : names[l] ?? l}: ${c}`).join(', ');
@@ -90,6 +91,12 @@ function drawTable(ov) {
     ['loss', 'loss', (i) => loss ? loss[i] : NaN, (i) => loss ? fmt(loss[i]) : '–'],
     ['taylor', `Taylor ${headName(state.layer, state.head)}`, (i) => taylor ? taylor[i] : NaN, (i) => taylor ? fmt(taylor[i]) : '–'],
   ];
+  // Columns the run has no value for (an embedding model: no label, prediction or loss) are
+  // left out rather than shown as a column of dashes.
+  const labelled = labels.some((l) => l >= 0);
+  const predicted = prediction && prediction.some((p) => p >= 0);
+  const absent = new Set([...(labelled ? [] : ['label', 'correct']), ...(predicted ? [] : ['prediction', 'correct']),
+                          ...(loss ? [] : ['loss']), ...(taylor ? [] : ['taylor'])]);
   let rows = state.imageFilter ? [...state.imageFilter.indices] : Array.from({length: N}, (_, i) => i);
   const col = cols.find((c) => c[0] === state.imageSort) || cols[0];
   const key = col[2], dir = state.imageSortDesc ? -1 : 1;
@@ -101,12 +108,13 @@ function drawTable(ov) {
     return (x - y) * dir || a - b;
   });
   drawThumbnails(ov, rows, {loss: cols[5], taylor: cols[6], correct});
-  drawLayout(ov, {loss: cols[5], correct});
+  drawLayout(ov, {correct});
   const pages = Math.max(1, Math.ceil(rows.length / PAGE));
   state.imagePage = Math.min(state.imagePage, pages - 1);
   const shown = rows.slice(state.imagePage * PAGE, (state.imagePage + 1) * PAGE);
   const stored = ov.storedImages;
-  const head = el('tr', {}, cols.map(([k, label]) => el('th', {
+  const shownCols = cols.filter(([k]) => !absent.has(k));
+  const head = el('tr', {}, shownCols.map(([k, label]) => el('th', {
       class: 'sortable' + (k === state.imageSort ? ' sorted' : ''), 'data-key': k,
       onclick: () => { state.imageSortDesc = state.imageSort === k ? !state.imageSortDesc : k === 'taylor' || k === 'loss';
                        state.imageSort = k; state.imagePage = 0; drawTable(ov); }},
@@ -114,7 +122,7 @@ function drawTable(ov) {
   const body = shown.map((i) => el('tr', {
       'data-image': i, class: [stored.includes(i) ? 'stored' : '', i === state.overviewImage ? 'selected' : '',
                                correct(i) === 0 ? 'wrong' : ''].join(' ').trim(),
-      onclick: () => openImage(ov, i)}, cols.map(([, , , show]) => el('td', {}, show(i)))));
+      onclick: () => openImage(ov, i)}, shownCols.map(([, , , show]) => el('td', {}, show(i)))));
   const nav = el('div', {class: 'pager'},
       el('button', {id: 'overview-prev', onclick: () => { state.imagePage--; drawTable(ov); }, disabled: state.imagePage <= 0}, '‹ previous'),
       el('span', {id: 'overview-page'}, ` page ${state.imagePage + 1} of ${pages} (${rows.length} images) `),
@@ -184,9 +192,9 @@ function drawThumbnails(ov, rows, {loss, taylor, correct}) {
          by === 'correct' ? el('span', {class: 'help'}, 'green: right, red: wrong, grey: no label')
              : el('span', {class: 'help'}, `dark ${fmt(lo)} → bright ${fmt(hi)}`)),
       grid,
-      missing > 0 ? el('p', {class: 'help', id: 'overview-thumbs-note'},
+      ...(missing <= 0 ? [] : [el('p', {class: 'help', id: 'overview-thumbs-note'},
           `Thumbnails of ${t.index.length} of ${ov.N} images (${t.budget_mib} MiB); store all with ` +
-          `--thumbnail-budget-mib ${Math.ceil(ov.N * t.px * t.px * 3 / 2 ** 20 * 10) / 10} when running importance.`) : null);
+          `--thumbnail-budget-mib ${Math.ceil(ov.N * t.px * t.px * 3 / 2 ** 20 * 10) / 10} when running importance.`)]));
 }
 
 const LAYOUT_MAX = 2000;   // images laid out by their importance vectors (the whole array is fetched)
@@ -223,7 +231,7 @@ export function layout(vectors) {
 // The 2-D layout, coloured by correctness or loss; dragging a rectangle filters the table,
 // the thumbnails (and shows which images the histogram's bar holds); the filter in force is
 // drawn strong, the rest faint.
-function drawLayout(ov, {loss, correct}) {
+function drawLayout(ov, {correct}) {
   if (!ov.xy) {
     ov.layout.replaceChildren(el('h3', {}, 'Images by the heads they depend on'),
         el('p', {class: 'help'}, ov.N > LAYOUT_MAX ? `Laid out for runs of up to ${LAYOUT_MAX} images.` : 'Needs per-image importance (--per-image).'));
@@ -235,9 +243,11 @@ function drawLayout(ov, {loss, correct}) {
   const sy = (y) => size - pad - (y - y0) / ((y1 - y0) || 1) * (size - 2 * pad);
   const chosen = state.imageFilter ? new Set(state.imageFilter.indices) : null;
   const labelled = ov.prediction && (ov.meta.labels || []).some((l) => l >= 0);
-  const [lo, hi] = ov.loss ? extent(ov.loss) : [0, 1];
+  // Right / wrong where there are labels, else the loss, else the selected head's Taylor value.
+  const measure = labelled ? null : ov.loss ? ov.loss : ov.taylor;
+  const [lo, hi] = measure ? extent(measure) : [0, 1];
   const fill = (i) => (labelled ? ({1: '#59a14f', 0: '#e15759'}[correct(i)] || '#9e9e9e')
-      : ov.loss && Number.isFinite(loss[2](i)) ? colour((loss[2](i) - lo) / ((hi - lo) || 1)) : '#4e79a7');
+      : measure && Number.isFinite(measure[i]) ? colour((measure[i] - lo) / ((hi - lo) || 1)) : '#4e79a7');
   const s = svg('svg', {width: size, height: size, id: 'overview-layout', class: 'layout'},
       svg('rect', {x: 0, y: 0, width: size, height: size, fill: '#fafafa', stroke: '#e0e0e0'}));
   ov.xy.forEach(([x, y], i) => s.append(tip(svg('circle', {
@@ -270,6 +280,7 @@ function drawLayout(ov, {loss, correct}) {
   });
   ov.layout.replaceChildren(el('h3', {}, 'Images by the heads they depend on'), s,
       el('p', {class: 'help'}, 'Each image a point: its per-image Taylor importance of every head, on the first two ' +
-         'principal axes (near: depends on the same heads). ' + (labelled ? 'Green: right, red: wrong. ' : ov.loss ? 'Colour: loss. ' : '') +
+         'principal axes (near: depends on the same heads). ' + (labelled ? 'Green: right, red: wrong. ' : ov.loss ? 'Colour: loss (dark low, bright high). '
+          : ov.taylor ? `Colour: Taylor of ${headName(state.layer, state.head)} (dark low, bright high). ` : '') +
          'Drag a rectangle to filter the thumbnails and the table; a click opens the image.'));
 }

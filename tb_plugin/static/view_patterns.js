@@ -3,7 +3,7 @@
 // head, real sample maps of a clicked cell with their image and query patch, and the head
 // clusters with the statistics behind their names.
 
-import {categoryKey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks, ratio,
+import {CATEGORICAL, categoryKey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks, ratio,
         sequential} from './charts.js';
 import {array, arrays, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
@@ -12,6 +12,8 @@ import {changed, onSelect, publish, select, state, use, whenPublished} from './s
 import {kindMix} from './kinds.js';
 
 const SAMPLES_SHOWN = 6;
+// Cluster colours: the categorical ones less red, which marks the selected head everywhere.
+const CLUSTER_COLOURS = CATEGORICAL.filter((c) => c !== '#e15759');
 const SCATTER_MAX = 6000;   // points drawn in the latent scatter (an even subsample beyond)
 
 export {renderPatterns as render};
@@ -38,6 +40,18 @@ export async function renderPatterns(body, info) {
     const key = `${l},${h},${r},${k}`;
     pt.headCount.set(key, (pt.headCount.get(key) || 0) + 1);
     pt.headCount.set(`${l},${h}`, (pt.headCount.get(`${l},${h}`) || 0) + 1);
+  });
+  // Each cell's cluster: the head cluster most of its samples come from (-1: none).
+  pt.cellCluster = pt.cellSamples.map((members) => {
+    const counts = new Map();
+    for (const s of members) {
+      const [, l, h] = pt.sample_index[s];
+      const j = a.head_cluster[l][h];
+      counts.set(j, (counts.get(j) || 0) + 1);
+    }
+    let best = -1, most = 0;
+    for (const [j, c] of counts) if (c > most || (c === most && j < best)) { best = j; most = c; }
+    return best;
   });
   publish('clusters', {cluster: a.head_cluster, names: meta.cluster_names.map((_, j) => clusterName(pt, j))});
   const mapBox = el('div', {class: 'panel'});
@@ -89,6 +103,11 @@ function drawPatternMap(mapBox, cellBox, pt) {
         const all = pt.cellSamples[r * g + k].length;
         if (!all) canvas.classList.add('empty-cell');
         canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
+        // The clusters as regions: each cell framed in the colour of the cluster most of its
+        // samples come from.
+        const j = pt.cellCluster[r * g + k];
+        canvas.dataset.cluster = j;
+        if (j >= 0) canvas.style.borderColor = CLUSTER_COLOURS[j % CLUSTER_COLOURS.length];
         canvas.addEventListener('click', () => {
           state.cell = [r, k];
           for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
@@ -108,7 +127,9 @@ function drawPatternMap(mapBox, cellBox, pt) {
     sc.ticks = [[0, '≤ peak/300'], [1, 'peak']];
     pt.mapWrap = wrap;
     pt.mapTitle = el('h3', {});
-    mapBox.replaceChildren(pt.mapTitle, wrap, legend(sc, 160, 'pattern-legend'));
+    const clusterKey = el('div', {class: 'keys', id: 'pattern-cluster-key'}, el('span', {class: 'help'}, 'frame: the cluster most of its samples come from '),
+        pt.meta.cluster_names.map((_, j) => el('span', {style: `color:${CLUSTER_COLOURS[j % CLUSTER_COLOURS.length]}`}, `■ ${j} `)));
+    mapBox.replaceChildren(pt.mapTitle, wrap, legend(sc, 160, 'pattern-legend'), clusterKey);
   }
   for (const canvas of pt.mapWrap.children) {
     const r = +canvas.dataset.row, k = +canvas.dataset.col;
@@ -310,7 +331,8 @@ function drawClusterList(clusterBox, pt) {
     return el('div', {class: 'cluster' + (clusters[state.layer][state.head] === j ? ' selected' : ''), 'data-cluster': j},
         el('div', {}, heatCanvas(times[j], sc, Math.max(3, Math.floor(60 / rep.length)), {cls: 'cluster-map'}),
            state.scaleMode === 'shared' ? null : legend(sc, 90)),
-        el('div', {}, el('b', {class: 'cluster-name'}, `cluster ${j}: ${clusterName(pt, j)}`),
+        el('div', {}, el('b', {style: `color:${CLUSTER_COLOURS[j % CLUSTER_COLOURS.length]}`}, '■ '),
+           el('b', {class: 'cluster-name'}, `cluster ${j}: ${clusterName(pt, j)}`),
            el('div', {class: 'help cluster-kinds'}, kindText(pt, members)),
            el('span', {class: 'help'}, ` · peak ${fmt(Math.max(...times[j].flat()))}× uniform`),
            el('div', {class: 'chips'}, members.map(([l, h]) =>

@@ -16,7 +16,7 @@ How each source maps onto `model.py` (all exact in real arithmetic):
   ViT/DeiT pooler (tanh)       `pre_logits` (representation_size = hidden size)
   Dinov2 classifier            pooling 'token_gap' (class token ++ mean patch token)
   DeiT teacher heads           pooling 'token_dist', one head = the average of the two
-Position embeddings resize as the source does (`posemb.py`): bicubic for ViT, DeiT, CLIP,
+Position embeddings resize as the source does (`checkpoints/posemb.py`): bicubic for ViT, DeiT, CLIP,
 Dinov2; bicubic with antialiasing for Dinov2WithRegisters.
 """
 
@@ -30,7 +30,8 @@ from typing import Optional
 import numpy as np
 
 from vit_jax_analytics.errors import CheckpointError
-from vit_jax_analytics.families import common, posemb
+import vit_jax_analytics.checkpoints.posemb as posemb
+from vit_jax_analytics.families import common
 from vit_jax_analytics.families.common import Mapped, block, f32
 from vit_jax_analytics.model import ViTConfig
 

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax_analytics import model as model_lib
 from vit_jax_analytics.model import ViTConfig
 
 
@@ -116,14 +117,7 @@ def _attention(module, args, kwargs, layer, mask_row, attention_edit):
     return y + p[name]['bias'] if 'bias' in p[name] else y
 
   q, k, v = dense('query', inputs_q), dense('key', inputs_k), dense('value', inputs_v)
-  depth = q.shape[-1]
-  logits = jnp.einsum('...qhd,...khd->...hqk', q / jnp.sqrt(depth).astype(q.dtype), k)
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-  weights = jax.nn.softmax(logits, axis=-1)
-  if attention_edit is not None:
-    weights = attention_edit(weights, layer)
-  heads = jnp.einsum('...hqk,...khd->...qhd', weights, v)
+  heads, weights = model_lib.dot_product_attention(q, k, v, attention_edit, layer, mask)
   if mask_row is not None:
     m = mask_row.astype(heads.dtype)
     heads = heads * (m[:, None, :, None] if m.ndim == 2 else m[None, None, :, None])
@@ -230,8 +224,7 @@ def analyse(module, params, images, token_layout, labels=None,
                                                                progress=False)
     out['strength'] = strength.compute_strength(params, config, source, opts)
   if 'patterns' in analyses:
-    opts = options.get('patterns') or patterns.PatternOptions()
-    samples = patterns.extract_samples(params, config, source, batch_size=batch_size,
-                                       progress=False)
-    out['patterns'] = patterns.summarise(samples, config, opts)[0]
+    opts = options.get('patterns') or patterns.PatternOptions(
+        batch_size=batch_size, max_images=None, progress=False)
+    out['patterns'] = patterns.compute_patterns(params, config, source, opts)[0]
   return out

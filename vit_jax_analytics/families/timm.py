@@ -17,7 +17,8 @@ import re
 import numpy as np
 
 from vit_jax_analytics.errors import CheckpointError
-from vit_jax_analytics.families import common, posemb
+import vit_jax_analytics.checkpoints.posemb as posemb
+from vit_jax_analytics.families import common
 from vit_jax_analytics.families.common import Mapped, block, f32
 from vit_jax_analytics.model import ViTConfig
 

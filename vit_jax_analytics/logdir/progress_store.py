@@ -20,6 +20,10 @@ from vit_jax_analytics.logdir.writer import run_directory
 STATE_DIR = '.vit_analytics_state'
 
 
+class _Foreign(ValueError):
+  """A readable progress file without what this computation saves."""
+
+
 class LogdirProgressStore:
   """Accumulators of the computation `key` of `analysis` in <logdir>/<run>."""
 
@@ -55,13 +59,13 @@ class LogdirProgressStore:
           raise ValueError(f'__next_batch__ is {next_batch!r}')
         for name, shape in self.required.items():
           if name not in arrays or arrays[name].shape != tuple(shape):
-            raise KeyError(f'{name} of shape {tuple(shape)}')
+            raise _Foreign(f'lacks {name} of shape {tuple(shape)}: another version\'s?')
         return int(next_batch), arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       damaged = self.path.with_suffix('.damaged')
       os.replace(self.path, damaged)
-      reason = f'lacks {e.args[0]}' if isinstance(e, KeyError) else type(e).__name__
-      print(f'warning: {self.path}: damaged or foreign progress file ({reason}) moved to '
+      reason = str(e) if isinstance(e, _Foreign) else type(e).__name__
+      print(f'warning: {self.path}: damaged progress file ({reason}) moved to '
             f'{damaged.name}; starting over', file=sys.stderr)
       return None
 

@@ -1,6 +1,8 @@
-"""Position-embedding resampling the way each source model does it.
+"""Position embeddings: big_vision's fixed sin-cos embedding, and every resampler of a learned
+one, the way each source model does it (each written once).
 
-* 'bilinear' — vit_jax / big_vision (corners to corners; `checkpoints.resize_position_embedding`).
+* 'bilinear' — vit_jax / big_vision (corners to corners, separable, as scipy.ndimage.zoom
+  with order=1 in vit_jax's checkpoint.py; `resize_position_embedding`).
 * 'bicubic' — `torch.nn.functional.interpolate(mode='bicubic', align_corners=False)`: the
   Keys cubic kernel with a = -0.75, half-pixel centres, taps beyond the border clamped to the
   edge. Used by Hugging Face ViT, DeiT, CLIP and Dinov2 (`interpolate_pos_encoding`, by
@@ -18,6 +20,8 @@ implemented here.
 from __future__ import annotations
 
 import numpy as np
+
+from vit_jax_analytics.errors import CheckpointError
 
 METHODS = ('bilinear', 'bicubic', 'bicubic_antialias')
 # Patches of an image at most: a grid beyond this is refused before its position embedding
@@ -41,18 +45,6 @@ def _cubic(x, a):
   x = np.abs(x)
   return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
                   np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.))
-
-
-def _linear_matrix(old: int, new: int) -> np.ndarray:
-  """[new, old] weights of a corner-aligned linear resize of one axis."""
-  w = np.zeros((new, old))
-  coords = np.arange(new) * ((old - 1) / (new - 1)) if new > 1 else np.zeros(1)
-  lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
-  hi = np.minimum(lo + 1, old - 1)
-  frac = coords - lo
-  np.add.at(w, (np.arange(new), lo), 1 - frac)
-  np.add.at(w, (np.arange(new), hi), frac)
-  return w
 
 
 def cubic_matrix(old: int, new: int, a: float = -0.75, antialias: bool = False) -> np.ndarray:
@@ -89,10 +81,8 @@ def resize_grid(grid: np.ndarray, new_hw, method: str = 'bicubic', a: float = No
   nh, nw = (int(v) for v in new_hw)
   if (h, w) == (nh, nw):
     return np.asarray(grid, np.float32)
-  if method == 'bilinear':  # corners to corners (checkpoints.resize_position_embedding)
-    out = np.einsum('ih,jw,hwd->ijd', _linear_matrix(h, nh), _linear_matrix(w, nw),
-                    np.asarray(grid, np.float64))
-    return out.astype(np.float32)
+  if method == 'bilinear':  # corners to corners, as vit_jax / big_vision
+    return _bilinear(np.asarray(grid, np.float32), nh, nw)
   antialias = method == 'bicubic_antialias'
   coeff = (-0.5 if antialias else -0.75) if a is None else a
   rows = cubic_matrix(h, nh, coeff, antialias)
@@ -109,3 +99,56 @@ def resize_posemb(posemb: np.ndarray, prefix: int, old_hw, new_hw, method: str) 
   grid = posemb[0, prefix:].reshape(*old_hw, d)
   grid = resize_grid(grid, new_hw, method)
   return np.concatenate([posemb[:, :prefix], grid.reshape(1, -1, d)], axis=1)
+
+
+def hw(size) -> tuple:
+  """S or (h, w) -> (h, w)."""
+  return tuple(int(v) for v in size) if isinstance(size, (tuple, list)) else (int(size),) * 2
+
+
+def posemb_sincos_2d(grid, width: int, temperature: float = 10_000.) -> np.ndarray:
+  """big_vision's fixed 2-D sin-cos position embedding, [1, h*w, width]; grid n or (h, w)."""
+  if width % 4:
+    raise CheckpointError(f'sincos2d position embedding needs a width divisible by 4, got {width}')
+  h, w = hw(grid)
+  check_patch_grid((h, w))  # before it is made
+  y, x = np.mgrid[:h, :w]
+  omega = 1. / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+  y = np.einsum('m,d->md', y.ravel(), omega)
+  x = np.einsum('m,d->md', x.ravel(), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return pe[None].astype(np.float32)
+
+
+def _linear_weights(old: int, new: int):
+  coords = np.arange(new) * ((old - 1) / (new - 1)) if new > 1 else np.zeros(1)
+  lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
+  return lo, np.minimum(lo + 1, old - 1), (coords - lo).astype(np.float32)
+
+
+def _bilinear(grid: np.ndarray, nh: int, nw: int) -> np.ndarray:
+  """grid [h, w, D] float32 -> [nh, nw, D], corner-aligned linear per axis (separable:
+  rows, then columns)."""
+  lo, hi, frac = _linear_weights(grid.shape[0], nh)
+  grid = grid[lo] * (1 - frac)[:, None, None] + grid[hi] * frac[:, None, None]
+  lo, hi, frac = _linear_weights(grid.shape[1], nw)
+  return grid[:, lo] * (1 - frac)[None, :, None] + grid[:, hi] * frac[None, :, None]
+
+
+def resize_position_embedding(posemb: np.ndarray, new_grid, has_cls: bool,
+                              old_grid=None) -> np.ndarray:
+  """Bilinear resize of the patch-grid part of [1, T, D], per axis; the class token's entry
+  is kept. new_grid / old_grid: n or (h, w); old_grid defaults to the square grid.
+
+  Corners map to corners, as scipy.ndimage.zoom(order=1) does in vit_jax's checkpoint.py.
+  """
+  posemb = np.asarray(posemb, np.float32)
+  cls, grid_pe = (posemb[:, :1], posemb[0, 1:]) if has_cls else (posemb[:, :0], posemb[0])
+  if old_grid is None:
+    old_grid = int(round(np.sqrt(grid_pe.shape[0])))
+  (oh, ow), (nh, nw) = hw(old_grid), hw(new_grid)
+  check_patch_grid((nh, nw))  # before it is made
+  grid_pe = grid_pe.reshape(oh, ow, -1)
+  if (oh, ow) != (nh, nw):
+    grid_pe = _bilinear(grid_pe, nh, nw)
+  return np.concatenate([cls, grid_pe.reshape(1, nh * nw, -1)], axis=1)

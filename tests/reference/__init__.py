@@ -1,0 +1,1 @@
+"""Independent references the tests (and benchmarks) compare the package against."""

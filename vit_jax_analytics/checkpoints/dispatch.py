@@ -1,0 +1,111 @@
+"""Which loader reads a checkpoint path: `.npz` (vit_jax or big_vision, one tower of a
+two-tower file), orbax directories, and the families' formats (transformers / timm
+safetensors, ONNX); `describe_family` for `vit-analytics info`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from vit_jax_analytics.checkpoints.infer import params_from_flat
+from vit_jax_analytics.checkpoints.layout import detect_layout
+from vit_jax_analytics.checkpoints.npz import (load_npz, member_headers, open_npz,
+                                               select_params, to_float32)
+from vit_jax_analytics.checkpoints.orbax import load_orbax
+from vit_jax_analytics.errors import CheckpointError
+from vit_jax_analytics.model import ViTConfig
+
+
+def describe_family(path, config: ViTConfig) -> str:
+  """One line naming the model family of a checkpoint, for `vit-analytics info`."""
+  path, subtree = split_subtree(path)
+  if path.is_dir():
+    return 'vit-jax-analytics orbax checkpoint (ViT)'
+  with open_npz(path) as zf:
+    keys = [i.filename[:-len('.npy')] for i in zf.infolist()]
+  _, tower = select_params(keys, path, subtree)
+  layout = detect_layout({k: None for k in keys})
+  if tower:
+    kind = ('SigLIP-style two-tower model (big_vision), image tower '
+            f"'{tower}': embedding output" +
+            (' (MAP-head pooling)' if config.classifier == 'map' else ''))
+  elif layout == 'big_vision':
+    kind = f'big_vision ViT ({config.pooling} pooling)'
+  else:
+    kind = 'google-research/vision_transformer ViT'
+  scanned = any(k.split('/', 2)[-1].startswith('Transformer/encoderblock/') or
+                '/Transformer/encoderblock/' in k for k in keys)
+  return kind + (', scanned encoder' if scanned else '')
+
+
+def load_checkpoint(path, config: Optional[ViTConfig] = None, image_size=None,
+                    gelu_approximate: Optional[bool] = None, pooling: Optional[str] = None):
+  """(params, config) from an `.npz` (vit_jax or big_vision), an orbax directory, a Hugging
+  Face `transformers` checkpoint (`.safetensors` file with config.json beside it, or its
+  directory), a timm state dict (`.safetensors` without config.json) or an ONNX export
+  (`.onnx`); see `load_with_source`.
+
+  image_size: S or (height, width): resize the position embedding to this resolution
+    (bilinear per axis, class token kept); also what tells a rectangular grid's shape.
+  gelu_approximate: GELU variant; vit_jax and big_vision train with the tanh form (default).
+  A path 'file.npz:img' loads the subtree 'img' of the file's params (one tower of a
+  two-tower model such as SigLIP; found by itself when the params have an img/ subtree).
+  """
+  params, config, _ = load_with_source(path, config, image_size, gelu_approximate, pooling)
+  return params, config
+
+
+def source_format(path) -> str:
+  """'npz', 'orbax', 'safetensors' or 'onnx', from the path alone."""
+  path = Path(path)
+  if path.is_dir():
+    if (path / 'config.json').exists() or any(path.glob('*.safetensors')):
+      return 'safetensors'
+    if any(path.glob('*.onnx')) and not (path / 'params').exists():
+      return 'onnx'
+    return 'orbax'
+  suffix = path.suffix.lower()
+  return {'.safetensors': 'safetensors', '.onnx': 'onnx'}.get(suffix, 'npz')
+
+
+def load_with_source(path, config: Optional[ViTConfig] = None, image_size=None,
+                     gelu_approximate: Optional[bool] = None, pooling: Optional[str] = None):
+  """(params, config, source): `source` says which family and format the weights came
+  from, how the position embedding is resampled, and what of the file was not used."""
+  path, subtree = split_subtree(path)
+  if not path.exists():
+    raise CheckpointError(f'{path}: no such checkpoint file or directory')
+  fmt = source_format(path)
+  if fmt in ('safetensors', 'onnx'):
+    if fmt == 'safetensors':
+      from vit_jax_analytics.families import hf
+      mapped = hf.load(path, image_size)
+    else:
+      from vit_jax_analytics.families import onnx_graph
+      mapped = onnx_graph.load(path if path.is_file() else sorted(path.glob('*.onnx'))[0],
+                               image_size)
+    mapped_config = mapped.config
+    if gelu_approximate is not None:
+      mapped_config = mapped_config.replace(gelu_approximate=gelu_approximate, activation=None)
+    flat = {k: to_float32(k, v, path) for k, v in mapped.flat.items()}
+    params, cfg = params_from_flat(flat, path, config or mapped_config)
+    return params, cfg, dict(mapped.source)
+  if path.is_dir():
+    params, cfg = load_orbax(path, config, image_size, gelu_approximate)
+    return params, cfg, {'family': 'ViT (this project)', 'format': 'orbax',
+                         'posemb_resize': 'bilinear'}
+  params, cfg = load_npz(path, config, image_size, gelu_approximate, subtree, pooling)
+  with open_npz(path) as zf:
+    layout = detect_layout({k: None for k in member_headers(zf, path)})
+  return params, cfg, {'family': f'ViT ({layout})', 'format': 'npz',
+                       'posemb_resize': 'bilinear'}
+
+
+def split_subtree(path):
+  """'file.npz:img' -> (file.npz, 'img'): big_vision's syntax for one tower of a model.
+  Split only when the part before the last ':' is an existing file."""
+  whole = Path(path)
+  head, sep, tail = str(path).rpartition(':')
+  if not whole.exists() and sep and tail and Path(head).is_file():
+    return Path(head), tail
+  return whole, None

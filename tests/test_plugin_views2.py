@@ -14,6 +14,7 @@ import pytest
 
 from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, tensorboard
 from tb_plugin.vit_analytics_plugin import ALONE_PATH
+from tests.test_plugin_views import Page
 from vit_jax_analytics import head_kinds
 from vit_jax_analytics.logdir import reader
 
@@ -48,8 +49,9 @@ def tiny(logdir):
           'strength': reader.read_strength(logdir / 'tiny')}
 
 
-class Alone:
-  """The plugin's page alone (its own address, its own hash), with run `run` shown."""
+class Alone(Page):
+  """The plugin's page alone (its own address, its own hash), with run `run` shown; the
+  element helpers are Page's."""
 
   def __init__(self, driver, url, hash_='', run='tiny'):
     from selenium.webdriver.common.by import By
@@ -69,19 +71,6 @@ class Alone:
     from selenium.webdriver.support.ui import Select
     Select(self.one('#run-select')).select_by_value(run)
     self.wait.until(lambda d: self.ready() and self.one('#run-select').get_attribute('value') == run)
-
-  def all(self, css):
-    return self.d.find_elements(self.By.CSS_SELECTOR, css)
-
-  def one(self, css):
-    return self.d.find_element(self.By.CSS_SELECTOR, css)
-
-  def js(self, script, *args):
-    return self.d.execute_script(script, *args)
-
-  def select(self, css, value):
-    from selenium.webdriver.support.ui import Select
-    Select(self.one(css)).select_by_value(value)
 
   def head(self, layer, head):
     self.js('document.querySelector(`#importance-grid rect[data-layer="${arguments[0]}"]'

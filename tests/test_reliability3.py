@@ -5,21 +5,12 @@ by `transformers`, a timm-layout state dict written here, the bundled demo model
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.test_cli import DEMO_CKPT, DEMO_IMAGES, ROOT, run
 from vit_jax_analytics import cli
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_CKPT, DEMO_IMAGES = ROOT / 'checkpoints/demo_vit', ROOT / 'checkpoints/demo_images'
-
-
-def run(capsys, *argv):
-  code = cli.main([str(a) for a in argv])
-  out = capsys.readouterr()
-  return code, out.out, out.err
 
 
 def one_line_error(code, err, *words):

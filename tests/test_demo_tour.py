@@ -204,6 +204,15 @@ def test_tour_screenshots(demo):
       value = ','.join(f'{k}:{v}' for k, v in {'run': photo_demo.RUN, **sel}.items())
       return Page(driver, url, run=photo_demo.RUN, hash_=f'#vit_analytics&vit={value}')
 
+    def whole_page(width, height):
+      """The page as a researcher's screen shows it, L8 H3 selected."""
+      driver.set_window_size(width, height)
+      p = page(layer=8, head=3)
+      driver.set_window_size(width, height)
+      time.sleep(0.3)
+      driver.save_screenshot(str(SHOTS / f'views-page-{width}.png'))
+      return p
+
     def shot(p, name, css):
       node = p.one(css)
       p.js('arguments[0].scrollIntoView(); window.scrollBy(0, -document.getElementById('
@@ -233,11 +242,7 @@ def test_tour_screenshots(demo):
     shot(p, '3-importance-L8H3.png', '#view-importance')
     shot(p, '4-patterns.png', '#view-patterns')
     # The gallery of docs/views.md: every view on the demo, at 1600 x 1000.
-    driver.set_window_size(1600, 1000)
-    p = page(layer=8, head=3)
-    driver.set_window_size(1600, 1000)
-    time.sleep(0.3)
-    driver.save_screenshot(str(SHOTS / 'views-page-1600.png'))
+    p = whole_page(1600, 1000)
     # Each view whole: 1600 wide, in a window tall enough that no view is cut.
     tall = lambda: (driver.set_window_size(1600, 2600), time.sleep(0.3))
     tall()
@@ -254,11 +259,7 @@ def test_tour_screenshots(demo):
     assert 'top-1' not in p.one('#compare-makeup').text     # undefined without a classifier
     tall()
     shot(p, 'views-compare.png', '#view-compare')
-    driver.set_window_size(1280, 800)
-    p = page(layer=8, head=3)
-    driver.set_window_size(1280, 800)
-    time.sleep(0.3)
-    driver.save_screenshot(str(SHOTS / 'views-page-1280.png'))
+    whole_page(1280, 800)
   target = os.environ.get('TOUR_SCREENSHOTS')
   if target:   # `make tour`: refresh the README's pictures
     Path(target).mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / 'test-artifacts'
 
 @pytest.fixture(scope='module')
 def logdir(analysis_logdir, tmp_path_factory):
-  """A copy of the analysis logdir: the reload test writes a new run into it."""
+  """A copy of the analysis logdir, per module that uses it: tests write new runs into it."""
   root = tmp_path_factory.mktemp('views') / 'logs'
   shutil.copytree(analysis_logdir, root)
   return root

@@ -14,19 +14,13 @@ import pytest
 
 from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, tensorboard
 from tb_plugin.vit_analytics_plugin import ALONE_PATH
-from tests.test_plugin_views import Page
+from tests.test_plugin_views import Page, logdir  # noqa: F401 (a copy of the logdir per module)
 from vit_jax_analytics import head_kinds
 from vit_jax_analytics.logdir import reader
 
 STATIC = Path(__file__).resolve().parents[1] / 'tb_plugin' / 'static'
 
 
-@pytest.fixture(scope='module')
-def logdir(analysis_logdir, tmp_path_factory):
-  """A copy of the analysis logdir: the tests add runs to it."""
-  root = tmp_path_factory.mktemp('views2') / 'logs'
-  shutil.copytree(analysis_logdir, root)
-  return root
 
 
 @pytest.fixture(scope='module')

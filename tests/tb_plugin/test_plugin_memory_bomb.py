@@ -12,12 +12,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, types_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboard.util import tensor_util
 
 from tb_plugin import vit_analytics_plugin
 from tb_plugin.browser import tensorboard
+from tests.tb_plugin.test_vit_analytics_plugin_fuzz import _ours as _meta, _proto
 from vit_jax_analytics.logdir import metadata
 
 BOMB = [20000, 20000]   # 4e8 elements: 1.6 GB as float32, 3.2 GB of object pointers as strings
@@ -26,14 +27,6 @@ MAX_GROWTH_MIB = 150    # of the server's peak resident memory (the bomb: +3 GB)
 PREFIX = f'/data/plugin/{metadata.PLUGIN_NAME}'
 
 
-def _proto(dtype, shape, **fields):
-  dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]
-  return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-      dim=dims), **fields)
-
-
-def _meta(kind, axes=None):
-  return lambda tag: metadata.create_summary_metadata(tag.split('/')[0], kind, axes=axes)
 
 
 def _attention():

@@ -97,6 +97,21 @@ def test_importance_is_a_package_of_small_modules():
     assert lines <= 500, f'{path.name}: {lines} lines'
 
 
+def test_patterns_is_a_package_of_small_modules():
+  """Sampling, the autoencoder and the summary each in a module of its own; the package's
+  public names still reachable as `patterns.<name>`."""
+  import vit_jax_analytics.patterns as patterns
+  modules = {p.stem: p for p in (ROOT / 'vit_jax_analytics' / 'patterns').glob('*.py')}
+  assert {'sample', 'autoencoder', 'summary'} <= set(modules)
+  for path in modules.values():
+    lines = len(path.read_text().splitlines())
+    assert lines <= 500, f'{path.name}: {lines} lines'
+  assert not (ROOT / 'vit_jax_analytics' / 'patterns.py').exists()
+  for name in ('compute_patterns', 'extract_samples', 'summarise', 'train_autoencoder',
+               'PatternOptions', 'AEOptions', 'describe_pattern'):
+    assert name in patterns.__all__ and callable(getattr(patterns, name)), name
+
+
 def test_test_only_kernels_live_under_tests():
   """The plain (no-reuse) reference kernels are not part of the package."""
   for name, path in source_files():

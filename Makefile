@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-analysis demo-mnist demo-mnist-analysis tour test test-fast notebook wheel-check install install-test train-demo benchmarks clean
+.PHONY: demo demo-analysis demo-mnist demo-mnist-analysis tour test test-fast notebook wheel-check install install-test train-demo benchmarks benchmarks-device clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +108,11 @@ train-demo: $(VENV)/.installed-test
 
 benchmarks: $(VENV)/.installed-test
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# The accelerator table (benchmarks/bench_device.py): ViT-B/16 sizes on a GPU or TPU
+# (under 8 minutes), small sizes on a CPU; written to build/bench_device.md.
+benchmarks-device: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/bench_device.py
 
 clean:
 	rm -rf $(VENV) .venv-demo .pytest_cache test-artifacts build

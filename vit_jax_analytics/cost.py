@@ -124,7 +124,10 @@ class StageCost:
   per_image: float            # forward-eqs per image it reads
   note: str = ''
   seconds: Optional[float] = None          # measured
-  compile_seconds: Optional[float] = None  # measured (first batch's excess)
+  compile_seconds: Optional[float] = None  # measured (first batch's excess, or JAX's own)
+  extra_forward_eq: float = 0.  # work that is not a forward, in forward-eqs (the autoencoder)
+  planned_seconds: Optional[float] = None  # estimated, compiling included
+  planned_compile: Optional[float] = None  # estimated compiling (0 when the cache holds it)
 
   @property
   def total(self) -> float:
@@ -151,12 +154,57 @@ def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dic
         'importance stage 2', s, stage2(config, [0] * masks, [mid] * heads, variants),
         f'{s} images: <= {masks} curve masks, {heads} heads x {variants} partial variants'))
   if 'strength' in analyses:
-    stages.append(StageCost('strength', n_images, 1., 'statistics inside one forward'))
+    o = options['strength']
+    maps = o.stored_maps(config, n_images) if hasattr(o, 'stored_maps') else 0
+    stages.append(StageCost('strength', n_images, 1.,
+                            f'statistics inside one forward + {maps} stored maps',
+                            extra_forward_eq=maps * STORED_MAP_FORWARD_EQ))
   if 'patterns' in analyses:
     o = options['patterns']
     n = min(n_images, o.max_images or n_images)
-    stages.append(StageCost('patterns', n, 1., 'sampling forward (+ autoencoder training)'))
+    samples = n * config.num_layers * config.num_heads * min(o.per_head, config.num_patches)
+    steps = autoencoder_steps(samples, o.ae)
+    canvas = 2 * max(config.grid_shape) - 1
+    ae = steps * autoencoder_step_flops(canvas, o.ae) / flops(config).forward
+    stages.append(StageCost('patterns', n, 1., f'sampling forward + autoencoder: {samples} '
+                                               f'samples, ~{steps} steps',
+                            extra_forward_eq=ae))
   return stages
+
+
+# One stored image's attention maps, rollout and query/key embedding, in forward-eqs of
+# wall time (mostly host work on float16 [L, H, T, T] arrays): fitted on ViT-Ti/16.
+STORED_MAP_FORWARD_EQ = 8.
+
+
+# Epochs the autoencoder is expected to train before its early stopping (at most its
+# `epochs`): the demos stop after 17-32 (docs/cost.md).
+EXPECTED_AE_EPOCHS = 25
+
+
+def autoencoder_steps(samples: int, ae_options) -> int:
+  """Training steps the pattern autoencoder is expected to take on `samples` samples
+  (patterns.autoencoder.train_autoencoder: batches of each epoch, expected epochs)."""
+  n_val = max(1, int(round(samples * ae_options.validation_fraction)))
+  per_epoch = max(1, (samples - n_val) // ae_options.batch_size)
+  return per_epoch * min(ae_options.epochs, EXPECTED_AE_EPOCHS)
+
+
+def autoencoder_step_flops(canvas: int, ae_options) -> float:
+  """Matmul FLOPs of one training step of the pattern autoencoder (forward and backward:
+  3x the forward), as patterns.autoencoder.PatternAutoencoder builds it; the 'conv' kind
+  counted as its convolutions' multiply-adds."""
+  w, b, c2, z = ae_options.width, ae_options.batch_size, canvas * canvas, ae_options.latent_dim
+  if ae_options.kind == 'conv':
+    g = -(-canvas // 4) * 4 // 4
+    enc = (2 * g) ** 2 * w * 9 * 2 + g * g * 2 * w * 9 * w + g * g * 2 * w * 64
+    dec = 64 * g * g * 2 * w + (2 * g) ** 2 * w * 9 * 2 * w + (4 * g) ** 2 * 9 * w
+  else:
+    h = 16 * w
+    enc = c2 * 2 * h + h * 64
+    dec = 64 * h + h * c2
+  per_sample = enc + 64 * z + z * 64 + dec
+  return 3. * 2. * per_sample * b
 
 
 def forward_bytes(config: ViTConfig, batch_size: int = 1) -> int:
@@ -243,6 +291,70 @@ def xla_flops(jitted, *args, **kwargs) -> float:
   return float(analysis['flops'])
 
 
+# What JAX reports while it makes a program: tracing, lowering to MLIR, and the backend's
+# compilation or its load from the persistent cache (jax/_src/dispatch.py's event names).
+COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+                  '/jax/core/compile/jaxpr_to_mlir_module_duration',
+                  '/jax/core/compile/backend_compile_duration')
+_CACHE_HIT, _CACHE_MISS = '/jax/compilation_cache/cache_hits', '/jax/compilation_cache/cache_misses'
+
+
+class CompileClock:
+  """Seconds JAX spends making programs (tracing, lowering, compiling or loading them from
+  the persistent cache) while the clock is open, and the persistent cache's hits and
+  misses: `with CompileClock() as clock: ...; clock.seconds`. From JAX's monitoring
+  events, so it sees every analysis's programs without their help."""
+
+  def __init__(self):
+    self.seconds, self.hits, self.misses = 0., 0, 0
+
+  def _duration(self, event, seconds, **_):
+    if event in COMPILE_EVENTS:
+      self.seconds += seconds
+
+  def _event(self, event, **_):
+    if event == _CACHE_HIT:
+      self.hits += 1
+    elif event == _CACHE_MISS:
+      self.misses += 1
+
+  def __enter__(self) -> 'CompileClock':
+    import jax.monitoring
+    jax.monitoring.register_event_duration_secs_listener(self._duration)
+    jax.monitoring.register_event_listener(self._event)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    import jax.monitoring
+    jax.monitoring.unregister_event_duration_listener(self._duration)
+    jax.monitoring.unregister_event_listener(self._event)
+
+  @property
+  def cached(self) -> bool:
+    """Whether the programs made came from the persistent cache (all of them)."""
+    return self.hits > 0 and not self.misses
+
+
+# A stage's compiling in units of the plan's forward program's (measured by time_forward):
+# cold (compiled) and warm (traced, lowered and loaded from the persistent cache). Fitted
+# on ViT-Ti/16, ViT-S/14 and the MNIST ViT on a 2-core CPU (docs/cost.md).
+COMPILE_RATIOS = {'importance stage 1': (4., 3.), 'importance stage 2': (5., 1.5),
+                  'strength': (7., 1.5), 'patterns': (12., 2.5)}
+
+
+def estimate(stages: Sequence[StageCost], seconds_per_forward: float,
+             forward_compile: CompileClock) -> None:
+  """Fills each stage's planned_seconds (its forward-eqs at seconds_per_forward, plus its
+  compiling) and planned_compile: COMPILE_RATIOS x what making the forward program took,
+  cold or warm as it was (`forward_compile`: a CompileClock around time_forward)."""
+  warm = forward_compile.cached
+  for s in stages:
+    ratio = COMPILE_RATIOS.get(s.name, (1., 1.))[1 if warm else 0]
+    s.planned_compile = ratio * forward_compile.seconds
+    s.planned_seconds = ((s.total + s.extra_forward_eq) * seconds_per_forward
+                         + s.planned_compile)
+
+
 def format_table(stages: Sequence[StageCost], config: ViTConfig, n_images: int,
                  seconds_per_forward: Optional[float] = None, title: str = 'planned') -> str:
   """The per-stage table: forward-eqs per image of the run (the stage's total over all
@@ -262,6 +374,12 @@ def format_table(stages: Sequence[StageCost], config: ViTConfig, n_images: int,
       line += f'  {s.seconds:7.1f} s'
       if s.compile_seconds is not None:
         line += f' (of which compiling {s.compile_seconds:.1f} s)'
+      if s.planned_seconds:
+        line += (f'  planned ~{s.planned_seconds:.1f} s '
+                 f'({(s.planned_seconds - s.seconds) / max(s.seconds, 1e-9):+.0%})')
+    elif s.planned_seconds is not None:
+      line += f'  ~{s.planned_seconds:6.1f} s'
+      line += f' (compiling ~{s.planned_compile:.1f} s)' if s.planned_compile else ''
     elif seconds_per_forward is not None:
       line += f'  ~{s.total * seconds_per_forward:6.1f} s'
     if s.note:
@@ -269,8 +387,14 @@ def format_table(stages: Sequence[StageCost], config: ViTConfig, n_images: int,
     rows.append(line)
   line = f'  {"total":<{width}}  {total:7.2f} = {total / limit:.2f}x the ablation limit'
   measured = [s.seconds for s in stages if s.seconds is not None]
+  planned = [s.planned_seconds for s in stages if s.planned_seconds is not None]
   if measured:
     line += f'  {sum(measured):7.1f} s'
+    if planned and len(planned) == len(stages):
+      line += (f'  planned ~{sum(planned):.1f} s '
+               f'({(sum(planned) - sum(measured)) / max(sum(measured), 1e-9):+.0%})')
+  elif planned and len(planned) == len(stages):
+    line += f'  ~{sum(planned):6.1f} s'
   elif seconds_per_forward is not None:
     line += f'  ~{total * n_images * seconds_per_forward:6.1f} s'
   rows.append(line)

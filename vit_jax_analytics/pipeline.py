@@ -367,7 +367,11 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
   per_forward = None
   if run_options.time_forward:
     batch = min(max(o.batch_size for o in options.values()), max(n_images, 1))
-    per_forward, _ = cost.time_forward(loaded.params, loaded.config, batch)
+    with cost.CompileClock() as forward_compile:  # cold or warm, it tells the plan which
+      per_forward, _ = cost.time_forward(loaded.params, loaded.config, batch)
+    cost.estimate(stages, per_forward, forward_compile)
+    if os.environ.get('VIT_COST_DEBUG'):
+      print(f'DEBUG forward compile {forward_compile.seconds:.2f}s hits {forward_compile.hits} misses {forward_compile.misses} per_forward {per_forward:.4f}', file=sys.stderr)
   print(cost.format_table(stages, loaded.config, n_images, per_forward), file=sys.stderr,
         flush=True)
   if run_options.dry_run:
@@ -376,9 +380,14 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
   for k, name in enumerate(analyses, start=1):
     print(f'[{k}/{len(analyses)}] {name}', file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name], timings)
+    with cost.CompileClock() as compiling:
+      result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name],
+                                            timings)
     if name != 'importance':  # importance times its two stages itself
-      timings[name] = StageTiming(seconds=time.perf_counter() - start)
+      timings[name] = StageTiming(seconds=time.perf_counter() - start,
+                                  compile_seconds=compiling.seconds)
+    if os.environ.get('VIT_COST_DEBUG'):
+      print(f'DEBUG {name} took {time.perf_counter() - start:.2f}s compile clock {compiling.seconds:.2f}s hits {compiling.hits} misses {compiling.misses}', file=sys.stderr)
     meta = common_meta(inputs, loaded, options[name])
     if _writes():  # every process holds the reduced result; process 0 alone writes it
       try:

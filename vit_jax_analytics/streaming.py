@@ -139,7 +139,9 @@ class StageClock:
     fields (images, forward_eq)."""
     if not self.batches:
       return None
-    total = time.perf_counter() - self.start
+    # Up to the stage's last batch: a clock read after a later stage ran (importance reads
+    # stage 1's after stage 2) must not count that stage.
+    total = self.last - self.start
     steady = (total - self.first) / (self.batches - 1) if self.batches > 1 else None
     return StageTiming(
         seconds=total, first_batch_seconds=self.first, batches=self.batches,

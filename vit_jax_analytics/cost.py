@@ -192,8 +192,9 @@ def autoencoder_steps(samples: int, ae_options) -> int:
 
 def autoencoder_step_flops(canvas: int, ae_options) -> float:
   """Matmul FLOPs of one training step of the pattern autoencoder (forward and backward:
-  3x the forward), as patterns.autoencoder.PatternAutoencoder builds it; the 'conv' kind
-  counted as its convolutions' multiply-adds."""
+  3x the forward), as patterns.autoencoder.PatternAutoencoder builds it (tests/
+  test_cost_plan.py checks it against XLA's count); the 'conv' kind is counted as dense
+  convolutions, an upper bound (XLA counts about half: no input gradient, dilated taps)."""
   w, b, c2, z = ae_options.width, ae_options.batch_size, canvas * canvas, ae_options.latent_dim
   if ae_options.kind == 'conv':
     g = -(-canvas // 4) * 4 // 4

@@ -1,0 +1,64 @@
+"""The plan's parts that are not forwards: the autoencoder's FLOPs, compiling (JAX's own
+events), and the plan-vs-actual columns of the cost table."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.tiny import TINY
+from vit_jax_analytics import cost, patterns, strength
+from vit_jax_analytics.patterns import autoencoder
+
+
+def test_autoencoder_step_flops_match_xla():
+  """The analytic count of a (dense) training step's matmul FLOPs against XLA's cost
+  analysis of the real loss gradient (XLA adds the elementwise work: within 25%)."""
+  kind = 'dense'
+  ae = patterns.AEOptions(kind=kind, batch_size=64)
+  canvas = 13
+  model = autoencoder.PatternAutoencoder(canvas, ae.latent_dim, ae.width, kind)
+  x = jnp.zeros((ae.batch_size, canvas, canvas, 2))
+  params = jax.jit(model.init)(jax.random.key(0), x[:1])['params']
+  grad = jax.jit(jax.grad(lambda p, x: jnp.mean(autoencoder.masked_bce(
+      model.apply({'params': p}, x), x))))
+  want = cost.xla_flops(grad, params, x)
+  assert cost.autoencoder_step_flops(canvas, ae) == pytest.approx(want, rel=0.25)
+
+
+def test_plan_counts_the_autoencoder_and_stored_maps():
+  options = {'strength': strength.StrengthOptions(map_images=3),
+             'patterns': patterns.PatternOptions(per_head=2)}
+  stages = {s.name: s for s in cost.plan(TINY, 10, ('strength', 'patterns'), options, 0)}
+  assert stages['strength'].extra_forward_eq == 3 * cost.STORED_MAP_FORWARD_EQ
+  samples = 10 * TINY.num_layers * TINY.num_heads * 2
+  steps = cost.autoencoder_steps(samples, options['patterns'].ae)
+  assert steps == autoencoder.training_steps(samples, options['patterns'].ae) * min(
+      options['patterns'].ae.epochs, cost.EXPECTED_AE_EPOCHS)
+  assert stages['patterns'].extra_forward_eq == pytest.approx(
+      steps * cost.autoencoder_step_flops(2 * TINY.grid_size - 1, options['patterns'].ae)
+      / cost.flops(TINY).forward)
+
+
+def test_compile_clock_sees_compiling_and_estimate_scales_it():
+  f = jax.jit(lambda x: jnp.sin(x) @ x.T + 1.2345)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(17, 5)), jnp.float32)
+  with cost.CompileClock() as first:
+    f(x).block_until_ready()
+  with cost.CompileClock() as again:  # jit's in-memory cache: nothing made
+    f(x).block_until_ready()
+  assert first.seconds > 0 and again.seconds == 0
+  stages = [cost.StageCost('strength', 4, 1.), cost.StageCost('patterns', 4, 1., '', None,
+                                                              None, 2.)]
+  cost.estimate(stages, 0.5, first)
+  ratios = [cost.COMPILE_RATIOS[s.name][int(first.cached)] for s in stages]
+  assert [s.planned_compile for s in stages] == pytest.approx(
+      [r * first.seconds for r in ratios])
+  assert stages[1].planned_seconds == pytest.approx((4 + 2.) * 0.5 + stages[1].planned_compile)
+  for s, seconds in zip(stages, (10., 20.)):
+    s.seconds, s.compile_seconds = seconds, 1.
+  table = cost.format_table(stages, TINY, 4, title='done')
+  err = (stages[0].planned_seconds - 10.) / 10.
+  assert f'planned ~{stages[0].planned_seconds:.1f} s ({err:+.0%})' in table
+  total = sum(s.planned_seconds for s in stages)
+  assert f'planned ~{total:.1f} s ({(total - 30.) / 30.:+.0%})' in table.splitlines()[-1]

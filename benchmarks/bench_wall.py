@@ -6,8 +6,10 @@ folder of 8 images; `vit-analytics analyze` with default options and an empty
 (warm: the compiled programs load from that cache). Each run is a fresh process, timed
 from launch to exit, so interpreter start, imports, loading and writing count. Prints both
 times against the targets (cold < 3 min, warm < 1.5 min), the load average at each start
-(the machine is shared: timing waits for a quiet moment, see --max-load) and the closing
-per-stage cost table of each run.
+(the machine is shared: timing waits for a quiet moment, see --max-load), the closing
+per-stage cost table of each run (each stage's time, compiling, and the plan's estimate with
+its error) and issue 25's ratios (patterns / strength, strength + patterns against the
+whole run; run it with --images 16 for that issue's figures).
 
   python benchmarks/bench_wall.py [--images 8] [--config ViT-Ti/16] [--max-load 1.5]
 """
@@ -49,6 +51,29 @@ def closing_table(stderr: str) -> str:
   return '\n'.join('    ' + line for line in lines[start:])
 
 
+def stage_seconds(stderr: str) -> dict:
+  """{stage: seconds} from a run's closing cost table."""
+  import re
+  out, done = {}, False
+  for line in stderr.splitlines():
+    done = done or line.startswith('cost (done)')
+    m = re.match(r'\s+(importance stage 1|importance stage 2|strength|patterns)\s+[\d.]+'
+                 r'(?:\s+\([^)]*\))?\s+([\d.]+) s', line) if done else None
+    if m:
+      out[m.group(1)] = float(m.group(2))
+  return out
+
+
+def ratios(stderr: str, wall: float) -> str:
+  """Issue 25's stage ratios: patterns / strength, (strength + patterns) / the whole run."""
+  s = stage_seconds(stderr)
+  if 'strength' not in s or 'patterns' not in s:
+    return '    (no strength or patterns stage in the closing table)'
+  return (f'    patterns / strength {s["patterns"] / s["strength"]:.2f} (target <= 1.5); '
+          f'(strength + patterns) / wall {(s["strength"] + s["patterns"]) / wall:.0%} '
+          f'(target <= 30%)')
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--config', default='ViT-Ti/16')
@@ -73,6 +98,7 @@ def main():
             f'{verdict}); load {load:.2f} at start, {load_average():.2f} at end; cache '
             f'holds {files} files', flush=True)
       print(closing_table(stderr), flush=True)
+      print(ratios(stderr, seconds), flush=True)
     print(f'\nwarm / cold: {results["warm"] / results["cold"]:.2f}')
 
 

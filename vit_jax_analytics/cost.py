@@ -338,9 +338,10 @@ class CompileClock:
 
 # A stage's compiling in units of the plan's forward program's (measured by time_forward):
 # cold (compiled) and warm (traced, lowered and loaded from the persistent cache). Fitted
-# on ViT-Ti/16, ViT-S/14 and the MNIST ViT on a 2-core CPU (docs/cost.md).
-COMPILE_RATIOS = {'importance stage 1': (4., 3.), 'importance stage 2': (5., 1.5),
-                  'strength': (7., 1.5), 'patterns': (12., 2.5)}
+# on ViT-Ti/16 (16 images) and the photo demo's ViT-S/14 on a loaded 2-core CPU, cold and
+# warm (docs/cost.md).
+COMPILE_RATIOS = {'importance stage 1': (4.7, 3.), 'importance stage 2': (4., 1.2),
+                  'strength': (5.5, 2.), 'patterns': (9., 3.5)}
 
 
 def estimate(stages: Sequence[StageCost], seconds_per_forward: float,

@@ -370,8 +370,6 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
     with cost.CompileClock() as forward_compile:  # cold or warm, it tells the plan which
       per_forward, _ = cost.time_forward(loaded.params, loaded.config, batch)
     cost.estimate(stages, per_forward, forward_compile)
-    if os.environ.get('VIT_COST_DEBUG'):
-      print(f'DEBUG forward compile {forward_compile.seconds:.2f}s hits {forward_compile.hits} misses {forward_compile.misses} per_forward {per_forward:.4f}', file=sys.stderr)
   print(cost.format_table(stages, loaded.config, n_images, per_forward), file=sys.stderr,
         flush=True)
   if run_options.dry_run:
@@ -386,8 +384,6 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
     if name != 'importance':  # importance times its two stages itself
       timings[name] = StageTiming(seconds=time.perf_counter() - start,
                                   compile_seconds=compiling.seconds)
-    if os.environ.get('VIT_COST_DEBUG'):
-      print(f'DEBUG {name} took {time.perf_counter() - start:.2f}s compile clock {compiling.seconds:.2f}s hits {compiling.hits} misses {compiling.misses}', file=sys.stderr)
     meta = common_meta(inputs, loaded, options[name])
     if _writes():  # every process holds the reduced result; process 0 alone writes it
       try:

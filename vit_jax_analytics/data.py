@@ -24,6 +24,7 @@ from vit_jax_analytics.batches import UNLABELLED, Batch, num_batches
 from vit_jax_analytics.decode import (  # noqa: F401 (data.load_image, data.image_hw: the API)
     VIT_JAX_MEAN_STD, image_hw, load_image)
 from vit_jax_analytics.errors import DataError
+from vit_jax_analytics.progress import progress_bar
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -331,8 +332,6 @@ class DecodedBatches:
       return None
 
   def __iter__(self) -> Iterator[Batch]:
-    from vit_jax_analytics.progress import progress_bar
-
     n, b = len(self.image_set), self.batch_size
     s = image_hw(self.image_size)
     starts = range(self.first_batch * b, n, b)

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from vit_jax_analytics import checkpoints, data, evaluate, model as model_lib
+from vit_jax_analytics import checkpoints, data, evaluate, model as model_lib, training
 from vit_jax_analytics.errors import DataError
 from vit_jax_analytics.options import check, option
 from vit_jax_analytics.progress import progress_bar
@@ -166,7 +166,6 @@ def train_demo(output_dir='checkpoints', options: Optional[TrainDemoOptions] = N
 
   def analyse(at_step):
     if log_every:
-      from vit_jax_analytics import training
       probe = training.Probe(to_model_input(images[test_idx[:probe_images]]),
                              labels[test_idx[:probe_images]])
       training.analyse_step(params, config, probe, logdir or output_dir / 'logs', run,

@@ -15,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 
+from vit_jax_analytics.errors import DataError
+from vit_jax_analytics.logdir import reader
 from vit_jax_analytics.patterns import describe_pattern
 from vit_jax_analytics.results import PatternResult, StrengthResult
 
@@ -166,9 +168,6 @@ def summarise(strength: StrengthResult, patterns: Optional[PatternResult] = None
 
 def summarise_run(run_dir) -> dict:
   """summarise() of a run directory's stored results (each analysis if present)."""
-  from vit_jax_analytics.errors import DataError
-  from vit_jax_analytics.logdir import reader
-
   present = reader.steps(run_dir)
   if 'strength' not in present:
     raise DataError(f'{run_dir}: no strength results (run `vit-analytics strength` or '

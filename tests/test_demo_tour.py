@@ -45,7 +45,7 @@ def demo(tmp_path_factory):
   run = logdir / photo_demo.RUN
   return {'logdir': logdir, 'run': run,
           'importance': reader.read_importance(run), 'strength': reader.read_strength(run),
-          'kinds': head_kinds.summarise_run(run)}
+          'kinds': head_kinds.run_summary(run)}
 
 
 def at_offset(strength, layer, head, dy, dx) -> float:

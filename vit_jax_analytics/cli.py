@@ -128,7 +128,7 @@ def cmd_demo_images(args):
 
 
 def print_kinds(summary: dict, out=None) -> None:
-  """The head kinds of a head_kinds.summarise() dict, a few lines (to `out`, default the
+  """The head kinds of a head_kinds.summary() dict, a few lines (to `out`, default the
   sys.stdout of the call: a default bound at import would miss a redirected one)."""
   out = out or sys.stdout
   heads = summary['heads']
@@ -154,7 +154,7 @@ def print_kinds(summary: dict, out=None) -> None:
 
 
 def cmd_kinds(args):
-  summary = head_kinds.summarise_run(args.run_dir)
+  summary = head_kinds.run_summary(args.run_dir)
   if args.json:
     print(json.dumps(summary, indent=1))
   else:
@@ -172,7 +172,7 @@ def cmd_photo_demo(args):
   for path in paths:
     print(f'wrote {path}')
   if paths:
-    print_kinds(head_kinds.summarise_run(Path(args.logdir) / photo_demo.RUN))
+    print_kinds(head_kinds.run_summary(Path(args.logdir) / photo_demo.RUN))
     print_view_hint(args.logdir)
   return 0
 

@@ -176,12 +176,13 @@ def main():
     t_fwd = None
     s1, s2, _ = xla_pieces(params, config, images, labels, plan, variants, options.renormalize)
     for stage, (fn, fargs) in fns.items():
-      flops = cost.xla_flops(fn, *fargs)
+      # A wrapper over several jitted calls (the old per-batch kernels) has no one program.
+      flops = cost.xla_flops(fn, *fargs) if hasattr(fn, 'lower') else float('nan')
       # Stages with loops: XLA counts each loop body once; use the pieces' counts.
       per_image[stage] = {'importance stage 1': s1, 'importance stage 2': s2}.get(
           stage, flops / fwd_flops)
-      shown = 'n/a (loops)' if stage.startswith('old: ablation') or stage.startswith(
-          'old: partial') else f'{per_image[stage]:.2f}'
+      shown = ('n/a (loops)' if stage.startswith(('old: ablation', 'old: partial')) else
+               'n/a (wrapper)' if not hasattr(fn, 'lower') else f'{per_image[stage]:.2f}')
       line = f'  {stage:<28} {shown:>14} {analytic.get(stage, float("nan")):9.2f}'
       if do_time:
         first, best = timed(fn, *fargs)

@@ -173,7 +173,7 @@ class TrainingHistory:
 
 @dataclasses.dataclass(frozen=True)
 class PatternResult:
-  """What patterns heads have learned (see patterns.py)."""
+  """What patterns heads have learned (see patterns/)."""
   map: np.ndarray                     # [g, g, c, c] the latent plane decoded on a grid
   map_extent: np.ndarray              # [2, 2] [[x0, x1], [y0, y1]] latent box
   sample_latent: np.ndarray           # [S, 2]

@@ -5,7 +5,7 @@
 images need: a padded batch computes its padding too), takes this process's shard of the
 source when the mesh spans several processes, and casts and replicates the params once. A
 `BatchStream` then yields the batches, puts each on the mesh (images in the params'
-precision), and brings results back to the host. strength.py, patterns.py and importance
+precision), and brings results back to the host. strength.py, patterns/ and importance
 read their images only through it; only this module makes meshes for the analyses (and,
 for in-training analysis, places a probe batch where global params are: `ProbePlacement`).
 

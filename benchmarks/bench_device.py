@@ -20,7 +20,6 @@ prints it with the device, the sizes and the machine's load.
 """
 
 import argparse
-import dataclasses
 import os
 import resource
 import sys

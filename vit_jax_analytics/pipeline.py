@@ -284,12 +284,14 @@ def _variants(config, options) -> int:
 def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
                  options: Optional[Mapping[str, Any]] = None,
                  analyses: Sequence[str] = ANALYSES,
-                 run_options: Optional[RunOptions] = None) -> list:
+                 run_options: Optional[RunOptions] = None, step: int = 0) -> list:
   """Runs `analyses` in turn on one load of the checkpoint and images; each writes its own
   event file to <logdir>/<run> as soon as it is done. options: {analysis: its options}
   (defaults for the others). Prints the planned cost of each stage first and what each
   cost at the end (stderr). run_options: the compilation cache and dry run (default: no
-  persistent cache, as for a library call). Returns the files written."""
+  persistent cache, as for a library call). step: the training step the results are
+  written at (checkpoint_steps.py: one run's checkpoints, step by step). Returns the files
+  written."""
   from vit_jax_analytics import cost
 
   unknown = sorted(set(analyses) - set(ANALYSES))
@@ -308,7 +310,7 @@ def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
   try:
     loaded = inputs.load()
     try:
-      return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options)
+      return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options, step)
     except NonFiniteError as e:
       raise name_images(e, loaded.image_set) from None
   except BaseException:  # a refused or interrupted run leaves no empty run directory
@@ -346,7 +348,7 @@ def importance_target(loaded: Loaded) -> str:
   return f'importance is measured against the labels of the {len(labels)} images'
 
 
-def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> list:
+def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options, step=0) -> list:
   from vit_jax_analytics import cost
 
   cost.check_forward_memory(loaded.config)  # a size no forward fits: refused before any work
@@ -379,10 +381,10 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
     result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name], timings)
     if name != 'importance':  # importance times its two stages itself
       timings[name] = StageTiming(seconds=time.perf_counter() - start)
-    meta = common_meta(inputs, loaded, options[name])
+    meta = {**common_meta(inputs, loaded, options[name]), 'step': int(step)}
     if _writes():  # every process holds the reduced result; process 0 alone writes it
       try:
-        written.append(writer.write_analysis(logdir, run, name, values(meta)))
+        written.append(writer.write_analysis(logdir, run, name, values(meta), step=step))
       except BaseException:
         if name == 'patterns':
           _remove_orphan_autoencoder(logdir, run)

@@ -23,8 +23,8 @@ from vit_jax_analytics.logdir import writer
 def training_steps(path) -> dict:
   """{step: checkpoint path} of a directory of a run's checkpoints ({} for anything else)."""
   from vit_jax_analytics import storage
-  if storage.is_url(path):
-    return {}  # a remote run directory is read step by step through local copies
+  if storage.is_url(path):  # each step is read through a local copy when it is analysed
+    return {s: str(p) for s, p in pytree.training_steps(storage.location(path)).items()}
   return pytree.training_steps(path)
 
 

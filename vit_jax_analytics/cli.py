@@ -98,13 +98,19 @@ def parse_image_size(text: str):
 
 
 def add_model_args(p):
-  p.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
+  from vit_jax_analytics import storage
+  p.add_argument('--checkpoint', type=storage.cli_location('--checkpoint'),
+                 default=DEMO_CHECKPOINT,
                  help='vit_jax or big_vision .npz file (file.npz:img for one tower of a '
                       'two-tower model such as SigLIP; found by itself), an orbax '
                       'checkpoint directory, a Hugging Face transformers checkpoint '
                       '(.safetensors with config.json beside it, or its directory: ViT, DeiT, '
                       'DINOv2, DINOv2 with registers, CLIP vision), a timm .safetensors state '
-                      'dict, or an .onnx export of one of these (default: %(default)s)')
+                      'dict, an .onnx export of one of these, an orbax PyTree checkpoint or '
+                      'Flax msgpack file of a JAX training run (params found in the train '
+                      "state; DIR:SUBTREE picks one), or a run's directory of checkpoints by "
+                      'step (see --steps); local or an object-store URL (gs://, s3://: '
+                      'fsspec) (default: %(default)s)')
   p.add_argument('--image-size', type=parse_image_size, default=None,
                  help="resolution to run at, S or HxW (e.g. 224x336); resizes the position "
                       "embedding per axis (default: the checkpoint's own; a rectangular "
@@ -215,7 +221,7 @@ def cmd_info(args):
       pooling=inputs.pooling)
   n = sum(v.size for v in flatten(params).values())
   fmt = checkpoints.source_format(checkpoints.split_subtree(inputs.checkpoint)[0])
-  family = (source['family'] if fmt not in ('npz', 'orbax')
+  family = (source['family'] if fmt not in ('npz', 'orbax') or 'remote' in source
             else checkpoints.describe_family(args.checkpoint, config))
   details = {k: v for k, v in source.items() if k not in ('family', 'format', 'ignored')}
   if 'ignored' in source:  # weights in the file that the ViT does not use
@@ -372,12 +378,15 @@ ANALYSIS_HELP = {
 def _analysis_parser(sub, name, names):
   from vit_jax_analytics import patterns
 
+  from vit_jax_analytics import storage
   short, long = ANALYSIS_HELP[name]
   p = sub.add_parser(name, help=short, description=long)
   seen = set()
   add_model_args(p)
   add_data_args(p, seen)
-  p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
+  p.add_argument('--logdir', type=storage.cli_location('--logdir'), required=True,
+                 help='TensorBoard log directory, local or an object-store URL (gs://, '
+                      's3://: fsspec)')
   p.add_argument('--run', default=None,
                  help='run name inside the logdir (default: the checkpoint name)')
   from vit_jax_analytics import checkpoint_steps
@@ -443,7 +452,8 @@ def build_parser():
   p.add_argument('--log-every', type=int, default=None, metavar='K',
                  help='every K steps, analyse the current params on 64 held-out digits '
                       '(strength + Taylor importance) and write them at that step')
-  p.add_argument('--logdir', type=Path, default=None,
+  from vit_jax_analytics import storage
+  p.add_argument('--logdir', type=storage.cli_local_path('--logdir', 'train-demo'), default=None,
                  help='where --log-every writes (default: OUTPUT_DIR/logs)')
   p.add_argument('--run', default='demo-training', help='run name for --log-every')
   p.add_argument('--no-progress', action='store_true')
@@ -479,7 +489,8 @@ def build_parser():
                                  f'{photo_demo.RUN}, then prints the kinds of heads found. '
                                  'Importance is measured against the backbone\'s class-token '
                                  'embedding (the saliency decoder is not part of the ViT).')
-  p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
+  p.add_argument('--logdir', type=storage.cli_local_path('--logdir', 'photo-demo'),
+                 required=True, help='TensorBoard log directory')
   p.add_argument('--images-dir', type=Path, default=photo_demo.IMAGES_DIR,
                  help='where the demo photographs are written (default: %(default)s)')
   p.add_argument('--views', type=demo_images.parse_views, default=photo_demo.VIEWS,

@@ -258,8 +258,8 @@ def _remove_orphan_autoencoder(logdir, run: str) -> None:
   directory = writer.run_directory(logdir, run)
   if not any(writer.file_analysis_step(p)[0] == 'patterns'
              for p in directory.glob('events.out.tfevents.*')):
-    import shutil
-    shutil.rmtree(directory / AUTOENCODER, ignore_errors=True)
+    from vit_jax_analytics import storage
+    storage.remove_tree(directory / AUTOENCODER)
 
 
 def options_types() -> dict:

@@ -89,7 +89,11 @@ def source_format(path) -> str:
 def load_with_source(path, config: Optional[ViTConfig] = None, image_size=None,
                      gelu_approximate: Optional[bool] = None, pooling: Optional[str] = None):
   """(params, config, source): `source` says which family and format the weights came
-  from, how the position embedding is resampled, and what of the file was not used."""
+  from, how the position embedding is resampled, and what of the file was not used.
+  An object-store URL (gs://, s3://, ... through fsspec) is read through a local copy."""
+  from vit_jax_analytics import storage
+  if storage.is_url(path):
+    return _load_remote(str(path), config, image_size, gelu_approximate, pooling)
   path, subtree = split_subtree(path)
   if not path.exists():
     raise CheckpointError(f'{path}: no such checkpoint file or directory')
@@ -129,6 +133,24 @@ def load_with_source(path, config: Optional[ViTConfig] = None, image_size=None,
     layout = detect_layout({k: None for k in member_headers(zf, path)})
   return params, cfg, {'family': f'ViT ({layout})', 'format': 'npz',
                        'posemb_resize': 'bilinear'}
+
+
+def _load_remote(url, config, image_size, gelu_approximate, pooling):
+  from vit_jax_analytics import storage
+  url, subtree = storage.split_url_subtree(url)
+  try:
+    remote = storage.location(url)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
+  steps = pytree.training_steps(remote)
+  latest = {}
+  if steps:  # a run's checkpoints: copy the latest step only
+    latest = {'step': max(steps), 'steps': list(steps)}
+    remote = steps[max(steps)]
+  with storage.local_copy(str(remote)) as local:
+    params, cfg, source = load_with_source(local if subtree is None else f'{local}:{subtree}',
+                                           config, image_size, gelu_approximate, pooling)
+  return params, cfg, {**source, **latest, 'remote': url}
 
 
 def split_subtree(path):

@@ -239,13 +239,14 @@ def training_steps(path) -> dict:
   CheckpointManager or flax.training.checkpoints), finished steps only; {} for anything
   else (a file, a checkpoint directory itself). Where any step holds orbax's
   commit_success.txt, the steps without it are unfinished and left out."""
-  path = Path(path)
+  remote = not isinstance(path, Path)  # a storage.RemotePath: files told by their names
+  path = path if remote else Path(path)
   if not path.is_dir() or is_orbax_pytree(path) or (path / 'params').is_dir():
     return {}
   steps = {}
   for p in path.iterdir():
     m = _STEP.fullmatch(p.name)
-    if m and (p.is_dir() or is_msgpack(p)):
+    if m and (p.is_dir() or (p.is_file() if remote else is_msgpack(p))):
       steps.setdefault(int(m.group(1)), p)
   if any((p / COMMIT_MARK).exists() for p in steps.values() if p.is_dir()):
     steps = {s: p for s, p in steps.items() if not p.is_dir() or (p / COMMIT_MARK).exists()}

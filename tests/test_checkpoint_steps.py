@@ -3,6 +3,7 @@ PyTreeCheckpointer), a CheckpointManager run analysed step by step into the plug
 over-training view, and Flax msgpack files (flax.training.checkpoints, flax.serialization)."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -93,6 +94,8 @@ def test_flax_msgpack_checkpoint_loads(tmp_path, writer):
   loaded, config, source = checkpoints.load_with_source(path)
   assert config == TINY and source['format'].startswith('Flax msgpack')
   same_params(loaded, params)
+  if writer == 'flax_checkpoints':  # its directory is a run's checkpoints by step
+    assert checkpoint_steps.training_steps(tmp_path / 'run') == {5: Path(path)}
 
 
 def analysis_options():

@@ -7,8 +7,8 @@
 import {frame, heatCanvas, legend, ratio} from './charts.js';
 import {array, json, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
-import {fmt, gridShape, headName, prefixTokens, tokens} from './format.js';
-import {changed, onSelect, publish, select, state} from './state.js';
+import {fmt, gridShape, headName, prefixTokens, storeAllMaps, tokens} from './format.js';
+import {changed, onFilter, onSelect, publish, select, state} from './state.js';
 
 const STAGE_PX = 336;
 const THUMBS = 24;
@@ -19,7 +19,7 @@ export async function renderImages(body, info) {
   const meta = await analysisMeta('strength');
   const indices = meta.map_image_index;
   if (!indices.length) {
-    body.append(el('p', {class: 'help empty-view'}, 'No stored attention maps. Run: vit-analytics strength ... --map-images N'));
+    body.append(el('p', {class: 'help empty-view', id: 'images-note'}, 'No stored attention maps.' + storeAllMaps(meta, meta.images)));
     return;
   }
   const cfg = meta.config, [gh, n] = gridShape(cfg);
@@ -45,8 +45,8 @@ export async function renderImages(body, info) {
   if (indices.length > THUMBS) {
     im.thumbs.append(el('span', {class: 'help'}, `… and ${indices.length - THUMBS} more: open any from the image overview.`));
   }
-  body.append(el('p', {class: 'help'}, `${indices.length} of ${meta.images} images have stored attention maps ` +
-                 '(store more, or all, with --map-images N or --map-budget-mib MIB). Click a patch of the image to see where it attends.'),
+  body.append(el('p', {class: 'help', id: 'images-note'}, `${indices.length === meta.images ? 'All' : indices.length} of ${meta.images} images have stored attention maps.` +
+                 storeAllMaps(meta, meta.images) + ' Click a patch of the image to see where it attends.'),
               im.thumbs, el('div', {class: 'row'}, im.main, im.heads, im.qkBox, im.qkAll));
   if (im.hasQK) im.qkImages = await array('strength/qk_images');
   if (im.hasQK) drawQKMatrix(im, await array('strength/qk_embedding'));
@@ -55,7 +55,15 @@ export async function renderImages(body, info) {
   const draw = () => { drawImage(im); drawQK(im); markQKMatrix(im); };
   if (state.query != null) await fetchQuery(im);
   draw();
+  markFiltered(im);
   onSelect(draw);
+  onFilter(() => markFiltered(im));
+}
+
+// The page's image filter on the strip: images outside it faded (still clickable).
+function markFiltered(im) {
+  const chosen = state.imageFilter ? new Set(state.imageFilter.indices) : null;
+  for (const t of im.thumbs.querySelectorAll('.thumb')) t.classList.toggle('faded', !!chosen && !chosen.has(+t.dataset.image));
 }
 
 // A new image: no query patch, and none of the previous image's attention.

@@ -13,6 +13,8 @@ import {headKinds} from './kinds.js';
 
 export {renderStrength as render};
 
+const ROBUST = 0.95;   // the shared offset scale's ends: that quantile of each side's ratios
+
 export async function renderStrength(body, info) {
   // offset_mean (as large as offset_ratio) only labels the focus map: one head's slice
   // at a time (offsetMean below), the first together with the rest.
@@ -37,7 +39,10 @@ export async function renderStrength(body, info) {
               span: Math.max(spanY, spanX), nY: (spanY + 1) / 2, nX: (spanX + 1) / 2,
               n: a.neighbourhood_share[0][0].length, T: tokens(cfg), base: meta.baselines || null,
               offsetMean};
-  st.scale = ratio(ratioMaps);
+  // One scale for every offset map, fitted to the data and centred on uniform: each side
+  // ends at the 95th percentile of its ratios (beyond: its full colour), so a head at 3x
+  // uniform is as red as the scale goes, not pale next to the demo's 87x neighbour head.
+  st.scale = ratio(ratioMaps, undefined, {robust: ROBUST});
   const uniformDistance = st.base ? st.base.uniform.mean_distance : null;
   publish('strengthNumbers', {distance: a.mean_distance, entropy: a.entropy, uniformDistance});
   st.kinds = headKinds({offsetRatio: ratioMaps, clsShare: a.cls_share || null, distance: a.mean_distance,

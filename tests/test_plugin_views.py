@@ -228,7 +228,7 @@ def test_5_pattern_map_fades_empty_cells_and_shows_real_samples(server, browser,
   g = written['patterns/map'].shape[0]
   counts = np.zeros((g, g), int)
   np.add.at(counts, (cells[:, 0], cells[:, 1]), 1)
-  canvases = p.all('#pattern-map canvas')
+  canvases = p.all('#pattern-map .pattern-cell')
   assert len(canvases) == g * g
   faded = {(int(c.get_attribute('data-row')), int(c.get_attribute('data-col')))
            for c in canvases if 'empty-cell' in c.get_attribute('class')}
@@ -255,7 +255,7 @@ def test_5_pattern_map_fades_empty_cells_and_shows_real_samples(server, browser,
   assert below.location['y'] == y0
   if (counts == 0).any():
     r, c = np.argwhere(counts == 0)[0]
-    p.click(p.all('#pattern-map canvas')[r * g + c])
+    p.click(p.all('#pattern-map .pattern-cell')[r * g + c])
     p.wait.until(lambda d: p.all('#cell-empty'))
     assert below.location['y'] == y0
   p.shot('views-patterns.png', '#view-patterns')
@@ -345,7 +345,7 @@ def test_9_tooltips_do_not_go_stale_and_counts_are_counts(server, browser):
   cell.click()     # the grid is redrawn under the pointer
   p.wait.until(lambda d: not p.one('#vit-tooltip').is_displayed())
   # Pattern cells say how many samples, not a percentage.
-  canvas = next(c for c in p.all('#pattern-map canvas') if c.get_attribute('data-samples') != '0')
+  canvas = next(c for c in p.all('#pattern-map .pattern-cell') if c.get_attribute('data-samples') != '0')
   p.js('arguments[0].scrollIntoView({block: "center"})', canvas)
   ActionChains(browser).move_to_element(canvas).perform()
   p.wait.until(lambda d: p.one('#vit-tooltip').is_displayed())

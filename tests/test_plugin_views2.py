@@ -117,7 +117,7 @@ def test_2_a_runs_new_analyses_are_drawn_without_a_reload(server, browser, logdi
   add_run(logdir, 'late', ['strength', 'patterns'])
   # TensorBoard re-reads the logdir every second, the page polls every 5 s.
   p.wait.until(lambda d: p.ready() and p.all('#view-strength canvas.offset-small')
-               and p.all('#pattern-map canvas'))
+               and p.all('#pattern-map .pattern-cell'))
   assert 'Not computed' not in p.one('#view-strength').text
   assert p.one('#run-select').get_attribute('value') == 'late'
 
@@ -439,8 +439,8 @@ def test_13_pattern_cells_framed_by_their_samples_cluster(page, logdir):
     for k in range(g):
       mine = [int(clusters[index[s, 1], index[s, 2]]) for s in np.flatnonzero((cells[:, 0] == r) & (cells[:, 1] == k))]
       want[(r, k)] = min(set(mine), key=lambda j: (-mine.count(j), j)) if mine else -1
-  page.wait.until(lambda d: len(page.all('#pattern-map canvas')) == g * g)
+  page.wait.until(lambda d: len(page.all('#pattern-map .pattern-cell')) == g * g)
   got = {(int(c.get_attribute('data-row')), int(c.get_attribute('data-col'))): int(c.get_attribute('data-cluster'))
-         for c in page.all('#pattern-map canvas')}
+         for c in page.all('#pattern-map .pattern-cell')}
   assert got == want
   assert page.all('#pattern-cluster-key')

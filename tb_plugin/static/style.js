@@ -62,7 +62,7 @@ table.data tr.stored td { font-weight: 600; } table.data tr.wrong td:nth-child(5
 .filter { color: #c62828; }
 table.rules { font-size: 11px; border-collapse: collapse; } table.rules td { padding: 0 6px; color: #757575; }
 table.rules tr.fired td { color: #212121; font-weight: 600; }
-.pattern-cell.empty-cell { opacity: 0.18; }
+.pattern-cell.empty-cell { background: rgba(255,255,255,0.82); }
 .pattern-cell.selected { box-shadow: 0 0 0 2px #212121; }
 .cell-panel { width: 360px; min-height: 300px; }
 .sample-gallery { display: grid; grid-template-columns: repeat(3, auto); gap: 6px; }
@@ -99,12 +99,13 @@ p.help.definition { max-width: 260px; }
 .centre { fill: none; stroke: #fff; stroke-width: 1.5; }
 .multiples { display: grid; gap: 3px; }
 .offset-small, .pattern-cell { cursor: pointer; image-rendering: pixelated; border: 2px solid transparent; }
-.pattern-cell { display: block; }
+.pattern-cell { box-sizing: border-box; position: relative; }
 .offset-small.selected { border-color: #e15759; }
 .qk-small { cursor: pointer; border: 2px solid transparent; } .qk-small.selected { border-color: #e15759; }
 .pattern-map { display: grid; gap: 4px; }
 .pattern-stage { position: relative; }
 .pattern-stage .map-layer { position: absolute; left: 0; top: 0; pointer-events: none; }
+.pattern-stage .pattern-map { position: absolute; left: 0; top: 0; }
 .cluster-label { font: bold 15px sans-serif; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
 .sample-filtered { fill: none; stroke: #1565c0; stroke-width: 1.2; }
 .cluster { display: grid; grid-template-columns: 110px 340px auto; gap: 8px; align-items: start; padding: 4px; }

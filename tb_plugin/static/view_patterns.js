@@ -91,35 +91,33 @@ function drawPatternMap(mapBox, cellBox, pt) {
   const {layer: l, head: h} = state;
   if (!pt.mapWrap) {
     const cellPx = Math.max(2, Math.floor(48 / c));
+    // Geometry of the CSS grid: cells of cellPx * c plus a 2-px border, 4 px apart.
+    const outer = c * cellPx + 4, pitch = outer + 4, side = g * pitch - 4;
+    pt.geometry = {outer, pitch, side};
     const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
-                            style: `grid-template-columns: repeat(${g}, auto)`});
-    // Each pattern on its own range: the decoded patterns differ mostly in shape, which one
-    // shared range hides (144 near-identical dark squares); on a log scale down to 1/FLOOR
-    // of its peak, so that the surround shows, not only the peak. Grey (white: little
-    // attention, black: the peak), so that the head's red heat and the clusters' colours
-    // stay readable over it.
+                            style: `grid-template-columns: repeat(${g}, ${outer}px); grid-auto-rows: ${outer}px`});
+    // The decoded patterns are painted into one canvas below the grid (one canvas, not one
+    // per cell: a run switch otherwise spends most of this view's time making 144); the
+    // grid's cells above it take the pointer, the selection and the empty cells' veil.
+    const cells = el('canvas', {id: 'pattern-cells', width: side, height: side, class: 'map-layer'});
+    paintPatterns(cells, pt, cellPx);
     for (let r = 0; r < g; r++) {
       for (let k = 0; k < g; k++) {
-        const hi = Math.max(extent(map[r][k])[1], 1e-12);
-        const floor = hi / FLOOR;
-        const logs = map[r][k].map((row) => row.map((v) => Math.log(Math.max(v, floor))));
-        const canvas = heatCanvas(logs, grey(Math.log(floor), Math.log(hi)), cellPx, {cls: 'pattern-cell'});
         const all = pt.cellSamples[r * g + k].length;
-        if (!all) canvas.classList.add('empty-cell');
-        canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
-        canvas.dataset.cluster = pt.cellCluster[r * g + k];
-        canvas.addEventListener('click', () => {
+        const cell = el('div', {class: 'pattern-cell' + (all ? '' : ' empty-cell'), 'data-row': r, 'data-col': k,
+                                'data-samples': all, 'data-cluster': pt.cellCluster[r * g + k]});
+        cell.addEventListener('click', () => {
           state.cell = [r, k];
-          for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
+          for (const x of wrap.children) x.classList.toggle('selected', x === cell);
           drawCell(cellBox, pt);
         });
         // Real samples on hover: the cell panel previews the hovered pattern (after a
         // short rest, so that crossing the map does not fetch every cell on the way).
-        canvas.addEventListener('mouseenter', () => {
+        cell.addEventListener('mouseenter', () => {
           clearTimeout(pt.hoverTimer);
           pt.hoverTimer = setTimeout(() => drawCell(cellBox, pt, [r, k]), HOVER_MS);
         });
-        wrap.append(tip(canvas, () => {
+        wrap.append(tip(cell, () => {
           const {layer: sl, head: sh} = state;
           const mine = pt.headCount.get(`${sl},${sh},${r},${k}`) || 0;
           const of = pt.headCount.get(`${sl},${sh}`) || 0;
@@ -134,12 +132,9 @@ function drawPatternMap(mapBox, cellBox, pt) {
       clearTimeout(pt.hoverTimer);
       if (pt.preview) drawCell(cellBox, pt);
     });
-    // Geometry of the CSS grid: cells of cellPx * c plus a 2-px border, 4 px apart.
-    const outer = c * cellPx + 4, pitch = outer + 4, side = g * pitch - 4;
-    pt.geometry = {outer, pitch, side};
     pt.heat = el('canvas', {id: 'pattern-density', width: side, height: side, class: 'map-layer'});
     const stage = el('div', {class: 'pattern-stage', style: `width:${side}px;height:${side}px`},
-                     wrap, pt.heat, clusterOutlines(pt));
+                     cells, pt.heat, clusterOutlines(pt), wrap);
     const sc = grey(0, 1, 'each pattern: log scale');
     sc.ticks = [[0, `≤ peak/${FLOOR}`], [1, 'peak']];
     pt.mapWrap = wrap;
@@ -161,6 +156,40 @@ function drawPatternMap(mapBox, cellBox, pt) {
 }
 
 const HOVER_MS = 120;
+
+// Every decoded pattern into `canvas`, at its cell of the grid (inside its 2-px border). Each
+// pattern on its own range: the decoded patterns differ mostly in shape, which one shared
+// range hides (144 near-identical dark squares); on a log scale down to 1/FLOOR of its
+// peak, so that the surround shows, not only the peak. Grey (white: little attention,
+// black: the peak), so that the head's red heat and the clusters' colours stay readable
+// over it.
+function paintPatterns(canvas, pt, cellPx) {
+  const {map, g, c} = pt, {pitch, side} = pt.geometry;
+  const ctx = canvas.getContext('2d');
+  const image = ctx.createImageData(side, side);
+  const px = new Uint32Array(image.data.buffer);
+  const PIXEL = new Uint8ClampedArray(4), PIXEL32 = new Uint32Array(PIXEL.buffer);
+  for (let r = 0; r < g; r++) {
+    for (let k = 0; k < g; k++) {
+      const m = map[r][k];
+      let hi = 1e-12;
+      for (const row of m) for (const v of row) if (v > hi) hi = v;
+      const sc = grey(Math.log(hi / FLOOR), Math.log(hi));
+      const x0 = k * pitch + 2, y0 = r * pitch + 2;
+      for (let i = 0; i < c; i++) {
+        for (let j = 0; j < c; j++) {
+          const [R, G, B] = sc.rgb(Math.log(Math.max(m[i][j], hi / FLOOR)));
+          PIXEL[0] = R; PIXEL[1] = G; PIXEL[2] = B; PIXEL[3] = 255;
+          for (let y = 0; y < cellPx; y++) {
+            const start = (y0 + i * cellPx + y) * side + x0 + j * cellPx;
+            px.fill(PIXEL32[0], start, start + cellPx);
+          }
+        }
+      }
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+}
 const FLOOR = 30;   // a pattern's range: its peak down to peak / FLOOR (log)
 
 // The selected head's density ([g][g] shares of its samples) as a red heat over the map: one
@@ -258,14 +287,19 @@ function sampleScatter(box, cellBox, pt) {
   }
   const clamp = (v, lo, hi) => Math.min(Math.max(v, Math.min(lo, hi)), Math.max(lo, hi));
   const step = Math.max(1, Math.ceil(lat.length / SCATTER_MAX));
-  const xy = [];
+  const xy = [], marks = [];
+  // The points as one string of markup (parsed at once: thousands of createElementNS and
+  // setAttribute calls were a third of this view's share of a run switch).
   for (let sIdx = 0; sIdx < lat.length; sIdx += step) {
     const [, l, h] = idx[sIdx];
     const x = f.x(clamp(lat[sIdx][0], ext[0][0], ext[0][1])), y = f.y(clamp(lat[sIdx][1], ext[1][0], ext[1][1]));
     const fill = by === 'layer' ? layerColour(l, L) : headColour(h, H);
-    s.append(svg('circle', {cx: x, cy: y, r: 2, fill, class: 'sample-point'}));
+    marks.push(`<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="2" fill="${fill}" class="sample-point"/>`);
     xy.push([sIdx, x, y]);
   }
+  const points = svg('g', {class: 'points'});
+  points.innerHTML = marks.join('');
+  s.append(points);
   const rings = svg('g', {class: 'rings'}), filtered = svg('g', {class: 'filtered', id: 'sample-filtered'});
   s.append(filtered, rings);
   s.addEventListener('click', (e) => {   // a click picks the map cell under the pointer
@@ -274,7 +308,7 @@ function sampleScatter(box, cellBox, pt) {
     const fy = (e.clientY - rect.top - f.m.t) / (f.height - f.m.t - f.m.b);
     if (fx < 0 || fx >= 1 || fy < 0 || fy >= 1) return;
     state.cell = [g - 1 - Math.floor(fy * g), Math.floor(fx * g)];
-    for (const x of document.querySelectorAll('#pattern-map canvas')) {
+    for (const x of document.querySelectorAll('#pattern-map .pattern-cell')) {
       x.classList.toggle('selected', +x.dataset.row === state.cell[0] && +x.dataset.col === state.cell[1]);
     }
     drawCell(cellBox, pt);

@@ -245,24 +245,37 @@ async function drawQK(im) {
     const p = t - cls, r = Math.floor(p / n), c = p % n;
     return `hsl(${Math.round(300 * c / Math.max(1, n - 1))}, 70%, ${Math.round(30 + 45 * r / Math.max(1, gh - 1))}%)`;
   };
-  const later = [];
+  // The points as one string of markup (parsed at once), the selected image's drawn last
+  // (on top); one listener on the chart for all of them (a head click redraws ~1,000).
+  const faint = [], strong = [];
   for (let role = 0; role < 2; role++) {
     e[role].forEach(([x, y], j) => {
       const m = Math.floor(j / T), t = j % T;
       const mine = m === shown;
-      const dot = svg('circle', {cx: f.x(x), cy: f.y(y), r: mine ? 3 : 2, fill: colourOf(role, t),
-                                 class: 'qk-point' + (mine ? ' mine' : ' faded'), 'data-role': role,
-                                 'data-image': im.qkImages[m], 'data-token': t,
-                                 onclick: () => openToken(im, im.qkImages[m], t)});
-      tip(dot, `${role ? 'key' : 'query'} of ${tokenName(im, t)}` +
-               `, image ${im.meta.image_names[im.indices[im.qkImages[m]]]}; click to make it the query`);
-      if (mine) later.push(dot); else s.append(dot);
+      (mine ? strong : faint).push(`<circle cx="${f.x(x).toFixed(1)}" cy="${f.y(y).toFixed(1)}" r="${mine ? 3 : 2}" ` +
+          `fill="${colourOf(role, t)}" class="qk-point${mine ? ' mine' : ' faded'}" data-role="${role}" ` +
+          `data-image="${im.qkImages[m]}" data-token="${t}"/>`);
       if (mine && role === 0 && state.query != null && t === state.query + cls) {
-        later.push(svg('circle', {cx: f.x(x), cy: f.y(y), r: 7, class: 'qk-selected', id: 'qk-selected'}));
+        strong.push(`<circle cx="${f.x(x).toFixed(1)}" cy="${f.y(y).toFixed(1)}" r="7" class="qk-selected" id="qk-selected"/>`);
       }
     });
   }
-  s.append(...later);
+  const points = svg('g', {class: 'points'});
+  points.innerHTML = faint.join('') + strong.join('');
+  s.append(points);
+  const pointAt = (ev) => (ev.target.classList && ev.target.classList.contains('qk-point') ? ev.target : null);
+  s.addEventListener('click', (ev) => {
+    const dot = pointAt(ev);
+    if (dot) openToken(im, +dot.dataset.image, +dot.dataset.token);
+  });
+  let hovered = null;
+  s.addEventListener('mouseover', (ev) => { hovered = pointAt(ev); }, true);
+  tip(s, () => {
+    const dot = hovered;
+    if (!dot) return '';
+    return `${dot.dataset.role === '1' ? 'key' : 'query'} of ${tokenName(im, +dot.dataset.token)}` +
+           `, image ${im.meta.image_names[im.indices[+dot.dataset.image]]}; click to make it the query`;
+  });
   box.replaceChildren(el('h3', {}, `${headName(l, h)}: queries and keys together`),
       el('label', {}, 'colour by ', dropdown([['role', 'query / key'], ['position', 'patch position']], state.qkColour || 'role',
                                              (v) => { state.qkColour = v; drawQK(im); }, 'qk-colour')),

@@ -5,7 +5,7 @@
 
 import {CATEGORICAL, categoryKey, grey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks,
         ratio} from './charts.js';
-import {array, arrays, meta as analysisMeta, q, unpack} from './data.js';
+import {array, arrayFlat, arrays, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, gridShape, headName, tokens} from './format.js';
 import {changed, onFilter, onSelect, publish, select, setImageFilter, state, use, whenPublished} from './state.js';
@@ -19,15 +19,16 @@ const SCATTER_MAX = 6000;   // points drawn in the latent scatter (an even subsa
 export {renderPatterns as render};
 
 export async function renderPatterns(body, info) {
-  const [meta, a, samples] = await Promise.all([
+  const [meta, a, samples, map] = await Promise.all([
       analysisMeta('patterns'),
-      arrays('patterns', ['map', 'head_density', 'head_cluster', 'cluster_pattern',
+      arrays('patterns', ['head_density', 'head_cluster', 'cluster_pattern',
                           'train_loss', 'val_loss', 'map_extent']),
-      arrays('patterns', ['sample_cell', 'sample_index', 'sample_latent'])]);
-  const {map, head_density: density} = a;
+      arrays('patterns', ['sample_cell', 'sample_index', 'sample_latent']),
+      arrayFlat('patterns/map')]);   // [g, g, c, c], read once, in order
+  const {head_density: density} = a;
   // g: pattern map side (cells); c: side of one decoded pattern.
-  const pt = {...a, ...samples, meta, info, g: map.length, c: map[0][0].length, L: density.length,
-              H: density[0].length, n: (map[0][0].length + 1) / 2};
+  const pt = {...a, ...samples, map, meta, info, g: map.shape[0], c: map.shape[2], L: density.length,
+              H: density[0].length, n: (map.shape[2] + 1) / 2};
   pt.T = tokens(meta.config);
   [pt.gh, pt.gw] = gridShape(meta.config);   // the patch grid of a plain sample map
   // Samples per cell, and per head and cell.
@@ -75,7 +76,15 @@ export async function renderPatterns(body, info) {
       changed();
     });
   }
-  onSelect(drawMap, drawScatter, drawClusters, () => drawCell(cellBox, pt));
+  // A new head only moves the clusters' highlight: the list is not drawn anew.
+  const markClusters = () => {
+    const j = pt.head_cluster[state.layer][state.head];
+    for (const row of clusterBox.querySelectorAll('.cluster')) row.classList.toggle('selected', +row.dataset.cluster === j);
+    for (const chip of clusterBox.querySelectorAll('.chip[data-layer]')) {
+      chip.classList.toggle('selected', +chip.dataset.layer === state.layer && +chip.dataset.head === state.head);
+    }
+  };
+  onSelect(drawMap, drawScatter, markClusters, () => drawCell(cellBox, pt));
   onFilter(drawScatter);
 }
 
@@ -132,7 +141,10 @@ function drawPatternMap(mapBox, cellBox, pt) {
       clearTimeout(pt.hoverTimer);
       if (pt.preview) drawCell(cellBox, pt);
     });
-    pt.heat = el('canvas', {id: 'pattern-density', width: side, height: side, class: 'map-layer'});
+    // The heat: one pixel a cell, scaled up smoothly by the browser so that each pixel's
+    // centre sits on its cell's centre (the cells' pitch, less the 4-px gap at the ends).
+    pt.heat = el('canvas', {id: 'pattern-density', width: g, height: g, class: 'map-layer heat',
+                            style: `left:${outer / 2 - pitch / 2}px;top:${outer / 2 - pitch / 2}px;width:${g * pitch}px;height:${g * pitch}px`});
     const stage = el('div', {class: 'pattern-stage', style: `width:${side}px;height:${side}px`},
                      cells, pt.heat, clusterOutlines(pt), wrap);
     const sc = grey(0, 1, 'each pattern: log scale');
@@ -164,25 +176,33 @@ const HOVER_MS = 120;
 // black: the peak), so that the head's red heat and the clusters' colours stay readable
 // over it.
 function paintPatterns(canvas, pt, cellPx) {
-  const {map, g, c} = pt, {pitch, side} = pt.geometry;
+  const {map, g, c} = pt, {pitch, side} = pt.geometry, m = map.data;
   const ctx = canvas.getContext('2d');
   const image = ctx.createImageData(side, side);
   const px = new Uint32Array(image.data.buffer);
+  const levels = 256, shade = grey(0, levels - 1);   // the ramp as pixels, once
   const PIXEL = new Uint8ClampedArray(4), PIXEL32 = new Uint32Array(PIXEL.buffer);
+  const lut = Uint32Array.from({length: levels}, (_, i) => {
+    const [R, G, B] = shade.rgb(i);
+    PIXEL[0] = R; PIXEL[1] = G; PIXEL[2] = B; PIXEL[3] = 255;
+    return PIXEL32[0];
+  });
+  const logFloor = Math.log(FLOOR);
   for (let r = 0; r < g; r++) {
     for (let k = 0; k < g; k++) {
-      const m = map[r][k];
+      const base = (r * g + k) * c * c;
       let hi = 1e-12;
-      for (const row of m) for (const v of row) if (v > hi) hi = v;
-      const sc = grey(Math.log(hi / FLOOR), Math.log(hi));
+      for (let i = base; i < base + c * c; i++) if (m[i] > hi) hi = m[i];
+      const logHi = Math.log(hi);
       const x0 = k * pitch + 2, y0 = r * pitch + 2;
       for (let i = 0; i < c; i++) {
         for (let j = 0; j < c; j++) {
-          const [R, G, B] = sc.rgb(Math.log(Math.max(m[i][j], hi / FLOOR)));
-          PIXEL[0] = R; PIXEL[1] = G; PIXEL[2] = B; PIXEL[3] = 255;
+          const v = m[base + i * c + j];
+          const t = v > 0 ? 1 - Math.min(1, (logHi - Math.log(v)) / logFloor) : 0;
+          const pixel = lut[Math.round(Math.max(0, t) * (levels - 1))];
           for (let y = 0; y < cellPx; y++) {
             const start = (y0 + i * cellPx + y) * side + x0 + j * cellPx;
-            px.fill(PIXEL32[0], start, start + cellPx);
+            px.fill(pixel, start, start + cellPx);
           }
         }
       }
@@ -190,27 +210,21 @@ function paintPatterns(canvas, pt, cellPx) {
   }
   ctx.putImageData(image, 0, 0);
 }
-const FLOOR = 30;   // a pattern's range: its peak down to peak / FLOOR (log)
 
 // The selected head's density ([g][g] shares of its samples) as a red heat over the map: one
 // pixel per cell, scaled up smoothly so that pixel centres sit on the cells' centres;
 // opacity by the square root of the share over the largest (a head spread over many cells
 // stays visible). Returns the largest share.
 function drawHeat(pt, density) {
-  const {g} = pt, {outer, pitch, side} = pt.geometry;
+  const {g} = pt;
   const peak = Math.max(0, ...density.flat().filter(Number.isFinite));
-  const small = el('canvas', {width: g, height: g});
-  const sctx = small.getContext('2d');
-  const image = sctx.createImageData(g, g);
+  const ctx = pt.heat.getContext('2d');
+  const image = ctx.createImageData(g, g);
   density.forEach((row, r) => row.forEach((v, k) => {
     const i = 4 * (r * g + k);
     image.data.set([214, 39, 40, peak > 0 && v > 0 ? Math.round(255 * 0.85 * Math.sqrt(v / peak)) : 0], i);
   }));
-  sctx.putImageData(image, 0, 0);
-  const ctx = pt.heat.getContext('2d');
-  ctx.clearRect(0, 0, side, side);
-  ctx.imageSmoothingEnabled = true;
-  ctx.drawImage(small, outer / 2 - pitch / 2, outer / 2 - pitch / 2, g * pitch, g * pitch);
+  ctx.putImageData(image, 0, 0);
   pt.heat.dataset.layer = state.layer; pt.heat.dataset.head = state.head;
   pt.heat.dataset.peak = peak;
   return peak;
@@ -478,7 +492,7 @@ function drawClusterList(clusterBox, pt) {
            el('span', {class: 'help'}, ` · peak ${fmt(Math.max(...times[j].flat()))}× uniform`),
            el('div', {class: 'chips'}, members.map(([l, h]) =>
                el('button', {class: 'chip' + (l === state.layer && h === state.head ? ' selected' : ''),
-                             onclick: () => select(l, h)}, headName(l, h))))),
+                             'data-layer': l, 'data-head': h, onclick: () => select(l, h)}, headName(l, h))))),
         el('details', {class: 'rules-fold'}, el('summary', {}, 'why this name: the rule statistics'), stats));
   });
   clusterBox.replaceChildren(el('h3', {}, 'Head clusters: mean re-centred attention of the members (× uniform), and why each got its name'),

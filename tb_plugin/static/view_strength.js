@@ -74,7 +74,17 @@ export async function renderStrength(body, info) {
   const focusDrawn = drawFocus();
   drawCurves(); drawTrends(); drawTable(); drawCls();
   await focusDrawn;
-  onSelect(drawFocus, drawCurves, drawTrends, drawTable, drawCls);
+  // A new head only moves the table's highlight (its rows do not depend on the selection).
+  const markTable = () => {
+    let selected = null;
+    for (const row of table.querySelectorAll('#locality-table tbody tr[data-layer]')) {
+      const on = +row.dataset.layer === state.layer && +row.dataset.head === state.head;
+      row.classList.toggle('selected', on);
+      if (on) selected = row;
+    }
+    if (selected && !LOCALITY_SORT.key) scrollIntoBox(table.querySelector('.table-scroll'), selected);
+  };
+  onSelect(drawFocus, drawCurves, drawTrends, markTable, drawCls);
 }
 
 // The scale of one map: the shared one, or (per-map) its own log range centred at 1×.
@@ -277,16 +287,26 @@ function drawLocalityTable(box, st) {
 }
 
 // Scrolls the table's own box (not the page) so that the row shows below the sticky column
-// headers; at the next frame, when the layout is computed anyway.
+// headers; at the next frame, when the layout is computed anyway, and only once the table
+// is on screen (a head click with the table out of sight forced a layout of the whole page
+// for it: a third of the click's time).
 function scrollIntoBox(scroller, row) {
-  requestAnimationFrame(() => {
+  const scroll = () => requestAnimationFrame(() => {
     if (!row.isConnected) return;
     const box = scroller.getBoundingClientRect(), r = row.getBoundingClientRect();
     const top = box.top + scroller.querySelector('thead').getBoundingClientRect().height;
     if (r.top < top) scroller.scrollTop -= top - r.top;
     else if (r.bottom > box.bottom) scroller.scrollTop += r.bottom - box.bottom;
   });
+  if (waiting) waiting.disconnect();   // the previous table is gone
+  const seen = waiting = new IntersectionObserver((entries) => {
+    if (!entries.some((e) => e.isIntersecting)) return;
+    seen.disconnect();
+    scroll();
+  });
+  seen.observe(scroller);
 }
+let waiting = null;
 
 // The class token's attention to each patch, and each patch's attention to it (× uniform);
 // without a class token, a MAP head's probe attention to each patch.

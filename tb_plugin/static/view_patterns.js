@@ -168,6 +168,7 @@ function drawPatternMap(mapBox, cellBox, pt) {
 }
 
 const HOVER_MS = 120;
+const FLOOR = 30;   // a pattern's range: its peak down to peak / FLOOR (log)
 
 // Every decoded pattern into `canvas`, at its cell of the grid (inside its 2-px border). Each
 // pattern on its own range: the decoded patterns differ mostly in shape, which one shared

@@ -183,8 +183,8 @@ function imageColours(ov, correct) {
     return Number.isFinite(v) ? colour((v - lo) / ((hi - lo) || 1)) : '#bdbdbd';
   };
   const k = ov.cluster ? Math.max(...ov.cluster) + 1 : 0;
-  const key = by === 'correct' ? el('span', {class: 'help'}, 'green: right, red: wrong, grey: no label')
-      : by === 'cluster' ? el('span', {class: 'keys', id: 'overview-cluster-key'}, Array.from({length: k}, (_, j) =>
+  const key = () => by === 'correct' ? el('span', {class: 'help'}, 'green: right, red: wrong, grey: no label')
+      : by === 'cluster' ? el('span', {class: 'keys overview-cluster-key'}, Array.from({length: k}, (_, j) =>
           el('span', {style: `color:${IMAGE_CLUSTER_COLOURS[j % IMAGE_CLUSTER_COLOURS.length]}`},
              `■ ${j} (${ov.cluster.filter((c) => c === j).length}) `)))
       : by === 'none' ? null : el('span', {class: 'help'}, `dark ${fmt(lo)} → bright ${fmt(hi)}`);
@@ -200,7 +200,7 @@ const IMAGE_CLUSTER_COLOURS = ['#4e79a7', '#f28e2b', '#b07aa1', '#76b7b2', '#edc
 function drawThumbnails(ov, rows, {by, value, colourOf, key, control}) {
   const t = ov.meta.thumbnails;
   if (!t) {
-    ov.thumbs.replaceChildren(el('div', {class: 'controls'}, control, key), el('p', {class: 'help', id: 'overview-thumbs-note'},
+    ov.thumbs.replaceChildren(el('div', {class: 'controls'}, control, key()), el('p', {class: 'help', id: 'overview-thumbs-note'},
         'No thumbnails stored for this run (re-run importance: they are stored with it, --thumbnail-budget-mib MIB).'));
     return;
   }
@@ -222,7 +222,7 @@ function drawThumbnails(ov, rows, {by, value, colourOf, key, control}) {
   }));
   const missing = ov.N - t.index.length;
   ov.thumbs.replaceChildren(
-      el('div', {class: 'controls'}, control, key, el('span', {class: 'help'}, 'thumbnails in the table\'s order')),
+      el('div', {class: 'controls'}, control, key(), el('span', {class: 'help'}, 'thumbnails in the table\'s order')),
       grid,
       ...(missing <= 0 ? [] : [el('p', {class: 'help', id: 'overview-thumbs-note'},
           `Thumbnails of ${t.index.length} of ${ov.N} images (${t.budget_mib} MiB); store all with ` +
@@ -351,7 +351,7 @@ function drawLayout(ov, {by, colourOf, key}) {
     setImageFilter(inside.length && bx - ax > 3
         ? {indices: inside, label: `${inside.length} image${inside.length === 1 ? '' : 's'} chosen in the layout`, source: 'layout'} : null);
   });
-  ov.layout.replaceChildren(el('h3', {}, 'Images by the heads they depend on'), s, key ? el('div', {}, key) : null,
+  ov.layout.replaceChildren(el('h3', {}, 'Images by the heads they depend on'), s, el('div', {class: 'layout-key'}, key()),
       el('p', {class: 'help'}, 'Each image a point: its per-image Taylor importance of every head, on the first two ' +
          'principal axes (near: depends on the same heads); coloured as the thumbnails. ' +
          'Drag a rectangle to choose images: the thumbnails, the table, the per-image histogram, the pattern samples and the image strip follow.'));

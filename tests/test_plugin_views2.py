@@ -588,24 +588,31 @@ def test_13_the_selected_heads_density_is_a_heat_over_the_map_samples_on_hover_c
   assert sorted(int(t.text) for t in page.all('#pattern-outlines text.cluster-label')) == sorted({j for j in owner.values() if j >= 0})
 
 
-def test_16_the_importance_view_fits_one_1600_by_1000_screen_and_wraps_below_1400(page):
+def test_16_the_importance_view_fits_one_1600_by_1000_screen_and_wraps_below_1400(page, tiny):
+  H = tiny['importance'].taylor.shape[1]
+  l, h = divmod(int(tiny['importance'].partial_heads[0]), H)
+  page.head(l, h)                         # a head with partial bars (the address keeps it)
   try:
     for size in ((1600, 1000), (1280, 800)):
       page.d.set_window_size(*size)
       page.d.refresh()
       page.wait.until(page.ready)
-      page.wait.until(lambda d: page.all('#per-image-hist'))
+      page.wait.until(lambda d: page.all('#per-image-hist') and page.all('#partial-bars'))
       boxes = page.js("""
         const s = document.getElementById('view-importance');
         s.scrollIntoView(); window.scrollBy(0, -document.getElementById('sticky-header').offsetHeight);
         const panels = [...s.querySelectorAll('.row > .panel, .row > .column > .panel')].map((p) => p.getBoundingClientRect());
+        const box = (id) => document.getElementById(id).getBoundingClientRect();
         return {panels: panels.map((b) => [b.top, b.bottom, b.left]), view: [s.getBoundingClientRect().top, innerHeight],
-                wide: document.documentElement.scrollWidth - innerWidth};""")
+                wide: document.documentElement.scrollWidth - innerWidth,
+                hist: [box('per-image-hist').top, box('per-image-hist').left], bars: [box('detail-panel').bottom, box('partial-bars').left]};""")
       tops = {round(t) for t, _, left in boxes['panels'] if left < 1400 and t < boxes['view'][0] + 200}
       assert boxes['wide'] <= 0, size                                   # nothing cut off sideways
       if size[0] == 1600:
         assert max(b for _, b, _ in boxes['panels']) <= boxes['view'][1], boxes   # histogram included
         assert len({round(t) for t, _, _ in boxes['panels'] if t < boxes['view'][0] + 200}) == 1, boxes  # one row
+        # The histogram beside the partial bars' panel (below the pruning curves), not under it.
+        assert boxes['hist'][0] < boxes['bars'][0] and boxes['hist'][1] < boxes['bars'][1], boxes
       else:
         assert len({round(l) for _, _, l in boxes['panels']}) < len(boxes['panels']) or len(tops) > 1, boxes  # wrapped
   finally:

@@ -78,7 +78,7 @@ table.rules tr.fired td { color: #212121; font-weight: 600; }
 h2 { font-size: 16px; margin: 18px 0 4px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .help { color: #616161; margin: 2px 0 6px; }
-p.help.definition { max-width: 260px; }
+p.help.definition, .panel > p.help.definition { max-width: 260px; }
 .row { display: flex; flex-wrap: wrap; gap: 16px; }
 .column { display: flex; flex-direction: column; gap: 16px; }
 .panel > p.help, .panel > .keys { max-width: 380px; }

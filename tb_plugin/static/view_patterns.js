@@ -116,6 +116,7 @@ function drawPatternMap(mapBox, cellBox, pt) {
         const cell = el('div', {class: 'pattern-cell' + (all ? '' : ' empty-cell'), 'data-row': r, 'data-col': k,
                                 'data-samples': all, 'data-cluster': pt.cellCluster[r * g + k]});
         cell.addEventListener('click', () => {
+          clearTimeout(pt.hoverTimer);
           state.cell = [r, k];
           for (const x of wrap.children) x.classList.toggle('selected', x === cell);
           drawCell(cellBox, pt);
@@ -124,6 +125,8 @@ function drawPatternMap(mapBox, cellBox, pt) {
         // short rest, so that crossing the map does not fetch every cell on the way).
         cell.addEventListener('mouseenter', () => {
           clearTimeout(pt.hoverTimer);
+          const shown = pt.preview || state.cell;
+          if (shown && shown[0] === r && shown[1] === k) return;   // already shown
           pt.hoverTimer = setTimeout(() => drawCell(cellBox, pt, [r, k]), HOVER_MS);
         });
         wrap.append(tip(cell, () => {

@@ -61,7 +61,13 @@ export async function renderOverview(body, info) {
   drawSummary(ov);
   drawTable(ov);
   onFilter(() => drawTable(ov));
-  onSelect(async () => { if (await load()) drawTable(ov); });
+  // A new head changes the table's Taylor column; the thumbnails and the layout only when
+  // they are coloured or ordered by it (else a head click would redraw them for nothing).
+  onSelect(async () => {
+    if (!(await load())) return;
+    const byHead = ov.thumbColour === 'taylor' || state.imageSort === 'taylor';
+    drawTable(ov, {pictures: byHead});
+  });
 }
 
 function drawSummary({meta, prediction, N}) {
@@ -83,7 +89,7 @@ function drawSummary({meta, prediction, N}) {
 
 const className = (meta, c) => c == null || c < 0 ? '–' : `${(meta.class_names || [])[c] ?? c}`;
 
-function drawTable(ov) {
+function drawTable(ov, {pictures = true} = {}) {
   hideTooltip();
   const {meta, loss, prediction, taylor, N} = ov;
   const labels = meta.labels || [];
@@ -114,8 +120,13 @@ function drawTable(ov) {
     return (x - y) * dir || a - b;
   });
   const colouring = imageColours(ov, correct);
-  drawThumbnails(ov, rows, colouring);
-  drawLayout(ov, colouring);
+  if (pictures || !ov.thumbs.firstChild) {
+    drawThumbnails(ov, rows, colouring);
+    drawLayout(ov, colouring);
+  } else {   // the colour menu names the selected head
+    const option = ov.thumbs.querySelector('#thumb-colour option[value="taylor"]');
+    if (option) option.textContent = `Taylor of ${headName(state.layer, state.head)}`;
+  }
   const pages = Math.max(1, Math.ceil(rows.length / PAGE));
   state.imagePage = Math.min(state.imagePage, pages - 1);
   const shown = rows.slice(state.imagePage * PAGE, (state.imagePage + 1) * PAGE);

@@ -64,9 +64,9 @@ table.rules { font-size: 11px; border-collapse: collapse; } table.rules td { pad
 table.rules tr.fired td { color: #212121; font-weight: 600; }
 .pattern-cell.empty-cell { background: rgba(255,255,255,0.82); }
 .pattern-cell.selected { box-shadow: 0 0 0 2px #212121; }
-.cell-panel { width: 360px; min-height: 300px; }
+.cell-panel { width: 360px; height: 460px; overflow: auto; box-sizing: border-box; }   /* hovering never moves the page */
 .sample-gallery { display: grid; grid-template-columns: repeat(3, auto); gap: 6px; }
-.sample .caption { font-size: 10px; color: #616161; }
+.sample .caption, .sample-slot .caption { font-size: 10px; color: #616161; height: 14px; line-height: 14px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .sample-stage { position: relative; }
 .sample-stage img.base, .sample-stage canvas.overlay { position: absolute; left: 0; top: 0; image-rendering: pixelated; }
 .sample-stage canvas.translucent { opacity: 0.7; }

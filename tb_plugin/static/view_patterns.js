@@ -379,6 +379,13 @@ async function drawCell(box, pt, preview = null) {
   const others = members.filter((s) => !mine.includes(s));
   const pick = [...mine, ...others.filter((_, i) => i % Math.max(1, Math.floor(others.length / SAMPLES_SHOWN)) === 0)]
       .slice(0, SAMPLES_SHOWN);
+  const {gh, gw} = pt;
+  const cell = Math.max(4, Math.floor(84 / Math.max(gh, gw)));
+  // Slots of the samples' size until their maps arrive: the panel keeps its height.
+  const slots = pick.map(() => el('div', {class: 'sample-slot', style: `width:${gw * cell}px`},
+      el('div', {style: `width:${gw * cell}px;height:${gh * cell}px`}),
+      el('div', {class: 'caption'}, '\u00a0'), el('div', {class: 'caption'}, '\u00a0')));
+  gallery.append(...slots);
   pt.sampleMaps = pt.sampleMaps || new Map();   // sample -> promise of its map (hover re-asks)
   const maps = await Promise.all(pick.map((s) => {
     if (!pt.sampleMaps.has(s)) pt.sampleMaps.set(s, array('patterns/sample_plain', {index: s}));
@@ -388,8 +395,6 @@ async function drawCell(box, pt, preview = null) {
   if (!now || now[0] !== r || now[1] !== k) return;
   const names = pt.meta.image_names || [];
   const stored = use('storedImages') || [];
-  const {gh, gw} = pt;
-  const cell = Math.max(4, Math.floor(84 / Math.max(gh, gw)));
   pick.forEach((s, j) => {
     const [image, l, h, query] = pt.sample_index[s];
     const m = maps[j].map((row) => row.map((v) => v * pt.T));
@@ -404,7 +409,7 @@ async function drawCell(box, pt, preview = null) {
     const [qr, qc] = [Math.floor(query / gw), query % gw];
     ctx.strokeRect(qc * cell + 1, qr * cell + 1, cell - 2, cell - 2);
     stage.append(c);
-    gallery.append(el('div', {class: 'sample', 'data-sample': s},
+    slots[j].replaceWith(el('div', {class: 'sample', 'data-sample': s, style: `width:${gw * cell}px`},
         tip(stage, `${headName(l, h)}, image ${names[image] ?? image}, query patch (row ${qr}, col ${qc}) outlined; × uniform, ${sc.ticks[0][1]} … ${sc.ticks[2][1]}`),
         el('div', {class: 'caption'}, `${headName(l, h)} · ${names[image] ?? `image ${image}`}`),
         el('div', {class: 'caption'}, `query (${qr}, ${qc}) · peak ${fmt(Math.max(...m.flat()))}×`)));

@@ -71,7 +71,7 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
     pe = pe[:, n_cls + n_reg:]
     no_embed_class = False
   else:  # no_embed_class
-    pre_pe = np.zeros((1, n_cls + n_reg, width), np.float32)
+    pre_pe = common.zeros((1, n_cls + n_reg, width))
     no_embed_class = True
   if cls is not None:
     t['cls'] = f32(cls)
@@ -86,7 +86,7 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
     common.put_norm(t, f'{block(i)}/LayerNorm_2', take(b + 'norm2.weight'), take(b + 'norm2.bias'))
     qkv_w = f32(take(b + 'attn.qkv.weight'))
     qkv_b = take(b + 'attn.qkv.bias', True)
-    qkv_b = np.zeros(qkv_w.shape[0], np.float32) if qkv_b is None else f32(qkv_b)
+    qkv_b = common.zeros(qkv_w.shape[0]) if qkv_b is None else f32(qkv_b)
     if qkv_w.shape != (3 * width, width) or qkv_b.shape != (3 * width,):
       raise CheckpointError(f'{path}: {b}attn.qkv.weight / .bias have shapes '
                             f'{list(qkv_w.shape)} / {list(qkv_b.shape)}; expected [3 x width, '

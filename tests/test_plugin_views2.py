@@ -590,7 +590,7 @@ def test_13_the_selected_heads_density_is_a_heat_over_the_map_samples_on_hover_c
 
 def test_16_the_importance_view_fits_one_1600_by_1000_screen_and_wraps_below_1400(page, tiny):
   H = tiny['importance'].taylor.shape[1]
-  l, h = divmod(int(tiny['importance'].partial_heads[0]), H)
+  l, h = divmod(int(tiny['importance'].partial.heads[0]), H)
   page.head(l, h)                         # a head with partial bars (the address keeps it)
   try:
     for size in ((1600, 1000), (1280, 800)):

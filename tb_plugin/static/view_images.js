@@ -197,7 +197,7 @@ function headMultiples(im, result) {
     for (let r = 0; r < gh; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n).map((v) => v * T));
     return m;
   }));
-  const shared = ratio(maps);
+  const shared = ratio(maps, undefined, {robust: 0.95});   // as the offset multiples: ends at the 95th percentiles
   // Rows = layers, columns = heads, labelled, as every other matrix of the page.
   const grid = el('div', {class: 'multiples', id: 'head-multiples',
                           style: `grid-template-columns: 22px repeat(${cfg.num_heads}, auto)`});

@@ -419,7 +419,12 @@ class VitAnalyticsPlugin(base_plugin.TBPlugin):
     runs = []
     for run in sorted(tags):
       analyses = sorted({info['analysis'] for info in tags[run].values()})
+      # written: when its latest value was written (a re-written analysis changes it, and
+      # the page then drops what it had kept of the run).
       runs.append({'run': run, 'analyses': analyses,
+                   'written': max((w for info in tags[run].values()
+                                   if isinstance(w := info.get('wall_time'), (int, float)) and math.isfinite(w)),
+                                  default=0.),
                    'tags': {t: {k: v for k, v in info.items() if k in ('analysis', 'kind', 'axes')}
                             for t, info in sorted(tags[run].items())}})
     return runs

@@ -57,7 +57,7 @@ def test_views_render_link_and_respond(analysis_logdir, browser, load_fast):
     # Every view drew its content.
     assert len(find('#pruning-curves polyline')) >= 1
     assert len(find('.multiples canvas.offset-small')) == L * H
-    assert len(find('#pattern-map canvas')) == written['patterns/map'].shape[0] ** 2
+    assert len(find('#pattern-map .pattern-cell')) == written['patterns/map'].shape[0] ** 2
     assert len(find('.cluster')) == written['patterns/cluster_pattern'].shape[0]
     assert len(find('.thumb')) == 3
 
@@ -87,10 +87,10 @@ def test_views_render_link_and_respond(analysis_logdir, browser, load_fast):
     assert 'query patch (row' in browser.find_element(By.ID, 'query-label').text
 
     # Patterns: clicking a map cell lists the heads that produce that pattern.
-    browser.execute_script('arguments[0].scrollIntoView()', find('#pattern-map canvas')[0])
+    browser.execute_script('arguments[0].scrollIntoView()', find('#pattern-map .pattern-cell')[0])
     occupied = np.argwhere(written['patterns/head_density'].sum((0, 1)) > 0)[0]
     g = written['patterns/map'].shape[0]
-    find('#pattern-map canvas')[occupied[0] * g + occupied[1]].click()
+    find('#pattern-map .pattern-cell')[occupied[0] * g + occupied[1]].click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#cell-heads .chip'))
 
     # Two runs side by side: the comparison shows both importance grids.

@@ -117,7 +117,7 @@ def test_2_a_runs_new_analyses_are_drawn_without_a_reload(server, browser, logdi
   add_run(logdir, 'late', ['strength', 'patterns'])
   # TensorBoard re-reads the logdir every second, the page polls every 5 s.
   p.wait.until(lambda d: p.ready() and p.all('#view-strength canvas.offset-small')
-               and p.all('#pattern-map canvas'))
+               and p.all('#pattern-map .pattern-cell'))
   assert 'Not computed' not in p.one('#view-strength').text
   assert p.one('#run-select').get_attribute('value') == 'late'
 
@@ -207,11 +207,17 @@ def test_18_fetches_of_a_replaced_scope_never_settle(page):
 
 def test_5_scales_fit_the_data_and_below_uniform_patches_are_clear(page, server, tiny):
   ratio = tiny['strength'].offset_ratio
-  labels = [t.text for t in page.all('#multiples-legend text.legend-tick')]
-  lo, hi = float(ratio[ratio > 0].min()), float(ratio.max())
-  num = lambda s: float(s.replace('×', '').replace('−', '-').split()[0])
-  assert num(labels[-1]) == pytest.approx(hi, rel=6e-3), labels     # the data's max, not a symmetric range
-  assert num(labels[0]) == pytest.approx(max(lo, 1e-3), rel=6e-3), labels
+  hi = float(ratio.max())
+  # The focus map's own scale (per map) ends at its data's largest ratio, not a symmetric range.
+  page.select('#scale-mode', 'per-map')
+  page.wait.until(lambda d: page.ready() and page.all('p#multiples-legend'))
+  l, h = np.unravel_index(np.nanargmax(ratio.reshape(*ratio.shape[:2], -1).max(-1)), ratio.shape[:2])
+  page.head(int(l), int(h))
+  num = lambda s: float(s.lstrip('≤≥').replace('×', '').replace('−', '-').split()[0])
+  page.wait.until(lambda d: num(page.all('#focus-legend text.legend-tick')[-1].text) == pytest.approx(hi, rel=6e-3))
+  page.select('#scale-mode', 'shared')
+  page.wait.until(lambda d: page.ready() and page.all('svg#multiples-legend'))
+  page.head(0, 0)
   # The brightest cell is the scale's full red, whatever the low side's range.
   reddest = page.run_async(f'const m = {page.module("charts.js")};'
                            f'const s = m.ratio([[{hi}, 0.5, 1]]); return [s.colour({hi}), s.colour(1)];')
@@ -439,8 +445,211 @@ def test_13_pattern_cells_framed_by_their_samples_cluster(page, logdir):
     for k in range(g):
       mine = [int(clusters[index[s, 1], index[s, 2]]) for s in np.flatnonzero((cells[:, 0] == r) & (cells[:, 1] == k))]
       want[(r, k)] = min(set(mine), key=lambda j: (-mine.count(j), j)) if mine else -1
-  page.wait.until(lambda d: len(page.all('#pattern-map canvas')) == g * g)
+  page.wait.until(lambda d: len(page.all('#pattern-map .pattern-cell')) == g * g)
   got = {(int(c.get_attribute('data-row')), int(c.get_attribute('data-col'))): int(c.get_attribute('data-cluster'))
-         for c in page.all('#pattern-map canvas')}
+         for c in page.all('#pattern-map .pattern-cell')}
   assert got == want
   assert page.all('#pattern-cluster-key')
+
+
+# --- issue 21, second session: items 12, 13, 16, 17 and readable offset multiples ------------
+
+def standardised(per_image):
+  """The overview's image vectors: [image, layer * head], each head to unit variance (float64)."""
+  X = np.nan_to_num(per_image.reshape(per_image.shape[0], -1).astype(np.float64))
+  return (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1)
+
+
+def brush_left_half(page):
+  """Drags a rectangle over the left half of the image layout; returns the images inside."""
+  pts = page.all('#overview-layout circle.layout-point')
+  cx = {int(c.get_attribute('data-image')): float(c.get_attribute('cx')) for c in pts}
+  mid = float(np.median(list(cx.values())))
+  page.js("""
+    const s = arguments[0], r = s.getBoundingClientRect();
+    const ev = (type, x, y) => s.dispatchEvent(new MouseEvent(type, {clientX: r.left + x, clientY: r.top + y, bubbles: true}));
+    ev('mousedown', 1, 1); ev('mousemove', arguments[1], 259); ev('mouseup', arguments[1], 259);""",
+          page.one('#overview-layout'), mid + 0.01)
+  return sorted(i for i, x in cx.items() if x <= mid)
+
+
+def test_12_brushing_the_layout_filters_the_histogram_pattern_samples_and_image_strip_and_back(page, logdir):
+  tags = reader.read_run(logdir / 'tiny')
+  per_image, index, cells = (tags[k] for k in ('importance/per_image_taylor', 'patterns/sample_index',
+                                               'patterns/sample_cell'))
+  stored = tags['strength/meta']['map_image_index']
+  N = per_image.shape[0]
+  page.head(0, 1)
+  page.wait.until(lambda d: len(page.all('#overview-layout circle.layout-point')) == N)
+  inside = brush_left_half(page)
+  assert 0 < len(inside) < N
+  # The histogram of the selected head: each bar's dark part is how many chosen images fall
+  # in it, in all as many as the chosen images with a positive value.
+  page.wait.until(lambda d: page.one('#per-image-hist').get_attribute('data-filtered') == str(len(inside)))
+  taylor = per_image[:, 0, 1]
+  chosen = sum(int(r.get_attribute('data-count')) for r in page.all('#per-image-hist rect.hist-chosen'))
+  assert chosen == int((taylor[inside] > 0).sum())
+  # The pattern samples of the chosen images are marked; the image strip fades the others.
+  want = int(np.isin(index[:, 0], inside).sum())
+  page.wait.until(lambda d: page.one('#sample-filtered').get_attribute('data-count') == str(want))
+  faded = sorted(int(t.get_attribute('data-image')) for t in page.all('.thumb.faded'))
+  assert faded == sorted(set(stored) - set(inside))
+  # And back: the images of a pattern become the filter of the overview and the histogram.
+  page.js('document.getElementById("overview-show-all").click()')
+  page.wait.until(lambda d: not page.all('#overview-filter') and not page.all('#per-image-hist rect.hist-chosen'))
+  r, k = (int(x) for x in cells[0])
+  page.js(f'document.querySelector(\'#pattern-map .pattern-cell[data-row="{r}"][data-col="{k}"]\').click()')
+  page.wait.until(lambda d: page.all('#cell-images'))
+  page.js('document.getElementById("cell-images").click()')
+  page.wait.until(lambda d: page.all('#overview-filter'))
+  of_cell = sorted(set(int(i) for i in index[(cells[:, 0] == r) & (cells[:, 1] == k), 0]))
+  rows = sorted(int(x.get_attribute('data-image')) for x in page.all('#overview-table tbody tr'))
+  assert rows == of_cell
+  assert page.one('#per-image-hist').get_attribute('data-filtered') == str(len(of_cell))
+  page.js('document.getElementById("overview-show-all").click()')
+
+
+def test_12_the_layout_is_coloured_by_image_cluster_a_kmeans_fixed_point(page, logdir):
+  per_image = reader.read_run(logdir / 'tiny', analyses=['importance'])['importance/per_image_taylor']
+  N = per_image.shape[0]
+  page.wait.until(lambda d: len(page.all('#overview-layout circle.layout-point')) == N)
+  page.select('#thumb-colour', 'cluster')
+  page.wait.until(lambda d: page.one('#overview-layout').get_attribute('data-colour') == 'cluster')
+  pts = sorted(page.all('#overview-layout circle.layout-point'), key=lambda c: int(c.get_attribute('data-image')))
+  label = np.array([int(c.get_attribute('data-cluster')) for c in pts])
+  fill = [c.get_attribute('fill') for c in pts]
+  assert len(set(label)) >= 2
+  assert all((fill[i] == fill[j]) == (label[i] == label[j]) for i in range(N) for j in range(N))
+  # Each image is nearest to its own cluster's centroid (Lloyd's fixed point), in the
+  # standardised space of every head's per-image importance (numpy, float64).
+  X = standardised(per_image)
+  centres = np.stack([X[label == j].mean(0) for j in range(label.max() + 1)])
+  d = ((X[:, None] - centres[None]) ** 2).sum(-1)
+  assert (d[np.arange(N), label] <= d.min(1) + 1e-9).all()
+  # Numbered by size, the largest first; the key says how many each holds.
+  sizes = np.bincount(label)
+  assert (np.diff(sizes) <= 0).all()
+  assert f'0 ({sizes[0]})' in page.one('#overview-thumbs-box .overview-cluster-key').text
+  # The thumbnails are framed in the same colours.
+  frames = {int(t.get_attribute('data-image')): t.get_attribute('style') for t in page.all('#overview-thumbs .overview-thumb')}
+  rgb = lambda hex_: 'rgb({},{},{})'.format(*(int(hex_[j:j + 2], 16) for j in (1, 3, 5)))
+  assert frames and all(rgb(fill[i]) in frames[i].replace(' ', '') for i in frames)
+
+
+def test_12_a_run_with_fewer_stored_maps_names_the_flag_and_value_that_store_all(page, logdir):
+  from vit_jax_analytics import model as model_lib, strength
+  meta = reader.read_run(logdir / 'tiny', analyses=['strength'])['strength/meta']
+  N = meta['images']
+  assert len(meta['map_image_index']) < N
+  per = strength.map_bytes(model_lib.ViTConfig.from_dict(meta['config'])) / 2 ** 20
+  flag = f'--map-budget-mib {math.ceil(N * per * 10 + 1) / 10:g}'
+  assert N * per < float(flag.split()[1])
+  for css in ('#overview-note', '#images-note'):
+    page.wait.until(lambda d: page.all(css))
+    assert flag in page.one(css).text and f'Store all {N}' in page.one(css).text, page.one(css).text
+
+
+def test_13_the_selected_heads_density_is_a_heat_over_the_map_samples_on_hover_clusters_outlined(page, logdir):
+  tags = reader.read_run(logdir / 'tiny', analyses=['patterns'])
+  density, cells, index, clusters = (tags[f'patterns/{k}'] for k in ('head_density', 'sample_cell',
+                                                                      'sample_index', 'head_cluster'))
+  g = density.shape[-1]
+  l, h = np.unravel_index(np.argmax(density.max((2, 3))), density.shape[:2])
+  page.head(int(l), int(h))
+  heat = page.one('#pattern-density')
+  page.wait.until(lambda d: (heat.get_attribute('data-layer'), heat.get_attribute('data-head')) == (str(l), str(h)))
+  # One pixel a cell, its opacity the square root of the head's share there over its peak.
+  alpha = np.array(page.js("""
+    const c = document.getElementById('pattern-density');
+    return [...c.getContext('2d').getImageData(0, 0, c.width, c.height).data].filter((_, i) => i % 4 === 3);""")).reshape(g, g)
+  d = density[l, h].astype(np.float64)
+  assert np.abs(alpha - np.round(255 * 0.85 * np.sqrt(d / d.max()))).max() <= 1
+  assert (alpha[d == 0] == 0).all() and alpha.max() == round(255 * 0.85)
+  # Hovering a pattern shows its real samples beside the map, without selecting it.
+  r, k = (int(x) for x in cells[0])
+  page.js(f'document.querySelector(\'#pattern-map .pattern-cell[data-row="{r}"][data-col="{k}"]\')'
+          '.dispatchEvent(new MouseEvent("mouseenter"))')
+  page.wait.until(lambda d: page.all('#sample-gallery .sample'))
+  panel = page.one('#cell-panel')
+  assert (panel.get_attribute('data-row'), panel.get_attribute('data-col')) == (str(r), str(k))
+  in_cell = set(np.flatnonzero((cells[:, 0] == r) & (cells[:, 1] == k)).tolist())
+  assert {int(x.get_attribute('data-sample')) for x in page.all('#sample-gallery .sample')} <= in_cell
+  assert not page.all('#pattern-map .pattern-cell.selected')
+  # Each cluster's region outlined: one edge for every cell side whose neighbour (or the
+  # map's end) belongs to another region; each region numbered.
+  owner = {}
+  for rr in range(g):
+    for kk in range(g):
+      mine = [int(clusters[index[s, 1], index[s, 2]]) for s in np.flatnonzero((cells[:, 0] == rr) & (cells[:, 1] == kk))]
+      owner[rr, kk] = min(set(mine), key=lambda j: (-mine.count(j), j)) if mine else -1
+  edges = sum(1 for (rr, kk), j in owner.items() if j >= 0
+              for dr, dk in ((-1, 0), (1, 0), (0, -1), (0, 1)) if owner.get((rr + dr, kk + dk), -2) != j)
+  assert len(page.all('#pattern-outlines line.cluster-edge')) == edges
+  assert sorted(int(t.text) for t in page.all('#pattern-outlines text.cluster-label')) == sorted({j for j in owner.values() if j >= 0})
+
+
+def test_16_the_importance_view_fits_one_1600_by_1000_screen_and_wraps_below_1400(page, tiny):
+  H = tiny['importance'].taylor.shape[1]
+  l, h = divmod(int(tiny['importance'].partial.heads[0]), H)
+  page.head(l, h)                         # a head with partial bars (the address keeps it)
+  try:
+    for size in ((1600, 1000), (1280, 800)):
+      page.d.set_window_size(*size)
+      page.d.refresh()
+      page.wait.until(page.ready)
+      page.wait.until(lambda d: page.all('#per-image-hist') and page.all('#partial-bars'))
+      boxes = page.js("""
+        const s = document.getElementById('view-importance');
+        s.scrollIntoView(); window.scrollBy(0, -document.getElementById('sticky-header').offsetHeight);
+        const panels = [...s.querySelectorAll('.row > .panel, .row > .column > .panel')].map((p) => p.getBoundingClientRect());
+        const box = (id) => document.getElementById(id).getBoundingClientRect();
+        return {panels: panels.map((b) => [b.top, b.bottom, b.left]), view: [s.getBoundingClientRect().top, innerHeight],
+                wide: document.documentElement.scrollWidth - innerWidth,
+                hist: [box('per-image-hist').top, box('per-image-hist').left], bars: [box('detail-panel').bottom, box('partial-bars').left]};""")
+      tops = {round(t) for t, _, left in boxes['panels'] if left < 1400 and t < boxes['view'][0] + 200}
+      assert boxes['wide'] <= 0, size                                   # nothing cut off sideways
+      if size[0] == 1600:
+        assert max(b for _, b, _ in boxes['panels']) <= boxes['view'][1], boxes   # histogram included
+        assert len({round(t) for t, _, _ in boxes['panels'] if t < boxes['view'][0] + 200}) == 1, boxes  # one row
+        # The histogram beside the partial bars' panel (below the pruning curves), not under it.
+        assert boxes['hist'][0] < boxes['bars'][0] and boxes['hist'][1] < boxes['bars'][1], boxes
+      else:
+        assert len({round(l) for _, _, l in boxes['panels']}) < len(boxes['panels']) or len(tops) > 1, boxes  # wrapped
+  finally:
+    page.d.set_window_size(1400, 1000)
+
+
+def test_17_a_head_click_restyles_rather_than_rebuilds_and_a_run_shown_before_asks_for_nothing(page):
+  page.js('window.kept = [document.getElementById("locality-table"), document.querySelector("#view-patterns .cluster")]')
+  page.head(1, 1)
+  assert page.js('return window.kept.every((n) => n.isConnected)')            # not drawn anew
+  assert 'selected' in page.one('#locality-table tr[data-layer="1"][data-head="1"]').get_attribute('class')
+  page.switch('importance-only')
+  page.js("""
+    window.asked = [];
+    const real = window.fetch;
+    window.fetch = (url, ...rest) => { window.asked.push(String(url)); return real(url, ...rest); };""")
+  page.switch('tiny')
+  page.wait.until(lambda d: page.all('#pattern-map .pattern-cell'))
+  asked = page.js('return window.asked')
+  assert not [u for u in asked if re.search(r'/(array|meta|attention)\?', u)], asked
+
+
+def test_offset_multiples_share_a_scale_fitted_to_the_bulk_of_the_data_centred_on_uniform(page, tiny):
+  ratio = tiny['strength'].offset_ratio.astype(np.float64)
+  v = ratio[np.isfinite(ratio) & (ratio > 0)]
+  hi = np.exp(np.percentile(np.log(v[v > 1]), 95))
+  lo = np.exp(-np.percentile(-np.log(v[v < 1]), 95))
+  labels = [t.text for t in page.all('#multiples-legend text.legend-tick')]
+  num = lambda s: float(s.lstrip('≤≥').replace('×', '').replace('−', '-'))
+  assert labels[-1].startswith('≥') and num(labels[-1]) == pytest.approx(hi, rel=6e-3), labels
+  assert labels[0].startswith('≤') and num(labels[0]) == pytest.approx(max(lo, 1e-3), rel=6e-3), labels
+  # A cell at or above that end is the scale's full red in its small multiple.
+  l, h = np.unravel_index(np.nanargmax(ratio.reshape(*ratio.shape[:2], -1).max(-1)), ratio.shape[:2])
+  r, c = np.unravel_index(np.nanargmax(ratio[l, h]), ratio.shape[2:])
+  pixel = page.js("""
+    const c = document.querySelector(`#view-strength canvas.offset-small[data-layer="${arguments[0]}"][data-head="${arguments[1]}"]`);
+    const s = c.width / arguments[3];
+    return [...c.getContext('2d').getImageData(Math.floor((arguments[2][1] + 0.5) * s), Math.floor((arguments[2][0] + 0.5) * s), 1, 1).data];""",
+                  int(l), int(h), [int(r), int(c)], ratio.shape[3])
+  assert pixel[:3] == [178, 24, 43]

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -309,3 +311,16 @@ def test_hand_built_rectangular_grid_with_registers_and_a_map_head(tmp_path):
   np.testing.assert_allclose(r['mean_distance'][:, 1], u['mean_distance'], rtol=1e-4)
   np.testing.assert_allclose(r['neighbourhood_share'][:, 1], [u['neighbourhood_share']] * 2,
                              rtol=1e-4)
+
+
+def test_default_map_budget_stores_every_image_of_the_photo_demo():
+  """Neither --map-images nor --map-budget-mib: the default budget holds all 22 images of
+  the photo demo (ViT-S/14 at 168^2: 12 x 12 patches); --map-images alone still counts."""
+  demo = dataclasses.replace(model_lib.get_config('ViT-S/16'), patch_size=14, image_size=168)
+  assert strength.map_bytes(demo) == 2 * 12 * 7 * 145 ** 2
+  default = strength.StrengthOptions(progress=False)
+  assert default.stored_maps(demo, 22) == 22
+  assert default.stored_maps(demo, 1000) == int(strength.DEFAULT_MAP_BUDGET_MIB * 2 ** 20
+                                                // strength.map_bytes(demo)) < 1000
+  assert strength.StrengthOptions(map_images=8).stored_maps(demo, 22) == 8
+  assert strength.StrengthOptions(map_images=8, map_budget_mib=20.).stored_maps(demo, 22) == 5

@@ -278,15 +278,24 @@ def attention_rollout(attention):
 
 # --- streaming driver ----------------------------------------------------------------------
 
+# The default map budget: every image of a small run (the photo demo's 22 at 3.4 MiB each,
+# 12 x 12 patches of ViT-S/14) and ~11 images of a ViT-B/16 at 224^2; a larger run stores
+# them all with a larger --map-budget-mib (the plugin prints the value that fits all).
+DEFAULT_MAP_BUDGET_MIB = 128.
+
+
 @dataclasses.dataclass(frozen=True)
 class StrengthOptions:
   batch_size: int = option(DEFAULT_BATCH_SIZE, 'images per batch')
-  map_images: int = option(
-      8, 'images (spread over the set) whose full attention maps and rollout are stored')
+  map_images: Optional[int] = option(
+      None, 'images (spread over the set) whose full attention maps and rollout are stored '
+      f'(default: as many as fit in --map-budget-mib, {DEFAULT_MAP_BUDGET_MIB:g} MiB unless given)',
+      parse=int)
   map_budget_mib: Optional[float] = option(
       None, 'store the maps of as many images (spread over the set) as fit in this many MiB '
       '(float16 attention and rollout, 2 L (H + 1) T^2 bytes an image; all images if they '
-      'fit); overrides --map-images', parse=float)
+      f'fit); overrides --map-images; default {DEFAULT_MAP_BUDGET_MIB:g} when neither is given',
+      parse=float)
   qk_images: int = option(
       4, 'of the stored images, how many go into the joint query/key embedding of each head')
   dtype: str = option('float32', precision.HELP, parse=precision.parse)
@@ -294,17 +303,18 @@ class StrengthOptions:
 
   def __post_init__(self):
     check(self, 'batch_size', self.batch_size, low=1)
-    check(self, 'map_images', self.map_images, low=0)
+    check(self, 'map_images', self.map_images, low=0, optional=True)
     check(self, 'qk_images', self.qk_images, low=0)
     check(self, 'map_budget_mib', self.map_budget_mib, low=0, optional=True, what='a number')
     precision.check(self, 'dtype', self.dtype)
 
   def stored_maps(self, config: ViTConfig, n_images: int) -> int:
-    """How many images get their full maps stored: map_images, or as many as fit in
-    map_budget_mib."""
-    if self.map_budget_mib is None:
+    """How many images get their full maps stored: as many as fit in map_budget_mib if
+    given, else map_images if given, else as many as fit in DEFAULT_MAP_BUDGET_MIB."""
+    if self.map_budget_mib is None and self.map_images is not None:
       return min(self.map_images, n_images)
-    return min(n_images, int(self.map_budget_mib * 2 ** 20 // map_bytes(config)))
+    budget = DEFAULT_MAP_BUDGET_MIB if self.map_budget_mib is None else self.map_budget_mib
+    return min(n_images, int(budget * 2 ** 20 // map_bytes(config)))
 
 
 def map_bytes(config: ViTConfig) -> int:
@@ -371,7 +381,7 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
                      options: StrengthOptions = StrengthOptions(),
                      mesh=None) -> StrengthResult:
   """Streams the strength statistics over the images of `source`; also the full attention
-  maps and rollout of `options.map_images` images spread evenly over it (over process 0's
+  maps and rollout of `options.stored_maps(...)` images spread evenly over it (over process 0's
   shard when the mesh spans several processes; every process returns the same sums)."""
   stream = open_stream(params, source, options.batch_size, options.dtype, mesh)
   mesh, params, multi = stream.mesh, stream.params, stream.multiprocess

@@ -6,7 +6,7 @@
 // charts.js is imported by the views only; importing it here too lets the browser fetch it
 // together with the other modules instead of one round-trip later.
 import './charts.js';
-import {forgetMeta, getJSON, guard, live, meta, newScope, preload, trainingSteps, view} from './data.js';
+import {forgetMeta, forgetRun, getJSON, guard, live, meta, newScope, preload, trainingSteps, view} from './data.js';
 import {createTooltip, dropdown, el, hideTooltip, nextPaint, section} from './dom.js';
 import {fmt, headName, kindLabel} from './format.js';
 import {changed, onChange, resetForRun, state, use} from './state.js';
@@ -211,11 +211,15 @@ function pollRuns(known, onNew) {
 }
 
 // What the poll compares: each run with its analyses and tags.
-const signature = (runs) => runs.map((r) => `${r.run}:${r.analyses.join('+')}:${Object.keys(r.tags || {}).length}`).join('\n');
+const signature = (runs) => runs.map((r) => `${r.run}:${r.analyses.join('+')}:${Object.keys(r.tags || {}).length}:${r.written ?? ''}`).join('\n');
 
 function updateRuns(page, latest) {
   const added = latest.filter((r) => !page.runs.some((o) => o.run === r.run)).map((r) => r.run);
   const before = page.runs.find((r) => r.run === state.run);
+  for (const r of page.runs) {   // a run written again: what was kept of it is stale
+    const now = latest.find((x) => x.run === r.run);
+    if (!now || signature([now]) !== signature([r])) forgetRun(r.run);
+  }
   page.runs.splice(0, page.runs.length, ...latest);
   const options = (select, extra) => {
     const value = select.value;

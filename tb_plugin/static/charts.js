@@ -92,6 +92,16 @@ export function sequential(lo, hi, label) {
           rgb: (v) => rampRGB(VIRIDIS, t(v)), ticks: [[lo, fmt(lo)], [hi, fmt(hi)]]};
 }
 
+// A grey scale (white low, black high) for what colour is drawn over: the pattern map's
+// decoded patterns under the selected head's red heat and the clusters' outlines.
+const GREYS = [[250, 250, 250], [20, 20, 20]];
+export function grey(lo, hi, label) {
+  const t = (v) => (v - lo) / ((hi - lo) || 1);
+  return {kind: 'sequential', lo, hi, label, colour: (v) => ramp(GREYS, t(v)),
+          rgb: (v) => rampRGB(GREYS, t(v)), stops: [[0, GREYS[0]], [1, GREYS[1]]],
+          ticks: [[lo, fmt(lo)], [hi, fmt(hi)]]};
+}
+
 export function signed(values, label) {
   const [lo, hi] = extent(values);
   const max = Math.max(Math.abs(lo), Math.abs(hi)), m = max || 1;
@@ -112,20 +122,39 @@ export function autoScale(values, label) {
 // spans at least 1.5× (near-uniform maps stay pale) and at most 1000× (the low side: an
 // edge offset with almost no attention cannot wash the rest out); values <= 0 are the
 // floor.
-export function ratio(values, label = '× uniform attention') {
+export function ratio(values, label = '× uniform attention', opts = {}) {
   const v = finite(values);
   let lo = Infinity, hi = -Infinity;
   for (const x of v) if (x > 0) { if (x < lo) lo = x; if (x > hi) hi = x; }
   if (!(hi > 0)) { lo = 1; hi = 1; }
+  // robust: each side ends at that quantile of its values (above / below uniform) instead of
+  // its extreme, and what lies beyond is drawn at the end's colour: one 87x head then does
+  // not leave every other head's 2-5x pale.
+  let clipHi = false, clipLo = false;
+  if (opts.robust) {
+    const above = [], below = [];
+    for (const x of v) { if (x > 1) above.push(Math.log(x)); else if (x > 0 && x < 1) below.push(-Math.log(x)); }
+    if (above.length) { const q = Math.exp(quantile(above, opts.robust)); clipHi = q < hi; hi = q; }
+    if (below.length) { const q = Math.exp(-quantile(below, opts.robust)); clipLo = q > lo; lo = q; }
+  }
   const up = Math.min(Math.max(Math.log(Math.max(hi, 1)), Math.log(1.5)), Math.log(1e6));
   const down = Math.min(Math.max(-Math.log(Math.min(lo, 1)), Math.log(1.5)), Math.log(1e3));
   const t = (x) => (x > 0 ? (Math.log(x) >= 0 ? Math.min(1, Math.log(x) / up) : Math.max(-1, Math.log(x) / down)) : -1);
   const show = (x) => `${fmt(x)}×`;
   const shownLo = Math.max(Math.min(lo, 1), Math.exp(-down)), shownHi = Math.max(hi, 1);
-  return {kind: 'ratio', lo: Math.exp(-down), hi: Math.exp(up), label, t,
+  return {kind: 'ratio', lo: Math.exp(-down), hi: Math.exp(up), label, t, robust: opts.robust || null,
           colour: (x) => divergingColour(t(x)), rgb: (x) => divergingRGB(t(x)),
           dataLo: shownLo, dataHi: shownHi,
-          ticks: [[shownLo, show(shownLo)], [1, '1× uniform'], [shownHi, show(shownHi)]]};
+          ticks: [[shownLo, (clipLo ? '≤' : '') + show(shownLo)], [1, '1× uniform'],
+                  [shownHi, (clipHi ? '≥' : '') + show(shownHi)]]};
+}
+
+// The q-quantile of the numbers in `a` (numpy's default: linear between the order
+// statistics at q (n - 1)); `a` is left as it is.
+export function quantile(a, q) {
+  const sorted = Float64Array.from(a).sort();
+  const pos = q * (sorted.length - 1), i = Math.floor(pos), f = pos - i;
+  return i + 1 < sorted.length ? sorted[i] + f * (sorted[i + 1] - sorted[i]) : sorted[i];
 }
 
 // A sequential scale on log10 of the values (the positive ones; 0 and below are grey).

@@ -25,10 +25,49 @@ export async function getJSON(url) {
     preloaded.delete(key);
     return body;
   }
+  if (!KEPT.test(key)) return fetchJSON(url);
+  if (kept.has(key)) {   // most recently used last
+    const entry = kept.get(key);
+    kept.delete(key);
+    kept.set(key, entry);
+    return entry.body;
+  }
+  const entry = {body: fetchJSON(url), size: key.length};
+  kept.set(key, entry);
+  entry.body.then((body) => {
+    entry.size += body && body.data_b64 ? body.data_b64.length : JSON.stringify(body).length;
+    keptSize += entry.size;
+    for (const [k, e] of kept) {   // the least recently used go first
+      if (keptSize <= KEPT_CHARS || e === entry) break;
+      kept.delete(k);
+      keptSize -= e.size;
+    }
+  }, () => { if (kept.get(key) === entry) kept.delete(key); });   // a failure is not kept
+  return entry.body;
+}
+
+async function fetchJSON(url) {
   const r = await fetch(url);
   const body = await r.json();
   if (!r.ok) throw new Error(body.error || r.statusText);
   return body;
+}
+
+// The stored values a run's views asked for, kept (up to KEPT_CHARS characters of response,
+// least recently used dropped first) so that switching back to a run shown before asks
+// TensorBoard for nothing: a run's stored values change only when an analysis is written
+// again, and then the run list says so (`written`) and forgetRun drops them.
+const KEPT = /^(array|meta|attention)\?/;
+const KEPT_CHARS = 96e6;
+const kept = new Map();
+let keptSize = 0;
+export function forgetRun(run) {
+  for (const [k, e] of [...kept]) {
+    if (new URLSearchParams(k.slice(k.indexOf('?') + 1)).get('run') === run) {
+      kept.delete(k);
+      keptSize -= e.size;
+    }
+  }
 }
 
 // Arrays arrive packed: {shape, dtype, data_b64} (little-endian float32 or int32); they
@@ -107,6 +146,12 @@ export const forgetMeta = () => metas.clear();
 export const array = (tag, extra = {}) => {
   const s = scope;
   return guard(s, getJSON(`./array?${q({tag, ...extra}, s)}`).then(unpack));
+};
+// An array as {shape, data}: its flat typed array, not unpacked into nested arrays (for the
+// large ones that are read once, in order).
+export const arrayFlat = (tag, extra = {}) => {
+  const s = scope;
+  return guard(s, getJSON(`./array?${q({tag, ...extra}, s)}`).then((r) => ({shape: r.shape, data: decode(r)})));
 };
 export const json = (route, params = {}) => {
   const s = scope;

@@ -41,7 +41,9 @@ export function hideTooltip() {
 export function tip(node, text) {
   node.addEventListener('mousemove', (e) => {
     if (!node.isConnected) { hideTooltip(); return; }
-    tooltip.textContent = typeof text === 'function' ? text() : text;
+    const shown = typeof text === 'function' ? text() : text;
+    if (!shown) { hideTooltip(); return; }   // (a chart's own tip: nothing under the pointer)
+    tooltip.textContent = shown;
     tooltip.style.display = 'block';
     tooltip.style.left = `${e.clientX + 12}px`;
     tooltip.style.top = `${e.clientY + 12}px`;

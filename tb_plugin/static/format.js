@@ -45,3 +45,20 @@ export const tokens = (cfg) => gridShape(cfg)[0] * gridShape(cfg)[1] + prefixTok
 
 // The words for a head kind (kinds.js), as `vit-analytics kinds` prints them.
 export const kindLabel = (k) => k || '–';
+
+// Bytes of one image's stored maps (strength.map_bytes): float16 attention [L, H, T, T] and
+// rollout [L, T, T], with a MAP head also its attention [H, T] and its rollout [T].
+export function mapBytes(cfg) {
+  const t = tokens(cfg), H = cfg.num_heads;
+  return 2 * (cfg.num_layers * (H + 1) * t * t + (cfg.classifier === 'map' ? (H + 1) * t : 0));
+}
+
+// ' Store all N with --map-budget-mib B when running strength (X MiB an image), …': the
+// exact flag and value that store every one of N images' maps; '' when all are stored.
+export function storeAllMaps(strengthMeta, N) {
+  if ((strengthMeta.map_image_index || []).length >= N) return '';
+  const each = mapBytes(strengthMeta.config) / 2 ** 20;
+  const mib = Math.ceil(N * each * 10 + 1) / 10;
+  return ` Store all ${N} with --map-budget-mib ${mib} when running strength (${fmt(each)} MiB an image), ` +
+         'or a chosen number with --map-images N.';
+}

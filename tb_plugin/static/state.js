@@ -31,7 +31,6 @@ export const PUBLISHED = {
   clusters: 'patterns: {cluster [L][H], names [cluster]}',
   storedImages: 'images: [k] -> index of the k-th image with stored attention maps',
   openImage: 'images: (k) => shows stored image k',
-  filterChanged: 'overview: () => redraws after the image filter changed',
 };
 const published = new Map();
 let waiting = new Map();   // key -> resolvers of whenPublished
@@ -58,6 +57,7 @@ export function use(key) {
 
 const listeners = [];
 const metricListeners = [];
+const filterListeners = [];
 const changeListeners = [];
 
 // Views register their selection-dependent draw functions here.
@@ -68,6 +68,22 @@ export function onSelect(...draws) {
 // Draw functions that depend on the importance metric chosen in the grid.
 export function onMetric(...draws) {
   metricListeners.push(...draws);
+}
+
+// Draw functions that depend on the image filter (state.imageFilter: the images chosen by
+// brushing in the image overview's layout, a bar of the per-image histogram or a pattern
+// of the pattern map; every view that shows images follows it).
+export function onFilter(...draws) {
+  filterListeners.push(...draws);
+}
+
+// filter: null (every image) or {indices: [image], label, source: who chose them, bin?}.
+export function setImageFilter(filter) {
+  hideTooltip();
+  state.imageFilter = filter && filter.indices.length ? filter : null;
+  state.imagePage = 0;
+  for (const f of filterListeners) f();
+  changed();
 }
 
 // Called after any change of the shared state (the URL and the header follow it).
@@ -109,6 +125,7 @@ export function resetForRun(run, keep = {}) {
   state.selection++;
   listeners.length = 0;
   metricListeners.length = 0;
+  filterListeners.length = 0;
   published.clear();
   waiting = new Map();
 }

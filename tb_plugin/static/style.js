@@ -62,23 +62,25 @@ table.data tr.stored td { font-weight: 600; } table.data tr.wrong td:nth-child(5
 .filter { color: #c62828; }
 table.rules { font-size: 11px; border-collapse: collapse; } table.rules td { padding: 0 6px; color: #757575; }
 table.rules tr.fired td { color: #212121; font-weight: 600; }
-.pattern-cell.empty-cell { opacity: 0.18; }
+.pattern-cell.empty-cell { background: rgba(255,255,255,0.82); }
 .pattern-cell.selected { box-shadow: 0 0 0 2px #212121; }
-.cell-panel { width: 360px; min-height: 300px; }
+.cell-panel { width: 360px; height: 460px; overflow: auto; box-sizing: border-box; }   /* hovering never moves the page */
 .sample-gallery { display: grid; grid-template-columns: repeat(3, auto); gap: 6px; }
-.sample .caption { font-size: 10px; color: #616161; }
+.sample .caption, .sample-slot .caption { font-size: 10px; color: #616161; height: 14px; line-height: 14px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .sample-stage { position: relative; }
 .sample-stage img.base, .sample-stage canvas.overlay { position: absolute; left: 0; top: 0; image-rendering: pixelated; }
 .sample-stage canvas.translucent { opacity: 0.7; }
-.bar.hist-bar { cursor: pointer; } .bar.hist-bar.selected { fill: #e15759; }
+.bar.hist-bar { cursor: pointer; } .bar.hist-bar.selected { fill: #e15759; } .bar.hist-bar.dimmed { fill: #b8cbe0; }
+.hist-chosen { fill: #1a3a5c; pointer-events: none; }
 .empty-view { font-style: italic; }
 .qk-point { cursor: pointer; } .qk-point.faded { fill-opacity: 0.25; }
 .qk-selected { fill: none; stroke: #111; stroke-width: 2; }
 h2 { font-size: 16px; margin: 18px 0 4px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 13px; margin: 4px 0; font-weight: 500; }
 .help { color: #616161; margin: 2px 0 6px; }
-p.help.definition { max-width: 260px; }
+p.help.definition, .panel > p.help.definition { max-width: 260px; }
 .row { display: flex; flex-wrap: wrap; gap: 16px; }
+.column { display: flex; flex-direction: column; gap: 16px; }
 .panel > p.help, .panel > .keys { max-width: 380px; }
 .panel { border: 1px solid #e0e0e0; border-radius: 4px; padding: 8px; background: #fff; }
 .tick { font-size: 10px; fill: #616161; }
@@ -97,9 +99,15 @@ p.help.definition { max-width: 260px; }
 .centre { fill: none; stroke: #fff; stroke-width: 1.5; }
 .multiples { display: grid; gap: 3px; }
 .offset-small, .pattern-cell { cursor: pointer; image-rendering: pixelated; border: 2px solid transparent; }
+.pattern-cell { box-sizing: border-box; position: relative; }
 .offset-small.selected { border-color: #e15759; }
 .qk-small { cursor: pointer; border: 2px solid transparent; } .qk-small.selected { border-color: #e15759; }
 .pattern-map { display: grid; gap: 4px; }
+.pattern-stage { position: relative; }
+.pattern-stage .map-layer { position: absolute; left: 0; top: 0; pointer-events: none; }
+.pattern-stage .pattern-map { position: absolute; left: 0; top: 0; }
+.cluster-label { font: bold 15px sans-serif; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
+.sample-filtered { fill: none; stroke: #1565c0; stroke-width: 1.2; }
 .cluster { display: grid; grid-template-columns: 110px 340px auto; gap: 8px; align-items: start; padding: 4px; }
 .rules-fold summary { cursor: pointer; color: #1565c0; font-size: 11px; }
 .cluster.selected { background: #fdecea; }
@@ -112,7 +120,7 @@ p.help.definition { max-width: 260px; }
 .overview-thumb { cursor: pointer; flex: none; } .overview-thumb.selected { box-shadow: 0 0 0 6px #212121; }
 .thumbs { display: flex; gap: 6px; flex-wrap: wrap; }
 .thumb { width: 56px; height: 56px; image-rendering: pixelated; cursor: pointer; border: 2px solid transparent; }
-.thumb.selected { border-color: #e15759; }
+.thumb.selected { border-color: #e15759; } .thumb.faded { opacity: 0.25; }
 .stage { position: relative; cursor: crosshair; }
 .stage img.base, .stage canvas.overlay { position: absolute; left: 0; top: 0; image-rendering: pixelated; }
 #vit-tooltip { position: fixed; display: none; background: rgba(33,33,33,.92); color: #fff; padding: 4px 8px; border-radius: 3px; pointer-events: none; z-index: 10; font-size: 12px; max-width: 420px; }

@@ -5,10 +5,10 @@
 // model looks: the MAP head's attention (selected head) or the rollout started from it.
 
 import {frame, heatCanvas, legend, ratio} from './charts.js';
-import {array, json, meta as analysisMeta, q, unpack} from './data.js';
+import {array, arrayFlat, json, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
-import {fmt, gridShape, headName, prefixTokens, tokens} from './format.js';
-import {changed, onSelect, publish, select, state} from './state.js';
+import {fmt, gridShape, headName, prefixTokens, storeAllMaps, tokens} from './format.js';
+import {changed, onFilter, onSelect, publish, select, state} from './state.js';
 
 const STAGE_PX = 336;
 const THUMBS = 24;
@@ -19,7 +19,7 @@ export async function renderImages(body, info) {
   const meta = await analysisMeta('strength');
   const indices = meta.map_image_index;
   if (!indices.length) {
-    body.append(el('p', {class: 'help empty-view'}, 'No stored attention maps. Run: vit-analytics strength ... --map-images N'));
+    body.append(el('p', {class: 'help empty-view', id: 'images-note'}, 'No stored attention maps.' + storeAllMaps(meta, meta.images)));
     return;
   }
   const cfg = meta.config, [gh, n] = gridShape(cfg);
@@ -45,17 +45,25 @@ export async function renderImages(body, info) {
   if (indices.length > THUMBS) {
     im.thumbs.append(el('span', {class: 'help'}, `… and ${indices.length - THUMBS} more: open any from the image overview.`));
   }
-  body.append(el('p', {class: 'help'}, `${indices.length} of ${meta.images} images have stored attention maps ` +
-                 '(store more, or all, with --map-images N or --map-budget-mib MIB). Click a patch of the image to see where it attends.'),
+  body.append(el('p', {class: 'help', id: 'images-note'}, `${indices.length === meta.images ? 'All' : indices.length} of ${meta.images} images have stored attention maps.` +
+                 storeAllMaps(meta, meta.images) + ' Click a patch of the image to see where it attends.'),
               im.thumbs, el('div', {class: 'row'}, im.main, im.heads, im.qkBox, im.qkAll));
   if (im.hasQK) im.qkImages = await array('strength/qk_images');
-  if (im.hasQK) drawQKMatrix(im, await array('strength/qk_embedding'));
+  if (im.hasQK) drawQKMatrix(im, await arrayFlat('strength/qk_embedding'));
   publish('openImage', (i) => showImage(im, i));
   publish('storedImages', indices);
   const draw = () => { drawImage(im); drawQK(im); markQKMatrix(im); };
   if (state.query != null) await fetchQuery(im);
   draw();
+  markFiltered(im);
   onSelect(draw);
+  onFilter(() => markFiltered(im));
+}
+
+// The page's image filter on the strip: images outside it faded (still clickable).
+function markFiltered(im) {
+  const chosen = state.imageFilter ? new Set(state.imageFilter.indices) : null;
+  for (const t of im.thumbs.querySelectorAll('.thumb')) t.classList.toggle('faded', !!chosen && !chosen.has(+t.dataset.image));
 }
 
 // A new image: no query patch, and none of the previous image's attention.
@@ -189,7 +197,7 @@ function headMultiples(im, result) {
     for (let r = 0; r < gh; r++) m.push(w.slice(cls + r * n, cls + (r + 1) * n).map((v) => v * T));
     return m;
   }));
-  const shared = ratio(maps);
+  const shared = ratio(maps, undefined, {robust: 0.95});   // as the offset multiples: ends at the 95th percentiles
   // Rows = layers, columns = heads, labelled, as every other matrix of the page.
   const grid = el('div', {class: 'multiples', id: 'head-multiples',
                           style: `grid-template-columns: 22px repeat(${cfg.num_heads}, auto)`});
@@ -237,24 +245,37 @@ async function drawQK(im) {
     const p = t - cls, r = Math.floor(p / n), c = p % n;
     return `hsl(${Math.round(300 * c / Math.max(1, n - 1))}, 70%, ${Math.round(30 + 45 * r / Math.max(1, gh - 1))}%)`;
   };
-  const later = [];
+  // The points as one string of markup (parsed at once), the selected image's drawn last
+  // (on top); one listener on the chart for all of them (a head click redraws ~1,000).
+  const faint = [], strong = [];
   for (let role = 0; role < 2; role++) {
     e[role].forEach(([x, y], j) => {
       const m = Math.floor(j / T), t = j % T;
       const mine = m === shown;
-      const dot = svg('circle', {cx: f.x(x), cy: f.y(y), r: mine ? 3 : 2, fill: colourOf(role, t),
-                                 class: 'qk-point' + (mine ? ' mine' : ' faded'), 'data-role': role,
-                                 'data-image': im.qkImages[m], 'data-token': t,
-                                 onclick: () => openToken(im, im.qkImages[m], t)});
-      tip(dot, `${role ? 'key' : 'query'} of ${tokenName(im, t)}` +
-               `, image ${im.meta.image_names[im.indices[im.qkImages[m]]]}; click to make it the query`);
-      if (mine) later.push(dot); else s.append(dot);
+      (mine ? strong : faint).push(`<circle cx="${f.x(x).toFixed(1)}" cy="${f.y(y).toFixed(1)}" r="${mine ? 3 : 2}" ` +
+          `fill="${colourOf(role, t)}" class="qk-point${mine ? ' mine' : ' faded'}" data-role="${role}" ` +
+          `data-image="${im.qkImages[m]}" data-token="${t}"/>`);
       if (mine && role === 0 && state.query != null && t === state.query + cls) {
-        later.push(svg('circle', {cx: f.x(x), cy: f.y(y), r: 7, class: 'qk-selected', id: 'qk-selected'}));
+        strong.push(`<circle cx="${f.x(x).toFixed(1)}" cy="${f.y(y).toFixed(1)}" r="7" class="qk-selected" id="qk-selected"/>`);
       }
     });
   }
-  s.append(...later);
+  const points = svg('g', {class: 'points'});
+  points.innerHTML = faint.join('') + strong.join('');
+  s.append(points);
+  const pointAt = (ev) => (ev.target.classList && ev.target.classList.contains('qk-point') ? ev.target : null);
+  s.addEventListener('click', (ev) => {
+    const dot = pointAt(ev);
+    if (dot) openToken(im, +dot.dataset.image, +dot.dataset.token);
+  });
+  let hovered = null;
+  s.addEventListener('mouseover', (ev) => { hovered = pointAt(ev); }, true);
+  tip(s, () => {
+    const dot = hovered;
+    if (!dot) return '';
+    return `${dot.dataset.role === '1' ? 'key' : 'query'} of ${tokenName(im, +dot.dataset.token)}` +
+           `, image ${im.meta.image_names[im.indices[+dot.dataset.image]]}; click to make it the query`;
+  });
   box.replaceChildren(el('h3', {}, `${headName(l, h)}: queries and keys together`),
       el('label', {}, 'colour by ', dropdown([['role', 'query / key'], ['position', 'patch position']], state.qkColour || 'role',
                                              (v) => { state.qkColour = v; drawQK(im); }, 'qk-colour')),
@@ -271,24 +292,43 @@ async function drawQK(im) {
 // queries sit among their keys and heads that split them apart are seen at once; a click
 // selects the head. Drawn once (canvas: ~70 heads × thousands of points).
 function drawQKMatrix(im, all) {
-  const L = all.length, H = all[0].length, px = 54;
+  const [L, H, , N] = all.shape, px = 54, d = all.data;
   const grid = el('div', {class: 'multiples', id: 'qk-matrix',
                           style: `grid-template-columns: 22px repeat(${H}, auto)`});
   grid.append(el('span', {}), ...Array.from({length: H}, (_, h) => el('span', {class: 'tick-label'}, `H${h}`)));
+  // Each point a 2 x 2 square at half opacity, written into the pixels directly (one
+  // putImageData a head, not ~2,000 fillRects: a run switch drew this matrix for 85 ms).
+  const ROLE = [[78, 121, 167], [242, 142, 43]];
   for (let l = 0; l < L; l++) {
     grid.append(el('span', {class: 'tick-label'}, `L${l}`));
     for (let h = 0; h < H; h++) {
-      const e = all[l][h];   // [role][token][2]
+      const base = (l * H + h) * 2 * N * 2;   // [role][token][x, y]
       let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-      for (const role of e) for (const [x, y] of role) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
+      for (let i = base; i < base + 4 * N; i += 2) {
+        const x = d[i], y = d[i + 1];
+        if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+      }
       const c = el('canvas', {width: px, height: px, class: 'qk-small', 'data-layer': l, 'data-head': h});
       const ctx = c.getContext('2d');
-      ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, px, px);
+      const image = ctx.createImageData(px, px);
+      const p = image.data;
+      p.fill(255);
       const sx = (x) => 2 + (x - x0) / ((x1 - x0) || 1) * (px - 4), sy = (y) => px - 2 - (y - y0) / ((y1 - y0) || 1) * (px - 4);
-      e.forEach((role, r) => {
-        ctx.fillStyle = r ? 'rgba(242,142,43,0.5)' : 'rgba(78,121,167,0.5)';
-        for (const [x, y] of role) ctx.fillRect(sx(x) - 0.75, sy(y) - 0.75, 1.5, 1.5);
-      });
+      for (let role = 0; role < 2; role++) {
+        const [R, G, B] = ROLE[role];
+        for (let t = 0; t < N; t++) {
+          const i = base + (role * N + t) * 2;
+          const cx = Math.round(sx(d[i]) - 0.75), cy = Math.round(sy(d[i + 1]) - 0.75);
+          for (let yy = cy; yy < cy + 2; yy++) {
+            for (let xx = cx; xx < cx + 2; xx++) {
+              if (xx < 0 || yy < 0 || xx >= px || yy >= px) continue;
+              const o = 4 * (yy * px + xx);
+              p[o] = (p[o] + R) >> 1; p[o + 1] = (p[o + 1] + G) >> 1; p[o + 2] = (p[o + 2] + B) >> 1;
+            }
+          }
+        }
+      }
+      ctx.putImageData(image, 0, 0);
       c.addEventListener('click', () => select(l, h));
       grid.append(tip(c, `${headName(l, h)}: queries (blue) and keys (orange) of ${im.qkImages.length} images; click to select`));
     }

@@ -6,8 +6,8 @@ import {autoScale, extent, frame, layerColour, layerKey, legend, logScale, niceT
 import {array, arrays, meta as analysisMeta} from './data.js';
 import {dropdown, el, fold, hideTooltip, nextPaint, svg, tip} from './dom.js';
 import {METRIC_LABELS, fmt, fmtSigned, headName, metricLabel} from './format.js';
-import {changed, onMetric, onSelect, publish, select, selectionToken, setMetric, stale, state,
-        use} from './state.js';
+import {onFilter, onMetric, onSelect, publish, select, selectionToken, setImageFilter, setMetric, stale,
+        state, use} from './state.js';
 
 const CURVE_PALETTE = ['#e15759', '#4e79a7', '#59a14f', '#f28e2b', '#b07aa1'];
 const PARTIAL_METRICS = [['loss', 'loss increase'], ['top1', 'top-1 drop'], ['kl', 'KL to unmasked (nats)']];
@@ -48,19 +48,24 @@ export async function renderImportance(body, info) {
   const scatterBox = el('div', {class: 'panel'});
   const curveBox = el('div', {class: 'panel'});
   const detailBox = el('div', {class: 'panel', id: 'detail-panel'});
-  // One row: at 1600 px the whole view fits a screen; narrower, the panels wrap.
-  body.append(summary, el('div', {class: 'row'}, gridBox, scatterBox, curveBox, detailBox));
+  const histBox = el('div', {class: 'panel', id: 'hist-panel'});
+  // One row: at 1600 x 1000 the whole view fits one screen (the per-image histogram below
+  // the pruning curves, not below the partial bars); narrower, the panels wrap.
+  body.append(summary, el('div', {class: 'row'}, gridBox, scatterBox,
+                          el('div', {class: 'column'}, curveBox, histBox), detailBox));
   publish('perImageTaylor', imp.perImageTaylor);
   publishNumbers(imp);
   const grid = () => drawGrid(gridBox, imp);
   const scatter = () => drawScatter(scatterBox, imp);
   const detail = () => drawDetail(detailBox, imp);
+  const hist = () => drawHistogram(histBox, imp);
   grid();
   await nextPaint();   // the grid is the page's first paint; the other panels follow
-  scatter(); drawCurves(curveBox, imp); await detail();
+  scatter(); drawCurves(curveBox, imp); await Promise.all([detail(), hist()]);
   // The pruning curves do not depend on the selected head.
-  onSelect(grid, scatter, detail);
+  onSelect(grid, scatter, detail, hist);
   onMetric(grid, () => publishNumbers(imp));
+  onFilter(hist);   // the histogram shows the images chosen elsewhere
 }
 
 // The selected head's numbers for the sticky header.
@@ -301,14 +306,22 @@ async function drawDetail(box, imp) {
   const extra = await imp.partialExtra;
   if (stale(token)) return;   // a newer selection draws instead
   const parts = [el('h3', {}, `Why does ${headName(l, h)} matter?`), ...partialBars(imp, extra, l, h, box)];
-  if (imp.perImageTaylor) {
-    const v = await imp.perImageTaylor(l, h);
-    if (stale(token)) return;
-    parts.push(perImageHistogram(v.map((x, i) => [x, i]).filter(([x]) => Number.isFinite(x)), imp));
-  } else {
-    parts.push(el('p', {class: 'help empty-view'}, 'Per-image distributions: run importance with --per-image.'));
-  }
   box.replaceChildren(...parts.filter((p) => p != null));   // (a null would show as "null")
+}
+
+// The selected head's per-image Taylor importance (a panel of its own, below the curves).
+async function drawHistogram(box, imp) {
+  const {layer: l, head: h} = state;
+  if (!imp.perImageTaylor) {
+    box.replaceChildren(el('h3', {}, 'Per-image Taylor importance'),
+                        el('p', {class: 'help empty-view'}, 'Per-image distributions: run importance with --per-image.'));
+    return;
+  }
+  const token = selectionToken();
+  const v = await imp.perImageTaylor(l, h);
+  if (stale(token)) return;   // a newer selection draws instead
+  hideTooltip();
+  box.replaceChildren(perImageHistogram(v.map((x, i) => [x, i]).filter(([x]) => Number.isFinite(x)), imp));
 }
 
 // The standard errors of partial pruning and the whole head on the same subset (runs
@@ -410,7 +423,9 @@ function localGlobal(meta, row, se) {
 }
 
 // Histogram of one head's Taylor importance over the images, on log-spaced bins; a bar
-// click shows its images in the image overview.
+// click makes its images the page's image filter. Images chosen elsewhere (brushed in the
+// image overview's layout, a pattern's images) are drawn as a dark bar inside each bar: how
+// many of the chosen images fall in it.
 function perImageHistogram(pairs, imp) {
   const positive = pairs.filter(([x]) => x > 0);
   const zeros = pairs.length - positive.length;
@@ -420,30 +435,39 @@ function perImageHistogram(pairs, imp) {
   const bins = 20, members = Array.from({length: bins}, () => []);
   positive.forEach(([x, i], k) => members[Math.min(bins - 1, Math.floor((logs[k] - lo) / (hi - lo) * bins))].push(i));
   const counts = members.map((m) => m.length);
-  const f = frame(390, 160, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
+  const W = 330, HT = 130;
+  const f = frame(W, HT, [lo, hi], [0, Math.max(1, ...counts)], 'Taylor importance per image (log scale)',
                   'images', {yInteger: true, xTicks: niceTicks(lo, hi, 5, true).length >= 2 ? niceTicks(lo, hi, 5, true) : niceTicks(lo, hi, 4),
                              xFormat: (v) => {
                                const x = Math.pow(10, v);
                                if (x >= 1e-3 && x < 1e4) return `${+x.toPrecision(2)}`;
                                return Number.isInteger(v) ? `1e${v}` : x.toExponential(1);
                              }});
-  const s = svg('svg', {width: 390, height: 160, id: 'per-image-hist'}, f.g);
+  const filter = state.imageFilter;
+  const chosen = filter && filter.bin == null ? new Set(filter.indices) : null;
+  const s = svg('svg', {width: W, height: HT, id: 'per-image-hist', 'data-filtered': chosen ? chosen.size : 0}, f.g);
   const width = (f.x(hi) - f.x(lo)) / bins;
   members.forEach((m, i) => {
     const c = m.length;
     const b0 = Math.pow(10, lo + i / bins * (hi - lo)), b1 = Math.pow(10, lo + (i + 1) / bins * (hi - lo));
-    const active = state.imageFilter && state.imageFilter.bin === i;
+    const active = filter && filter.bin === i && filter.head === `${state.layer},${state.head}`;
+    const x = f.x(lo + i / bins * (hi - lo)) + 0.5;
+    const inside = chosen ? m.filter((j) => chosen.has(j)).length : 0;
     s.append(tip(svg('rect', {
-        x: f.x(lo + i / bins * (hi - lo)) + 0.5, y: f.y(c), width: Math.max(1, width - 1),
-        height: Math.max(c ? 1 : 0, f.y(0) - f.y(c)), class: 'bar hist-bar' + (active ? ' selected' : ''),
+        x, y: f.y(c), width: Math.max(1, width - 1),
+        height: Math.max(c ? 1 : 0, f.y(0) - f.y(c)), class: 'bar hist-bar' + (active ? ' selected' : '') + (chosen ? ' dimmed' : ''),
         'data-bin': i, 'data-count': c,
         onclick: () => {
-          state.imageFilter = active ? null : {bin: i, indices: m, label: `Taylor ${fmt(b0)}–${fmt(b1)} (${headName(state.layer, state.head)})`};
-          if (use('filterChanged')) use('filterChanged')();
-          for (const r of s.querySelectorAll('.hist-bar')) r.classList.toggle('selected', state.imageFilter && +r.dataset.bin === state.imageFilter.bin);
-          changed();
-        }}), `${c} image${c === 1 ? '' : 's'} with Taylor ${fmt(b0)}–${fmt(b1)}; click to list them in the image overview`));
+          setImageFilter(active ? null : {bin: i, head: `${state.layer},${state.head}`, indices: m, source: 'histogram',
+                                          label: `Taylor ${fmt(b0)}–${fmt(b1)} (${headName(state.layer, state.head)})`});
+        }}), () => `${c} image${c === 1 ? '' : 's'} with Taylor ${fmt(b0)}–${fmt(b1)}` +
+                   (chosen ? `, ${inside} of them chosen (${filter.label})` : '') + '; click to choose them'));
+    if (inside) {
+      s.append(svg('rect', {x, y: f.y(inside), width: Math.max(1, width - 1), height: Math.max(1, f.y(0) - f.y(inside)),
+                            class: 'hist-chosen', 'data-bin': i, 'data-count': inside}));
+    }
   });
-  return el('div', {}, el('h3', {}, 'Per-image Taylor importance of this head'), s,
+  return el('div', {}, el('h3', {}, `Per-image Taylor importance of ${headName(state.layer, state.head)}`), s,
+            chosen ? el('p', {class: 'help', id: 'hist-filter-note'}, `Dark: ${filter.label}.`) : null,
             zeros ? el('p', {class: 'help'}, `${zeros} image${zeros === 1 ? '' : 's'} with exactly 0 not shown on the log axis.`) : null);
 }

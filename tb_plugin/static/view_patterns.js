@@ -3,12 +3,12 @@
 // head, real sample maps of a clicked cell with their image and query patch, and the head
 // clusters with the statistics behind their names.
 
-import {CATEGORICAL, categoryKey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks, ratio,
-        sequential} from './charts.js';
-import {array, arrays, meta as analysisMeta, q, unpack} from './data.js';
+import {CATEGORICAL, categoryKey, grey, headColour, layerColour, extent, frame, heatCanvas, legend, niceTicks,
+        ratio} from './charts.js';
+import {array, arrayFlat, arrays, meta as analysisMeta, q, unpack} from './data.js';
 import {dropdown, el, hideTooltip, svg, tip} from './dom.js';
 import {fmt, gridShape, headName, tokens} from './format.js';
-import {changed, onSelect, publish, select, state, use, whenPublished} from './state.js';
+import {changed, onFilter, onSelect, publish, select, setImageFilter, state, use, whenPublished} from './state.js';
 import {kindMix} from './kinds.js';
 
 const SAMPLES_SHOWN = 6;
@@ -19,15 +19,16 @@ const SCATTER_MAX = 6000;   // points drawn in the latent scatter (an even subsa
 export {renderPatterns as render};
 
 export async function renderPatterns(body, info) {
-  const [meta, a, samples] = await Promise.all([
+  const [meta, a, samples, map] = await Promise.all([
       analysisMeta('patterns'),
-      arrays('patterns', ['map', 'head_density', 'head_cluster', 'cluster_pattern',
+      arrays('patterns', ['head_density', 'head_cluster', 'cluster_pattern',
                           'train_loss', 'val_loss', 'map_extent']),
-      arrays('patterns', ['sample_cell', 'sample_index', 'sample_latent'])]);
-  const {map, head_density: density} = a;
+      arrays('patterns', ['sample_cell', 'sample_index', 'sample_latent']),
+      arrayFlat('patterns/map')]);   // [g, g, c, c], read once, in order
+  const {head_density: density} = a;
   // g: pattern map side (cells); c: side of one decoded pattern.
-  const pt = {...a, ...samples, meta, info, g: map.length, c: map[0][0].length, L: density.length,
-              H: density[0].length, n: (map[0][0].length + 1) / 2};
+  const pt = {...a, ...samples, map, meta, info, g: map.shape[0], c: map.shape[2], L: density.length,
+              H: density[0].length, n: (map.shape[2] + 1) / 2};
   pt.T = tokens(meta.config);
   [pt.gh, pt.gw] = gridShape(meta.config);   // the patch grid of a plain sample map
   // Samples per cell, and per head and cell.
@@ -75,69 +76,195 @@ export async function renderPatterns(body, info) {
       changed();
     });
   }
-  onSelect(drawMap, drawScatter, drawClusters, () => drawCell(cellBox, pt));
+  // A new head only moves the clusters' highlight: the list is not drawn anew.
+  const markClusters = () => {
+    const j = pt.head_cluster[state.layer][state.head];
+    for (const row of clusterBox.querySelectorAll('.cluster')) row.classList.toggle('selected', +row.dataset.cluster === j);
+    for (const chip of clusterBox.querySelectorAll('.chip[data-layer]')) {
+      chip.classList.toggle('selected', +chip.dataset.layer === state.layer && +chip.dataset.head === state.head);
+    }
+  };
+  onSelect(drawMap, drawScatter, markClusters, () => drawCell(cellBox, pt));
+  onFilter(drawScatter);
 }
 
-// The decoded latent grid; each cell outlined in red by the share of the selected head's
-// samples that fall there. A click shows that cell's samples and the heads behind it. The
-// decoded cells are drawn once; a new selection only restyles their outlines (a head click
-// repaints every view: 144 canvases made anew each time cost most of this view's share).
+// The decoded latent grid (the paper's view D): each decoded pattern in grey on its own log
+// range, so its shape shows; the selected head's density as a red heat over the map (where
+// its samples fall, smoothed between cells); each head cluster's region outlined in its
+// colour and numbered. Hovering a cell shows its real samples beside the map (a click keeps
+// them). The decoded cells and the outlines are drawn once; a new selection repaints only
+// the heat (a head click repaints every view).
 function drawPatternMap(mapBox, cellBox, pt) {
   hideTooltip();
   const {map, g, c} = pt;
   const {layer: l, head: h} = state;
-  const total = pt.headCount.get(`${l},${h}`) || 0;
   if (!pt.mapWrap) {
-    const cellPx = Math.max(3, Math.floor(40 / c));
+    const cellPx = Math.max(2, Math.floor(48 / c));
+    // Geometry of the CSS grid: cells of cellPx * c plus a 2-px border, 4 px apart.
+    const outer = c * cellPx + 4, pitch = outer + 4, side = g * pitch - 4;
+    pt.geometry = {outer, pitch, side};
     const wrap = el('div', {class: 'pattern-map', id: 'pattern-map',
-                            style: `grid-template-columns: repeat(${g}, auto)`});
-    // Each pattern on its own range: the decoded patterns differ mostly in shape, which one
-    // shared range hides (144 near-identical dark squares); on a log scale down to 1/300 of
-    // its peak, so that the surround shows, not only the peak.
+                            style: `grid-template-columns: repeat(${g}, ${outer}px); grid-auto-rows: ${outer}px`});
+    // The decoded patterns are painted into one canvas below the grid (one canvas, not one
+    // per cell: a run switch otherwise spends most of this view's time making 144); the
+    // grid's cells above it take the pointer, the selection and the empty cells' veil.
+    const cells = el('canvas', {id: 'pattern-cells', width: side, height: side, class: 'map-layer'});
+    paintPatterns(cells, pt, cellPx);
     for (let r = 0; r < g; r++) {
       for (let k = 0; k < g; k++) {
-        const hi = Math.max(extent(map[r][k])[1], 1e-12);
-        const floor = hi / 300;
-        const logs = map[r][k].map((row) => row.map((v) => Math.log(Math.max(v, floor))));
-        const canvas = heatCanvas(logs, sequential(Math.log(floor), Math.log(hi)), cellPx, {cls: 'pattern-cell'});
         const all = pt.cellSamples[r * g + k].length;
-        if (!all) canvas.classList.add('empty-cell');
-        canvas.dataset.row = r; canvas.dataset.col = k; canvas.dataset.samples = all;
-        // The clusters as regions: each cell framed in the colour of the cluster most of its
-        // samples come from.
-        const j = pt.cellCluster[r * g + k];
-        canvas.dataset.cluster = j;
-        if (j >= 0) canvas.style.borderColor = CLUSTER_COLOURS[j % CLUSTER_COLOURS.length];
-        canvas.addEventListener('click', () => {
+        const cell = el('div', {class: 'pattern-cell' + (all ? '' : ' empty-cell'), 'data-row': r, 'data-col': k,
+                                'data-samples': all, 'data-cluster': pt.cellCluster[r * g + k]});
+        cell.addEventListener('click', () => {
+          clearTimeout(pt.hoverTimer);
           state.cell = [r, k];
-          for (const x of wrap.children) x.classList.toggle('selected', x === canvas);
+          for (const x of wrap.children) x.classList.toggle('selected', x === cell);
           drawCell(cellBox, pt);
         });
-        wrap.append(tip(canvas, () => {
+        // Real samples on hover: the cell panel previews the hovered pattern (after a
+        // short rest, so that crossing the map does not fetch every cell on the way).
+        cell.addEventListener('mouseenter', () => {
+          clearTimeout(pt.hoverTimer);
+          const shown = pt.preview || state.cell;
+          if (shown && shown[0] === r && shown[1] === k) return;   // already shown
+          pt.hoverTimer = setTimeout(() => drawCell(cellBox, pt, [r, k]), HOVER_MS);
+        });
+        wrap.append(tip(cell, () => {
           const {layer: sl, head: sh} = state;
           const mine = pt.headCount.get(`${sl},${sh},${r},${k}`) || 0;
           const of = pt.headCount.get(`${sl},${sh}`) || 0;
-          return all ? `cell (${r}, ${k}): ${all} sample${all === 1 ? '' : 's'} in all; ` +
+          const j = pt.cellCluster[r * g + k];
+          return all ? `cell (${r}, ${k}): ${all} sample${all === 1 ? '' : 's'} in all (cluster ${j}); ` +
                        `${mine} of ${of} samples of ${headName(sl, sh)}`
                      : `cell (${r}, ${k}): no sample falls here (decoder extrapolation)`;
         }));
       }
     }
-    const sc = sequential(0, 1, 'each cell: log, peak/300 → peak');
-    sc.ticks = [[0, '≤ peak/300'], [1, 'peak']];
+    wrap.addEventListener('mouseleave', () => {   // back to the clicked cell, if any
+      clearTimeout(pt.hoverTimer);
+      if (pt.preview) drawCell(cellBox, pt);
+    });
+    // The heat: one pixel a cell, scaled up smoothly by the browser so that each pixel's
+    // centre sits on its cell's centre (the cells' pitch, less the 4-px gap at the ends).
+    pt.heat = el('canvas', {id: 'pattern-density', width: g, height: g, class: 'map-layer heat',
+                            style: `left:${outer / 2 - pitch / 2}px;top:${outer / 2 - pitch / 2}px;width:${g * pitch}px;height:${g * pitch}px`});
+    const stage = el('div', {class: 'pattern-stage', style: `width:${side}px;height:${side}px`},
+                     cells, pt.heat, clusterOutlines(pt), wrap);
+    const sc = grey(0, 1, 'each pattern: log scale');
+    sc.ticks = [[0, `≤ peak/${FLOOR}`], [1, 'peak']];
     pt.mapWrap = wrap;
     pt.mapTitle = el('h3', {});
-    const clusterKey = el('div', {class: 'keys', id: 'pattern-cluster-key'}, el('span', {class: 'help'}, 'frame: the cluster most of its samples come from '),
+    pt.heatKey = el('span', {class: 'help', id: 'pattern-heat-key'});
+    const clusterKey = el('div', {class: 'keys', id: 'pattern-cluster-key'}, el('span', {class: 'help'}, 'outlined: the cells most of whose samples come from head cluster '),
         pt.meta.cluster_names.map((_, j) => el('span', {style: `color:${CLUSTER_COLOURS[j % CLUSTER_COLOURS.length]}`}, `■ ${j} `)));
-    mapBox.replaceChildren(pt.mapTitle, wrap, legend(sc, 160, 'pattern-legend'), clusterKey);
+    mapBox.replaceChildren(pt.mapTitle, stage,
+                           el('div', {class: 'controls'}, legend(sc, 140, 'pattern-legend'), pt.heatKey), clusterKey);
   }
   for (const canvas of pt.mapWrap.children) {
     const r = +canvas.dataset.row, k = +canvas.dataset.col;
-    const mine = pt.headCount.get(`${l},${h},${r},${k}`) || 0;
     canvas.classList.toggle('selected', !!state.cell && state.cell[0] === r && state.cell[1] === k);
-    canvas.style.outline = mine ? `3px solid rgba(225,87,89,${0.25 + 0.75 * mine / Math.max(1, total)})` : '';
   }
-  pt.mapTitle.textContent = `Pattern map; red: where ${headName(l, h)}'s samples fall`;
+  const peak = drawHeat(pt, pt.head_density[l][h]);
+  pt.mapTitle.textContent = `Pattern map; red heat: where ${headName(l, h)}'s samples fall`;
+  pt.heatKey.textContent = peak > 0 ? `red: ${headName(l, h)}'s share of samples per cell, 0 → ${fmt(peak)} (transparent → red)`
+                                    : `${headName(l, h)} has no samples`;
+}
+
+const HOVER_MS = 120;
+const FLOOR = 30;   // a pattern's range: its peak down to peak / FLOOR (log)
+
+// Every decoded pattern into `canvas`, at its cell of the grid (inside its 2-px border). Each
+// pattern on its own range: the decoded patterns differ mostly in shape, which one shared
+// range hides (144 near-identical dark squares); on a log scale down to 1/FLOOR of its
+// peak, so that the surround shows, not only the peak. Grey (white: little attention,
+// black: the peak), so that the head's red heat and the clusters' colours stay readable
+// over it.
+function paintPatterns(canvas, pt, cellPx) {
+  const {map, g, c} = pt, {pitch, side} = pt.geometry, m = map.data;
+  const ctx = canvas.getContext('2d');
+  const image = ctx.createImageData(side, side);
+  const px = new Uint32Array(image.data.buffer);
+  const levels = 256, shade = grey(0, levels - 1);   // the ramp as pixels, once
+  const PIXEL = new Uint8ClampedArray(4), PIXEL32 = new Uint32Array(PIXEL.buffer);
+  const lut = Uint32Array.from({length: levels}, (_, i) => {
+    const [R, G, B] = shade.rgb(i);
+    PIXEL[0] = R; PIXEL[1] = G; PIXEL[2] = B; PIXEL[3] = 255;
+    return PIXEL32[0];
+  });
+  const logFloor = Math.log(FLOOR);
+  for (let r = 0; r < g; r++) {
+    for (let k = 0; k < g; k++) {
+      const base = (r * g + k) * c * c;
+      let hi = 1e-12;
+      for (let i = base; i < base + c * c; i++) if (m[i] > hi) hi = m[i];
+      const logHi = Math.log(hi);
+      const x0 = k * pitch + 2, y0 = r * pitch + 2;
+      for (let i = 0; i < c; i++) {
+        for (let j = 0; j < c; j++) {
+          const v = m[base + i * c + j];
+          const t = v > 0 ? 1 - Math.min(1, (logHi - Math.log(v)) / logFloor) : 0;
+          const pixel = lut[Math.round(Math.max(0, t) * (levels - 1))];
+          for (let y = 0; y < cellPx; y++) {
+            const start = (y0 + i * cellPx + y) * side + x0 + j * cellPx;
+            px.fill(pixel, start, start + cellPx);
+          }
+        }
+      }
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+}
+
+// The selected head's density ([g][g] shares of its samples) as a red heat over the map: one
+// pixel per cell, scaled up smoothly so that pixel centres sit on the cells' centres;
+// opacity by the square root of the share over the largest (a head spread over many cells
+// stays visible). Returns the largest share.
+function drawHeat(pt, density) {
+  const {g} = pt;
+  const peak = Math.max(0, ...density.flat().filter(Number.isFinite));
+  const ctx = pt.heat.getContext('2d');
+  const image = ctx.createImageData(g, g);
+  density.forEach((row, r) => row.forEach((v, k) => {
+    const i = 4 * (r * g + k);
+    image.data.set([214, 39, 40, peak > 0 && v > 0 ? Math.round(255 * 0.85 * Math.sqrt(v / peak)) : 0], i);
+  }));
+  ctx.putImageData(image, 0, 0);
+  pt.heat.dataset.layer = state.layer; pt.heat.dataset.head = state.head;
+  pt.heat.dataset.peak = peak;
+  return peak;
+}
+
+// Each cluster's region (the cells it holds most samples of) outlined in its colour, its
+// number at its fullest cell: one segment per cell side whose neighbour belongs elsewhere.
+function clusterOutlines(pt) {
+  const {g, cellCluster} = pt, {outer, pitch, side} = pt.geometry;
+  const at = (r, k) => (r < 0 || k < 0 || r >= g || k >= g ? -2 : cellCluster[r * g + k]);
+  const s = svg('svg', {id: 'pattern-outlines', width: side, height: side, class: 'map-layer'});
+  const best = new Map();   // cluster -> [samples, r, k]
+  for (let r = 0; r < g; r++) {
+    for (let k = 0; k < g; k++) {
+      const j = at(r, k);
+      if (j < 0) continue;
+      const n = pt.cellSamples[r * g + k].length;
+      if (!best.has(j) || n > best.get(j)[0]) best.set(j, [n, r, k]);
+      const colour = CLUSTER_COLOURS[j % CLUSTER_COLOURS.length];
+      const x0 = k * pitch - 2, y0 = r * pitch - 2, x1 = x0 + pitch, y1 = y0 + pitch;
+      for (const [dr, dk, a, b, c2, d] of [[-1, 0, x0, y0, x1, y0], [1, 0, x0, y1, x1, y1],
+                                            [0, -1, x0, y0, x0, y1], [0, 1, x1, y0, x1, y1]]) {
+        if (at(r + dr, k + dk) === j) continue;
+        // Inset by 1.5 px into the cell's own side, so two regions' borders lie side by side.
+        const ix = dk * -1.5, iy = dr * -1.5;
+        s.append(svg('line', {x1: a + ix, y1: b + iy, x2: c2 + ix, y2: d + iy, stroke: colour,
+                              'stroke-width': 2.5, class: 'cluster-edge', 'data-cluster': j}));
+      }
+    }
+  }
+  for (const [j, [, r, k]] of best) {
+    s.append(svg('text', {x: k * pitch + outer / 2, y: r * pitch + outer / 2 + 5, 'text-anchor': 'middle',
+                          class: 'cluster-label', fill: CLUSTER_COLOURS[j % CLUSTER_COLOURS.length],
+                          'data-cluster': j}, `${j}`));
+  }
+  return s;
 }
 
 // The samples in the latent plane, on the map's grid (row 0 at the top), coloured by layer
@@ -146,14 +273,20 @@ function drawSampleScatter(box, cellBox, pt) {
   const idx = pt.sample_index;
   // The points are drawn once per colouring; a new selection only redraws the rings.
   if (!pt.scatter || pt.scatter.by !== state.sampleColour) pt.scatter = sampleScatter(box, cellBox, pt);
-  const {rings, xy, note} = pt.scatter;
-  const ringed = [];
+  const {rings, filtered, xy, note} = pt.scatter;
+  const ringed = [], chosen = [];
+  const images = state.imageFilter ? new Set(state.imageFilter.indices) : null;
   for (const [sIdx, x, y] of xy) {
-    const [, l, h] = idx[sIdx];
+    const [image, l, h] = idx[sIdx];
     if (l === state.layer && h === state.head) ringed.push(svg('circle', {cx: x, cy: y, r: 3.5, class: 'sample-selected'}));
+    if (images && images.has(image)) chosen.push(svg('rect', {x: x - 2.5, y: y - 2.5, width: 5, height: 5, class: 'sample-filtered'}));
   }
   rings.replaceChildren(...ringed);
-  note.textContent = `ringed: ${headName(state.layer, state.head)}; grid rows run upwards here (latent 2), downwards in the map` +
+  filtered.replaceChildren(...chosen);
+  filtered.dataset.count = chosen.length;
+  note.textContent = `ringed: ${headName(state.layer, state.head)}` +
+      (images ? `; blue squares: samples of ${state.imageFilter.label}` : '') +
+      '; grid rows run upwards here (latent 2), downwards in the map' +
       (pt.scatter.step > 1 ? `; every ${pt.scatter.step}th sample drawn` : '');
 }
 
@@ -172,23 +305,28 @@ function sampleScatter(box, cellBox, pt) {
   }
   const clamp = (v, lo, hi) => Math.min(Math.max(v, Math.min(lo, hi)), Math.max(lo, hi));
   const step = Math.max(1, Math.ceil(lat.length / SCATTER_MAX));
-  const xy = [];
+  const xy = [], marks = [];
+  // The points as one string of markup (parsed at once: thousands of createElementNS and
+  // setAttribute calls were a third of this view's share of a run switch).
   for (let sIdx = 0; sIdx < lat.length; sIdx += step) {
     const [, l, h] = idx[sIdx];
     const x = f.x(clamp(lat[sIdx][0], ext[0][0], ext[0][1])), y = f.y(clamp(lat[sIdx][1], ext[1][0], ext[1][1]));
     const fill = by === 'layer' ? layerColour(l, L) : headColour(h, H);
-    s.append(svg('circle', {cx: x, cy: y, r: 2, fill, class: 'sample-point'}));
+    marks.push(`<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="2" fill="${fill}" class="sample-point"/>`);
     xy.push([sIdx, x, y]);
   }
-  const rings = svg('g', {class: 'rings'});
-  s.append(rings);
+  const points = svg('g', {class: 'points'});
+  points.innerHTML = marks.join('');
+  s.append(points);
+  const rings = svg('g', {class: 'rings'}), filtered = svg('g', {class: 'filtered', id: 'sample-filtered'});
+  s.append(filtered, rings);
   s.addEventListener('click', (e) => {   // a click picks the map cell under the pointer
     const rect = s.getBoundingClientRect();
     const fx = (e.clientX - rect.left - f.m.l) / (f.width - f.m.l - f.m.r);
     const fy = (e.clientY - rect.top - f.m.t) / (f.height - f.m.t - f.m.b);
     if (fx < 0 || fx >= 1 || fy < 0 || fy >= 1) return;
     state.cell = [g - 1 - Math.floor(fy * g), Math.floor(fx * g)];
-    for (const x of document.querySelectorAll('#pattern-map canvas')) {
+    for (const x of document.querySelectorAll('#pattern-map .pattern-cell')) {
       x.classList.toggle('selected', +x.dataset.row === state.cell[0] && +x.dataset.col === state.cell[1]);
     }
     drawCell(cellBox, pt);
@@ -200,18 +338,21 @@ function sampleScatter(box, cellBox, pt) {
                                              'sample-colour')),
       el('div', {}, s),
       categoryKey(by === 'layer' ? L : H, by === 'layer' ? 'L' : 'H', `colour = ${by}`), note);
-  return {s, rings, xy, note, by, step};
+  return {s, rings, filtered, xy, note, by, step};
 }
 
-// The heads behind the selected cell, and a few of its real samples with their image and
-// query patch. The panel keeps its size, so the page does not jump.
-async function drawCell(box, pt) {
-  if (!state.cell) {
+// The heads behind the selected cell (or `preview`, the hovered one), and a few of its real
+// samples with their image and query patch. The panel keeps its size, so the page does not
+// jump.
+async function drawCell(box, pt, preview = null) {
+  pt.preview = preview;
+  const shown = preview || state.cell;
+  if (!shown) {
     box.replaceChildren(el('h3', {}, 'Samples of a pattern'),
-        el('p', {class: 'help', id: 'cell-heads'}, 'Click a pattern (or a point) to list the heads that produce it and see its real samples.'));
+        el('p', {class: 'help', id: 'cell-heads'}, 'Hover over a pattern to see its real samples and the heads that produce it; a click keeps them.'));
     return;
   }
-  const [r, k] = state.cell;
+  const [r, k] = shown;
   const {L, H, g} = pt;
   const members = pt.cellSamples[r * g + k];
   const heads = [];
@@ -228,20 +369,32 @@ async function drawCell(box, pt) {
          `${headName(l, h)}: ${c} of ${pt.headCount.get(`${l},${h}`)} samples`))
       : el('span', {class: 'help', id: 'cell-empty'}, 'No sample falls in this cell: the decoded pattern is the decoder\'s extrapolation, shown by no head.'));
   const gallery = el('div', {class: 'sample-gallery', id: 'sample-gallery'});
-  box.replaceChildren(el('h3', {}, `Pattern (${r}, ${k}): ${members.length} sample${members.length === 1 ? '' : 's'}`),
-                      chips, gallery);
+  box.replaceChildren(el('h3', {}, `Pattern (${r}, ${k}): ${members.length} sample${members.length === 1 ? '' : 's'}` +
+                             (preview ? ' (hovered)' : '')),
+                      chips, imagesButton(pt, members), gallery);
+  box.dataset.row = r; box.dataset.col = k;
   if (!members.length || !(`patterns/sample_plain` in pt.info.tags)) return;
   // Prefer the selected head's samples, then spread over the others.
   const mine = members.filter((s) => pt.sample_index[s][1] === state.layer && pt.sample_index[s][2] === state.head);
   const others = members.filter((s) => !mine.includes(s));
   const pick = [...mine, ...others.filter((_, i) => i % Math.max(1, Math.floor(others.length / SAMPLES_SHOWN)) === 0)]
       .slice(0, SAMPLES_SHOWN);
-  const maps = await Promise.all(pick.map((s) => array('patterns/sample_plain', {index: s})));
-  if (!state.cell || state.cell[0] !== r || state.cell[1] !== k) return;
-  const names = pt.meta.image_names || [];
-  const stored = use('storedImages') || [];
   const {gh, gw} = pt;
   const cell = Math.max(4, Math.floor(84 / Math.max(gh, gw)));
+  // Slots of the samples' size until their maps arrive: the panel keeps its height.
+  const slots = pick.map(() => el('div', {class: 'sample-slot', style: `width:${gw * cell}px`},
+      el('div', {style: `width:${gw * cell}px;height:${gh * cell}px`}),
+      el('div', {class: 'caption'}, '\u00a0'), el('div', {class: 'caption'}, '\u00a0')));
+  gallery.append(...slots);
+  pt.sampleMaps = pt.sampleMaps || new Map();   // sample -> promise of its map (hover re-asks)
+  const maps = await Promise.all(pick.map((s) => {
+    if (!pt.sampleMaps.has(s)) pt.sampleMaps.set(s, array('patterns/sample_plain', {index: s}));
+    return pt.sampleMaps.get(s);
+  }));
+  const now = pt.preview || state.cell;
+  if (!now || now[0] !== r || now[1] !== k) return;
+  const names = pt.meta.image_names || [];
+  const stored = use('storedImages') || [];
   pick.forEach((s, j) => {
     const [image, l, h, query] = pt.sample_index[s];
     const m = maps[j].map((row) => row.map((v) => v * pt.T));
@@ -256,11 +409,22 @@ async function drawCell(box, pt) {
     const [qr, qc] = [Math.floor(query / gw), query % gw];
     ctx.strokeRect(qc * cell + 1, qr * cell + 1, cell - 2, cell - 2);
     stage.append(c);
-    gallery.append(el('div', {class: 'sample', 'data-sample': s},
+    slots[j].replaceWith(el('div', {class: 'sample', 'data-sample': s, style: `width:${gw * cell}px`},
         tip(stage, `${headName(l, h)}, image ${names[image] ?? image}, query patch (row ${qr}, col ${qc}) outlined; × uniform, ${sc.ticks[0][1]} … ${sc.ticks[2][1]}`),
         el('div', {class: 'caption'}, `${headName(l, h)} · ${names[image] ?? `image ${image}`}`),
         el('div', {class: 'caption'}, `query (${qr}, ${qc}) · peak ${fmt(Math.max(...m.flat()))}×`)));
   });
+}
+
+// "Show these images": the images the cell's samples come from become the image filter (the
+// image overview, the histogram and the image strip follow).
+function imagesButton(pt, members) {
+  if (!members.length) return null;
+  const images = [...new Set(members.map((s) => pt.sample_index[s][0]))].sort((a, b) => a - b);
+  return el('button', {id: 'cell-images', class: 'chip', onclick: () => {
+    const [r, k] = pt.preview || state.cell;
+    setImageFilter({indices: images, label: `the ${images.length} images of pattern (${r}, ${k})`, source: 'patterns'});
+  }}, `filter the ${images.length} image${images.length === 1 ? '' : 's'} it comes from`);
 }
 
 // Statistics behind a cluster's name, as patterns.describe_pattern decides it.
@@ -337,7 +501,7 @@ function drawClusterList(clusterBox, pt) {
            el('span', {class: 'help'}, ` · peak ${fmt(Math.max(...times[j].flat()))}× uniform`),
            el('div', {class: 'chips'}, members.map(([l, h]) =>
                el('button', {class: 'chip' + (l === state.layer && h === state.head ? ' selected' : ''),
-                             onclick: () => select(l, h)}, headName(l, h))))),
+                             'data-layer': l, 'data-head': h, onclick: () => select(l, h)}, headName(l, h))))),
         el('details', {class: 'rules-fold'}, el('summary', {}, 'why this name: the rule statistics'), stats));
   });
   clusterBox.replaceChildren(el('h3', {}, 'Head clusters: mean re-centred attention of the members (× uniform), and why each got its name'),

@@ -13,6 +13,8 @@ import {headKinds} from './kinds.js';
 
 export {renderStrength as render};
 
+const ROBUST = 0.95;   // the shared offset scale's ends: that quantile of each side's ratios
+
 export async function renderStrength(body, info) {
   // offset_mean (as large as offset_ratio) only labels the focus map: one head's slice
   // at a time (offsetMean below), the first together with the rest.
@@ -37,7 +39,10 @@ export async function renderStrength(body, info) {
               span: Math.max(spanY, spanX), nY: (spanY + 1) / 2, nX: (spanX + 1) / 2,
               n: a.neighbourhood_share[0][0].length, T: tokens(cfg), base: meta.baselines || null,
               offsetMean};
-  st.scale = ratio(ratioMaps);
+  // One scale for every offset map, fitted to the data and centred on uniform: each side
+  // ends at the 95th percentile of its ratios (beyond: its full colour), so a head at 3x
+  // uniform is as red as the scale goes, not pale next to the demo's 87x neighbour head.
+  st.scale = ratio(ratioMaps, undefined, {robust: ROBUST});
   const uniformDistance = st.base ? st.base.uniform.mean_distance : null;
   publish('strengthNumbers', {distance: a.mean_distance, entropy: a.entropy, uniformDistance});
   st.kinds = headKinds({offsetRatio: ratioMaps, clsShare: a.cls_share || null, distance: a.mean_distance,
@@ -69,7 +74,17 @@ export async function renderStrength(body, info) {
   const focusDrawn = drawFocus();
   drawCurves(); drawTrends(); drawTable(); drawCls();
   await focusDrawn;
-  onSelect(drawFocus, drawCurves, drawTrends, drawTable, drawCls);
+  // A new head only moves the table's highlight (its rows do not depend on the selection).
+  const markTable = () => {
+    let selected = null;
+    for (const row of table.querySelectorAll('#locality-table tbody tr[data-layer]')) {
+      const on = +row.dataset.layer === state.layer && +row.dataset.head === state.head;
+      row.classList.toggle('selected', on);
+      if (on) selected = row;
+    }
+    if (selected && !LOCALITY_SORT.key) scrollIntoBox(table.querySelector('.table-scroll'), selected);
+  };
+  onSelect(drawFocus, drawCurves, drawTrends, markTable, drawCls);
 }
 
 // The scale of one map: the shared one, or (per-map) its own log range centred at 1×.
@@ -272,16 +287,26 @@ function drawLocalityTable(box, st) {
 }
 
 // Scrolls the table's own box (not the page) so that the row shows below the sticky column
-// headers; at the next frame, when the layout is computed anyway.
+// headers; at the next frame, when the layout is computed anyway, and only once the table
+// is on screen (a head click with the table out of sight forced a layout of the whole page
+// for it: a third of the click's time).
 function scrollIntoBox(scroller, row) {
-  requestAnimationFrame(() => {
+  const scroll = () => requestAnimationFrame(() => {
     if (!row.isConnected) return;
     const box = scroller.getBoundingClientRect(), r = row.getBoundingClientRect();
     const top = box.top + scroller.querySelector('thead').getBoundingClientRect().height;
     if (r.top < top) scroller.scrollTop -= top - r.top;
     else if (r.bottom > box.bottom) scroller.scrollTop += r.bottom - box.bottom;
   });
+  if (waiting) waiting.disconnect();   // the previous table is gone
+  const seen = waiting = new IntersectionObserver((entries) => {
+    if (!entries.some((e) => e.isIntersecting)) return;
+    seen.disconnect();
+    scroll();
+  });
+  seen.observe(scroller);
 }
+let waiting = null;
 
 // The class token's attention to each patch, and each patch's attention to it (× uniform);
 // without a class token, a MAP head's probe attention to each patch.

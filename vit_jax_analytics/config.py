@@ -16,6 +16,12 @@ from vit_jax_analytics.blocks import ACTIVATIONS, check_rope
 POOLINGS = ('token', 'gap', 'map', 'none', 'token_gap', 'token_dist')
 
 
+# Fields added with the recent blocks (blocks.py); to_dict leaves them out at their defaults.
+RECENT_FIELDS = ('class_token', 'position_embedding', 'rope', 'rope_temperature', 'rope_half',
+                 'rope_xy', 'rope_ref_grid', 'rope_offset', 'qk_norm', 'mlp_gated', 'mlp_norm',
+                 'encoder_norm', 'fc_norm')
+
+
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
   """Architecture of a ViT, as plain data (JSON-serialisable with `dataclasses.asdict`)."""
@@ -200,10 +206,16 @@ class ViTConfig:
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict:
+    """The fields as JSON; the recent blocks' fields only where they differ from their
+    defaults, so a plain ViT's config (and the logdir meta holding it) reads as before they
+    existed."""
     d = dataclasses.asdict(self)
     for key in ('image_size', 'rope_ref_grid'):
       if isinstance(d[key], tuple):
         d[key] = list(d[key])
+    for f in dataclasses.fields(ViTConfig):
+      if f.name in RECENT_FIELDS and d.get(f.name) == f.default:
+        del d[f.name]
     return d
 
   @classmethod

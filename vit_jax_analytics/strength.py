@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax_analytics import blocks, model as model_lib, parallel, precision
+from vit_jax_analytics import blocks as model_blocks, model as model_lib, parallel, precision
 from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, shard_range
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
@@ -173,7 +173,7 @@ def _queries_keys(params, config: ViTConfig, intermediates):
     proj = lambda w: jnp.einsum('btd,dhe->bhte', y, w['kernel']) + w['bias'][None, :, None]
     q, k = proj(att['query']), proj(att['key'])
     if config.qk_norm or config.rope is not None:  # as the attention sees them (blocks.py)
-      q, k = (jnp.swapaxes(a, 1, 2) for a in blocks.transform_qk(
+      q, k = (jnp.swapaxes(a, 1, 2) for a in model_blocks.transform_qk(
           jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), config, att))
     qs.append(q)
     ks.append(k)

@@ -147,9 +147,10 @@ def test_import_graph_is_acyclic():
 
 def test_loaders_import_no_analysis():
   """checkpoints/ and the families' weight mappers load weights; they run no analysis.
-  (families/intercept.py and families/example_compact_vit.py still hold a runner of their
-  own: the exception this test names.)"""
+  (families/intercept.py, intercept_nnx.py and example_compact_vit.py still hold a runner of
+  their own: the exception this test names.)"""
   runners = {'vit_jax_analytics.families.intercept',
+             'vit_jax_analytics.families.intercept_nnx',
              'vit_jax_analytics.families.example_compact_vit'}
   graph = imports()
   loaders = [m for m in graph if m.startswith(('vit_jax_analytics.checkpoints',

@@ -277,3 +277,88 @@ def test_rope_tables_follow_the_sources_formulas():
   np.testing.assert_array_equal(xy[:5], [[0, 0], [1, 0], [2, 0], [3, 0], [0, 1]])
   ref = blocks.rope_coords(c.replace(rope='axial', rope_ref_grid=(4, 4)))
   np.testing.assert_array_equal(ref[5], [2., 1.])  # patch (1, 1) on a 2 x 4 grid -> (2, 1)
+
+
+def _modern(rope):
+  """A random model using every new block, far from uniform attention, in float64."""
+  from vit_jax_analytics.model import ViTConfig
+  config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=3, num_heads=2,
+                     mlp_dim=48, num_classes=5, classifier='gap', class_token=True,
+                     num_registers=2, position_embedding=rope == 'centered', rope=rope,
+                     rope_half=rope == 'centered', rope_temperature=100., qk_norm=True,
+                     mlp_gated=True, mlp_norm=True, activation='silu', fc_norm=True,
+                     encoder_norm=False, rope_ref_grid=(8, 8) if rope == 'axial' else None)
+  params = model_lib.init_params(config, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: np.asarray(a) + rng.normal(0, 0.3, a.shape), params)
+  params['head']['kernel'] = rng.normal(0, 1, params['head']['kernel'].shape)
+  return numerics.as64(params), config
+
+
+@pytest.mark.parametrize('rope', ['axial', 'centered', 'mixed'])
+def test_prefix_reuse_partial_pruning_and_qk_embedding_on_the_new_blocks(rope):
+  """On RoPE + q/k norms + SwiGLU + sub-LN + fc_norm: the ablation scan with prefix reuse
+  equals full forwards, partial pruning (one head's attention recomputed from its block
+  input) equals full forwards with the edit, and the Q/K embedding's queries and keys give
+  the model's own attention."""
+  from tests.reference import importance_kernels as reference
+  from vit_jax_analytics import strength
+  params, config = _modern(rope)
+  images = np.random.default_rng(1).normal(size=(3, 16, 16, 3))
+  labels = np.array([0, 2, 4])
+  with numerics.float64():
+    reuse, _ = importance.ablation_batch(params, config, images, labels, 2)
+    plain, _ = reference.ablation_batch_no_reuse(params, config, images, labels, 2)
+    for m in ('loss', 'kl'):
+      numerics.assert_close64(reuse[m], plain[m], m)
+    variants = importance.partial_variants(config, radii=(1,))
+    keeps = np.stack([v.keep for v in variants[:3]])
+    heads = np.array([1, 4])   # (0, 1), (2, 0)
+    layers = tuple(int(h) // config.num_heads for h in heads)
+    got = importance.partial_batch(params, config, images, labels, heads, keeps, True, layers, 2)
+    want = reference.partial_batch_plain(params, config, images, labels, heads, keeps, True,
+                                         layers, 2)
+    numerics.assert_close64(got['loss'], want['loss'], 'partial')
+    assert np.abs(np.asarray(got['loss'])[:, 0] - np.asarray(got['loss'])[:, 1]).max() > 1e-6
+    q, k = strength.queries_keys(params, config, images)        # [B, L, H, T, D/H]
+    _, att = model_lib.apply(params, config, images, return_attention=True)
+    logits = np.einsum('blhqd,blhkd->blhqk', q, k) / np.sqrt(q.shape[-1])
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    numerics.assert_close64(w / w.sum(-1, keepdims=True), np.asarray(att), 'q/k embedding')
+    assert float(np.asarray(att).max()) > 5. / config.num_tokens
+
+
+@pytest.mark.parametrize('name,size', [('eva02_sub_ln', 42), ('rope_mixed', 48),
+                                       ('dinov3_timm', 48)])
+def test_another_resolution_as_the_library_runs_it(name, size, tmp_path):
+  """At a larger size than the stored grid: timm resamples the absolute position embedding
+  (bicubic, antialiased) and rebuilds its RoPE for the new grid (EVA's coordinates rescaled
+  onto its reference grid, DINOv3's normalised per axis); loading at that size agrees."""
+  m, path = timm_model(name, tmp_path)
+  if name != 'dinov3_timm':   # DINOv3 runs at any size as it is (dynamic_img_size)
+    m.set_input_size(img_size=(size, size))
+    _rope64(m)
+  params, config = checkpoints.load_checkpoint(path, image_size=size)
+  assert config.image_hw == (size, size)
+  x = np.random.default_rng(4).normal(size=(2, 3, size, size))
+  with torch.no_grad():
+    want, want_att = Reference(m, False)(x)
+  with numerics.float64():
+    out, att = model_lib.apply(numerics.as64(params), config, x.transpose(0, 2, 3, 1),
+                               return_attention=True)
+  assert _rel(out, want.numpy()) <= 1e-6, _rel(out, want.numpy())
+  assert _rel(att[:, -1], want_att[-1].numpy()) <= 1e-6
+
+
+@pytest.mark.parametrize('name', list(TIMM) + list(HF))
+def test_info_names_family_position_and_token_layout(name, tmp_path, capsys):
+  from vit_jax_analytics import cli
+  _, path = (hf_model if name in HF else timm_model)(name, tmp_path)
+  assert cli.main(['info', '--checkpoint', str(path)]) == 0
+  info = json.loads(capsys.readouterr().out)
+  assert info['family'] == ('DINOv3 (Hugging Face)' if name in HF else FAMILY[name])
+  rope = name.startswith(('eva02', 'rope', 'dinov3'))
+  assert ('RoPE' in info['position']) == rope, info['position']
+  registers = {'dinov3_timm': 4, 'dinov3_timm_swiglu': 4, 'dinov3_hf_gated_registers': 2}
+  assert len(info['token_layout']['registers']) == registers.get(name, 0)
+  assert info['token_layout']['cls'] == [0]

@@ -144,7 +144,9 @@ def rope_qk(q, k, config, freqs=None, head: Optional[int] = None):
   if config.rope is None:
     return q, k
   if config.rope == 'mixed':
-    angles = rope_angles(config, freqs if head is None else freqs[:, head:head + 1])
+    # head may be traced (partial pruning maps over heads): a gather, not a slice.
+    f = freqs if head is None else jnp.take(freqs, jnp.reshape(head, (1,)), axis=1)
+    angles = rope_angles(config, f)
   else:
     angles = rope_angles(config)
   return (apply_rope(q, angles, config.rope_half, config.num_prefix_tokens),

@@ -69,11 +69,11 @@ def demo(n_images):
                   for k in ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1')})
   # Stage 2's orders and partially pruned heads come from stage 1's scores: compared where
   # both precisions chose the same (they did on this model; otherwise say so).
-  same_plan = (np.array_equal(i32.partial_heads, i16.partial_heads))
+  same_plan = (np.array_equal(i32.partial.heads, i16.partial.heads))
   # Curves along the random orders evaluate the same masks in both precisions; along the
   # metric orders, each precision follows its own stage-1 scores (order changes included).
-  random = np.asarray([o.startswith('random') for o in i32.curve_orders])
-  assert list(i32.curve_orders) == list(i16.curve_orders)
+  random = np.asarray([o.startswith('random') for o in i32.curves.orders])
+  assert list(i32.curves.orders) == list(i16.curves.orders)
   for k in ('curve_loss', 'curve_top1'):
     a, b = getattr(i32, k), getattr(i16, k)
     metrics[f'importance/{k} (random orders)'] = (a[random], b[random], False)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import add_baseline_flag, run_baseline  # noqa: E402
 from tests.reference import importance_kernels as reference  # noqa: E402
 from vit_jax_analytics import (cost, importance, model as model_lib, patterns,  # noqa: E402
                                strength)
@@ -139,7 +140,10 @@ def main():
   p.add_argument('--time', default='ViT-Ti/16', help='configs to time as well ("" for none)')
   p.add_argument('--batch-size', type=int, default=8)
   p.add_argument('--images', default='64,1024')
+  add_baseline_flag(p)
   args = p.parse_args()
+  if args.baseline:
+    run_baseline(args.baseline, 'bench_cost.py', sys.argv[1:])
   options = importance.ImportanceOptions()
   counts = [int(n) for n in args.images.split(',')]
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}; default options: '
@@ -172,12 +176,13 @@ def main():
     t_fwd = None
     s1, s2, _ = xla_pieces(params, config, images, labels, plan, variants, options.renormalize)
     for stage, (fn, fargs) in fns.items():
-      flops = cost.xla_flops(fn, *fargs)
+      # A wrapper over several jitted calls (the old per-batch kernels) has no one program.
+      flops = cost.xla_flops(fn, *fargs) if hasattr(fn, 'lower') else float('nan')
       # Stages with loops: XLA counts each loop body once; use the pieces' counts.
       per_image[stage] = {'importance stage 1': s1, 'importance stage 2': s2}.get(
           stage, flops / fwd_flops)
-      shown = 'n/a (loops)' if stage.startswith('old: ablation') or stage.startswith(
-          'old: partial') else f'{per_image[stage]:.2f}'
+      shown = ('n/a (loops)' if stage.startswith(('old: ablation', 'old: partial')) else
+               'n/a (wrapper)' if not hasattr(fn, 'lower') else f'{per_image[stage]:.2f}')
       line = f'  {stage:<28} {shown:>14} {analytic.get(stage, float("nan")):9.2f}'
       if do_time:
         first, best = timed(fn, *fargs)

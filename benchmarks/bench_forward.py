@@ -198,7 +198,7 @@ def main():
     params, config = checkpoints.load_checkpoint(Path(d) / 'm.npz')
     tm = {'fused': timm_vit(Path(d) / 'm.npz', config, fused=True),
           'plain': timm_vit(Path(d) / 'm.npz', config, fused=False)}
-  from tests.test_crosscheck_hf import hf_vit, rel_err
+  from tests.hf_reference import hf_vit, rel_err
   b, s, t, dm = args.batch_size, c.image_size, config.num_tokens, c.hidden_size
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32)

@@ -46,8 +46,8 @@ def main(argv=None):
   p.add_argument('--seed', type=int, default=1826)
   args = p.parse_args(argv)
 
-  from tests.tb_plugin import test_vit_analytics_plugin_fuzz as fz
-  from tests.tb_plugin.test_vit_analytics_plugin import make_client
+  from tests.tb_plugin import fuzzing as fz
+  from tests.tb_plugin.client import make_client
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)

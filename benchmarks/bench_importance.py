@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import best_time  # noqa: E402
+from benchmarks.common import add_baseline_flag, best_time, run_baseline  # noqa: E402
 from tests.reference import importance_kernels as reference  # noqa: E402
 from vit_jax_analytics import importance, model as model_lib  # noqa: E402
 
@@ -28,7 +28,10 @@ def main():
   p.add_argument('--chunk', type=int, default=None,
                  help='masks vmapped at once (default: 1 on CPU, 8 on accelerators)')
   p.add_argument('--repeats', type=int, default=2)
+  add_baseline_flag(p)
   args = p.parse_args()
+  if args.baseline:
+    run_baseline(args.baseline, 'bench_importance.py', sys.argv[1:])
 
   config = model_lib.get_config(args.config)
   args.chunk = args.chunk or importance.default_chunk()

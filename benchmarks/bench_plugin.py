@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 def write_vit_l_logdir(logdir: Path, images=500, map_images=4, samples=20000, seed=0):
   """A ViT-L/16-shaped run of random typed results, written through the real schema."""
+  from tests import fake_runs
   from vit_jax_analytics import model as model_lib, results as R
   from vit_jax_analytics.logdir import schema, writer
   from vit_jax_analytics import strength as strength_lib
@@ -56,22 +57,12 @@ def write_vit_l_logdir(logdir: Path, images=500, map_images=4, samples=20000, se
   config = model_lib.get_config('ViT-L/16')
   L, H, n, t = config.num_layers, config.num_heads, config.grid_size, config.num_tokens
   u = lambda *s: rng.uniform(0, 1, s).astype(np.float32)
-  meta = {'checkpoint': 'ViT-L_16.npz (random)', 'config': config.to_dict(),
-          'image_folder': 'images', 'image_names': [f'{i:05d}.png' for i in range(images)],
-          'labels': [int(i % 1000) for i in range(images)], 'class_names': None,
-          'mean': [0.5] * 3, 'std': [0.5] * 3, 'versions': {}, 'options': {}}
+  meta = fake_runs.meta(config, images, 1000, 'ViT-L_16.npz (random)')
   orders = ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1') + tuple(
       f'random_{i}' for i in range(5))
   variants = tuple((f'v{i}', f'variant {i}') for i in range(10))
-  imp = R.ImportanceResult(
-      **{k: u(L, H) for k in schema.IMPORTANCE_DEFINITIONS},
-      baseline=R.Baseline(1.0, 0.8, 0.95), curve_counts=np.linspace(0, L * H, 21).astype(int),
-      curve_orders=orders, **{f'curve_{m}': u(len(orders), 21) for m in schema.METRICS},
-      partial_heads=np.arange(12), partial_variants=variants,
-      **{f'partial_{m}': u(12, len(variants)) for m in schema.METRICS},
-      images=images, labelled_images=images, label_free=False,
-      **{k: u(images, L, H) for k in schema.PER_IMAGE},
-      per_image_loss=u(images), per_image_prediction=rng.integers(0, 1000, images).astype(np.int32))
+  imp = fake_runs.random_importance(config, images, rng, 1000, orders=orders, points=21,
+                                    variants=variants, partial_heads=12)
   writer.write_analysis(logdir, 'vit-l16', 'importance', schema.importance_values(imp, meta))
 
   st = R.StrengthResult(
@@ -109,28 +100,11 @@ def write_vit_l_logdir(logdir: Path, images=500, map_images=4, samples=20000, se
 def write_overview_run(logdir: Path, run='vit-l16-10k-images', images=10_000, seed=1):
   """An importance-only ViT-L/16-shaped run over `images` images (the image overview's
   table), random values written through the real schema."""
-  from vit_jax_analytics import model as model_lib, results as R
-  from vit_jax_analytics.logdir import schema, writer
-
-  rng = np.random.default_rng(seed)
-  config = model_lib.get_config('ViT-L/16')
-  L, H = config.num_layers, config.num_heads
-  u = lambda *s: rng.uniform(0, 1, s).astype(np.float32)
-  meta = {'checkpoint': 'ViT-L_16.npz (random)', 'config': config.to_dict(),
-          'image_folder': 'images', 'image_names': [f'{i:05d}.png' for i in range(images)],
-          'labels': [int(i % 1000) for i in range(images)], 'class_names': None,
-          'mean': [0.5] * 3, 'std': [0.5] * 3, 'versions': {}, 'options': {}}
-  imp = R.ImportanceResult(
-      **{k: u(L, H) for k in schema.IMPORTANCE_DEFINITIONS},
-      baseline=R.Baseline(1.0, 0.8, 0.95), curve_counts=np.arange(3),
-      curve_orders=('taylor', 'random_0'), **{f'curve_{m}': u(2, 3) for m in schema.METRICS},
-      partial_heads=np.arange(2), partial_variants=(('v0', 'variant 0'),),
-      **{f'partial_{m}': u(2, 1) - 0.5 for m in schema.METRICS},
-      images=images, labelled_images=images, label_free=False,
-      **{k: u(images, L, H) for k in schema.PER_IMAGE},
-      per_image_loss=u(images), per_image_prediction=rng.integers(0, 1000, images).astype(np.int32))
-  writer.write_analysis(logdir, run, 'importance', schema.importance_values(imp, meta))
-  return run
+  from tests import fake_runs
+  from vit_jax_analytics import model as model_lib
+  return fake_runs.write_importance_run(logdir, run, model_lib.get_config('ViT-L/16'), images,
+                                        classes=1000, seed=seed,
+                                        checkpoint='ViT-L_16.npz (random)')
 
 
 # Tags the timed routes read (TensorBoard lists a file's tags as it reads them).

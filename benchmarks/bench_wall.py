@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import (add_quiet_flags, cli_env, load_average, wait_for_quiet,  # noqa: E402
+from benchmarks.common import (add_baseline_flag, run_baseline,  # noqa: E402
+                               add_quiet_flags, cli_env, load_average, wait_for_quiet,  # noqa: E402
                                write_vit_inputs)
 
 TARGETS = {'cold': 180., 'warm': 90.}
@@ -54,7 +55,10 @@ def main():
   p.add_argument('--config', default='ViT-Ti/16')
   p.add_argument('--images', type=int, default=8)
   add_quiet_flags(p)
+  add_baseline_flag(p)
   args = p.parse_args()
+  if args.baseline:
+    run_baseline(args.baseline, 'bench_wall.py', sys.argv[1:])
   with tempfile.TemporaryDirectory() as d:
     d = Path(d)
     checkpoint, images = write_vit_inputs(d, args.config, args.images)

@@ -1,8 +1,16 @@
-"""Shared helpers for the benchmarks: timing jitted calls after compilation."""
+"""Shared helpers for the benchmarks: timing jitted calls after compilation, waiting for a
+quiet machine, and running the same benchmark on another git revision (--baseline)."""
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_time(fn, *args, repeats=3):
@@ -18,7 +26,6 @@ def best_time(fn, *args, repeats=3):
 
 def load_average() -> float:
   """The 1-minute load average (os.getloadavg), or nan where there is none."""
-  import os
   try:
     return os.getloadavg()[0]
   except OSError:
@@ -50,9 +57,7 @@ def add_quiet_flags(parser) -> None:
 def cli_env() -> dict:
   """The environment for `python -m vit_jax_analytics.cli` in a fresh process: this
   checkout first on PYTHONPATH (the benchmarks time this tree, installed or not)."""
-  import os
-  from pathlib import Path
-  root = str(Path(__file__).resolve().parents[1])
+  root = str(ROOT)
   return dict(os.environ, PYTHONPATH=os.pathsep.join(
       [root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
 
@@ -82,3 +87,37 @@ def write_vit_inputs(folder, config_name='ViT-Ti/16', n_images=8, classes=10, se
     Image.fromarray(rng.integers(0, 256, (c.image_size, c.image_size, 3), np.uint8)).save(
         folder / 'images' / f'class_{i % classes}' / f'{i:05d}.png')
   return folder / 'm.npz', folder / 'images'
+
+
+def add_baseline_flag(parser) -> None:
+  """--baseline REV: the same benchmark of git revision REV, run first in the same call."""
+  parser.add_argument('--baseline', metavar='REV', default=None,
+                      help='also run this benchmark as of git revision REV (its own code, '
+                           'exported to a temporary folder), first, for a before/after from '
+                           'one run on the same machine')
+
+
+def run_baseline(rev: str, script: str, argv) -> str:
+  """Runs benchmarks/<script> as of git revision `rev` (package, tests and benchmarks
+  exported with `git archive`) with `argv` less --baseline, in a fresh process whose path
+  puts that tree first; prints and returns its output (stdout and stderr)."""
+  argv = list(argv)
+  if '--baseline' in argv:
+    i = argv.index('--baseline')
+    del argv[i:i + 2]
+  argv = [a for a in argv if not a.startswith('--baseline=')]
+  with tempfile.TemporaryDirectory() as tree:
+    archive = subprocess.run(['git', '-C', str(ROOT), 'archive', rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(['tar', '-x', '-C', tree], input=archive, check=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [tree] + [q for q in os.environ.get('PYTHONPATH', '').split(os.pathsep) if q]))
+    print(f'=== baseline {rev}: benchmarks/{script} {" ".join(argv)}', flush=True)
+    proc = subprocess.run([sys.executable, str(Path(tree) / 'benchmarks' / script), *argv],
+                          cwd=tree, env=env, capture_output=True, text=True)
+  out = proc.stdout + proc.stderr
+  print(out, flush=True)
+  if proc.returncode:
+    print(f'(baseline {rev} exited with {proc.returncode})', flush=True)
+  print(f'=== this tree: benchmarks/{script} {" ".join(argv)}', flush=True)
+  return out

@@ -117,3 +117,16 @@ def assert_metric64(got, want, metric):
     np.testing.assert_array_equal(got, want, err_msg=metric)
   else:
     assert_close64(got, want, metric)
+
+
+def importance_array(result, name: str):
+  """An ImportanceResult's array by its tag name: 'taylor', 'curve_top1', 'partial_loss_se',
+  'partial_whole_kl', ... (curves and partial pruning are nested in the result)."""
+  import re
+  match = re.fullmatch(r'(curve|partial_whole|partial)_(loss|top1|top5|kl)(_se)?', name)
+  if not match:
+    return getattr(result, name)
+  kind, metric, se = match.groups()
+  group = {'curve': result.curves.metrics, 'partial': result.partial.change,
+           'partial_whole': result.partial.whole_head}[kind]
+  return group[metric].se if se else group[metric].mean

@@ -66,11 +66,12 @@ def calls(path: Path, name: str) -> list:
 
 
 def test_only_streaming_builds_meshes_for_analyses():
-  """The analyses get their mesh, shard, batch size and cast params from streaming.py."""
+  """The analyses get their mesh, shard, batch size and cast params from streaming.py (and
+  in-training analysis its probe placement); nobody else constructs a Mesh."""
   allowed = {'vit_jax_analytics.streaming', 'vit_jax_analytics.parallel'}
   for name, path in source_files():
     if name not in allowed:
-      for call in ('batch_mesh', 'process_shard', 'local_batch_size'):
+      for call in ('batch_mesh', 'process_shard', 'local_batch_size', 'Mesh', 'make_mesh'):
         assert not calls(path, call), f'{name} calls {call} (lines {calls(path, call)})'
 
 
@@ -146,20 +147,54 @@ def test_import_graph_is_acyclic():
 
 
 def test_loaders_import_no_analysis():
-  """checkpoints/ and the families' weight mappers load weights; they run no analysis.
-  (families/intercept.py, intercept_nnx.py and example_compact_vit.py still hold a runner of
-  their own: the exception this test names.)"""
-  runners = {'vit_jax_analytics.families.intercept',
-             'vit_jax_analytics.families.intercept_nnx',
-             'vit_jax_analytics.families.example_compact_vit'}
+  """checkpoints/ and families/ (weight mappers, foreign-model interception) load and wrap
+  models; they run no analysis: pipeline.analyse_module runs a foreign model's."""
   graph = imports()
   loaders = [m for m in graph if m.startswith(('vit_jax_analytics.checkpoints',
                                                'vit_jax_analytics.families'))]
-  assert 'vit_jax_analytics.checkpoints.posemb' in loaders
+  assert {'vit_jax_analytics.checkpoints.posemb',
+          'vit_jax_analytics.families.intercept'} <= set(loaders)
   for name in loaders:
-    if name not in runners:
-      bad = sorted(d for d in graph[name] if is_analysis(d))
-      assert not bad, f'{name} imports {bad}'
+    bad = sorted(d for d in graph[name] if is_analysis(d))
+    assert not bad, f'{name} imports {bad}'
+
+
+COMPUTES = ('compute_importance', 'compute_strength', 'compute_patterns')
+
+
+def test_one_orchestrator_runs_the_analyses():
+  """Only pipeline.analyse calls the analyses' entry points: the CLI, the photo demo,
+  in-training analysis and foreign models all go through it."""
+  for name, path in source_files():
+    if name == 'vit_jax_analytics.pipeline' or is_analysis(name):
+      continue
+    for entry in COMPUTES:
+      assert not calls(path, entry), f'{name} calls {entry} (lines {calls(path, entry)})'
+  pipeline = ROOT / 'vit_jax_analytics' / 'pipeline.py'
+  tree = ast.parse(pipeline.read_text())
+  callers = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+             for n in ast.walk(f) if isinstance(n, ast.Call)
+             and getattr(n.func, 'attr', None) in COMPUTES}
+  assert callers == {'analyse'}, callers
+
+
+def test_no_module_over_500_lines():
+  """One job a module: none of the package's modules (or the plugin's) grows past 500."""
+  for name, path in source_files():
+    lines = len(path.read_text().splitlines())
+    assert lines <= 500, f'{name}: {lines} lines'
+
+
+def test_benchmarks_import_no_test_module():
+  """Benchmarks share the tests' helper modules (tests/tiny.py, tests/reference/, ...), never
+  a test module: a test's fixtures are not an API."""
+  for path in sorted((ROOT / 'benchmarks').glob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [f'{node.module}.{a.name}' for a in node.names]
+               if isinstance(node, ast.ImportFrom) and node.module else [])
+      bad = [n for n in names if any(part.startswith('test_') for part in n.split('.'))]
+      assert not bad, f'{path.name} imports {bad}'
 
 
 def test_checkpoints_is_a_package_of_small_modules():

@@ -133,25 +133,25 @@ def test_subset_curves_and_partial_equal_the_full_computation_on_that_subset(tmp
   targets = np.where(sub_labels >= 0, sub_labels, full.argmax(-1))
   scores = {k: getattr(r, k) for k in importance.ORDER_METRICS}
   orders = importance.head_orders(scores, TINY, opts.random_orders, opts.seed)
-  assert tuple(orders) == r.curve_orders
+  assert tuple(orders) == r.curves.orders
   for o, order in enumerate(orders.values()):
-    masks = importance.pruning_masks(order, list(r.curve_counts), TINY)
+    masks = importance.pruning_masks(order, list(r.curves.counts), TINY)
     for p, mask in enumerate(masks):
       ref = np_metrics(model_lib.apply(params, TINY, images, head_mask=mask), targets, full)
       for m in ('loss', 'top1', 'kl'):
-        numerics.assert_close64(getattr(r, f'curve_{m}')[o, p], ref[m].mean(), f'{o} {p} {m}')
+        numerics.assert_close64(r.curves.metrics[m].mean[o, p], ref[m].mean(), f'{o} {p} {m}')
         se = ref[m].std(ddof=1) / np.sqrt(len(ref[m]))
-        numerics.assert_close64(getattr(r, f'curve_{m}_se')[o, p], se, f'{o} {p} {m} se')
+        numerics.assert_close64(r.curves.metrics[m].se[o, p], se, f'{o} {p} {m} se')
   base = np_metrics(full, targets, full)
-  for e, flat in enumerate(r.partial_heads):
+  for e, flat in enumerate(r.partial.heads):
     l, h = divmod(int(flat), H)
     for v, keep in enumerate(importance.partial_variants(TINY, radii=(1,))):
       def edit(w, layer, keep=keep.keep):
         return w if layer != l else w.at[:, h].set(w[:, h] * keep)
       ref = np_metrics(model_lib.apply(params, TINY, images, attention_edit=edit), targets, full)
       change = ref['loss'] - base['loss']
-      numerics.assert_close64(r.partial_loss[e, v], change.mean(), 'partial_loss')
-      numerics.assert_close64(r.partial_loss_se[e, v],
+      numerics.assert_close64(r.partial.change['loss'].mean[e, v], change.mean(), 'partial_loss')
+      numerics.assert_close64(r.partial.change['loss'].se[e, v],
                               change.std(ddof=1) / np.sqrt(len(change)), 'partial_loss_se')
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax_analytics import data
+from vit_jax_analytics import data, decode
 from vit_jax_analytics.errors import DataError
 
 
@@ -115,7 +115,7 @@ def test_batches_are_deterministic_padded_and_skip_corrupt_files(tmp_path, capsy
     Image.fromarray(gradient() + i).save(tmp_path / f'{i}.png')
   (tmp_path / '3.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
   s = data.image_folder(tmp_path)
-  batches = list(data.BatchStream(s, 8, 3, progress=False))
+  batches = list(data.DecodedBatches(s, 8, 3, progress=False))
   assert [b.images.shape for b in batches] == [(3, 8, 8, 3)] * 3
   assert np.concatenate([b.index for b in batches]).tolist() == [0, 1, 2, 3, 4, 5, 6, -1, -1]
   assert np.concatenate([b.valid for b in batches]).tolist() == [1, 1, 1, 0, 1, 1, 1, 0, 0]
@@ -123,7 +123,7 @@ def test_batches_are_deterministic_padded_and_skip_corrupt_files(tmp_path, capsy
   err = capsys.readouterr().err
   assert '3.png' in err and 'skipped 1 unreadable image(s) of 7' in err
   # Resuming at batch 1 yields exactly the later batches.
-  again = list(data.BatchStream(s, 8, 3, first_batch=1, progress=False))
+  again = list(data.DecodedBatches(s, 8, 3, first_batch=1, progress=False))
   assert len(again) == 2
   np.testing.assert_array_equal(again[0].images, batches[1].images)
 
@@ -131,7 +131,7 @@ def test_batches_are_deterministic_padded_and_skip_corrupt_files(tmp_path, capsy
 def test_no_readable_images_is_an_error(tmp_path):
   for i in range(2):
     (tmp_path / f'{i}.jpg').write_bytes(b'garbage')
-  stream = data.BatchStream(data.image_folder(tmp_path), 8, 4, progress=False)
+  stream = data.DecodedBatches(data.image_folder(tmp_path), 8, 4, progress=False)
   with pytest.raises(DataError, match='no readable images'):
     list(stream)
 
@@ -373,17 +373,17 @@ def test_big_images_are_reduced_first_and_stay_close_to_a_full_resize(tmp_path, 
 def test_pixel_limits_skip_an_image_with_a_one_line_warning(tmp_path, monkeypatch, capsys):
   save(tmp_path / 'a.png')  # 20x24 = 480 pixels
   save(tmp_path / 'b.png', gradient(40, 40))
-  monkeypatch.setattr(data, 'MAX_IMAGE_PIXELS', 1000)
+  monkeypatch.setattr(decode, 'MAX_IMAGE_PIXELS', 1000)
   with pytest.raises(DataError, match=r'b.png: image of 40x40 pixels is too big to decode '
                      r'\(the limit is 1000 pixels\)'):
     data.load_image(tmp_path / 'b.png', 8)
-  batch, = data.BatchStream(data.image_folder(tmp_path), 8, 2, progress=False)
+  batch, = data.DecodedBatches(data.image_folder(tmp_path), 8, 2, progress=False)
   assert batch.valid.tolist() == [True, False]
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 2 and err[0].startswith('warning: skipping') and 'b.png' in err[0]
   # Pillow's own limit applies too: it warns over Image.MAX_IMAGE_PIXELS (silenced: such
   # images load in bounded memory) and refuses twice that.
-  monkeypatch.setattr(data, 'MAX_IMAGE_PIXELS', 2 ** 28)
+  monkeypatch.setattr(decode, 'MAX_IMAGE_PIXELS', 2 ** 28)
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 400)
   with warnings.catch_warnings():
     warnings.simplefilter('error')
@@ -415,7 +415,7 @@ LOAD_AND_MEASURE = r'''
 import json, resource, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from vit_jax_analytics import data
+from vit_jax_analytics import data, decode
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = data.load_image(sys.argv[2], 224)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -447,9 +447,9 @@ def test_huge_png_loads_in_bounded_memory(tmp_path):
 def test_long_strips_are_reduced_along_their_long_side(tmp_path, monkeypatch):
   """Over _REDUCE_ANYWAY_PIXELS (2**24) a strip with one short side is reduced along the
   long one, not converted whole to float: here 40x3000 by (62, 1) for a 16-pixel output."""
-  monkeypatch.setattr(data, '_REDUCE_ANYWAY_PIXELS', 1000)
-  assert data._reduce_factors((3000, 40), 16) == (62, 1)
-  assert data._reduce_factors((90, 40), 16) == (1, 1)  # too short to reduce at all
+  monkeypatch.setattr(decode, '_REDUCE_ANYWAY_PIXELS', 1000)
+  assert decode._reduce_factors((3000, 40), 16) == (62, 1)
+  assert decode._reduce_factors((90, 40), 16) == (1, 1)  # too short to reduce at all
   path = tmp_path / 'strip.png'
   picture(40, 3000).save(path)
   diff = np.abs(data.load_image(path, 16) - old_load_image(path, 16))

@@ -45,7 +45,7 @@ def demo(tmp_path_factory):
   run = logdir / photo_demo.RUN
   return {'logdir': logdir, 'run': run,
           'importance': reader.read_importance(run), 'strength': reader.read_strength(run),
-          'kinds': head_kinds.summarise_run(run)}
+          'kinds': head_kinds.run_summary(run)}
 
 
 def at_offset(strength, layer, head, dy, dx) -> float:
@@ -146,11 +146,11 @@ def test_tour_partial_pruning_says_why(demo):
   layer only the class token's own attention row reaches the embedding: removing any other
   part of layer 11's heads changes nothing."""
   imp = demo['importance']
-  variants = [v[0] for v in imp.partial_variants]
-  heads = [int(h) for h in imp.partial_heads]
+  variants = [v[0] for v in imp.partial.variants]
+  heads = [int(h) for h in imp.partial.heads]
   top = int(np.argmax(imp.ablation_loss))
   assert top == 8 * 6 + 3 and top in heads
-  row, se = imp.partial_loss[heads.index(top)], imp.partial_loss_se[heads.index(top)]
+  row, se = imp.partial.change['loss'].mean[heads.index(top)], imp.partial.change['loss'].se[heads.index(top)]
   local, wide = row[variants.index('local_r1')], row[variants.index('global_r1')]
   assert wide >= 5 * local, (wide, local)
   assert wide - local >= 3 * np.hypot(se[variants.index('local_r1')],
@@ -158,7 +158,7 @@ def test_tour_partial_pruning_says_why(demo):
   last = [k for k, h in enumerate(heads) if h // 6 == 11]
   assert last, heads
   for k in last:
-    for name, value in zip(variants, imp.partial_loss[k]):
+    for name, value in zip(variants, imp.partial.change['loss'].mean[k]):
       if name == 'from_cls':
         assert value > 0.01, (heads[k], value)
       elif name != 'to_cls':   # the class token as a key is still in its own row
@@ -169,11 +169,11 @@ def test_tour_pruning_curves(demo):
   """Removing the 20% of heads that matter least (by ablation) moves the embedding less
   than half as much as removing 20% at random."""
   imp = demo['importance']
-  orders = list(imp.curve_orders)
-  k = int(np.argmin(np.abs(np.asarray(imp.curve_counts) - 0.2 * 72)))
-  assert imp.curve_counts[k] in (14, 15)
-  ranked = imp.curve_loss[orders.index('ablation_loss'), k]
-  randoms = [imp.curve_loss[i, k] for i, o in enumerate(orders) if o.startswith('random')]
+  orders = list(imp.curves.orders)
+  k = int(np.argmin(np.abs(np.asarray(imp.curves.counts) - 0.2 * 72)))
+  assert imp.curves.counts[k] in (14, 15)
+  ranked = imp.curves.metrics['loss'].mean[orders.index('ablation_loss'), k]
+  randoms = [imp.curves.metrics['loss'].mean[i, k] for i, o in enumerate(orders) if o.startswith('random')]
   assert randoms and ranked < 0.5 * min(randoms), (ranked, randoms)
   assert imp.subset_index is not None and len(imp.subset_index) == 11
 

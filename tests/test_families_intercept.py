@@ -6,7 +6,7 @@ import numpy as np
 
 from tests import numerics
 from tests.tiny import TINY, arrays_of, offset_heads_model, tiny_images, tiny_params
-from vit_jax_analytics import importance, model as model_lib, strength
+from vit_jax_analytics import importance, model as model_lib, pipeline, strength
 from vit_jax_analytics.batches import ArraySource
 from vit_jax_analytics.families import intercept
 from vit_jax_analytics.families.example_compact_vit import compact_for, params_from_native
@@ -77,16 +77,16 @@ def test_planted_offset_heads_through_interception():
 
 
 @numerics.in_float64
-def test_analyse_equals_native_compute():
+def test_analyse_module_equals_native_compute():
   params, images = numerics.as64(tiny_params()), numerics.as64(tiny_images(6))
   labels = np.arange(6) % 5
   module, foreign = compact_for(TINY), params_from_native(params, TINY)
   opts = importance.ImportanceOptions(batch_size=6, progress=False, random_orders=1,
                                       curve_points=3, partial_heads=2)
   sopts = strength.StrengthOptions(batch_size=6, progress=False, map_images=2)
-  got = intercept.analyse(module, foreign, images, {'cls': [0], 'grid': (4, 4)}, labels,
-                          analyses=('importance', 'strength'),
-                          options={'importance': opts, 'strength': sopts})
+  got = pipeline.analyse_module(module, foreign, images, {'cls': [0], 'grid': (4, 4)}, labels,
+                                analyses=('importance', 'strength'),
+                                options={'importance': opts, 'strength': sopts})
   source = ArraySource(images, labels)
   ref_imp = importance.compute_importance(params, TINY, source, opts)
   ref_str = strength.compute_strength(params, TINY, source, sopts)

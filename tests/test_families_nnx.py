@@ -24,7 +24,7 @@ from flax import nnx  # noqa: E402
 from flax.nnx.nn.attention import dot_product_attention_weights  # noqa: E402
 
 from tests import numerics  # noqa: E402
-from vit_jax_analytics import importance, model as model_lib  # noqa: E402
+from vit_jax_analytics import importance, model as model_lib, pipeline  # noqa: E402
 from vit_jax_analytics.families import intercept_nnx  # noqa: E402
 
 LAYOUT = {'cls': [0], 'grid': (4, 4)}
@@ -153,7 +153,7 @@ def test_analyse_end_to_end_and_plain_calls_unaffected():
   opts = {'importance': importance.ImportanceOptions(batch_size=4, progress=False,
                                                      random_orders=1, curve_points=2,
                                                      partial_heads=1)}
-  got = intercept_nnx.analyse(m, x, LAYOUT, output='embedding', options=opts, batch_size=4)
+  got = pipeline.analyse_nnx(m, x, LAYOUT, output='embedding', options=opts, batch_size=4)
   assert set(got) >= {'importance', 'strength', 'patterns'}
   assert 'full forwards' in got['ablation']
   scores = np.asarray(got['importance'].taylor)

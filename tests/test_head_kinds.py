@@ -44,7 +44,7 @@ def test_kinds_of_heads_built_to_attend_to_known_offsets(known):
 
 def test_summary_is_plain_data(known):
   result, _ = known
-  summary = head_kinds.summarise(result)
+  summary = head_kinds.summary(result)
   json.dumps(summary)
   assert summary['kinds'] == {'neighbour-offset': 6, 'self': 2, 'global': 2}
   assert summary['heads']['L1H1']['name'] == 'offset (+0, +1)'

@@ -52,7 +52,7 @@ def test_independent_of_batch_size(image_set, reference, batch_size):
   got = importance.compute_importance(numerics.as64(tiny_params()), TINY, image_set,
                                       options(batch_size=batch_size))
   for k in ARRAYS:
-    assert_close(getattr(got, k), getattr(reference, k), k)
+    assert_close(numerics.importance_array(got, k), numerics.importance_array(reference, k), k)
 
 
 def test_result_is_consistent(reference):
@@ -60,15 +60,15 @@ def test_result_is_consistent(reference):
   assert r.taylor.shape == (3, 4) and r.images == N_IMAGES
   # Removing no head is the baseline; the curves' first point says so for every order.
   # (In float64: see `reference`.)
-  numerics.assert_close64(r.curve_top1[:, 0], np.full(len(r.curve_top1), r.baseline.top1))
-  numerics.assert_close64(r.curve_kl[:, 0], np.zeros(len(r.curve_kl)))
+  numerics.assert_close64(r.curves.metrics['top1'].mean[:, 0], np.full(len(r.curves.metrics['top1'].mean), r.baseline.top1))
+  numerics.assert_close64(r.curves.metrics['kl'].mean[:, 0], np.zeros(len(r.curves.metrics['kl'].mean)))
   # Per-image values (stored in float32) average to the reported means.
   for name in ('taylor', 'ablation_loss'):
     per_image = getattr(r, f'per_image_{name}').astype(np.float64)
     numerics.assert_close64(per_image.mean(0), getattr(r, name), name, rtol=0,
                             atol=numerics.ROUNDED_ULPS * numerics.F32_EPS * np.abs(per_image).max())
   numerics.assert_close64(np.linalg.norm(r.taylor_normalized, axis=1), np.ones(3))
-  assert list(r.curve_orders[:4]) == list(importance.ORDER_METRICS)
+  assert list(r.curves.orders[:4]) == list(importance.ORDER_METRICS)
   assert not r.label_free
 
 
@@ -122,7 +122,7 @@ def test_interrupted_run_resumes_without_redoing_batches(image_set, reference, t
   got = importance.compute_importance(params, TINY, image_set, opts, store=store)
   assert len(calls) == 1  # only the third of three batches was computed again
   for k in ARRAYS:
-    assert_close(getattr(got, k), getattr(reference, k), k)
+    assert_close(numerics.importance_array(got, k), numerics.importance_array(reference, k), k)
 
 
 MULTI_DEVICE = r'''
@@ -145,7 +145,7 @@ split = importance.compute_importance(tiny_params(), TINY, s,
 for got in (eight, split):
   for k in ('taylor', 'ablation_loss', 'ablation_kl', 'ablation_top1', 'curve_top1',
             'partial_loss'):
-    a, b = getattr(got, k), getattr(one, k)
+    a, b = numerics.importance_array(got, k), numerics.importance_array(one, k)
     numerics.assert_close64(a, b, k, rtol=0, atol=numerics.F64_RTOL * np.abs(b).max())
 print('ok', one.images)
 '''

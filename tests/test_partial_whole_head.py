@@ -12,19 +12,19 @@ def test_whole_head_on_the_subset_equals_the_mean_of_its_per_image_ablation(anal
   r = reader.read_importance(analysis_logdir / 'tiny')
   H = r.taylor.shape[1]
   subset = np.asarray(r.subset_index)
-  assert len(r.partial_heads) and len(subset) >= 2
+  assert len(r.partial.heads) and len(subset) >= 2
   for m in ('loss', 'kl'):
-    whole, se = r.__getattribute__(f'partial_whole_{m}'), r.__getattribute__(f'partial_whole_{m}_se')
-    assert whole.shape == se.shape == (len(r.partial_heads),)
+    whole, se = r.partial.whole_head[m].mean, r.partial.whole_head[m].se
+    assert whole.shape == se.shape == (len(r.partial.heads),)
     per_image = getattr(r, f'per_image_ablation_{m}')              # [N, L, H]
-    for k, flat in enumerate(r.partial_heads):
+    for k, flat in enumerate(r.partial.heads):
       rows = per_image[subset, flat // H, flat % H].astype(np.float64)
       np.testing.assert_allclose(whole[k], rows.mean(), rtol=2e-4, atol=2e-6)
       np.testing.assert_allclose(se[k], rows.std(ddof=1) / np.sqrt(len(rows)),
                                  rtol=2e-3, atol=2e-6)
   # The variants are still one per definition (the whole head is split off, not a variant).
-  assert r.partial_loss.shape == (len(r.partial_heads), len(r.partial_variants))
+  assert r.partial.change['loss'].mean.shape == (len(r.partial.heads), len(r.partial.variants))
   if len(subset) == r.images:   # on every image, the whole head is the single-head ablation
-    for k, flat in enumerate(r.partial_heads):
-      np.testing.assert_allclose(r.partial_whole_loss[k], r.ablation_loss.ravel()[flat],
+    for k, flat in enumerate(r.partial.heads):
+      np.testing.assert_allclose(r.partial.whole_head['loss'].mean[k], r.ablation_loss.ravel()[flat],
                                  rtol=2e-4, atol=2e-6)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import fake_runs
+from tests.tiny import TINY
 from tb_plugin.browser import CHROMEDRIVER, CHROMIUM, chromium, open_plugin, tensorboard
 from tb_plugin.browser import js_fmt as fmt
 from tb_plugin.vit_analytics_plugin import ALONE_PATH
@@ -413,28 +415,9 @@ def test_12_image_overview_lists_sorts_and_opens_images(server, browser, written
 
 
 def write_many_images(logdir, images=10_000, seed=0):
-  """An importance-only run of the tiny model's shape over 10,000 images, written through
-  the real schema with random values."""
-  from tests.tiny import TINY
-  from vit_jax_analytics import results as R
-  from vit_jax_analytics.logdir import schema, writer
-  rng = np.random.default_rng(seed)
-  L, H = TINY.num_layers, TINY.num_heads
-  u = lambda *s: rng.uniform(0, 1, s).astype(np.float32)
-  meta = {'checkpoint': 'tiny (random)', 'config': TINY.to_dict(), 'image_folder': 'images',
-          'image_names': [f'{i:05d}.png' for i in range(images)],
-          'labels': [int(i % 10) for i in range(images)], 'class_names': None,
-          'mean': [0.5] * 3, 'std': [0.5] * 3, 'versions': {}, 'options': {}}
-  imp = R.ImportanceResult(
-      **{k: u(L, H) for k in schema.IMPORTANCE_DEFINITIONS},
-      baseline=R.Baseline(1.0, 0.8, 0.95), curve_counts=np.arange(3),
-      curve_orders=('taylor', 'random_0'), **{f'curve_{m}': u(2, 3) for m in schema.METRICS},
-      partial_heads=np.arange(2), partial_variants=(('v0', 'variant 0'),),
-      **{f'partial_{m}': u(2, 1) - 0.5 for m in schema.METRICS},
-      images=images, labelled_images=images, label_free=False,
-      **{k: u(images, L, H) for k in schema.PER_IMAGE},
-      per_image_loss=u(images), per_image_prediction=rng.integers(0, 10, images).astype(np.int32))
-  writer.write_analysis(logdir, 'many', 'importance', schema.importance_values(imp, meta))
+  """An importance-only run of the tiny model's shape over 10,000 images, random values."""
+  fake_runs.write_importance_run(logdir, 'many', TINY, images, classes=10, seed=seed,
+                                 checkpoint='tiny (random)')
 
 
 def test_12_image_overview_stays_responsive_with_10000_images(browser, tmp_path):

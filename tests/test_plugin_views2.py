@@ -252,22 +252,22 @@ def test_5_scales_fit_the_data_and_below_uniform_patches_are_clear(page, server,
 def test_6_partial_pruning_whole_head_on_the_same_images_with_whiskers(page, tiny):
   imp = tiny['importance']
   H = imp.taylor.shape[1]
-  flat = int(imp.partial_heads[0])
+  flat = int(imp.partial.heads[0])
   page.head(flat // H, flat % H)
   page.wait.until(lambda d: page.all('#partial-bars rect.bar'))
   bars = page.all('#partial-bars rect.bar')
   whole = float(bars[0].get_attribute('data-value'))
-  assert whole == pytest.approx(float(imp.partial_whole_loss[0]), rel=1e-5, abs=1e-7)
-  assert float(bars[0].get_attribute('data-se')) == pytest.approx(float(imp.partial_whole_loss_se[0]), rel=1e-5)
+  assert whole == pytest.approx(float(imp.partial.whole_head['loss'].mean[0]), rel=1e-5, abs=1e-7)
+  assert float(bars[0].get_attribute('data-se')) == pytest.approx(float(imp.partial.whole_head['loss'].se[0]), rel=1e-5)
   with_se = [b for b in bars if b.get_attribute('data-se') not in ('', '0')]
   assert len(with_se) >= len(bars) - 2
   assert len(page.all('#partial-bars g.whisker')) == len(with_se)   # every SE is drawn
-  names = [v[0] for v in imp.partial_variants]
+  names = [v[0] for v in imp.partial.variants]
   rows = page.all('#local-global tr')
   assert len(rows) == sum(n.startswith('local_r') for n in names)
   j, g = names.index('local_r1'), names.index('global_r1')
-  d = imp.partial_loss[0, g] - imp.partial_loss[0, j]
-  se = math.hypot(imp.partial_loss_se[0, g], imp.partial_loss_se[0, j])
+  d = imp.partial.change['loss'].mean[0, g] - imp.partial.change['loss'].mean[0, j]
+  se = math.hypot(imp.partial.change['loss'].se[0, g], imp.partial.change['loss'].se[0, j])
   text = rows[0].text
   assert 'global − local' in text and 'SE' in text
   from_page = float(re.search(r'local = ([+−-]?[\d.e−-]+)', text).group(1).replace('−', '-'))

@@ -84,7 +84,7 @@ def test_analyze_end_to_end_and_the_plugin_serves_it(siglip_logdir):
   assert tags['patterns/sample_plain'].shape[1:] == (2, 3)
   assert tags['patterns/sample_recentred'].shape[1:] == (5, 5)
 
-  from tests.tb_plugin.test_vit_analytics_plugin import get, make_client
+  from tests.tb_plugin.client import get, make_client
   client, _ = make_client(logdir)
   code, body = get(client, '/runs')
   assert code == 200 and [r['run'] if isinstance(r, dict) else r for r in body['runs']]

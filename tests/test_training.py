@@ -36,7 +36,7 @@ def test_probe_results_equal_the_analyses(tmp_path, capsys):
   for name in ('taylor', 'ablation_kl', 'ablation_top1'):
     numerics.assert_close64(getattr(imp, name), getattr(full, name), name)
   cheap = training.probe_importance(params, TINY, probe)
-  assert np.isnan(cheap.ablation_loss).all() and cheap.curve_top1.size == 0
+  assert np.isnan(cheap.ablation_loss).all() and cheap.curves.metrics['top1'].mean.size == 0
   numerics.assert_close64(cheap.taylor, full.taylor)
 
 

@@ -129,4 +129,10 @@ def arrays_of(result) -> dict:
         out[f'{name}_hist'], out[f'{name}_quantiles'] = d.hist, d.quantiles
     elif isinstance(value, np.ndarray):
       out[f.name] = value
+    elif dataclasses.is_dataclass(value):  # an ImportanceResult's curves and partial pruning
+      out.update({f'{f.name}.{k}': v for k, v in arrays_of(value).items()})
+    elif isinstance(value, dict):          # their metric -> Estimate(mean, se) maps
+      for metric, estimate in value.items():
+        if dataclasses.is_dataclass(estimate):
+          out.update({f'{f.name}.{metric}.{k}': v for k, v in arrays_of(estimate).items()})
   return out

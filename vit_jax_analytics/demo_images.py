@@ -182,6 +182,9 @@ def crop_box(width: int, height: int, side: Optional[float], anchor: Optional[fl
   return (left, top, left + s, top + s)
 
 
+DEFAULT_SIZE = 224  # pixels: the resolution most ViT checkpoints run at
+
+
 def render(image: Image.Image, box, size: int) -> Image.Image:
   """The RGB crop `box` of `image` resized to size x size (Lanczos)."""
   return image.convert('RGB').crop(box).resize((size, size), Image.Resampling.LANCZOS)
@@ -214,7 +217,7 @@ def _readme(records: list, size: int) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def build_demo_images(out_dir, photos: Sequence[Photo] = PHOTOGRAPHS, size: int = 224,
+def build_demo_images(out_dir, photos: Sequence[Photo] = PHOTOGRAPHS, size: int = DEFAULT_SIZE,
                       views=VIEWS, paths: Optional[dict] = None,
                       progress: bool = True) -> list:
   """Writes every photograph in `photos`, whole and cropped (`views`), as `size` x `size`

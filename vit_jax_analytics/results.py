@@ -23,6 +23,46 @@ class Baseline:
   top5: float
 
 
+# The metrics of a masked model against the unmasked one (importance.objective defines them).
+ABLATION_METRICS = ('loss', 'top1', 'top5', 'kl')
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """A mean over images and its standard error (None where it was not measured)."""
+  mean: np.ndarray
+  se: Optional[np.ndarray] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningCurves:
+  """The metrics with the first heads of each order removed: one Estimate [O, P] per
+  metric of ABLATION_METRICS (empty when not computed)."""
+  counts: np.ndarray                  # [P] int: heads removed at each point
+  orders: tuple                       # [O] names: taylor, ablation_*, random_i
+  metrics: dict                       # metric -> Estimate of [O, P]
+
+  @classmethod
+  def empty(cls) -> 'PruningCurves':
+    return cls(np.zeros(0, np.int32), (), {m: Estimate(np.zeros((0, 0)))
+                                           for m in ABLATION_METRICS})
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialPruning:
+  """Each metric's change with part of a head removed (loss increase, accuracy drops, KL),
+  and with the whole head removed on the same images."""
+  heads: np.ndarray                   # [E] int flat head index layer * H + head
+  variants: tuple                     # [V] (name, description) pairs
+  change: dict                        # metric -> Estimate of [E, V]
+  whole_head: dict                    # metric -> Estimate of [E]; {} where not measured
+
+  @classmethod
+  def empty(cls) -> 'PartialPruning':
+    return cls(np.zeros(0, np.int32), (), {m: Estimate(np.zeros((0, 0)))
+                                           for m in ABLATION_METRICS}, {})
+
+
 @dataclasses.dataclass(frozen=True)
 class ImportanceResult:
   """Which heads matter (see the importance package for the definitions)."""
@@ -33,18 +73,8 @@ class ImportanceResult:
   ablation_top5: np.ndarray           # [L, H] top-5 drop
   ablation_kl: np.ndarray             # [L, H] KL(p_full || p_masked)
   baseline: Baseline
-  curve_counts: np.ndarray            # [P] int: heads removed at each point
-  curve_orders: tuple                 # [O] names: taylor, ablation_*, random_i
-  curve_top1: np.ndarray              # [O, P]
-  curve_top5: np.ndarray              # [O, P]
-  curve_kl: np.ndarray                # [O, P]
-  curve_loss: np.ndarray              # [O, P]
-  partial_heads: np.ndarray           # [E] int flat head index layer * H + head
-  partial_variants: tuple             # [V] (name, description) pairs
-  partial_loss: np.ndarray            # [E, V] loss increase with that part removed
-  partial_top1: np.ndarray            # [E, V] top-1 drop
-  partial_top5: np.ndarray            # [E, V] top-5 drop
-  partial_kl: np.ndarray              # [E, V] KL(p_full || p_partial)
+  curves: PruningCurves
+  partial: PartialPruning
   images: int
   labelled_images: int
   label_free: bool                    # some targets were the model's own prediction
@@ -54,34 +84,11 @@ class ImportanceResult:
   per_image_loss: Optional[np.ndarray] = None           # [N] unmasked loss, NaN if unreadable
   per_image_prediction: Optional[np.ndarray] = None     # [N] int predicted class, -1 if unreadable
   # Pruning curves and partial pruning are means over a class-stratified subset of the
-  # images (all of them when there are at most `subset_images` option): its image indices,
-  # its own unmasked baseline (the curves' first point), and standard errors of the means
-  # over it (partial pruning: of the per-image changes). S = len(subset_index).
+  # images (all of them when there are at most `subset_images` option): its image indices
+  # and its own unmasked baseline (the curves' first point). S = len(subset_index).
   subset_index: Optional[np.ndarray] = None           # [S] int
   subset_baseline: Optional[Baseline] = None
-  curve_top1_se: Optional[np.ndarray] = None          # [O, P]
-  curve_top5_se: Optional[np.ndarray] = None          # [O, P]
-  curve_kl_se: Optional[np.ndarray] = None            # [O, P]
-  curve_loss_se: Optional[np.ndarray] = None          # [O, P]
-  partial_loss_se: Optional[np.ndarray] = None        # [E, V]
-  partial_top1_se: Optional[np.ndarray] = None        # [E, V]
-  partial_top5_se: Optional[np.ndarray] = None        # [E, V]
-  partial_kl_se: Optional[np.ndarray] = None          # [E, V]
-  # The whole head removed on the same subset as its parts (stage 2; the single-head
-  # ablation above is over every image): mean change and its standard error.
-  partial_whole_loss: Optional[np.ndarray] = None     # [E]
-  partial_whole_top1: Optional[np.ndarray] = None     # [E]
-  partial_whole_top5: Optional[np.ndarray] = None     # [E]
-  partial_whole_kl: Optional[np.ndarray] = None       # [E]
-  partial_whole_loss_se: Optional[np.ndarray] = None  # [E]
-  partial_whole_top1_se: Optional[np.ndarray] = None  # [E]
-  partial_whole_top5_se: Optional[np.ndarray] = None  # [E]
-  partial_whole_kl_se: Optional[np.ndarray] = None    # [E]
 
-  @property
-  def subset_images(self) -> int:
-    """Images the curves and partial pruning were computed on."""
-    return self.images if self.subset_index is None else len(self.subset_index)
   # The objective (importance.Objective.describe()): kind, source, what each metric means.
   objective: Optional[dict] = None
   # A MAP pooling head's heads (probe -> tokens), as one more row; None without one.
@@ -90,6 +97,11 @@ class ImportanceResult:
   pool_ablation_top1: Optional[np.ndarray] = None       # [H]
   pool_ablation_top5: Optional[np.ndarray] = None       # [H]
   pool_ablation_kl: Optional[np.ndarray] = None         # [H]
+
+  @property
+  def subset_images(self) -> int:
+    """Images the curves and partial pruning were computed on."""
+    return self.images if self.subset_index is None else len(self.subset_index)
 
 
 @dataclasses.dataclass(frozen=True)

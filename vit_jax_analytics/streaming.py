@@ -6,7 +6,8 @@ images need: a padded batch computes its padding too), takes this process's shar
 source when the mesh spans several processes, and casts and replicates the params once. A
 `BatchStream` then yields the batches, puts each on the mesh (images in the params'
 precision), and brings results back to the host. strength.py, patterns.py and importance
-read their images only through it; only this module makes meshes for the analyses.
+read their images only through it; only this module makes meshes for the analyses (and,
+for in-training analysis, places a probe batch where global params are: `ProbePlacement`).
 
 A `StageClock` times one stage's batches (its first apart: compilation) and records a typed
 `StageTiming`, which the cost report (pipeline.py) reads.
@@ -19,7 +20,10 @@ import time
 from typing import Any, Iterator, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vit_jax_analytics import parallel, precision
 from vit_jax_analytics.batches import Batch, BatchSource, process_shard
@@ -147,3 +151,42 @@ class StageClock:
         # The first batch's excess over a later one: compilation (or a cache load).
         compile_seconds=self.compile_seconds if self.compile_seconds is not None else
         max(self.first - steady, 0.) if steady is not None else None)
+
+
+# --- in-training analysis: a probe batch placed where global params are ---------------------
+
+def global_devices(params):
+  """The devices of the first leaf of `params` that spans several processes (a global
+  jax.Array, not fully addressable), or None when every leaf is on this process."""
+  for leaf in jax.tree.leaves(params):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return leaf.sharding.device_set
+  return None
+
+
+class ProbePlacement:
+  """How the probe batch meets the params. On one process: as before (arrays on the default
+  device; jit moves them to the params' devices). With global params: the probe goes to
+  the params' devices as a replicated global array (every process holds the same probe),
+  and results come back to every process through an all-gather (`fetch`)."""
+
+  def __init__(self, params):
+    devices = global_devices(params)
+    self.sharding = None
+    if devices is not None:
+      mesh = Mesh(np.asarray(sorted(devices, key=lambda d: d.id)), ('probe',))
+      self.sharding = NamedSharding(mesh, P())
+
+  def put(self, x):
+    if self.sharding is None:
+      return jnp.asarray(x)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, self.sharding, lambda index: x[index])
+
+  def fetch(self, tree):
+    """NumPy arrays of every leaf (each a global array under global params)."""
+    if self.sharding is None:
+      return jax.tree.map(np.asarray, tree)
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                        if isinstance(x, jax.Array) and not x.is_fully_addressable
+                        else np.asarray(x), tree)

@@ -26,20 +26,23 @@ this is an end-to-end entry point like `pipeline`, not an analysis.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
-from pathlib import Path
 from typing import NamedTuple, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax_analytics import importance, model as model_lib, precision, strength
+import vit_jax_analytics
+from vit_jax_analytics import (importance, model as model_lib, parallel, patterns, pipeline,
+                               precision, streaming, strength)
 from vit_jax_analytics.batches import UNLABELLED, ArraySource
 from vit_jax_analytics.logdir import schema, writer
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
-from vit_jax_analytics.results import Baseline, ImportanceResult
+from vit_jax_analytics.results import ImportanceResult
 
 DTYPES = precision.DTYPES
 cast = precision.cast
@@ -67,48 +70,7 @@ class TrainingAnalysisOptions:
     precision.check(self, 'dtype', self.dtype)
 
 
-# --- params on one process, or global arrays spread over several ----------------------------
-
-def _global_devices(params):
-  """The devices of the first leaf of `params` that spans several processes (a global
-  jax.Array, not fully addressable), or None when every leaf is on this process."""
-  for leaf in jax.tree.leaves(params):
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      return leaf.sharding.device_set
-  return None
-
-
-class _Placement:
-  """How the probe batch meets the params. On one process: as before (arrays on the default
-  device; jit moves them to the params' devices). With global params: the probe goes to
-  the params' devices as a replicated global array (every process holds the same probe),
-  and results come back to every process through an all-gather (`fetch`)."""
-
-  def __init__(self, params):
-    devices = _global_devices(params)
-    self.sharding = None
-    if devices is not None:
-      from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-      mesh = Mesh(np.asarray(sorted(devices, key=lambda d: d.id)), ('probe',))
-      self.sharding = NamedSharding(mesh, P())
-
-  def put(self, x):
-    if self.sharding is None:
-      return jnp.asarray(x)
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, self.sharding, lambda index: x[index])
-
-  def fetch(self, tree):
-    """NumPy arrays of every leaf (each a global array under global params)."""
-    if self.sharding is None:
-      return jax.tree.map(np.asarray, tree)
-    from jax.experimental import multihost_utils
-    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                        if isinstance(x, jax.Array) and not x.is_fully_addressable
-                        else np.asarray(x), tree)
-
-
-def _probe_batches(probe: Probe, batch_size: int, dtype: str, place: _Placement):
+def _probe_batches(probe: Probe, batch_size: int, dtype: str, place: streaming.ProbePlacement):
   n = len(probe.images)
   labels = (np.full(n, UNLABELLED, np.int32) if probe.labels is None
             else np.asarray(probe.labels, np.int32))
@@ -120,7 +82,7 @@ def _probe_batches(probe: Probe, batch_size: int, dtype: str, place: _Placement)
 def probe_strength(params, config: ViTConfig, probe: Probe, options=None):
   """StrengthResult of the probe batch (no stored maps)."""
   options = options or TrainingAnalysisOptions()
-  params, place = cast(params, options.dtype), _Placement(params)
+  params, place = cast(params, options.dtype), streaming.ProbePlacement(params)
   sums, count = {}, 0
   for batch, images, _ in _probe_batches(probe, options.batch_size, options.dtype, place):
     stats = place.fetch(strength.strength_batch(params, config, images))
@@ -134,7 +96,7 @@ def probe_importance(params, config: ViTConfig, probe: Probe, options=None) -> I
   batch. Not computed: the ablation metrics are NaN, the curves and partial pruning
   empty."""
   options = options or TrainingAnalysisOptions()
-  params, place = cast(params, options.dtype), _Placement(params)
+  params, place = cast(params, options.dtype), streaming.ProbePlacement(params)
   return importance.stage1_scores(
       params, config, _probe_batches(probe, options.batch_size, options.dtype, place),
       ablation=options.ablation, fetch=place.fetch)
@@ -190,9 +152,6 @@ def _print_cost_once(params, config, probe, options):
 # --- the entry point -----------------------------------------------------------------------
 
 def _meta(config: ViTConfig, probe: Probe, step: int, options, checkpoint=None) -> dict:
-  import flax
-
-  import vit_jax_analytics
   n = len(probe.images)
   labels = (np.full(n, UNLABELLED) if probe.labels is None else np.asarray(probe.labels))
   return {'checkpoint': checkpoint, 'config': config.to_dict(), 'image_folder': None,
@@ -215,44 +174,46 @@ def analyse_step(params, config: ViTConfig, probe, logdir, run: str, step: int,
   if len(probe.images) == 0:
     raise ValueError('the probe batch is empty')
   writer.check_run_name(run)
-  if _global_devices(params) is not None:
+  if streaming.global_devices(params) is not None:
     _check_same_probe(probe)
   params = cast(params, options.dtype)
   _print_cost_once(params, config, probe, options)
   meta = _meta(config, probe, step, options)
-  source = lambda: ArraySource(np.asarray(probe.images, np.float32), probe.labels)
-  results = {'strength': (lambda: probe_strength(params, config, probe, options),
-                          schema.strength_values)}
-  if options.curves:
-    results['importance'] = (lambda: importance.compute_importance(
-        params, config, source(), importance.ImportanceOptions(
-            batch_size=options.batch_size, progress=False, dtype=options.dtype)),
-        schema.importance_values)
-  else:
-    results['importance'] = (lambda: probe_importance(params, config, probe, options),
-                             schema.importance_values)
-  if options.patterns:
-    from vit_jax_analytics import patterns
-    popts = patterns.PatternOptions(max_images=len(probe.images), progress=False,
-                                    batch_size=options.batch_size, dtype=options.dtype)
-    # With several processes, process 0 alone trains the autoencoder (the others get None).
-    results['patterns'] = (lambda: patterns.compute_patterns(params, config, source(),
-                                                             popts)[0],
-                           schema.patterns_values)
   written = {}
-  for analysis, (compute, values) in results.items():
-    result = compute()  # every process takes part
+  for analysis, result in _computed(params, config, probe, options):  # every process takes part
     if jax.process_index() == 0:
-      written[analysis] = writer.write_analysis(logdir, run, analysis, values(result, meta),
-                                                step=step)
+      written[analysis] = writer.write_analysis(logdir, run, analysis,
+                                                _VALUES[analysis](result, meta), step=step)
   return written
+
+
+_VALUES = {'strength': schema.strength_values, 'importance': schema.importance_values,
+           'patterns': schema.patterns_values}
+
+
+def _computed(params, config: ViTConfig, probe: Probe, options: TrainingAnalysisOptions):
+  """(analysis, result) in writing order: the probe's cheap statistics here, the whole
+  importance analysis (curves) and patterns through the one orchestrator."""
+  yield 'strength', probe_strength(params, config, probe, options)
+  if not options.curves:
+    yield 'importance', probe_importance(params, config, probe, options)
+  full = {}
+  if options.curves:
+    full['importance'] = importance.ImportanceOptions(
+        batch_size=options.batch_size, progress=False, dtype=options.dtype)
+  if options.patterns:
+    full['patterns'] = patterns.PatternOptions(
+        max_images=len(probe.images), progress=False, batch_size=options.batch_size,
+        dtype=options.dtype)
+  source = ArraySource(np.asarray(probe.images, np.float32), probe.labels)
+  # With several processes, process 0 alone trains the autoencoder.
+  for computed in pipeline.analyse(params, config, source, tuple(full), full):
+    yield computed.name, computed.result
 
 
 def _check_same_probe(probe: Probe) -> None:
   """With global params every process must pass the same probe batch (it is replicated
   over the params' devices): a one-line error otherwise."""
-  import hashlib
-  from vit_jax_analytics import parallel, streaming
   h = hashlib.sha256(np.ascontiguousarray(np.asarray(probe.images, np.float32)).tobytes())
   if probe.labels is not None:
     h.update(np.asarray(probe.labels, np.int64).tobytes())

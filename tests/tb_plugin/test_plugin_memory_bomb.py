@@ -18,7 +18,7 @@ from tensorboard.util import tensor_util
 
 from tb_plugin import vit_analytics_plugin
 from tb_plugin.browser import tensorboard
-from tests.tb_plugin.test_vit_analytics_plugin_fuzz import _ours as _meta, _proto
+from tests.tb_plugin.fuzzing import _ours as _meta, _proto
 from vit_jax_analytics.logdir import metadata
 
 BOMB = [20000, 20000]   # 4e8 elements: 1.6 GB as float32, 3.2 GB of object pointers as strings

@@ -7,40 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorboard.backend import application
-from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-from tensorboard.plugins import base_plugin
-from werkzeug import test as werkzeug_test, wrappers
 
-from vit_jax_analytics.logdir import metadata
 from tb_plugin import vit_analytics_plugin
-from tb_plugin.vit_analytics_plugin import VitAnalyticsPlugin, unpack
+from tb_plugin.vit_analytics_plugin import unpack
 from vit_jax_analytics.logdir import reader
+from tests.tb_plugin.client import PREFIX, get, make_client
 
-PREFIX = f'/data/plugin/{metadata.PLUGIN_NAME}'
-
-
-def make_client(logdir):
-  multiplexer = plugin_event_multiplexer.EventMultiplexer()
-  multiplexer.AddRunsFromDirectory(str(logdir))
-  multiplexer.Reload()
-  provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-  context = base_plugin.TBContext(logdir=str(logdir), data_provider=provider,
-                                  multiplexer=multiplexer)
-  plugin = VitAnalyticsPlugin(context)
-  app = application.TensorBoardWSGI([plugin])
-  return werkzeug_test.Client(app, wrappers.Response), plugin
 
 
 @pytest.fixture(scope='module')
 def client(analysis_logdir):
   return make_client(analysis_logdir)[0]
-
-
-def get(client, route, **params):
-  r = client.get(f'{PREFIX}{route}', query_string=params)
-  body = r.get_data()
-  return r.status_code, (json.loads(body) if r.mimetype == 'application/json' else body)
 
 
 def test_runs_lists_every_analysis(client):

@@ -20,6 +20,7 @@ implemented here.
 from __future__ import annotations
 
 import numpy as np
+from vit_jax_analytics.errors import OptionError
 
 from vit_jax_analytics.errors import CheckpointError
 
@@ -34,7 +35,6 @@ def check_patch_grid(new_hw, patch: int = None) -> None:
   """OptionError (field image_size: the CLI names --image-size) for a patch grid of more than MAX_GRID_TOKENS."""
   nh, nw = (int(v) for v in new_hw)
   if nh * nw > MAX_GRID_TOKENS:
-    from vit_jax_analytics.errors import OptionError
     size = f'{nh * patch}x{nw * patch} px' if patch else 'the size asked for'
     raise OptionError('image_size', f'{size} gives a {nh} x {nw} grid of patches ({nh * nw} '
                                     f'tokens); at most {MAX_GRID_TOKENS} are supported: '

@@ -4,19 +4,19 @@
 `nn.scan`), `nn.MultiHeadDotProductAttention` for attention, its own parameter names. The
 analyses run on it through `families.intercept` without any change to the model:
 
-    from vit_jax_analytics.families import intercept
+    from vit_jax_analytics import pipeline
     from vit_jax_analytics.families.example_compact_vit import CompactViT
 
     module = CompactViT(patch=4, width=32, depth=3, heads=4, mlp=64, classes=5)
     params = module.init(jax.random.key(0), images[:1])['params']
-    results = intercept.analyse(module, params, images,
-                                token_layout={'cls': [0], 'grid': (4, 4)})
+    results = pipeline.analyse_module(module, params, images,
+                                      token_layout={'cls': [0], 'grid': (4, 4)})
     results['importance'], results['strength'], results['patterns'], results['ablation']
 
 `params_from_native` maps this project's ViT weights onto CompactViT, so that the two can
-be compared: `python -m vit_jax_analytics.families.example_compact_vit` prints the largest
-differences of logits, attention, single-head ablation and strength between the native
-path and the intercepted one (tests/test_families_intercept.py asserts them).
+be compared: tests/test_families_intercept.py checks that logits, attention, the
+single-head ablation scan and strength agree between the native path and the intercepted
+one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 class Block(nn.Module):
@@ -85,35 +84,3 @@ def params_from_native(params, config) -> dict:
                         'fc1': dict(blk['MlpBlock_3']['Dense_0']),
                         'fc2': dict(blk['MlpBlock_3']['Dense_1'])}
   return out
-
-
-def main():  # pragma: no cover - a demonstration
-  from vit_jax_analytics import importance, model as model_lib, strength
-  from vit_jax_analytics.families import intercept
-  from vit_jax_analytics.model import ViTConfig
-
-  config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=3, num_heads=4,
-                     mlp_dim=64, num_classes=5)
-  params = jax.tree.map(np.asarray, model_lib.init_params(config, jax.random.key(0)))
-  params['head']['kernel'] = np.random.default_rng(0).normal(
-      size=params['head']['kernel'].shape).astype(np.float32)
-  images = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
-  module, foreign = compact_for(config), params_from_native(params, config)
-  fconfig = intercept.intercepted_config(module, foreign, images,
-                                         token_layout={'cls': [0], 'grid': (4, 4)})
-  labels = np.zeros(8, np.int32)
-  diff = lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-  n_out, n_att = model_lib.apply(params, config, images, return_attention=True)
-  f_out, f_att = model_lib.apply(foreign, fconfig, images, return_attention=True)
-  n_abl, _ = importance.ablation_batch(params, config, images, labels)
-  f_abl, _ = importance.ablation_batch(foreign, fconfig, images, labels)
-  n_str = strength.strength_batch(params, config, images)
-  f_str = strength.strength_batch(foreign, fconfig, images)
-  print(f'logits {diff(n_out, f_out):.2e}  attention {diff(n_att, f_att):.2e}  '
-        f'ablation kl {diff(n_abl["kl"], f_abl["kl"]):.2e}  strength '
-        f'{max(diff(a, b) for a, b in zip(jax.tree.leaves(n_str), jax.tree.leaves(f_str))):.2e}')
-  print(importance.ablation_strategy(fconfig))
-
-
-if __name__ == '__main__':
-  main()

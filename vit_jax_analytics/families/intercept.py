@@ -5,9 +5,9 @@ A model the project did not write — any linen module whose self-attention laye
 layout: `query`/`key`/`value` DenseGeneral kernels [D, H, D/H] and `out` [H, D/H, D]) — is
 wrapped so that importance, strength and patterns run on it unchanged:
 
-    from vit_jax_analytics.families import intercept
-    results = intercept.analyse(module, params, images,
-                                token_layout={'cls': [0], 'grid': (7, 7)})
+    from vit_jax_analytics import pipeline
+    results = pipeline.analyse_module(module, params, images,
+                                      token_layout={'cls': [0], 'grid': (7, 7)})
 
 Each call of an attention layer is intercepted and recomputed from that layer's own
 parameters (read from the bound module), so that the analyses' hooks apply: the attention
@@ -33,7 +33,6 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax_analytics import model as model_lib
 from vit_jax_analytics.model import ViTConfig
@@ -194,37 +193,3 @@ def _attention_params(params):
       return
     for v in params.values():
       yield from _attention_params(v)
-
-
-def analyse(module, params, images, token_layout, labels=None,
-            analyses=('importance', 'strength', 'patterns'), attention_class=None,
-            output: str = 'logits', method=None, output_fn=None, options: Optional[dict] = None,
-            batch_size: int = 32) -> dict:
-  """Runs the analyses on a Flax linen model the project did not write.
-
-  images [N, h, w, 3] as the model expects them; token_layout: {'cls': [0] or [],
-  'registers': [...], 'grid': (h, w)} (or a ViTConfig); labels [N] (default unlabelled).
-  options: {'importance': ImportanceOptions, 'strength': StrengthOptions, 'patterns':
-  PatternOptions}. -> {'config', 'ablation' (how the scan ran), and one result per analysis}.
-  """
-  from vit_jax_analytics import importance, patterns, strength
-  from vit_jax_analytics.batches import ArraySource
-
-  options = options or {}
-  config = intercepted_config(module, params, images, token_layout, attention_class, output,
-                              method, output_fn)
-  source = ArraySource(np.asarray(images), None if labels is None else np.asarray(labels))
-  out = {'config': config, 'ablation': importance.ablation_strategy(config)}
-  if 'importance' in analyses:
-    opts = options.get('importance') or importance.ImportanceOptions(batch_size=batch_size,
-                                                                     progress=False)
-    out['importance'] = importance.compute_importance(params, config, source, opts)
-  if 'strength' in analyses:
-    opts = options.get('strength') or strength.StrengthOptions(batch_size=batch_size,
-                                                               progress=False)
-    out['strength'] = strength.compute_strength(params, config, source, opts)
-  if 'patterns' in analyses:
-    opts = options.get('patterns') or patterns.PatternOptions(
-        batch_size=batch_size, max_images=None, progress=False)
-    out['patterns'] = patterns.compute_patterns(params, config, source, opts)[0]
-  return out

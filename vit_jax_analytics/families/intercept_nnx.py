@@ -1,8 +1,8 @@
 """Any Flax NNX ViT, analysed by intercepting its `nnx.MultiHeadAttention` calls (the NNX
 twin of `intercept.py`, which intercepts linen attention).
 
-    from vit_jax_analytics.families import intercept_nnx
-    results = intercept_nnx.analyse(model, images, token_layout={'cls': [0], 'grid': (7, 7)})
+    from vit_jax_analytics import pipeline
+    results = pipeline.analyse_nnx(model, images, token_layout={'cls': [0], 'grid': (7, 7)})
 
 While the wrapped model runs, `nnx.MultiHeadAttention.__call__` of the model's attention
 layers (all of them, or those `attention_filter(path, module)` keeps) is replaced by the
@@ -30,11 +30,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from vit_jax_analytics import model as model_lib
@@ -265,33 +264,3 @@ def nnx_config(model, images, token_layout, output: str = 'logits', attention_fi
       classifier='token' if layout['cls'] else 'gap', num_registers=len(layout['registers']),
       representation_size=representation, output=output, foreign_model=wrapper)
   return wrapper.params, config
-
-
-def analyse(model, images, token_layout, labels=None,
-            analyses=('importance', 'strength', 'patterns'), output: str = 'logits',
-            attention_filter=None, method=None, output_fn=None,
-            options: Optional[dict] = None, batch_size: int = 32) -> dict:
-  """Runs the analyses on a Flax NNX model (see the module docstring; arguments as
-  intercept.analyse's) -> {'config', 'params', 'ablation', and one result per analysis}."""
-  from vit_jax_analytics import importance, patterns, strength
-  from vit_jax_analytics.batches import ArraySource
-
-  options = options or {}
-  params, config = nnx_config(model, images, token_layout, output, attention_filter, method,
-                              output_fn)
-  source = ArraySource(np.asarray(images), None if labels is None else np.asarray(labels))
-  out: dict[str, Any] = {'config': config, 'params': params,
-                         'ablation': importance.ablation_strategy(config)}
-  if 'importance' in analyses:
-    opts = options.get('importance') or importance.ImportanceOptions(batch_size=batch_size,
-                                                                     progress=False)
-    out['importance'] = importance.compute_importance(params, config, source, opts)
-  if 'strength' in analyses:
-    opts = options.get('strength') or strength.StrengthOptions(batch_size=batch_size,
-                                                               progress=False)
-    out['strength'] = strength.compute_strength(params, config, source, opts)
-  if 'patterns' in analyses:
-    opts = options.get('patterns') or patterns.PatternOptions(
-        batch_size=batch_size, max_images=None, progress=False)
-    out['patterns'] = patterns.compute_patterns(params, config, source, opts)[0]
-  return out

@@ -28,9 +28,7 @@ import numpy as np
 from vit_jax_analytics import precision
 from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.model import ViTConfig
-
-
-ABLATION_METRICS = ('loss', 'top1', 'top5', 'kl')
+from vit_jax_analytics.results import ABLATION_METRICS  # noqa: F401 (importance.ABLATION_METRICS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -14,7 +14,7 @@ from vit_jax_analytics.importance.options import default_chunk
 from vit_jax_analytics.importance.sums import add_stage1, head_scores, stage1_sums
 from vit_jax_analytics.importance.taylor import taylor_batch
 from vit_jax_analytics.model import ViTConfig
-from vit_jax_analytics.results import ImportanceResult
+from vit_jax_analytics.results import ImportanceResult, PartialPruning, PruningCurves
 
 
 def _to_numpy(tree):
@@ -41,10 +41,8 @@ def stage1_scores(params, config: ViTConfig, batches: Iterable, ablation: bool,
   if not ablation:  # not computed: NaN (shown blank), so every view still draws
     for name in ('ablation_loss', 'ablation_top1', 'ablation_top5', 'ablation_kl'):
       scores[name] = np.full((L, H), np.nan)
-  empty = {f'{k}_{m}': np.zeros((0, 0)) for k in ('curve', 'partial') for m in ABLATION_METRICS}
   count = int(acc['count'])
-  return ImportanceResult(**scores, baseline=baseline, curve_counts=np.zeros(0, np.int32),
-                          curve_orders=(), partial_heads=np.zeros(0, np.int32),
-                          partial_variants=(), **empty, images=count,
+  return ImportanceResult(**scores, baseline=baseline, curves=PruningCurves.empty(),
+                          partial=PartialPruning.empty(), images=count,
                           labelled_images=int(acc['labelled']),
                           label_free=int(acc['labelled']) < count)

@@ -14,7 +14,8 @@ from vit_jax_analytics import parallel
 from vit_jax_analytics.errors import NonFiniteError
 from vit_jax_analytics.importance.objective import ABLATION_METRICS, Objective, targets_from
 from vit_jax_analytics.model import ViTConfig
-from vit_jax_analytics.results import Baseline, ImportanceResult
+from vit_jax_analytics.results import (Baseline, Estimate, ImportanceResult, PartialPruning,
+                                       PruningCurves)
 
 # The per-image rows stage 1 keeps with --per-image.
 PER_IMAGE = ('taylor', 'ablation_loss', 'ablation_kl')
@@ -169,20 +170,19 @@ def finalise(acc: dict, plan, variants: list,
     whole[m] = _mean_se(change[..., len(variants)])  # the last keep: the whole head
   subset_base = Baseline(*(float(np.mean(acc[f's2_full_{m}'])) for m in ('loss', 'top1', 'top5')))
   return ImportanceResult(
-      **scores, baseline=baseline, curve_counts=np.asarray(plan.counts),
-      curve_orders=tuple(plan.order_names),
-      **{f'curve_{m}': curves[m][0].reshape(shape) for m in ABLATION_METRICS},
-      partial_heads=np.asarray(plan.heads),
-      partial_variants=tuple((v.name, v.description) for v in variants),
-      **{f'partial_{m}': partial[m][0] for m in ABLATION_METRICS},
+      **scores, baseline=baseline,
+      curves=PruningCurves(
+          np.asarray(plan.counts), tuple(plan.order_names),
+          {m: Estimate(curves[m][0].reshape(shape), curves[m][1].reshape(shape))
+           for m in ABLATION_METRICS}),
+      partial=PartialPruning(
+          np.asarray(plan.heads), tuple((v.name, v.description) for v in variants),
+          {m: Estimate(*partial[m]) for m in ABLATION_METRICS},
+          {m: Estimate(*whole[m]) for m in ABLATION_METRICS}),
       images=int(count), labelled_images=int(acc['labelled']),
       label_free=int(acc['labelled']) < int(count),
       **{f'per_image_{k}': acc.get(f'per_image_{k}') for k in PER_IMAGE},
       subset_index=np.asarray(plan.subset, np.int64), subset_baseline=subset_base,
-      **{f'curve_{m}_se': curves[m][1].reshape(shape) for m in ABLATION_METRICS},
-      **{f'partial_{m}_se': partial[m][1] for m in ABLATION_METRICS},
-      **{f'partial_whole_{m}': whole[m][0] for m in ABLATION_METRICS},
-      **{f'partial_whole_{m}_se': whole[m][1] for m in ABLATION_METRICS},
       per_image_loss=acc.get('per_image_loss'),
       per_image_prediction=(None if acc.get('per_image_prediction') is None
                             else acc['per_image_prediction'].astype(np.int32)),

@@ -8,12 +8,13 @@ import dataclasses
 import numpy as np
 
 from vit_jax_analytics.logdir.writer import Value
-from vit_jax_analytics.results import (Baseline, ImportanceResult, PatternResult, Samples,
-                                       ScalarDistribution, StrengthResult, TrainingHistory)
+from vit_jax_analytics.results import (ABLATION_METRICS as METRICS, Baseline, Estimate,
+                                       ImportanceResult, PartialPruning, PatternResult,
+                                       PruningCurves, Samples, ScalarDistribution,
+                                       StrengthResult, TrainingHistory)
 
 LH = ('layer', 'head')
 IMAGE_LH = ('image', 'layer', 'head')
-METRICS = ('loss', 'top1', 'top5', 'kl')
 
 # --- importance ------------------------------------------------------------------------------
 
@@ -82,8 +83,8 @@ def importance_values(r: ImportanceResult, meta: dict, thumbnails=None,
       **meta, 'definitions': definitions, 'objective': r.objective,
       'pool_heads': r.pool_taylor is not None, 'baseline': dataclasses.asdict(r.baseline),
       'images': r.images, 'labelled_images': r.labelled_images, 'label_free': r.label_free,
-      'curve_orders': list(r.curve_orders),
-      'partial_variants': [{'name': n, 'description': d} for n, d in r.partial_variants],
+      'curve_orders': list(r.curves.orders),
+      'partial_variants': [{'name': n, 'description': d} for n, d in r.partial.variants],
       'subset_images': r.subset_images,
       'subset_baseline': (dataclasses.asdict(r.subset_baseline)
                           if r.subset_baseline is not None else None),
@@ -97,15 +98,15 @@ def importance_values(r: ImportanceResult, meta: dict, thumbnails=None,
     if getattr(r, name) is not None:
       values[name] = Value.array(getattr(r, name), ('head',),
                                  f"{definitions[name[len('pool_'):]]} (MAP pooling head)")
-  values['curve_counts'] = _array(r.curve_counts, ('point',),
+  values['curve_counts'] = _array(r.curves.counts, ('point',),
                                   'heads removed at each point of the pruning curves')
   for m in METRICS:
-    values[f'curve_{m}'] = _array(getattr(r, f'curve_{m}'), ('order', 'point'),
+    values[f'curve_{m}'] = _array(r.curves.metrics[m].mean, ('order', 'point'),
                                   f'mean {m} with the first heads of each order removed')
-  values['partial_heads'] = _array(r.partial_heads, ('head_index',),
+  values['partial_heads'] = _array(r.partial.heads, ('head_index',),
                                    'flat index layer * heads + head of each row')
   for m in METRICS:
-    values[f'partial_{m}'] = _array(getattr(r, f'partial_{m}'), ('head_index', 'variant'),
+    values[f'partial_{m}'] = _array(r.partial.change[m].mean, ('head_index', 'variant'),
                                     f'{m} change with part of the head removed')
   for k in PER_IMAGE:
     values[k] = _array(getattr(r, k), IMAGE_LH)
@@ -114,17 +115,17 @@ def importance_values(r: ImportanceResult, meta: dict, thumbnails=None,
         np.asarray(r.subset_index, np.int64), ('subset_image',),
         'images (indices into image_names) the pruning curves and partial pruning averaged')
     for m in METRICS:
-      values[f'curve_{m}_se'] = _array(getattr(r, f'curve_{m}_se'), ('order', 'point'),
+      whole = r.partial.whole_head.get(m, Estimate(None))
+      values[f'curve_{m}_se'] = _array(r.curves.metrics[m].se, ('order', 'point'),
                                        f'standard error of curve_{m} over the subset')
-      values[f'partial_{m}_se'] = _array(getattr(r, f'partial_{m}_se'),
+      values[f'partial_{m}_se'] = _array(r.partial.change[m].se,
                                          ('head_index', 'variant'),
                                          f'standard error of partial_{m} over the subset')
       values[f'partial_whole_{m}'] = _array(
-          getattr(r, f'partial_whole_{m}'), ('head_index',),
+          whole.mean, ('head_index',),
           f'{m} change with the whole head removed, over the same subset as partial_{m}')
       values[f'partial_whole_{m}_se'] = _array(
-          getattr(r, f'partial_whole_{m}_se'), ('head_index',),
-          f'standard error of partial_whole_{m} over the subset')
+          whole.se, ('head_index',), f'standard error of partial_whole_{m} over the subset')
   for k, description in PER_IMAGE_MODEL.items():
     values[k] = _array(getattr(r, k), ('image',), description)
   # Metrics not computed (in-training analysis without the ablation scan or curves) are
@@ -136,23 +137,23 @@ def importance_from(tags: dict) -> ImportanceResult:
   """The result from a run's tags ({tag: value} as `reader.read_run` returns them)."""
   get = lambda name: tags.get(f'importance/{name}')
   meta = get('meta')
+  whole = {m: Estimate(get(f'partial_whole_{m}'), get(f'partial_whole_{m}_se'))
+           for m in METRICS if get(f'partial_whole_{m}') is not None}
   return ImportanceResult(
       **{name: get(name) for name in IMPORTANCE_DEFINITIONS},
-      baseline=Baseline(**meta['baseline']), curve_counts=get('curve_counts'),
-      curve_orders=tuple(meta['curve_orders']),
-      **{f'curve_{m}': get(f'curve_{m}') for m in METRICS},
-      partial_heads=get('partial_heads'),
-      partial_variants=tuple((v['name'], v['description']) for v in meta['partial_variants']),
-      **{f'partial_{m}': get(f'partial_{m}') for m in METRICS},
+      baseline=Baseline(**meta['baseline']),
+      curves=PruningCurves(get('curve_counts'), tuple(meta['curve_orders']),
+                           {m: Estimate(get(f'curve_{m}'), get(f'curve_{m}_se'))
+                            for m in METRICS}),
+      partial=PartialPruning(
+          get('partial_heads'),
+          tuple((v['name'], v['description']) for v in meta['partial_variants']),
+          {m: Estimate(get(f'partial_{m}'), get(f'partial_{m}_se')) for m in METRICS}, whole),
       images=meta['images'], labelled_images=meta['labelled_images'],
       label_free=meta['label_free'], **{k: get(k) for k in PER_IMAGE},
       subset_index=get('subset_index'),
       subset_baseline=(Baseline(**meta['subset_baseline']) if meta.get('subset_baseline')
                        else None),
-      **{f'{kind}_{m}_se': get(f'{kind}_{m}_se') for kind in ('curve', 'partial')
-         for m in METRICS},
-      **{f'partial_whole_{m}{se}': get(f'partial_whole_{m}{se}') for m in METRICS
-         for se in ('', '_se')},
       **{k: get(k) for k in PER_IMAGE_MODEL},
       objective=meta.get('objective'), **{k: get(k) for k in POOL})
 

@@ -9,9 +9,11 @@ attention, the output with one head removed (a hook zeroing that head's context 
 output projection), the ablation scan (prefix reuse) and the Taylor scores (autograd of the
 reference). timm and transformers build their RoPE tables in float32; the reference's tables
 are rebuilt in float64 by the libraries' own functions (bands / periods given in float64),
-except timm's learned ('mixed') RoPE, which computes its angles in float32 inside the forward
-(its tolerance says so). LayerScale is folded into the projections at load in float32, so
-models with LayerScale agree to float32 rounding (~1e-8) instead of ~1e-15.
+except timm's learned ('mixed') RoPE, which computes its angles in float32 inside the forward,
+and transformers' DINOv3, which computes 2 pi * coordinates in float32 (their tolerances say
+so). LayerScale is folded into the projections at load in float32, so models with LayerScale
+agree to float32 rounding (~1e-8) instead of ~1e-15 (with LayerScale 1, timm's RoPE-ViT axial
+and DINOv3 and DINOv2-giant agree to ~2e-15).
 """
 
 import json
@@ -60,8 +62,9 @@ FAMILY = {'eva02_packed_swiglu': 'EVA-02 (timm)', 'eva02_sub_ln': 'EVA-02 (timm)
 HF = {'dinov3_hf': dict(),
       'dinov3_hf_gated_registers': dict(use_gated_mlp=True, hidden_act='silu',
                                         num_register_tokens=2)}
-# timm's learned RoPE computes its angles in float32 in every forward.
-TOL = {'rope_mixed': 1e-6}
+# timm's learned RoPE computes its angles in float32 in every forward; transformers' DINOv3
+# its 2 pi * coordinates (measured 4e-8 on the cos table with float64 frequencies).
+TOL = {'rope_mixed': 1e-6, 'dinov3_hf': 1e-6, 'dinov3_hf_gated_registers': 1e-6}
 LAYER_SCALE_TOL = 1e-6
 
 

@@ -72,6 +72,24 @@ def test_taylor_matches_central_finite_differences(setup):
       np.testing.assert_allclose(grads[i, l, h], abs(fd), rtol=2e-2, atol=1e-4)
 
 
+@numerics.in_float64
+def test_taylor_mask_follows_float64_params(setup):
+  """With float64 params the Taylor mask is float64 (a float32 mask rounds the gradients
+  to float32): the scores equal autograd of each image's loss in float64."""
+  params, images, labels, _, targets = setup
+  params, images = numerics.as64((params, images))
+  grads, _ = importance.taylor_batch(params, TINY, jnp.asarray(images), jnp.asarray(labels))
+  assert grads.dtype == jnp.float64
+
+  def loss(mask, i):
+    logits = model_lib.apply(params, TINY, images[i:i + 1], head_mask=mask)
+    return -jax.nn.log_softmax(logits[0])[targets[i]]
+
+  for i in (0, 3):
+    want = np.abs(np.asarray(jax.grad(loss)(jnp.ones((L, H), jnp.float64), i)))
+    numerics.assert_close64(np.asarray(grads[i]), want)
+
+
 def test_pruning_masks_remove_least_important_first():
   order = np.array([5, 0, 11, 3] + list(range(12, 3 * 4)))[:12]
   masks = importance.pruning_masks(np.array([5, 0, 11, 3, 1, 2, 4, 6, 7, 8, 9, 10]), [0, 2, 12], TINY)

@@ -403,7 +403,7 @@ def test_patterns_whose_event_file_fails_leave_no_autoencoder(tmp_path, capsys, 
   from vit_jax_analytics.logdir import writer
   stored = {}
 
-  def full_disk(logdir, run, name, values):
+  def full_disk(logdir, run, name, values, step=0):
     stored.update({v_name: v.data for v_name, v in _named(values)})
     raise OutputError(f'{logdir}/{run}: cannot write the event file (No space left on device)')
 

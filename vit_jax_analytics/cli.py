@@ -11,8 +11,8 @@ from pathlib import Path
 
 import jax
 
-from vit_jax_analytics import (checkpoints, cost, demo, demo_images, evaluate, head_kinds,
-                               patterns, photo_demo, pipeline)
+from vit_jax_analytics import (checkpoint_steps, checkpoints, cost, demo, demo_images, evaluate,
+                               head_kinds, patterns, photo_demo, pipeline, storage)
 from vit_jax_analytics.errors import (CheckpointError, NonFiniteError, OptionError,
                                      VitAnalyticsError)
 from vit_jax_analytics.flags import (add_data_args, add_model_args, add_options,
@@ -71,7 +71,7 @@ def cmd_info(args):
       pooling=inputs.pooling)
   n = sum(v.size for v in checkpoints.flatten(params).values())
   fmt = checkpoints.source_format(checkpoints.split_subtree(inputs.checkpoint)[0])
-  family = (source['family'] if fmt in ('safetensors', 'onnx')
+  family = (source['family'] if fmt not in ('npz', 'orbax') or 'remote' in source
             else checkpoints.describe_family(args.checkpoint, config))
   details = {k: v for k, v in source.items() if k not in ('family', 'format', 'ignored')}
   if 'ignored' in source:  # weights in the file that the ViT does not use
@@ -94,9 +94,18 @@ def cmd_analyses(names):
       # Cloud TPU, SLURM and Open MPI are detected; elsewhere give JAX_COORDINATOR_ADDRESS
       # and run with jax.distributed's num_processes / process_id (see docs/scaling.md).
       jax.distributed.initialize()
-    paths = pipeline.run_analysis(inputs_from(args), args.logdir, args.run,
-                                  analysis_options(args, names), names,
-                                  options_from(pipeline.RunOptions, args))
+    run_options = options_from(pipeline.RunOptions, args)
+    if checkpoint_steps.training_steps(args.checkpoint):  # a run's checkpoints, step by step
+      by_step = checkpoint_steps.run_steps(inputs_from(args), args.logdir, args.run,
+                                           analysis_options(args, names), names, run_options,
+                                           args.steps or 'all')
+      paths = [p for files in by_step.values() for p in files]
+    elif args.steps:
+      raise OptionError('steps', f'{args.checkpoint} is not a directory of training steps '
+                                 f'(orbax CheckpointManager, flax checkpoints)')
+    else:
+      paths = pipeline.run_analysis(inputs_from(args), args.logdir, args.run,
+                                    analysis_options(args, names), names, run_options)
     if args.dry_run:
       return 0
     for path in paths:
@@ -207,9 +216,17 @@ def _analysis_parser(sub, name, names):
   seen = set()
   add_model_args(p)
   add_data_args(p, seen)
-  p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
+  p.add_argument('--logdir', type=storage.cli_location('--logdir'), required=True,
+                 help='TensorBoard log directory, local or an object-store URL (gs://, '
+                      's3://: fsspec)')
   p.add_argument('--run', default=None,
                  help='run name inside the logdir (default: the checkpoint name)')
+  p.add_argument('--steps', type=checkpoint_steps.parse_steps, default=None,
+                 help='when --checkpoint is a directory of a training run\'s checkpoints '
+                      "(orbax CheckpointManager '100/', '200/', ...; flax 'checkpoint_100'): "
+                      "which steps to analyse, each written at its step: 'all' (default), "
+                      "'last', or steps and A:B ranges, e.g. 1000,5000:8000; steps already "
+                      'written are skipped')
   p.add_argument('--distributed', action='store_true',
                  help='jax.distributed.initialize() first: run the same command in every '
                       'process; the mesh spans all their devices, process 0 writes')
@@ -284,7 +301,8 @@ def build_parser():
                                  f'{photo_demo.RUN}, then prints the kinds of heads found. '
                                  'Importance is measured against the backbone\'s class-token '
                                  'embedding (the saliency decoder is not part of the ViT).')
-  p.add_argument('--logdir', type=Path, required=True, help='TensorBoard log directory')
+  p.add_argument('--logdir', type=storage.cli_local_path('--logdir', 'photo-demo'),
+                 required=True, help='TensorBoard log directory')
   p.add_argument('--images-dir', type=Path, default=photo_demo.IMAGES_DIR,
                  help='where the demo photographs are written (default: %(default)s)')
   p.add_argument('--views', type=demo_images.parse_views, default=photo_demo.VIEWS,

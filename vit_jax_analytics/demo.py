@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from vit_jax_analytics import checkpoints, data, evaluate, model as model_lib, training
+from vit_jax_analytics import checkpoints, data, evaluate, model as model_lib, storage, training
 from vit_jax_analytics.errors import DataError
 from vit_jax_analytics.options import check, option
 from vit_jax_analytics.progress import progress_bar
@@ -118,7 +118,7 @@ class TrainDemoOptions:
       None, 'every K steps, analyse the current params on PROBE_IMAGES held-out digits '
             '(strength + Taylor importance) and write them at that step', parse=int)
   logdir: Optional[Path] = option(None, 'where --log-every writes (default: OUTPUT_DIR/logs)',
-                                  parse=Path)
+                                  parse=storage.cli_local_path('--logdir', 'train-demo'))
   run: str = option('demo-training', 'run name for --log-every')
   probe_images: int = option(64, 'held-out digits analysed at each --log-every step')
   progress: bool = option(True, 'no progress bars', flag='--no-progress')

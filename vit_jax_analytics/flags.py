@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vit_jax_analytics import patterns, pipeline
+from vit_jax_analytics import patterns, pipeline, storage
 from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE
 from vit_jax_analytics.demo import TrainDemoOptions
 from vit_jax_analytics.options import flag_of, parse_floats
@@ -78,13 +78,18 @@ def parse_image_size(text: str):
 
 
 def add_model_args(p):
-  p.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
+  p.add_argument('--checkpoint', type=storage.cli_location('--checkpoint'),
+                 default=DEMO_CHECKPOINT,
                  help='vit_jax or big_vision .npz file (file.npz:img for one tower of a '
                       'two-tower model such as SigLIP; found by itself), an orbax '
                       'checkpoint directory, a Hugging Face transformers checkpoint '
                       '(.safetensors with config.json beside it, or its directory: ViT, DeiT, '
                       'DINOv2, DINOv2 with registers, CLIP vision), a timm .safetensors state '
-                      'dict, or an .onnx export of one of these (default: %(default)s)')
+                      'dict, an .onnx export of one of these, an orbax PyTree checkpoint or '
+                      'Flax msgpack file of a JAX training run (params found in the train '
+                      "state; DIR:SUBTREE picks one), or a run's directory of checkpoints by "
+                      'step (see --steps); local or an object-store URL (gs://, s3://: '
+                      'fsspec) (default: %(default)s)')
   p.add_argument('--image-size', type=parse_image_size, default=None,
                  help="resolution to run at, S or HxW (e.g. 224x336); resizes the position "
                       "embedding per axis (default: the checkpoint's own; a rectangular "

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 import logging
-import shutil
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import flax
@@ -25,7 +24,7 @@ import jax
 import numpy as np
 
 import vit_jax_analytics
-from vit_jax_analytics import checkpoints, cost, data, importance, patterns, strength
+from vit_jax_analytics import checkpoints, cost, data, importance, patterns, storage, strength
 from vit_jax_analytics.batches import ArraySource
 from vit_jax_analytics.families import intercept, intercept_nnx
 from vit_jax_analytics.errors import NonFiniteError, OptionError, OutputError, VitAnalyticsError
@@ -333,7 +332,7 @@ def _remove_orphan_autoencoder(logdir, run: str) -> None:
   directory = writer.run_directory(logdir, run)
   if not any(writer.file_analysis_step(p)[0] == 'patterns'
              for p in directory.glob('events.out.tfevents.*')):
-    shutil.rmtree(directory / AUTOENCODER, ignore_errors=True)
+    storage.remove_tree(directory / AUTOENCODER)
 
 
 def options_types() -> dict:
@@ -351,12 +350,14 @@ def _variants(config, options) -> int:
 def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
                  options: Optional[Mapping[str, Any]] = None,
                  analyses: Sequence[str] = ANALYSES,
-                 run_options: Optional[RunOptions] = None) -> list:
+                 run_options: Optional[RunOptions] = None, step: int = 0) -> list:
   """Runs `analyses` in turn on one load of the checkpoint and images; each writes its own
   event file to <logdir>/<run> as soon as it is done. options: {analysis: its options}
   (defaults for the others). Prints the planned cost of each stage first and what each
   cost at the end (stderr). run_options: the compilation cache and dry run (default: no
-  persistent cache, as for a library call). Returns the files written."""
+  persistent cache, as for a library call). step: the training step the results are
+  written at (checkpoint_steps.py: one run's checkpoints, step by step). Returns the files
+  written."""
   options = resolve_options(options, analyses)
   run_options = run_options or RunOptions(use_compile_cache=False)
   if run_options.use_compile_cache:  # before anything compiles
@@ -370,7 +371,7 @@ def run_analysis(inputs: Inputs, logdir, run: Optional[str] = None,
   try:
     loaded = inputs.load()
     try:
-      return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options)
+      return _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options, step)
     except NonFiniteError as e:
       raise name_images(e, loaded.image_set) from None
   except BaseException:  # a refused or interrupted run leaves no empty run directory
@@ -408,7 +409,7 @@ def importance_target(loaded: Loaded) -> str:
   return f'importance is measured against the labels of the {len(labels)} images'
 
 
-def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> list:
+def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options, step=0) -> list:
   cost.check_forward_memory(loaded.config)  # a size no forward fits: refused before any work
   heads = loaded.config.num_layers * loaded.config.num_heads
   if 'patterns' in options and options['patterns'].clusters > heads:
@@ -444,10 +445,10 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options) -> 
                                        options, store, objective, timings), start=1):
     name = computed.name
     values = _values(computed, inputs, loaded, logdir, run, options[name])
-    meta = common_meta(inputs, loaded, options[name])
+    meta = {**common_meta(inputs, loaded, options[name]), 'step': int(step)}
     if _writes():  # every process holds the reduced result; process 0 alone writes it
       try:
-        written.append(writer.write_analysis(logdir, run, name, values(meta)))
+        written.append(writer.write_analysis(logdir, run, name, values(meta), step=step))
       except BaseException:
         if name == 'patterns':
           _remove_orphan_autoencoder(logdir, run)

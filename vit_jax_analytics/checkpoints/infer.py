@@ -11,7 +11,7 @@ import numpy as np
 
 from vit_jax_analytics import model as model_lib
 from vit_jax_analytics.checkpoints.layout import (BLOCK_KEY, POSEMB_KEY, flatten, key_shape,
-                                                  unflatten)
+                                                  load_dtype, unflatten)
 from vit_jax_analytics.checkpoints.posemb import hw, resize_position_embedding
 from vit_jax_analytics.errors import CheckpointError
 from vit_jax_analytics.model import ViTConfig
@@ -97,7 +97,7 @@ def params_from_flat(flat: dict, path='checkpoint', config: Optional[ViTConfig] 
                      **overrides):
   """Validated (params, config) from a flat vit_jax-layout dict; resizes the posemb.
   image_size: S or (height, width). overrides: ViTConfig fields (e.g. output, classifier)."""
-  flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+  flat = {k: np.asarray(v, load_dtype()) for k, v in flat.items()}
   if image_size is not None:
     image_size = hw(image_size)
     image_size = image_size[0] if image_size[0] == image_size[1] else image_size

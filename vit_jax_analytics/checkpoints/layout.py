@@ -15,6 +15,15 @@ from vit_jax_analytics.errors import CheckpointError
 POSEMB_KEY = 'Transformer/posembed_input/pos_embedding'
 
 
+def load_dtype() -> np.dtype:
+  """The dtype weights are loaded in, and every fold done at load computed in (LayerScale
+  into projections, tokens' position embeddings into them, resampled position embeddings):
+  float64 when JAX runs in 64-bit mode (JAX_ENABLE_X64, jax.enable_x64), so that float64 runs
+  are float64 throughout; float32 otherwise. Widening stored weights is exact either way."""
+  import jax
+  return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
 BLOCK_KEY = re.compile(r'^Transformer/encoderblock_(\d+)/')
 
 
@@ -95,7 +104,8 @@ def big_vision_to_vit_jax(flat: dict, path, image_size=None) -> dict:
   else:  # 'sincos2d': not a parameter; materialise it for the grid asked for.
     patch, _, _, width = key_shape(out, 'embedding/kernel', path, 4)
     h, w = hw(image_size or 224)
-    pe_key, pe = 'sincos2d', posemb_sincos_2d((h // max(patch, 1), w // max(patch, 1)), width)
+    pe_key, pe = 'sincos2d', posemb_sincos_2d((h // max(patch, 1), w // max(patch, 1)), width,
+                                              dtype=load_dtype())
   grid2 = key_shape({pe_key: pe}, pe_key, path, 3)[1]
   # big_vision's top-level pos_embedding covers the patches only.
   if has_cls and (pe_key != POSEMB_KEY or int(round(np.sqrt(grid2))) ** 2 == grid2):

@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from vit_jax_analytics.checkpoints.infer import params_from_flat
-from vit_jax_analytics.checkpoints.layout import big_vision_to_vit_jax, detect_layout
+from vit_jax_analytics.checkpoints.layout import (big_vision_to_vit_jax, detect_layout,
+                                                  load_dtype)
 from vit_jax_analytics.errors import CheckpointError
 from vit_jax_analytics.model import ViTConfig
 
@@ -158,7 +159,8 @@ def _check_float_dtype(key: str, dtype: np.dtype, path) -> None:
 
 
 def to_float32(key: str, array, path) -> np.ndarray:
-  """`array` as float32 (bfloat16 bits widened exactly); refuses NaN, Inf and non-floats."""
+  """`array` as float32 (bfloat16 bits widened exactly), or float64 in JAX's 64-bit mode
+  (layout.load_dtype); refuses NaN, Inf (as float32) and non-floats."""
   a = np.asarray(array)
   _check_float_dtype(key, a.dtype, path)
   if a.dtype.kind == 'V' and a.dtype.name != 'bfloat16':  # bf16 bits: the top half of a float32
@@ -169,6 +171,9 @@ def to_float32(key: str, array, path) -> np.ndarray:
     bad = a.size - np.count_nonzero(np.isfinite(a))
     raise CheckpointError(f'{path}: key {key!r} holds {bad} non-finite value(s) (NaN or Inf '
                           f'as float32) among {a.size}; expected finite weights')
+  wide = load_dtype()
+  if wide != np.float32:  # the stored values, not their float32 rounding
+    a = np.asarray(array if np.asarray(array).dtype.kind == 'f' else a, wide)
   return a
 
 

@@ -29,10 +29,22 @@ def save_orbax(path, params, config: dict) -> Path:
 
   Orbax writes into a temporary directory first; the finished directory is renamed over
   `path`, so a reader never sees a half-written checkpoint. With several processes
-  (jax.distributed), the calling process writes alone, waiting for no other.
+  (jax.distributed), the calling process writes alone, waiting for no other. On an object
+  store (`path` an fsspec URL) the directory is written locally and then uploaded, file by
+  file: not atomic there (storage.py).
   """
   import jax
   import orbax.checkpoint as ocp  # heavy import, only where needed
+
+  from vit_jax_analytics import storage
+  if storage.is_url(path):
+    local = Path(tempfile.mkdtemp(prefix='vit-analytics-upload-'))
+    try:
+      save_orbax(local / 'ckpt', params, config)
+      storage.upload_directory(local / 'ckpt', storage.location(path))
+    finally:
+      shutil.rmtree(local, ignore_errors=True)
+    return path
 
   path = Path(path).absolute()
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -79,22 +79,29 @@ def resize_grid(grid: np.ndarray, new_hw, method: str = 'bicubic', a: float = No
   h, w, _ = grid.shape
   check_patch_grid(new_hw)
   nh, nw = (int(v) for v in new_hw)
+  dtype = _dtype(grid)
   if (h, w) == (nh, nw):
-    return np.asarray(grid, np.float32)
+    return np.asarray(grid, dtype)
   if method == 'bilinear':  # corners to corners, as vit_jax / big_vision
-    return _bilinear(np.asarray(grid, np.float32), nh, nw)
+    return _bilinear(np.asarray(grid, dtype), nh, nw)
   antialias = method == 'bicubic_antialias'
   coeff = (-0.5 if antialias else -0.75) if a is None else a
   rows = cubic_matrix(h, nh, coeff, antialias)
   cols = cubic_matrix(w, nw, coeff, antialias)
   out = np.einsum('ih,jw,hwd->ijd', rows, cols, np.asarray(grid, np.float64))
-  return out.astype(np.float32)
+  return out.astype(dtype)
+
+
+def _dtype(a) -> np.dtype:
+  """What a resampled embedding is returned in: float64 for float64 input (a float64 load,
+  layout.load_dtype), else float32."""
+  return np.dtype(np.float64 if np.asarray(a).dtype == np.float64 else np.float32)
 
 
 def resize_posemb(posemb: np.ndarray, prefix: int, old_hw, new_hw, method: str) -> np.ndarray:
   """[1, prefix + h*w, D] -> [1, prefix + nh*nw, D]: the first `prefix` entries (class /
-  distillation token) kept, the patch grid resampled."""
-  posemb = np.asarray(posemb, np.float32)
+  distillation token) kept, the patch grid resampled (float64 stays float64)."""
+  posemb = np.asarray(posemb, _dtype(posemb))
   d = posemb.shape[-1]
   grid = posemb[0, prefix:].reshape(*old_hw, d)
   grid = resize_grid(grid, new_hw, method)
@@ -106,7 +113,8 @@ def hw(size) -> tuple:
   return tuple(int(v) for v in size) if isinstance(size, (tuple, list)) else (int(size),) * 2
 
 
-def posemb_sincos_2d(grid, width: int, temperature: float = 10_000.) -> np.ndarray:
+def posemb_sincos_2d(grid, width: int, temperature: float = 10_000.,
+                     dtype=np.float32) -> np.ndarray:
   """big_vision's fixed 2-D sin-cos position embedding, [1, h*w, width]; grid n or (h, w)."""
   if width % 4:
     raise CheckpointError(f'sincos2d position embedding needs a width divisible by 4, got {width}')
@@ -117,21 +125,23 @@ def posemb_sincos_2d(grid, width: int, temperature: float = 10_000.) -> np.ndarr
   y = np.einsum('m,d->md', y.ravel(), omega)
   x = np.einsum('m,d->md', x.ravel(), omega)
   pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
-  return pe[None].astype(np.float32)
+  return pe[None].astype(dtype)
 
 
 def _linear_weights(old: int, new: int):
   coords = np.arange(new) * ((old - 1) / (new - 1)) if new > 1 else np.zeros(1)
   lo = np.clip(np.floor(coords).astype(int), 0, old - 1)
-  return lo, np.minimum(lo + 1, old - 1), (coords - lo).astype(np.float32)
+  return lo, np.minimum(lo + 1, old - 1), coords - lo
 
 
 def _bilinear(grid: np.ndarray, nh: int, nw: int) -> np.ndarray:
   """grid [h, w, D] float32 -> [nh, nw, D], corner-aligned linear per axis (separable:
   rows, then columns)."""
   lo, hi, frac = _linear_weights(grid.shape[0], nh)
+  frac = frac.astype(grid.dtype)  # float32 weights for float32 grids, as before
   grid = grid[lo] * (1 - frac)[:, None, None] + grid[hi] * frac[:, None, None]
   lo, hi, frac = _linear_weights(grid.shape[1], nw)
+  frac = frac.astype(grid.dtype)
   return grid[:, lo] * (1 - frac)[None, :, None] + grid[:, hi] * frac[None, :, None]
 
 
@@ -141,8 +151,9 @@ def resize_position_embedding(posemb: np.ndarray, new_grid, has_cls: bool,
   is kept. new_grid / old_grid: n or (h, w); old_grid defaults to the square grid.
 
   Corners map to corners, as scipy.ndimage.zoom(order=1) does in vit_jax's checkpoint.py.
+  float64 in, float64 out (a float64 load); float32 otherwise.
   """
-  posemb = np.asarray(posemb, np.float32)
+  posemb = np.asarray(posemb, _dtype(posemb))
   cls, grid_pe = (posemb[:, :1], posemb[0, 1:]) if has_cls else (posemb[:, :0], posemb[0])
   if old_grid is None:
     old_grid = int(round(np.sqrt(grid_pe.shape[0])))

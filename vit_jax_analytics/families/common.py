@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from vit_jax_analytics.checkpoints.layout import load_dtype
 from vit_jax_analytics.errors import CheckpointError
 from vit_jax_analytics.model import ViTConfig
 
@@ -32,7 +33,13 @@ def check_float(tensors: dict, names, path) -> None:
 
 
 def f32(a) -> np.ndarray:
-  return np.asarray(a, np.float32)
+  """`a` in the load dtype: float32, or float64 in JAX's 64-bit mode (so that the folds
+  below are computed in float64 there; layout.load_dtype)."""
+  return np.asarray(a, load_dtype())
+
+
+def zeros(shape) -> np.ndarray:
+  return np.zeros(shape, load_dtype())
 
 
 def block(i: int) -> str:
@@ -44,7 +51,7 @@ def put_linear(out: dict, key: str, weight, bias, in_out: bool = False) -> None:
   w = f32(weight)
   w = w if in_out else w.T
   out[f'{key}/kernel'] = w
-  out[f'{key}/bias'] = f32(bias) if bias is not None else np.zeros(w.shape[1], np.float32)
+  out[f'{key}/bias'] = f32(bias) if bias is not None else zeros(w.shape[1])
 
 
 def put_attention(out: dict, i: int, heads: int, q, k, v, o, in_out: bool = False) -> None:
@@ -54,13 +61,13 @@ def put_attention(out: dict, i: int, heads: int, q, k, v, o, in_out: bool = Fals
     w = f32(w) if in_out else f32(w).T          # [D_in, D]
     d_in, d = w.shape
     out[f'{base}/{name}/kernel'] = w.reshape(d_in, heads, d // heads)
-    b = np.zeros(d, np.float32) if b is None else f32(b)
+    b = zeros(d) if b is None else f32(b)
     out[f'{base}/{name}/bias'] = b.reshape(heads, d // heads)
   w, b = o
   w = f32(w) if in_out else f32(w).T            # [D, D_out]
   d, d_out = w.shape
   out[f'{base}/out/kernel'] = w.reshape(heads, d // heads, d_out)
-  out[f'{base}/out/bias'] = np.zeros(d_out, np.float32) if b is None else f32(b)
+  out[f'{base}/out/bias'] = zeros(d_out) if b is None else f32(b)
 
 
 def put_norm(out: dict, key: str, weight, bias) -> None:
@@ -88,7 +95,7 @@ def patch_kernel(weight, bias=None) -> tuple:
   if w.ndim != 4:
     raise ValueError(f'patch embedding weight has shape {w.shape}; expected [D, 3, p, p]')
   k = w.transpose(2, 3, 1, 0)
-  return k, (np.zeros(w.shape[0], np.float32) if bias is None else f32(bias))
+  return k, (zeros(w.shape[0]) if bias is None else f32(bias))
 
 
 def activation_of(name: Optional[str]) -> str:

@@ -49,7 +49,7 @@ def _attention(t, i, b, take, width, heads, path):
     if bias is None and b + 'attn.q_bias' in take.sd:
       qb, vb = f32(take(b + 'attn.q_bias')), f32(take(b + 'attn.v_bias'))
       bias = np.concatenate([qb, np.zeros_like(qb), vb])
-    bias = np.zeros(w.shape[0], np.float32) if bias is None else f32(bias)
+    bias = common.zeros(w.shape[0]) if bias is None else f32(bias)
     if w.shape != (3 * width, width) or bias.shape != (3 * width,):
       raise CheckpointError(f'{path}: {b}attn.qkv.weight / bias have shapes {list(w.shape)} / '
                             f'{list(bias.shape)}; expected [3 x width, width] = '
@@ -84,7 +84,7 @@ def _mlp(t, i, b, take) -> bool:
     hidden = np.asarray(take.sd[b + 'mlp.fc2.weight']).shape[1]
     if w.shape[0] == 2 * hidden:  # GluMlp / SwiGLUPacked: act(first half) * second half
       gated = True
-      bias = np.zeros(w.shape[0], np.float32) if bias is None else f32(bias)
+      bias = common.zeros(w.shape[0]) if bias is None else f32(bias)
       common.put_linear(t, m + 'Dense_gate', w[:hidden], bias[:hidden])
       common.put_linear(t, m + 'Dense_0', w[hidden:], bias[hidden:])
     else:
@@ -138,7 +138,7 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
   cls, reg = take('cls_token', True), take('reg_token', True)
   n_cls, n_reg = int(cls is not None), 0 if reg is None else reg.shape[1]
   pe = take('pos_embed', True)
-  pre_pe = np.zeros((1, n_cls + n_reg, width), np.float32)
+  pre_pe = common.zeros((1, n_cls + n_reg, width))
   no_embed_class, side_hw = True, None
   if pe is not None:
     pe = f32(pe)
@@ -238,7 +238,7 @@ def _split_posemb(pe, prefix, width, path, image_size, patch):
 
   hw = grid_of(pe.shape[1])
   if hw is not None:
-    return np.zeros((1, prefix, width), np.float32), pe, True, hw
+    return common.zeros((1, prefix, width)), pe, True, hw
   hw = grid_of(pe.shape[1] - prefix)
   if hw is None:
     raise CheckpointError(f'{path}: pos_embed has {pe.shape[1]} entries; expected a square '

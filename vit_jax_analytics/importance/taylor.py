@@ -61,8 +61,11 @@ def taylor_grads(params, config, images, labels, obj: Objective, index, record=F
     norm = jax.lax.stop_gradient(jnp.linalg.norm(e, axis=-1, keepdims=True))
     return jnp.sum(u * e / jnp.maximum(norm, 1e-30)), (out, state)
 
-  ones = (jnp.ones((k * b, config.num_layers, config.num_heads), jnp.float32),
-          jnp.ones((k * b, config.num_heads), jnp.float32))
+  # float64 masks for float64 params (a float32 mask would round their gradients to
+  # float32); float32 for float32 and bfloat16 params, as before.
+  dtype = jnp.promote_types(precision.float_dtype(params), jnp.float32)
+  ones = (jnp.ones((k * b, config.num_layers, config.num_heads), dtype),
+          jnp.ones((k * b, config.num_heads), dtype))
   (grads, pool_grads), (out, state) = jax.grad(total, has_aux=True)(ones)
   factor = np.sqrt(np.pi / 2) if obj.kind == 'embedding' else 1.
   grads = factor * jnp.mean(jnp.abs(grads).reshape(k, b, *grads.shape[1:]), 0)

@@ -1,11 +1,13 @@
 """Progress of interrupted runs, for resuming: `<logdir>/<run>/.vit_analytics_state/`.
 
 Implements `batches.ProgressStore` for one computation, keyed by everything that changes
-its results. Not part of the data a reader sees.
+its results. Not part of the data a reader sees. On an object store each save is one put of
+the whole file (no rename).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import zipfile
@@ -14,6 +16,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from vit_jax_analytics import storage
 from vit_jax_analytics.errors import OutputError
 from vit_jax_analytics.logdir.writer import run_directory
 
@@ -36,6 +39,15 @@ class LogdirProgressStore:
 
   def save(self, next_batch: int, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically records the accumulators after `next_batch` batches."""
+    if storage.is_url(self.path):
+      buf = io.BytesIO()
+      np.savez(buf, __next_batch__=np.asarray(next_batch), **arrays)
+      try:
+        self.path.write_bytes(buf.getbuffer())
+      except Exception as e:  # fsspec implementations raise their own types
+        raise OutputError(f'{self.path}: cannot save progress ({type(e).__name__}: '
+                          f'{str(e).splitlines()[0][:200] if str(e) else ""})') from None
+      return
     tmp = self.path.with_suffix(f'.{os.getpid()}.tmp.npz')
     try:
       self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +64,9 @@ class LogdirProgressStore:
     if not self.path.exists():
       return None
     try:
-      with np.load(self.path, allow_pickle=False) as f:
+      source = (io.BytesIO(self.path.read_bytes()) if storage.is_url(self.path)
+                else self.path)
+      with np.load(source, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k != '__next_batch__'}
         next_batch = f['__next_batch__']
         if next_batch.shape != () or next_batch.dtype.kind not in 'iu' or next_batch < 0:
@@ -63,7 +77,7 @@ class LogdirProgressStore:
         return int(next_batch), arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       damaged = self.path.with_suffix('.damaged')
-      os.replace(self.path, damaged)
+      storage.replace(self.path, damaged)
       reason = str(e) if isinstance(e, _Foreign) else type(e).__name__
       print(f'warning: {self.path}: damaged progress file ({reason}) moved to '
             f'{damaged.name}; starting over', file=sys.stderr)
@@ -77,5 +91,5 @@ class LogdirProgressStore:
       pass  # other analyses' progress, or a damaged file kept for the user
 
 
-def state_directory(logdir, run: str) -> Path:
+def state_directory(logdir, run: str):
   return run_directory(logdir, run) / STATE_DIR

@@ -1,14 +1,15 @@
 """Reads a run directory back: every value by tag, or an analysis's typed result.
-For tests and notebooks (the plugin reads through TensorBoard's data provider)."""
+For tests and notebooks (the plugin reads through TensorBoard's data provider). A run
+directory may be on an object store (an fsspec URL, `storage.py`)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
+from vit_jax_analytics import storage
 from vit_jax_analytics.errors import ReadError
 from vit_jax_analytics.logdir import metadata, records, schema
 from vit_jax_analytics.logdir.writer import file_analysis_step
@@ -17,7 +18,7 @@ from vit_jax_analytics.logdir.writer import file_analysis_step
 def steps(run_dir) -> dict:
   """{analysis: sorted steps written} of a run directory."""
   out = {}
-  for path in Path(run_dir).glob('events.out.tfevents.*'):
+  for path in storage.location(run_dir).glob('events.out.tfevents.*'):
     analysis, step = file_analysis_step(path)
     if analysis is not None:
       out.setdefault(analysis, set()).add(step)
@@ -30,7 +31,7 @@ def read_run(run_dir, step=None, analyses=None) -> dict:
   arrays as numpy, json as Python objects, png as bytes."""
   latest = {a: s[-1] for a, s in steps(run_dir).items()}
   files = []
-  for p in sorted(Path(run_dir).glob('events.out.tfevents.*')):
+  for p in sorted(storage.location(run_dir).glob('events.out.tfevents.*')):
     analysis, file_step = file_analysis_step(p)
     if analysis is not None and (analyses is None or analysis in analyses) and \
         file_step == (latest[analysis] if step is None else step):
@@ -41,7 +42,7 @@ def read_run(run_dir, step=None, analyses=None) -> dict:
 def read_series(run_dir, tag: str) -> dict:
   """{step: value} of one tag over every step written (e.g. 'strength/entropy')."""
   analysis = tag.split('/', 1)[0]
-  return {s: _read_files([p for p in sorted(Path(run_dir).glob('events.out.tfevents.*'))
+  return {s: _read_files([p for p in sorted(storage.location(run_dir).glob('events.out.tfevents.*'))
                           if file_analysis_step(p) == (analysis, s)]).get(tag)
           for s in steps(run_dir).get(analysis, [])}
 
@@ -68,7 +69,7 @@ def _read_files(paths) -> dict:
 def _read_result(run_dir, step, analysis: str, from_tags):
   """from_tags(the analysis's tags) at `step`; ReadError (one line, naming the directory)
   where the run or the analysis is missing, or its values are not of this format."""
-  run_dir = Path(run_dir)
+  run_dir = storage.location(run_dir)
   if not run_dir.is_dir():
     raise ReadError(f'{run_dir}: no such run directory')
   written = steps(run_dir).get(analysis)

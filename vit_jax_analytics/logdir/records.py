@@ -51,7 +51,7 @@ def read_records(path) -> Iterator[bytes]:
   is a one-line VitAnalyticsError naming the file and the record's byte offset (our files
   are written whole and renamed into place, so a damaged one is never a write in
   progress)."""
-  path = Path(path)
+  path = path if hasattr(path, 'read_bytes') else Path(path)  # or a storage.RemotePath
   buf = path.read_bytes()
   pos = 0
   while pos < len(buf):

@@ -5,7 +5,9 @@ Each (analysis, step) of a run is one TensorBoard event file,
 value per tag at that step, each with our plugin metadata (`<time>` in microseconds, so
 files sort in the order they were written). The file is written under a name TensorBoard
 ignores and renamed into place when complete; the run's previous file of the same analysis
-and step is then removed, and only that one: other steps stay. Format version 1 wrote
+and step is then removed, and only that one: other steps stay. On an object store (a
+`gs://`, `s3://`, ... logdir: `storage.py`) the file is put whole, as one object, under its
+final name (no rename there). Format version 1 wrote
 `...<analysis>` (no step suffix), every value at step 0; such a file is step 0 here.
 """
 
@@ -25,6 +27,7 @@ from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2, tensor
                                       types_pb2)
 from tensorboard.util import tensor_util
 
+from vit_jax_analytics import storage
 from vit_jax_analytics.errors import OutputError, VitAnalyticsError
 from vit_jax_analytics.logdir import metadata, records
 
@@ -38,8 +41,14 @@ def check_run_name(run: str) -> str:
   return run
 
 
-def run_directory(logdir, run: str) -> Path:
-  return Path(logdir) / check_run_name(run)
+def run_directory(logdir, run: str):
+  """<logdir>/<run>: a Path, or a storage.RemotePath on an object store."""
+  try:
+    return storage.location(logdir) / check_run_name(run)
+  except ValueError as e:  # an unknown scheme or a missing fsspec implementation
+    if isinstance(e, VitAnalyticsError):
+      raise
+    raise OutputError(str(e)) from None
 
 
 def check_writable(logdir, run: str) -> Path:
@@ -47,6 +56,14 @@ def check_writable(logdir, run: str) -> Path:
   done; OutputError (one line, naming the path) otherwise."""
   directory = run_directory(logdir, run)
   probe = directory / f'.write-check.{os.getpid()}'
+  if storage.is_url(directory):
+    try:
+      probe.write_bytes(b'')
+      probe.unlink(missing_ok=True)
+    except Exception as e:  # fsspec implementations raise their own types (auth, network)
+      raise OutputError(f'{directory}: cannot write results there ({type(e).__name__}: '
+                        f'{str(e).splitlines()[0][:200] if str(e) else ""})') from None
+    return directory
   try:
     directory.mkdir(parents=True, exist_ok=True)
     probe.write_bytes(b'')
@@ -142,6 +159,8 @@ def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value],
   stamp = max(int(now * 1e6), _newest_stamp(directory) + 1)
   final = directory / (f'events.out.tfevents.{stamp:016d}.{socket.gethostname()}.'
                        f'{os.getpid()}.{analysis}.step{step}')
+  if storage.is_url(directory):
+    return _put_analysis(directory, final, analysis, values, now, step)
   tmp = directory / f'.{analysis}.{os.getpid()}.partial'  # no 'tfevents': TensorBoard skips it
   try:
     directory.mkdir(parents=True, exist_ok=True)
@@ -153,6 +172,23 @@ def write_analysis(logdir, run: str, analysis: str, values: Mapping[str, Value],
                       f'({e.strerror or e})') from None
   finally:
     tmp.unlink(missing_ok=True)
+  for old in previous:
+    if old != final:
+      old.unlink(missing_ok=True)
+  return final
+
+
+def _put_analysis(directory, final, analysis, values, now, step):
+  """write_analysis on an object store: the event file put as one object under its final
+  name (an object appears whole or not at all), then the previous one removed."""
+  buf = io.BytesIO()
+  _write_event_stream(buf, analysis, values, now, step)
+  previous = existing_analysis_files(directory, analysis, step)
+  try:
+    final.write_bytes(buf.getbuffer())
+  except Exception as e:  # fsspec implementations raise their own types (auth, network)
+    raise OutputError(f'{directory}: cannot write the {analysis} results ({type(e).__name__}: '
+                      f'{str(e).splitlines()[0][:200] if str(e) else ""})') from None
   for old in previous:
     if old != final:
       old.unlink(missing_ok=True)
@@ -204,12 +240,17 @@ def _event_pieces(value: Value, tag: str, analysis: str, now: float, step: int) 
 def _write_events(path: Path, analysis: str, values: Mapping[str, Value], now: float,
                   step: int) -> None:
   with open(path, 'wb') as f:
-    records.write_record(f, event_pb2.Event(wall_time=now,
-                                            file_version='brain.Event:2').SerializeToString())
-    for name, value in values.items():
-      records.write_record(f, _event_pieces(value, f'{analysis}/{name}', analysis, now, step))
+    _write_event_stream(f, analysis, values, now, step)
     f.flush()
     os.fsync(f.fileno())
+
+
+def _write_event_stream(f, analysis: str, values: Mapping[str, Value], now: float,
+                        step: int) -> None:
+  records.write_record(f, event_pb2.Event(wall_time=now,
+                                          file_version='brain.Event:2').SerializeToString())
+  for name, value in values.items():
+    records.write_record(f, _event_pieces(value, f'{analysis}/{name}', analysis, now, step))
 
 
 _STEP_SUFFIX = re.compile(r'\.step([0-9]+)$')
@@ -218,7 +259,7 @@ _STEP_SUFFIX = re.compile(r'\.step([0-9]+)$')
 def file_analysis_step(path) -> tuple:
   """(analysis, step) of one of our event files by its name, or (None, None). A version-1
   file (`...<analysis>`, no step suffix) is step 0."""
-  name = Path(path).name
+  name = path.name if isinstance(path, (Path, storage.RemotePath)) else Path(path).name
   if 'tfevents' not in name:
     return None, None
   m = _STEP_SUFFIX.search(name)
@@ -227,16 +268,16 @@ def file_analysis_step(path) -> tuple:
   return (analysis, step) if analysis in metadata.ANALYSES else (None, None)
 
 
-def existing_analysis_files(directory: Path, analysis: str, step=None) -> list:
+def existing_analysis_files(directory, analysis: str, step=None) -> list:
   """The run's event files of `analysis` (at `step`, or at every step when None)."""
-  return sorted(p for p in Path(directory).glob('events.out.tfevents.*')
+  return sorted(p for p in storage.location(directory).glob('events.out.tfevents.*')
                 if file_analysis_step(p)[0] == analysis
                 and (step is None or file_analysis_step(p)[1] == step))
 
 
 def _newest_stamp(directory: Path) -> int:
   stamps = [0]
-  for p in Path(directory).glob('events.out.tfevents.*'):
+  for p in storage.location(directory).glob('events.out.tfevents.*'):
     part = p.name.split('.')[3] if p.name.count('.') >= 3 else ''
     if part.isdigit():
       stamp = int(part)

@@ -11,9 +11,8 @@ reference). timm and transformers build their RoPE tables in float32; the refere
 are rebuilt in float64 by the libraries' own functions (bands / periods given in float64),
 except timm's learned ('mixed') RoPE, which computes its angles in float32 inside the forward,
 and transformers' DINOv3, which computes 2 pi * coordinates in float32 (their tolerances say
-so). LayerScale is folded into the projections at load in float32, so models with LayerScale
-agree to float32 rounding (~1e-8) instead of ~1e-15 (with LayerScale 1, timm's RoPE-ViT axial
-and DINOv3 and DINOv2-giant agree to ~2e-15).
+so). The checkpoints are loaded in JAX's 64-bit mode, so the folds done at load (LayerScale)
+are float64 too.
 """
 
 import json
@@ -65,7 +64,7 @@ HF = {'dinov3_hf': dict(),
 # timm's learned RoPE computes its angles in float32 in every forward; transformers' DINOv3
 # its 2 pi * coordinates (measured 4e-8 on the cos table with float64 frequencies).
 TOL = {'rope_mixed': 1e-6, 'dinov3_hf': 1e-6, 'dinov3_hf_gated_registers': 1e-6}
-LAYER_SCALE_TOL = 1e-6
+LAYER_SCALE_TOL = numerics.F64_RTOL
 
 
 def _scale_weights(m, seed=0):
@@ -182,14 +181,15 @@ def test_matches_its_library_float64(name, tmp_path):
   hf = name in HF
   m, path = (hf_model if hf else timm_model)(name, tmp_path)
   ref = Reference(m, hf)
-  params, config, source = _load(path)
+  with numerics.float64():  # weights and the folds done at load (LayerScale) in float64
+    params, config, source = _load(path)
   assert not source['ignored'] or source['ignored'] == ['embeddings.mask_token']
   assert source['family'] == ('DINOv3 (Hugging Face)' if hf else FAMILY[name])
   tol = TOL.get(name, numerics.F64_RTOL)
   from safetensors import safe_open
   with safe_open(str(path / 'model.safetensors'), 'numpy') as f:
     if any('gamma' in k or 'lambda1' in k for k in f.keys()):
-      # LayerScale is folded into the projections in float32 at load (issue 26, item 7).
+      # LayerScale, folded into the projections at load: in float64 in 64-bit mode.
       tol = max(tol, LAYER_SCALE_TOL)
   s = config.image_hw[0]
   x = np.random.default_rng(1).normal(size=(2, 3, s, s))

@@ -80,6 +80,7 @@ def cmd_info(args):
   print(json.dumps({'checkpoint': str(args.checkpoint), 'family': family,
                     'format': source['format'], 'source': details,
                     'pooling': config.pooling, 'output': config.output,
+                    'position': config.position_scheme,
                     'token_layout': config.token_layout(),
                     'grid': f'{config.grid_shape[0]} x {config.grid_shape[1]} patches of '
                             f'{config.patch_size} px',

@@ -43,192 +43,11 @@ AttentionReduce = Callable[[Array, int], Any]
 AttentionEdit = Callable[[Array, int], Array]
 
 
-POOLINGS = ('token', 'gap', 'map', 'none', 'token_gap', 'token_dist')
-# The MLP's nonlinearity: tanh-approximated GELU (vit_jax, big_vision), exact GELU (timm, HF
-# ViT/DeiT/DINOv2), CLIP's quick GELU x * sigmoid(1.702 x).
-ACTIVATIONS = ('gelu_tanh', 'gelu', 'quick_gelu')
-
-
-@dataclasses.dataclass(frozen=True)
-class ViTConfig:
-  """Architecture of a ViT, as plain data (JSON-serialisable with `dataclasses.asdict`)."""
-  image_size: Any = 224                # S (square) or (height, width) in pixels
-  patch_size: int = 16
-  hidden_size: int = 768
-  num_layers: int = 12
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  num_classes: int = 1000              # 0: no head; the model outputs its pooled embedding
-  # The pooling: 'token' (class token), 'gap' (mean over patches), 'map' (big_vision's
-  # multi-head attention pooling: a learned probe attends to all tokens), 'none' (all tokens),
-  # 'token_gap' (class token and mean patch token concatenated: HF Dinov2ForImageClassification),
-  # 'token_dist' (class and distillation token concatenated: DeiT with its teacher head, whose
-  # two heads' average is one head on the concatenation).
-  classifier: str = 'token'
-  representation_size: Optional[int] = None  # a tanh `pre_logits` layer when set
-  gelu_approximate: bool = True        # vit_jax and big_vision use tanh-GELU; timm/HF exact
-  activation: Optional[str] = None     # one of ACTIVATIONS; None: from gelu_approximate
-  layer_norm_epsilon: float = 1e-6
-  num_registers: int = 0               # extra learned tokens (no position embedding)
-  # What the output is: 'logits' over classes, or an 'embedding' (the image tower of a
-  # two-tower model such as SigLIP, whose `head` projects into the shared space; or no head).
-  output: str = 'logits'
-  # A LayerNorm on the tokens before the first block (CLIP's `pre_layrnorm`).
-  pre_norm: bool = False
-  # The first register is DeiT's distillation token (its position embedding folded into it).
-  distillation_token: bool = False
-
-  def __post_init__(self):
-    size = self.image_size
-    if isinstance(size, (list, tuple)):
-      if len(size) != 2:
-        raise ValueError(f'ViTConfig.image_size: expected S or (height, width), got {size!r}')
-      size = (int(size[0]), int(size[1]))
-      size = size[0] if size[0] == size[1] else size
-      object.__setattr__(self, 'image_size', size)
-    if self.classifier not in POOLINGS:
-      raise ValueError(f'ViTConfig.classifier: expected one of {POOLINGS}, got '
-                       f'{self.classifier!r}')
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f'ViTConfig: hidden_size {self.hidden_size} is not divisible by '
-                       f'num_heads {self.num_heads}')
-    if any(s % self.patch_size for s in self.image_hw):
-      raise ValueError(f'ViTConfig: image_size {self.image_size} is not a multiple of '
-                       f'patch_size {self.patch_size}')
-    if self.output not in ('logits', 'embedding'):
-      raise ValueError(f"ViTConfig.output: expected 'logits' or 'embedding', got {self.output!r}")
-    if self.num_registers < 0:
-      raise ValueError(f'ViTConfig.num_registers: expected >= 0, got {self.num_registers}')
-    if self.activation is not None and self.activation not in ACTIVATIONS:
-      raise ValueError(f'ViTConfig.activation: expected one of {ACTIVATIONS} or None, got '
-                       f'{self.activation!r}')
-    if (self.distillation_token or self.classifier == 'token_dist') and not self.num_registers:
-      raise ValueError('ViTConfig: a distillation token is the first register; expected '
-                       'num_registers >= 1')
-
-  @property
-  def mlp_activation(self) -> str:
-    """The MLP's nonlinearity (one of ACTIVATIONS)."""
-    if self.activation is not None:
-      return self.activation
-    return 'gelu_tanh' if self.gelu_approximate else 'gelu'
-  @property
-  def image_hw(self) -> tuple:
-    """(height, width) in pixels."""
-    s = self.image_size
-    return tuple(s) if isinstance(s, tuple) else (s, s)
-
-  @property
-  def grid_shape(self) -> tuple:
-    """(h, w): patch rows and columns."""
-    return tuple(s // self.patch_size for s in self.image_hw)
-
-  @property
-  def num_patches(self) -> int:
-    h, w = self.grid_shape
-    return h * w
-
-  @property
-  def grid_size(self) -> int:
-    """Patches per side (n of an n x n patch grid); for square grids only."""
-    h, w = self.grid_shape
-    if h != w:
-      raise ValueError(f'this needs a square patch grid; the model has {h} x {w} patches')
-    return h
-
-  @property
-  def has_cls_token(self) -> bool:
-    return self.classifier in ('token', 'token_gap', 'token_dist')
-
-  @property
-  def num_prefix_tokens(self) -> int:
-    """Tokens before the patches: the class token (if any) and the registers."""
-    return int(self.has_cls_token) + self.num_registers
-
-  @property
-  def num_tokens(self) -> int:
-    """T: patches plus the class token and registers."""
-    return self.num_patches + self.num_prefix_tokens
-
-  @property
-  def pooling(self) -> str:
-    """big_vision's name of the pooling: 'tok', 'gap', 'map' or 'none'."""
-    return {'token': 'tok'}.get(self.classifier, self.classifier)
-
-  @property
-  def has_pool_attention(self) -> bool:
-    """The pooling is an attention with its own heads (a MAP head)."""
-    return self.classifier == 'map'
-
-  @property
-  def has_classifier(self) -> bool:
-    """The output is logits over classes (else an embedding)."""
-    return bool(self.num_classes) and self.output == 'logits' and self.classifier != 'none'
-
-  @property
-  def embedding_size(self) -> int:
-    """Width of the model's output per image (logits or the pooled embedding)."""
-    return self.num_classes or self.representation_size or self.pooled_size
-
-  @property
-  def pooled_size(self) -> int:
-    """Width of the pooled representation (two tokens concatenated for 'token_gap' and
-    'token_dist')."""
-    return self.hidden_size * (2 if self.classifier in ('token_gap', 'token_dist') else 1)
-
-  def token_layout(self) -> dict:
-    """Which tokens are what: {'cls': [..], 'registers': [..], 'patches': [start, stop],
-    'grid': [h, w]}."""
-    cls = int(self.has_cls_token)
-    dist = int(self.distillation_token or self.classifier == 'token_dist')
-    layout = {'cls': list(range(cls)),
-              'registers': list(range(cls + dist, cls + self.num_registers)),
-              'patches': [self.num_prefix_tokens, self.num_tokens],
-              'grid': list(self.grid_shape)}
-    if dist:
-      layout['distillation'] = [cls]
-    return layout
-
-  def replace(self, **changes) -> 'ViTConfig':
-    return dataclasses.replace(self, **changes)
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    if isinstance(d['image_size'], tuple):
-      d['image_size'] = list(d['image_size'])
-    return d
-
-  @classmethod
-  def from_dict(cls, d: dict) -> 'ViTConfig':
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f'ViTConfig: unknown field(s) {unknown}; expected some of {sorted(known)}')
-    return cls(**d)
-
-
-def _preset(width, depth, mlp, heads, patch):
-  return ViTConfig(patch_size=patch, hidden_size=width, num_layers=depth, mlp_dim=mlp,
-                   num_heads=heads)
-
-# Table 1 of Dosovitskiy et al. 2021 and Table 2 of Steiner et al. 2021 (Ti, S).
-CONFIGS = {
-    'ViT-Ti/16': _preset(192, 12, 768, 3, 16),
-    'ViT-S/16': _preset(384, 12, 1536, 6, 16),
-    'ViT-B/16': _preset(768, 12, 3072, 12, 16),
-    'ViT-B/32': _preset(768, 12, 3072, 12, 32),
-    'ViT-L/16': _preset(1024, 24, 4096, 16, 16),
-    # The bundled demo: MNIST digits at 28 x 28 in 4 x 4 patches (a 7 x 7 patch grid), small
-    # enough to train, analyse and test in minutes on a 2-core CPU.
-    'demo': ViTConfig(image_size=28, patch_size=4, hidden_size=64, num_layers=6, num_heads=4,
-                      mlp_dim=128, num_classes=10, classifier='token'),
-}
-
-
-def get_config(name: str, **overrides) -> ViTConfig:
-  if name not in CONFIGS:
-    raise ValueError(f'unknown model config {name!r}; expected one of {sorted(CONFIGS)}')
-  return CONFIGS[name].replace(**overrides)
+from vit_jax_analytics import blocks
+from vit_jax_analytics.blocks import (ACTIVATIONS, MlpBlock, activation_fn,  # noqa: F401
+                                      mlp_for)
+# ViTConfig moved to config.py; imported from here as before.
+from vit_jax_analytics.config import CONFIGS, POOLINGS, ViTConfig, get_config  # noqa: F401
 
 
 def dot_product_attention(q, k, v, attention_edit: Optional[AttentionEdit] = None, layer=0,
@@ -259,7 +78,7 @@ def one_head_attention(block_params, config: 'ViTConfig', block_input, h):
   """Head h's attention weights [B, Q, K] and values [B, K, D/H] in the encoder block with
   parameters `block_params`, recomputed from the block's input [B, T, D] (its recorded
   'block_input'): the block's first LayerNorm, head h's projections alone (not the
-  layer's), then dot_product_attention."""
+  layer's), its q/k norms and RoPE (blocks.transform_qk), then dot_product_attention."""
   att = block_params['MultiHeadDotProductAttention_1']
   y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply(
       {'params': block_params['LayerNorm_0']}, block_input)
@@ -269,13 +88,17 @@ def one_head_attention(block_params, config: 'ViTConfig', block_input, h):
     return (jnp.einsum('btd,de->bte', y, kernel) + bias)[:, :, None]  # [B, T, 1, D/H]
 
   v = proj('value')
-  _, weights = dot_product_attention(proj('query'), proj('key'), v)
+  q, k = blocks.transform_qk(proj('query'), proj('key'), config, att, h)
+  _, weights = dot_product_attention(q, k, v)
   return weights[:, 0], v[:, :, 0]
 
 
 class MultiHeadDotProductAttention(nn.Module):
-  """Self-attention whose per-head outputs can be scaled by a head mask."""
+  """Self-attention whose per-head outputs can be scaled by a head mask; with `config`, the
+  encoder's: q/k norms and RoPE as the config asks (blocks.py), applied to q and k before
+  dot_product_attention."""
   num_heads: int
+  config: Optional[ViTConfig] = None
 
   @nn.compact
   def __call__(self, x, head_mask_row=None, attention_edit=None, layer=0, inputs_kv=None):
@@ -288,6 +111,14 @@ class MultiHeadDotProductAttention(nn.Module):
     q = proj(name='query')(x)
     k = proj(name='key')(kv)
     v = proj(name='value')(kv)
+    c = self.config
+    if c is not None and c.qk_norm:
+      q = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='query_norm')(q)
+      k = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='key_norm')(k)
+    if c is not None and c.rope is not None:
+      freqs = (self.param('rope_freqs', nn.initializers.normal(0.1),
+                          (2, self.num_heads, head_dim // 2)) if c.rope == 'mixed' else None)
+      q, k = blocks.rope_qk(q, k, c, freqs)
     heads, weights = dot_product_attention(q, k, v, attention_edit, layer)  # [B, T, H, D/H]
     # The per-head outputs [B, T, H, D/H], for callers that rebuild `out` without one head.
     self.sow('intermediates', 'heads', heads)
@@ -297,26 +128,6 @@ class MultiHeadDotProductAttention(nn.Module):
       heads = heads * (m[:, None, :, None] if m.ndim == 2 else m[None, None, :, None])
     y = nn.DenseGeneral(features=d, axis=(-2, -1), name='out')(heads)
     return y, weights
-
-
-def activation_fn(name: str):
-  """One of ACTIVATIONS (or a bool: gelu_approximate) -> the function."""
-  if isinstance(name, bool):
-    name = 'gelu_tanh' if name else 'gelu'
-  if name == 'quick_gelu':
-    return lambda x: x * jax.nn.sigmoid(1.702 * x)
-  return functools.partial(nn.gelu, approximate=name == 'gelu_tanh')
-
-
-class MlpBlock(nn.Module):
-  mlp_dim: int
-  gelu_approximate: Any = True  # a bool (tanh or exact GELU) or one of ACTIVATIONS
-
-  @nn.compact
-  def __call__(self, x):
-    y = nn.Dense(self.mlp_dim, name='Dense_0')(x)
-    y = activation_fn(self.gelu_approximate)(y)
-    return nn.Dense(x.shape[-1], name='Dense_1')(y)
 
 
 class Encoder1DBlock(nn.Module):
@@ -332,12 +143,12 @@ class Encoder1DBlock(nn.Module):
     if not skip_attention:
       y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_0')(x)
       y, weights = MultiHeadDotProductAttention(
-          c.num_heads, name='MultiHeadDotProductAttention_1')(y, head_mask_row, attention_edit,
-                                                              layer)
+          c.num_heads, c, name='MultiHeadDotProductAttention_1')(y, head_mask_row,
+                                                                 attention_edit, layer)
       x = x + y
       self.sow('intermediates', 'post_attention', x)
     y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_2')(x)
-    y = MlpBlock(c.mlp_dim, c.mlp_activation, name='MlpBlock_3')(y)
+    y = mlp_for(c, 'MlpBlock_3')(y)
     return x + y, weights
 
 
@@ -383,7 +194,8 @@ class Encoder(nn.Module):
     c = self.config
     last_layer = c.num_layers if last_layer is None else last_layer
     if add_position_embedding:
-      x = PositionEmbedding(name='posembed_input')(x)
+      if c.position_embedding:
+        x = PositionEmbedding(name='posembed_input')(x)
       if registers is not None:  # after the class token, without a position embedding
         cls = int(c.has_cls_token)
         x = jnp.concatenate([x[:, :cls], jnp.tile(registers, (x.shape[0], 1, 1)), x[:, cls:]],
@@ -401,7 +213,7 @@ class Encoder(nn.Module):
       if attention_reduce is not None and not skip:
         # Reduced here, per layer, so that [B, L, H, Q, K] never needs to exist at once.
         per_layer.append(attention_reduce(weights, i))
-    if last_layer == c.num_layers:
+    if last_layer == c.num_layers and c.encoder_norm:
       x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='encoder_norm')(x)
     stacked = (jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
                if per_layer else None)
@@ -470,6 +282,8 @@ class VisionTransformer(nn.Module):
       if c.has_pool_attention:  # for callers that rerun only the pooling (apply_pooling)
         self.sow('intermediates', 'pool_input', x)
       x = pool(self, c, x, pool_mask, attention_edit)
+      if c.fc_norm:
+        x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='fc_norm')(x)
       if c.representation_size is not None:
         x = jnp.tanh(nn.Dense(c.representation_size, name='pre_logits')(x))
       if c.num_classes:
@@ -501,6 +315,8 @@ def apply_pooling(params, config: ViTConfig, tokens, pool_mask=None, attention_e
   [B, T, D] (sown as 'pool_input'): the same output as `apply`, for callers that rerun
   only the pooling (e.g. with pool heads masked)."""
   x = MAPHead(config).apply({'params': params['MAPHead_0']}, tokens, pool_mask, attention_edit)
+  if config.fc_norm:
+    x = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply({'params': params['fc_norm']}, x)
   if config.representation_size is not None:
     x = jnp.tanh(x @ params['pre_logits']['kernel'] + params['pre_logits']['bias'])
   if config.num_classes:

@@ -26,7 +26,7 @@ import numpy as np
 import vit_jax_analytics
 from vit_jax_analytics import checkpoints, cost, data, importance, patterns, storage, strength
 from vit_jax_analytics.batches import ArraySource
-from vit_jax_analytics.families import intercept
+from vit_jax_analytics.families import intercept, intercept_nnx
 from vit_jax_analytics.errors import NonFiniteError, OptionError, OutputError, VitAnalyticsError
 from vit_jax_analytics.logdir import progress_store, schema, writer
 from vit_jax_analytics.model import ViTConfig
@@ -266,6 +266,18 @@ def analyse_module(module, params, images, token_layout, labels=None,
   config = intercept.intercepted_config(module, params, images, token_layout,
                                         attention_class, output, method, output_fn)
   return {'config': config, 'ablation': importance.ablation_strategy(config),
+          **analyse_arrays(params, config, images, labels, analyses, options, batch_size)}
+
+
+def analyse_nnx(model, images, token_layout, labels=None, analyses: Sequence[str] = ANALYSES,
+                output: str = 'logits', attention_filter=None, method=None, output_fn=None,
+                options: Optional[Mapping] = None, batch_size: int = 32) -> dict:
+  """The analyses of a Flax NNX model (families/intercept_nnx.py); arguments as
+  analyse_module's, the parameters taken from the model itself. -> {'config', 'params' (its
+  state as a pure dict), 'ablation', and one result per analysis}."""
+  params, config = intercept_nnx.nnx_config(model, images, token_layout, output,
+                                            attention_filter, method, output_fn)
+  return {'config': config, 'params': params, 'ablation': importance.ablation_strategy(config),
           **analyse_arrays(params, config, images, labels, analyses, options, batch_size)}
 
 

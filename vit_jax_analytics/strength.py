@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax_analytics import model as model_lib, parallel, precision
+from vit_jax_analytics import blocks as model_blocks, model as model_lib, parallel, precision
 from vit_jax_analytics.batches import DEFAULT_BATCH_SIZE, BatchSource, shard_range
 from vit_jax_analytics.model import ViTConfig
 from vit_jax_analytics.options import check, option
@@ -171,8 +171,12 @@ def _queries_keys(params, config: ViTConfig, intermediates):
     y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply({'params': p['LayerNorm_0']}, x)
     att = p['MultiHeadDotProductAttention_1']
     proj = lambda w: jnp.einsum('btd,dhe->bhte', y, w['kernel']) + w['bias'][None, :, None]
-    qs.append(proj(att['query']))
-    ks.append(proj(att['key']))
+    q, k = proj(att['query']), proj(att['key'])
+    if config.qk_norm or config.rope is not None:  # as the attention sees them (blocks.py)
+      q, k = (jnp.swapaxes(a, 1, 2) for a in model_blocks.transform_qk(
+          jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), config, att))
+    qs.append(q)
+    ks.append(k)
   return jnp.stack(qs, 1), jnp.stack(ks, 1)
 
 

@@ -107,5 +107,7 @@ def activation_of(name: Optional[str]) -> str:
     return 'gelu_tanh'
   if name in ('quick_gelu', 'quickgelu'):
     return 'quick_gelu'
-  raise ValueError(f'activation {name!r} is not supported; expected gelu, gelu_pytorch_tanh '
-                   f'or quick_gelu')
+  if name in ('silu', 'swish'):
+    return 'silu'
+  raise ValueError(f'activation {name!r} is not supported; expected gelu, gelu_pytorch_tanh, '
+                   f'quick_gelu or silu')

@@ -2,8 +2,9 @@
 
 Supported (model_type in config.json): `vit` (ViTModel, ViTForImageClassification), `deit`
 (DeiTModel, DeiTForImageClassification, ...WithTeacher: class + distillation token), `dinov2`
-(Dinov2Model, Dinov2ForImageClassification: LayerScale), `dinov2_with_registers`, and CLIP's
-vision tower (`clip_vision_model`, or the `vision_model.` part of a `clip` checkpoint).
+(Dinov2Model, Dinov2ForImageClassification: LayerScale), `dinov2_with_registers`, `dinov3_vit`
+(hf_dinov3.py: RoPE, registers, gated MLPs), and CLIP's vision tower (`clip_vision_model`,
+or the `vision_model.` part of a `clip` checkpoint).
 
 How each source maps onto `model.py` (all exact in real arithmetic):
   LayerScale (DINOv2)          folded into the attention's `out` and the MLP's `Dense_1`
@@ -36,7 +37,8 @@ from vit_jax_analytics.families.common import Mapped, block, f32
 from vit_jax_analytics.model import ViTConfig
 
 POSEMB_KEY = 'Transformer/posembed_input/pos_embedding'
-MODEL_TYPES = ('vit', 'deit', 'dinov2', 'dinov2_with_registers', 'clip_vision_model', 'clip')
+MODEL_TYPES = ('vit', 'deit', 'dinov2', 'dinov2_with_registers', 'dinov3_vit', 'clip_vision_model',
+               'clip')
 RESIZE = {'vit': 'bicubic', 'deit': 'bicubic', 'dinov2': 'bicubic',
           'dinov2_with_registers': 'bicubic_antialias', 'clip_vision_model': 'bicubic'}
 FAMILY = {'vit': 'ViT (Hugging Face)', 'deit': 'DeiT (Hugging Face)',
@@ -125,6 +127,9 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   Mapped(flat vit_jax params, ViTConfig, source). image_size: S or (h, w) to run at (the
   position embedding resampled as the source model does); default the config's."""
   model_type = hf_config.get('model_type')
+  if model_type == 'dinov3_vit':
+    from vit_jax_analytics.families import hf_dinov3
+    return hf_dinov3.dinov3_to_vit_jax(tensors, hf_config, path, image_size)
   if model_type == 'clip':
     hf_config = {**hf_config.get('vision_config', {}), 'model_type': 'clip_vision_model',
                  'architectures': hf_config.get('architectures')}
@@ -413,6 +418,9 @@ def load(path, image_size=None) -> Mapped:
   path = Path(path)
   hf_config = read_config(path)
   tensors = read_safetensors(safetensors_files(path), path)
+  from vit_jax_analytics.families import timm_hub
+  if timm_hub.is_timm_hub_config(hf_config):
+    return timm_hub.load(tensors, hf_config, path, image_size)
   if hf_config is None:
     from vit_jax_analytics.families import timm
     if timm.looks_like_timm(tensors):

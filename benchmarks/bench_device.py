@@ -77,18 +77,12 @@ def timm_forward(npz: Path, config, dtype: str, batch: int):
   try:
     import torch
 
-    from tests.timm_import import import_timm
-    timm = import_timm()
+    from tests.timm_import import timm_vit
   except Exception:  # noqa: BLE001 - the table says n/a
     return None
   import jax
   device = 'cuda' if jax.devices()[0].platform == 'gpu' and torch.cuda.is_available() else 'cpu'
-  tm = timm.models.vision_transformer.VisionTransformer(
-      img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.hidden_size,
-      depth=config.num_layers, num_heads=config.num_heads,
-      mlp_ratio=config.mlp_dim / config.hidden_size, num_classes=config.num_classes,
-      act_layer='gelu_tanh')
-  timm.models.vision_transformer._load_weights(tm, str(npz))
+  tm = timm_vit(npz, config, fused=True)
   torch_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
   tm = tm.eval().to(device=device, dtype=torch_dtype)
   x = torch.zeros(batch, 3, *config.image_hw, device=device, dtype=torch_dtype)

@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import add_quiet_flags, load_average, wait_for_quiet  # noqa: E402
-from tests.timm_import import import_timm  # noqa: E402
+from tests.timm_import import import_timm, timm_vit  # noqa: E402
 from tests.npz_formats import random_vit_jax_arrays  # noqa: E402
 from vit_jax_analytics import checkpoints, cost, importance, model as model_lib  # noqa: E402
 
@@ -159,22 +159,6 @@ def profile_forward(fwd, params, x, runs=3):
       total[categories[e['name']]] += e['dur'] / 1e3 / runs
   whole = sum(total.values())
   return [(k, v, v / whole) for k, v in total.most_common()]
-
-
-def timm_vit(npz_path, config, fused: bool):
-  """timm's VisionTransformer holding the npz's weights, read by timm's own vit_jax loader
-  (tanh-GELU, as vit_jax; `fused`: F.scaled_dot_product_attention, else timm's plain
-  q k^T - softmax - (.) v)."""
-  timm = import_timm()
-  tm = timm.models.vision_transformer.VisionTransformer(
-      img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.hidden_size,
-      depth=config.num_layers, num_heads=config.num_heads,
-      mlp_ratio=config.mlp_dim / config.hidden_size, num_classes=config.num_classes,
-      act_layer='gelu_tanh')
-  timm.models.vision_transformer._load_weights(tm, str(npz_path))
-  for blk in tm.blocks:
-    blk.attn.fused_attn = fused
-  return tm.eval()
 
 
 def main():

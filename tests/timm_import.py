@@ -47,3 +47,19 @@ def import_timm():
       sys.meta_path.insert(0, _TorchvisionStandIn())
   import timm
   return timm
+
+
+def timm_vit(npz_path, config, fused: bool):
+  """timm's VisionTransformer holding the npz's weights, read by timm's own vit_jax loader
+  (tanh-GELU, as vit_jax; `fused`: F.scaled_dot_product_attention, else timm's plain
+  q k^T - softmax - (.) v)."""
+  timm = import_timm()
+  tm = timm.models.vision_transformer.VisionTransformer(
+      img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.hidden_size,
+      depth=config.num_layers, num_heads=config.num_heads,
+      mlp_ratio=config.mlp_dim / config.hidden_size, num_classes=config.num_classes,
+      act_layer='gelu_tanh')
+  timm.models.vision_transformer._load_weights(tm, str(npz_path))
+  for blk in tm.blocks:
+    blk.attn.fused_attn = fused
+  return tm.eval()

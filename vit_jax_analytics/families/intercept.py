@@ -38,6 +38,20 @@ from vit_jax_analytics import model as model_lib
 from vit_jax_analytics.model import ViTConfig
 
 
+def whole_forward_reduce(inputs, skip_first_attention, last_layer, return_attention,
+                         attention_reduce):
+  """The attention reduction of an intercepted forward (identity for return_attention);
+  ValueError for what an intercepted model cannot do: start mid-network (no prefix reuse)."""
+  if inputs.ndim != 4 or skip_first_attention or last_layer is not None:
+    raise ValueError('an intercepted model runs from images only (no prefix reuse); '
+                     f'got inputs of shape {tuple(inputs.shape)}')
+  if return_attention:
+    if attention_reduce is not None:
+      raise ValueError('pass either return_attention or attention_reduce, not both')
+    attention_reduce = lambda w, _: w
+  return attention_reduce
+
+
 class InterceptedModel:
   """A foreign linen module with the call of `model.apply`: (params, inputs, head_mask=,
   attention_reduce=, attention_edit=, return_attention=) -> as VisionTransformer.
@@ -58,15 +72,10 @@ class InterceptedModel:
   def apply(self, params, inputs, head_mask=None, attention_reduce=None, attention_edit=None,
             return_attention=False, first_layer=0, last_layer=None, skip_first_attention=False,
             pool_mask=None):
-    if inputs.ndim != 4 or skip_first_attention or last_layer is not None:
-      raise ValueError('an intercepted model runs from images only (no prefix reuse); '
-                       f'got inputs of shape {tuple(inputs.shape)}')
     # first_layer with images: the whole forward (edits and masks name their layers, so
     # layers before first_layer are unchanged, as with prefix reuse).
-    if return_attention:
-      if attention_reduce is not None:
-        raise ValueError('pass either return_attention or attention_reduce, not both')
-      attention_reduce = lambda w, _: w
+    attention_reduce = whole_forward_reduce(inputs, skip_first_attention, last_layer,
+                                            return_attention, attention_reduce)
     per_layer = []
     counter = [0]
 

@@ -37,7 +37,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vit_jax_analytics import model as model_lib
-from vit_jax_analytics.families.intercept import InterceptedConfig, layout_of
+from vit_jax_analytics.families.intercept import (InterceptedConfig, layout_of,
+                                                   whole_forward_reduce)
 
 _ACTIVE = threading.local()
 _ORIGINAL_CALL = nnx.MultiHeadAttention.__call__
@@ -153,13 +154,8 @@ class NNXInterceptedModel:
   def apply(self, params, inputs, head_mask=None, attention_reduce=None, attention_edit=None,
             return_attention=False, first_layer=0, last_layer=None, skip_first_attention=False,
             pool_mask=None):
-    if inputs.ndim != 4 or skip_first_attention or last_layer is not None:
-      raise ValueError('an intercepted model runs from images only (no prefix reuse); '
-                       f'got inputs of shape {tuple(inputs.shape)}')
-    if return_attention:
-      if attention_reduce is not None:
-        raise ValueError('pass either return_attention or attention_reduce, not both')
-      attention_reduce = lambda w, _: w
+    attention_reduce = whole_forward_reduce(inputs, skip_first_attention, last_layer,
+                                            return_attention, attention_reduce)
     model = self.module(params)
     modules = attention_modules(model, self.attention_filter)
     n = self.num_layers

@@ -182,14 +182,14 @@ def test_tour_pruning_curves(demo):
 def test_tour_pattern_clusters(demo):
   """The autoencoder's clusters separate the kinds better than chance (purity above the
   99th percentile of random clusterings of the same sizes), and one cluster, whose decoded
-  pattern is local, gathers the neighbour-offset heads. (The page names clusters by their
-  members' most common kind; `names` is the decoded pattern's rule.)"""
+  pattern is local, gathers most of the neighbour-offset heads. (The page names clusters by
+  their members' most common kind; `names` is the decoded pattern's rule.)"""
   c = demo['kinds']['clusters']
   assert c['purity'] > c['chance_purity_p99']
   by_kind = c['by_kind']
   n_offset = demo['kinds']['kinds']['neighbour-offset']
   best = max(by_kind, key=lambda k: by_kind[k].get('neighbour-offset', 0))
-  assert by_kind[best].get('neighbour-offset', 0) >= n_offset - 1
+  assert by_kind[best].get('neighbour-offset', 0) > n_offset / 2
   assert c['names'][int(best)] == 'local'
 
 

@@ -196,15 +196,15 @@ def test_bad_run_names_are_refused(tmp_path, capsys, run_name, words):
 
 
 def test_refused_analysis_leaves_no_run_directory(tmp_path, capsys):
-  """20: an unsupported model (timm fc_norm) is refused after the run directory was made
-  (to prove it writable); it is removed again, and the logdir made for it too."""
+  """20: an unsupported model (timm's post-norm blocks) is refused after the run directory
+  was made (to prove it writable); it is removed again, and the logdir made for it too."""
   sd = timm_state_dict()
-  sd['fc_norm.weight'], sd['fc_norm.bias'] = np.ones(64, np.float32), np.zeros(64, np.float32)
+  sd['blocks.0.norm1_post.weight'] = np.ones(64, np.float32)
   path = save_safetensors(sd, tmp_path / 'model.safetensors')
   logdir = tmp_path / 'new' / 'logs'
   code, _, err = run(capsys, 'analyze', '--checkpoint', path, '--logdir', logdir, '--run', 'r',
                      '--no-progress')
-  one_line_error(code, err, 'fc_norm', 'not supported')
+  one_line_error(code, err, 'post-norm blocks', 'not supported')
   assert not (tmp_path / 'new').exists()
   # an existing logdir is kept, and so is a run directory that holds something
   (logdir / 'r').mkdir(parents=True)

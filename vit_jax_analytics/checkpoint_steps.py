@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from vit_jax_analytics import pipeline
+from vit_jax_analytics import pipeline, storage
 from vit_jax_analytics.checkpoints import pytree
 from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.logdir import writer
@@ -22,7 +22,6 @@ from vit_jax_analytics.logdir import writer
 
 def training_steps(path) -> dict:
   """{step: checkpoint path} of a directory of a run's checkpoints ({} for anything else)."""
-  from vit_jax_analytics import storage
   if storage.is_url(path):  # each step is read through a local copy when it is analysed
     return {s: str(p) for s, p in pytree.training_steps(storage.location(path)).items()}
   return pytree.training_steps(path)

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.model import ViTConfig
 
 
@@ -251,7 +252,6 @@ def check_forward_memory(config: ViTConfig, batch_size: int = 1) -> None:
   """OptionError (naming --image-size) when one image's forward cannot fit the memory the
   device has left (a lower bound: the analyses need more), before anything runs at that
   size."""
-  from vit_jax_analytics.errors import OptionError
   need, have = forward_bytes(config, batch_size), available_memory_bytes()
   if have is not None and need > have:
     h, w = config.image_hw

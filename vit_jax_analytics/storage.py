@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
+from vit_jax_analytics.errors import CheckpointError
+
 _SCHEME = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 
 # The fsspec package each common scheme needs (for the error that says what to install).
@@ -255,7 +257,6 @@ def local_copy(url: str) -> Iterator[Path]:
       if remote.suffix == '.safetensors' and beside.is_file():
         beside.fs.get_file(beside.path, str(tmp / 'config.json'))
     else:
-      from vit_jax_analytics.errors import CheckpointError
       raise CheckpointError(f'{url}: no such checkpoint object or prefix')
     yield target
   finally:

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.options import MAX_SEED, check, option
+from vit_jax_analytics.progress import progress_bar
 from vit_jax_analytics.results import Samples, TrainingHistory
 
 
@@ -150,7 +152,6 @@ class AEOptions:
     check(self, 'seed', self.seed, low=0, high=MAX_SEED)
     check(self, 'validation_fraction', self.validation_fraction, low=0., high=0.5, what='a number')
     if self.kind not in KINDS:
-      from vit_jax_analytics.errors import OptionError
       raise OptionError('kind', f'expected one of {KINDS}, got {self.kind!r}', AEOptions)
 
 
@@ -258,8 +259,6 @@ def train_autoencoder(x, canvas: int, options: AEOptions):
   on the device from the samples); returns (params, TrainingHistory) with the params of
   the best validation loss. Each epoch is one compiled program (the steps a scan over
   batches shuffled beforehand). Deterministic for a fixed seed on CPU."""
-  from vit_jax_analytics.progress import progress_bar
-
   rng = np.random.default_rng(options.seed)
   order = rng.permutation(len(x))
   n_val = max(1, int(round(len(x) * options.validation_fraction)))

@@ -139,15 +139,15 @@ def op_categories(hlo_text: str) -> dict:
   return out
 
 
-def profile_forward(fwd, params, x, runs=3):
-  """[(category, ms per forward, share)] of our compiled forward's ops, from a trace."""
-  compiled = fwd.lower(params, x).compile()
-  categories = op_categories(compiled.as_text())
-  fwd(params, x).block_until_ready()
+def profile_ops(fn, args, runs=3):
+  """[(category, ms per call, share)] of a jitted fn's compiled ops on `args`, from a
+  jax.profiler trace ([] when the backend writes none)."""
+  categories = op_categories(fn.lower(*args).compile().as_text())
+  jax.block_until_ready(fn(*args))
   with tempfile.TemporaryDirectory() as d:
     jax.profiler.start_trace(d)
     for _ in range(runs):
-      fwd(params, x).block_until_ready()
+      jax.block_until_ready(fn(*args))
     jax.profiler.stop_trace()
     trace = sorted(Path(d).rglob('*.trace.json.gz'))
     if not trace:
@@ -157,7 +157,7 @@ def profile_forward(fwd, params, x, runs=3):
   for e in events:
     if e.get('ph') == 'X' and e.get('name') in categories:
       total[categories[e['name']]] += e['dur'] / 1e3 / runs
-  whole = sum(total.values())
+  whole = sum(total.values()) or 1.
   return [(k, v, v / whole) for k, v in total.most_common()]
 
 
@@ -333,7 +333,7 @@ def main():
   for name, (a, bt) in part_best.items():
     print(f'  {name:<58} {a * 1e3:9.1f} {bt * 1e3:11.1f} {a / bt:12.2f}')
   if args.profile:
-    rows = profile_forward(fwd, params, x_j)
+    rows = profile_ops(fwd, (params, x_j))
     print(f'  our compiled forward by op category (jax.profiler trace, ms per forward; load '
           f'{load_average():.2f}):')
     for kind, ms, share in rows:

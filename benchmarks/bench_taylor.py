@@ -12,10 +12,7 @@ with jax.profiler, its ops' time summed by category (bench_forward.op_categories
 """
 
 import argparse
-import collections
 import copy
-import gzip
-import json
 import os
 import sys
 import tempfile
@@ -27,29 +24,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_forward import (interleaved, op_categories, timm_vit,  # noqa: E402
+from benchmarks.bench_forward import (interleaved, profile_ops, timm_vit,  # noqa: E402
                                       torch_taylor)
 from tests.npz_formats import random_vit_jax_arrays  # noqa: E402
 from vit_jax_analytics import checkpoints, importance, model as model_lib  # noqa: E402
-
-
-def profile(fn, args, runs=2):
-  """[(category, ms per call, share)] of a jitted fn's ops, from a jax.profiler trace."""
-  categories = op_categories(fn.lower(*args).compile().as_text())
-  jax.block_until_ready(fn(*args))
-  with tempfile.TemporaryDirectory() as d:
-    jax.profiler.start_trace(d)
-    for _ in range(runs):
-      jax.block_until_ready(fn(*args))
-    jax.profiler.stop_trace()
-    trace = sorted(Path(d).rglob('*.trace.json.gz'))
-    events = json.load(gzip.open(trace[-1]))['traceEvents'] if trace else []
-  total = collections.Counter()
-  for e in events:
-    if e.get('ph') == 'X' and e.get('name') in categories:
-      total[categories[e['name']]] += e['dur'] / 1e3 / runs
-  whole = sum(total.values()) or 1.
-  return [(k, v, v / whole) for k, v in total.most_common()]
 
 
 def main():
@@ -100,7 +78,7 @@ def main():
         f'{best[1]:.2f} s: {best[1] / best[0]:.2f}x faster (target >= 1.5x)')
   if not args.no_profile:
     print('  where our compiled Taylor program spends its time (op categories):')
-    for kind, ms, share in profile(taylor, (params, x_j, y_j)):
+    for kind, ms, share in profile_ops(taylor, (params, x_j, y_j), runs=2):
       print(f'    {kind:<58} {ms:8.1f} ms  {share:5.1%}')
 
 

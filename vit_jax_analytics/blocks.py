@@ -174,3 +174,24 @@ def check_rope(config) -> Optional[str]:
   if config.head_dim % 4:
     return f'rope needs a head width divisible by 4; got {config.head_dim}'
   return None
+
+
+# --- NaFlex position embedding (SigLIP 2) ----------------------------------------------------
+
+def antialiased_linear_matrix(old: int, new: int) -> np.ndarray:
+  """[new, old] float64 weights of one axis of `F.interpolate(mode='bilinear',
+  align_corners=False, antialias=True)`, as Siglip2 writes them out: the triangle filter
+  widened by the downscaling factor (support max(old / new, 1)), centred at
+  (i + 0.5) old / new - 0.5, renormalised over the taps."""
+  scale = old / new
+  support = max(scale, 1.)
+  centre = (np.arange(new, dtype=np.float64) + 0.5) * scale - 0.5
+  w = np.clip(1. - np.abs(np.arange(old)[None] - centre[:, None]) / support, 0., None)
+  return w / w.sum(1, keepdims=True)
+
+
+def naflex_posemb_matrix(old_hw, new_hw) -> np.ndarray:
+  """[nh * nw, oh * ow] float64: the row-major position-embedding grid oh x ow resized to
+  nh x nw (separable antialiased bilinear, rows then columns)."""
+  (oh, ow), (nh, nw) = old_hw, new_hw
+  return np.kron(antialiased_linear_matrix(oh, nh), antialiased_linear_matrix(ow, nw))

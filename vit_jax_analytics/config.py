@@ -19,7 +19,7 @@ POOLINGS = ('token', 'gap', 'map', 'none', 'token_gap', 'token_dist')
 # Fields added with the recent blocks (blocks.py); to_dict leaves them out at their defaults.
 RECENT_FIELDS = ('class_token', 'position_embedding', 'rope', 'rope_temperature', 'rope_half',
                  'rope_xy', 'rope_ref_grid', 'rope_offset', 'qk_norm', 'mlp_gated', 'mlp_norm',
-                 'encoder_norm', 'fc_norm')
+                 'encoder_norm', 'fc_norm', 'naflex_max_patches', 'posemb_grid')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,13 @@ class ViTConfig:
   mlp_norm: bool = False               # sub-LayerNorm before the MLP's Dense_1 (EVA-02)
   encoder_norm: bool = True            # the LayerNorm after the last block
   fc_norm: bool = False                # a LayerNorm after the pooling (timm's fc_norm)
+  # NaFlex (SigLIP 2): each image keeps its aspect ratio, resized so that its own h x w patch
+  # grid has at most naflex_max_patches patches; the learned position embedding is stored at
+  # posemb_grid and resized in the forward to the grid of the images it is given (Siglip2's
+  # antialiased bilinear). image_size is then the canvas: the bounding grid of the images
+  # analysed together (`for_images` gives the config of one batch's grid).
+  naflex_max_patches: Optional[int] = None
+  posemb_grid: Optional[Any] = None    # (h, w) of the stored position embedding (NaFlex)
 
   def __post_init__(self):
     size = self.image_size
@@ -100,9 +107,27 @@ class ViTConfig:
                        f'got class_token=False')
     if self.rope_ref_grid is not None:
       object.__setattr__(self, 'rope_ref_grid', tuple(int(g) for g in self.rope_ref_grid))
+    if self.posemb_grid is not None:
+      object.__setattr__(self, 'posemb_grid', tuple(int(g) for g in self.posemb_grid))
+    if (self.naflex_max_patches is not None) != (self.posemb_grid is not None) or (
+        self.naflex and (self.has_cls_token or self.num_registers or not self.position_embedding
+                         or self.naflex_max_patches < 1)):
+      raise ValueError('ViTConfig: NaFlex needs naflex_max_patches >= 1 and posemb_grid '
+                       'together, a position embedding, and no class token or registers')
     problem = check_rope(self)
     if problem:
       raise ValueError(f'ViTConfig.{problem}')
+
+  @property
+  def naflex(self) -> bool:
+    """Images keep their aspect ratio, each batch on its own patch grid (SigLIP 2 NaFlex)."""
+    return self.naflex_max_patches is not None
+
+  def for_images(self, hw) -> 'ViTConfig':
+    """The config of images of (height, width) pixels: a NaFlex model's at that grid (the
+    canvas config's image_size replaced); any other model's is itself."""
+    hw = tuple(int(v) for v in hw)
+    return self.replace(image_size=hw) if self.naflex and hw != self.image_hw else self
 
   @property
   def mlp_activation(self) -> str:
@@ -151,6 +176,10 @@ class ViTConfig:
     if self.rope is not None:
       parts.append(f"2-D RoPE ({self.rope}, {'rotate-half' if self.rope_half else 'interleaved'}"
                    f' pairs, temperature {self.rope_temperature:g})')
+    if self.naflex:
+      gh, gw = self.posemb_grid
+      parts = [f'learned absolute position embedding ({gh} x {gw}), resized to each '
+               f"image's own grid (NaFlex: antialiased bilinear)"]
     return ' + '.join(parts) or 'none'
 
   @property
@@ -200,6 +229,10 @@ class ViTConfig:
               'grid': list(self.grid_shape)}
     if dist:
       layout['distillation'] = [cls]
+    if self.naflex:
+      layout['naflex'] = {'max_patches': self.naflex_max_patches,
+                          'grid': 'per image: aspect ratio kept, h * w <= max_patches; '
+                                  "'grid' above is the canvas (the largest h and w)"}
     return layout
 
   def replace(self, **changes) -> 'ViTConfig':
@@ -210,7 +243,7 @@ class ViTConfig:
     defaults, so a plain ViT's config (and the logdir meta holding it) reads as before they
     existed."""
     d = dataclasses.asdict(self)
-    for key in ('image_size', 'rope_ref_grid'):
+    for key in ('image_size', 'rope_ref_grid', 'posemb_grid'):
       if isinstance(d[key], tuple):
         d[key] = list(d[key])
     for f in dataclasses.fields(ViTConfig):

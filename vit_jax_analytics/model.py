@@ -176,10 +176,20 @@ class MAPHead(nn.Module):
 
 
 class PositionEmbedding(nn.Module):
+  """x [B, T, D] + the learned embedding [1, T, D]; NaFlex (posemb_grid set): the embedding
+  is stored at posemb_grid [1, gh * gw, D] and resized to the input's patch `grid` (h, w)
+  by a constant matrix (blocks.naflex_posemb_matrix, float64 NumPy at trace time)."""
+  posemb_grid: Optional[tuple] = None
+
   @nn.compact
-  def __call__(self, x):
-    pe = self.param('pos_embedding', nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:])
-    return x + pe
+  def __call__(self, x, grid=None):
+    init = nn.initializers.normal(stddev=0.02)
+    if self.posemb_grid is None:
+      return x + self.param('pos_embedding', init, (1,) + x.shape[1:])
+    gh, gw = self.posemb_grid
+    pe = self.param('pos_embedding', init, (1, gh * gw, x.shape[-1]))[0]
+    m = jnp.asarray(blocks.naflex_posemb_matrix(self.posemb_grid, grid), pe.dtype)
+    return x + jnp.einsum('pq,qd->pd', m, pe).astype(x.dtype)[None]
 
 
 class Encoder(nn.Module):
@@ -190,12 +200,13 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x, head_mask=None, attention_reduce=None, attention_edit=None,
                first_layer=0, last_layer=None, skip_first_attention=False,
-               add_position_embedding=True, registers=None):
+               add_position_embedding=True, registers=None, grid=None):
+    """grid: the images' patch grid (h, w) (a NaFlex position embedding is resized to it)."""
     c = self.config
     last_layer = c.num_layers if last_layer is None else last_layer
     if add_position_embedding:
       if c.position_embedding:
-        x = PositionEmbedding(name='posembed_input')(x)
+        x = PositionEmbedding(c.posemb_grid, name='posembed_input')(x, grid)
       if registers is not None:  # after the class token, without a position embedding
         cls = int(c.has_cls_token)
         x = jnp.concatenate([x[:, :cls], jnp.tile(registers, (x.shape[0], 1, 1)), x[:, cls:]],
@@ -263,7 +274,7 @@ class VisionTransformer(nn.Module):
                        f'model, got {tuple(pool_mask.shape)} (pooling {c.pooling!r})')
     x = inputs
     from_images = inputs.ndim == 4
-    registers = None
+    registers, grid = None, None
     if c.num_registers:
       registers = self.param('registers', nn.initializers.normal(0.02),
                              (1, c.num_registers, c.hidden_size))
@@ -271,13 +282,14 @@ class VisionTransformer(nn.Module):
       x = nn.Conv(c.hidden_size, (c.patch_size,) * 2, strides=(c.patch_size,) * 2,
                   padding='VALID', name='embedding')(x)
       b, h, w, d = x.shape
+      grid = (h, w)
       x = jnp.reshape(x, (b, h * w, d))
       if c.has_cls_token:
         cls = self.param('cls', nn.initializers.zeros, (1, 1, d))
         x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)), x], axis=1)
     x, per_layer = Encoder(c, name='Transformer')(
         x, head_mask, attention_reduce, attention_edit, first_layer, last_layer,
-        skip_first_attention, from_images, registers)
+        skip_first_attention, from_images, registers, grid)
     if last_layer is None or last_layer == c.num_layers:
       if c.has_pool_attention:  # for callers that rerun only the pooling (apply_pooling)
         self.sow('intermediates', 'pool_input', x)

@@ -3,7 +3,8 @@
 Supported (model_type in config.json): `vit` (ViTModel, ViTForImageClassification), `deit`
 (DeiTModel, DeiTForImageClassification, ...WithTeacher: class + distillation token), `dinov2`
 (Dinov2Model, Dinov2ForImageClassification: LayerScale), `dinov2_with_registers`, `dinov3_vit`
-(hf_dinov3.py: RoPE, registers, gated MLPs), and CLIP's vision tower (`clip_vision_model`,
+(hf_dinov3.py: RoPE, registers, gated MLPs), SigLIP 2 image towers (`siglip2_vision_model`,
+`siglip2`; hf_siglip2.py: NaFlex), and CLIP's vision tower (`clip_vision_model`,
 or the `vision_model.` part of a `clip` checkpoint).
 
 How each source maps onto `model.py` (all exact in real arithmetic):
@@ -38,7 +39,7 @@ from vit_jax_analytics.model import ViTConfig
 
 POSEMB_KEY = 'Transformer/posembed_input/pos_embedding'
 MODEL_TYPES = ('vit', 'deit', 'dinov2', 'dinov2_with_registers', 'dinov3_vit', 'clip_vision_model',
-               'clip')
+               'clip', 'siglip2_vision_model', 'siglip2')
 RESIZE = {'vit': 'bicubic', 'deit': 'bicubic', 'dinov2': 'bicubic',
           'dinov2_with_registers': 'bicubic_antialias', 'clip_vision_model': 'bicubic'}
 FAMILY = {'vit': 'ViT (Hugging Face)', 'deit': 'DeiT (Hugging Face)',
@@ -130,6 +131,9 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   if model_type == 'dinov3_vit':
     from vit_jax_analytics.families import hf_dinov3
     return hf_dinov3.dinov3_to_vit_jax(tensors, hf_config, path, image_size)
+  if model_type in ('siglip2_vision_model', 'siglip2'):
+    from vit_jax_analytics.families import hf_siglip2
+    return hf_siglip2.siglip2_to_vit_jax(tensors, hf_config, path, image_size)
   if model_type == 'clip':
     hf_config = {**hf_config.get('vision_config', {}), 'model_type': 'clip_vision_model',
                  'architectures': hf_config.get('architectures')}

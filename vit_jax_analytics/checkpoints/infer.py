@@ -101,6 +101,9 @@ def params_from_flat(flat: dict, path='checkpoint', config: Optional[ViTConfig] 
   if image_size is not None:
     image_size = hw(image_size)
     image_size = image_size[0] if image_size[0] == image_size[1] else image_size
+  if config is not None and config.naflex:  # the posemb stays at its grid (resized per input)
+    check_params(flat, config, path)
+    return unflatten(flat), config
   if config is None:
     config = infer_config(flat, path, gelu_approximate=gelu_approximate,
                           image_size=image_size, **overrides)

@@ -11,7 +11,8 @@ PACKAGES = ('vit_jax_analytics', 'tb_plugin')
 ANALYSES = ('vit_jax_analytics.importance', 'vit_jax_analytics.strength',
             'vit_jax_analytics.patterns')
 IO = ('vit_jax_analytics.data', 'vit_jax_analytics.checkpoints', 'vit_jax_analytics.logdir',
-      'vit_jax_analytics.pipeline', 'vit_jax_analytics.cli', 'vit_jax_analytics.demo',
+      'vit_jax_analytics.pipeline', 'vit_jax_analytics.inputs', 'vit_jax_analytics.naflex',
+      'vit_jax_analytics.cli', 'vit_jax_analytics.demo',
       'tb_plugin')
 
 

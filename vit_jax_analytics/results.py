@@ -150,13 +150,27 @@ class Samples:
   plain: Optional[np.ndarray]
   to_cls: Optional[np.ndarray]
   index: np.ndarray
+  # NaFlex: [S, 2] each sample's own image grid (h, w); the query patch index[:, 3] and
+  # `plain` [S, H, W] are then on the canvas grid (H, W) (the image's grid at its top left).
+  grids: Optional[np.ndarray] = None
+
+  def query_grids(self, n) -> tuple:
+    """(query rows [S], query columns [S], grid rows [S] or h, grid columns [S] or w) for
+    the canvas grid n (side, or (h, w))."""
+    gh, gw = tuple(n) if isinstance(n, (tuple, list)) else (n, n)
+    r, c = np.divmod(self.index[:, 3], gw)
+    if self.grids is not None:
+      gh, gw = self.grids[:, 0], self.grids[:, 1]
+    return r, c, gh, gw
 
   def inside(self, n) -> np.ndarray:
     """[S, 2n-1, 2n-1] the canvas cells whose key lies inside the image; n the grid side,
-    or (h, w) for a rectangular grid (canvas side 2 max(h, w) - 1)."""
-    gh, gw = tuple(n) if isinstance(n, (tuple, list)) else (n, n)
-    n = max(gh, gw)
-    r, c = np.divmod(self.index[:, 3], gw)
+    or (h, w) for a rectangular grid (canvas side 2 max(h, w) - 1); each sample's own grid
+    when `grids` is set."""
+    h, w = tuple(n) if isinstance(n, (tuple, list)) else (n, n)
+    n = max(h, w)
+    r, c, gh, gw = self.query_grids((h, w))
+    gh, gw = np.broadcast_to(gh, r.shape)[:, None], np.broadcast_to(gw, r.shape)[:, None]
     dy = np.arange(2 * n - 1) - (n - 1)
     rows = (r[:, None] + dy[None] >= 0) & (r[:, None] + dy[None] < gh)   # [S, 2n-1]
     cols = (c[:, None] + dy[None] >= 0) & (c[:, None] + dy[None] < gw)

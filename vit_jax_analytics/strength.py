@@ -129,10 +129,51 @@ def strength_batch(params, config: ViTConfig, images):
   return out
 
 
-def accumulate(sums: dict, stats: dict, valid: np.ndarray, config: ViTConfig) -> dict:
+def on_canvas(stats: dict, grid, canvas) -> dict:
+  """One batch's per-image statistics on its own patch grid (h, w) -> on the canvas grid
+  (NaFlex batches of different grids): offset sums [..., 2h-1, 2w-1] placed at the centre of
+  [..., 2H-1, 2W-1] (offset (dy, dx) stays (dy, dx)); per-patch maps [..., h*w] resampled
+  onto H x W in image-relative coordinates (the model's own antialiased bilinear) and scaled
+  by h w / (H W), so each map keeps its total. Scalars as they are."""
+  (gh, gw), (ch, cw) = tuple(grid), tuple(canvas)
+  if (gh, gw) == (ch, cw):
+    return stats
+  out = dict(stats)
+  value = np.asarray(stats['offset_sum'], np.float64)
+  padded = np.zeros(value.shape[:-2] + (2 * ch - 1, 2 * cw - 1))
+  padded[..., ch - gh:ch + gh - 1, cw - gw:cw + gw - 1] = value
+  out['offset_sum'] = padded
+  m = model_blocks.naflex_posemb_matrix((gh, gw), (ch, cw)) * (gh * gw / (ch * cw))
+  for name in ('cls_attention', 'to_cls', 'pool_attention'):
+    if name in stats:
+      out[name] = np.einsum('...p,qp->...q', np.asarray(stats[name], np.float64), m)
+  return out
+
+
+def pair_counts(grid, canvas) -> tuple:
+  """Per image on grid (h, w): (patch (query, key) pairs at each canvas offset [2H-1, 2W-1],
+  the same divided by T = h w (uniform attention's mass there), patch queries h w)."""
+  (gh, gw), (ch, cw) = tuple(grid), tuple(canvas)
+  dy, dx = np.abs(np.arange(-(ch - 1), ch)), np.abs(np.arange(-(cw - 1), cw))
+  pairs = np.outer(np.maximum(gh - dy, 0), np.maximum(gw - dx, 0)).astype(np.float64)
+  return pairs, pairs / (gh * gw), float(gh * gw)
+
+
+def accumulate(sums: dict, stats: dict, valid: np.ndarray, config: ViTConfig,
+               canvas: Optional[ViTConfig] = None) -> dict:
   """Adds one batch's per-image statistics of the valid images to the float64 sums and
-  the fixed-range histograms of the per-image scalars."""
-  ranges = scalar_ranges(config)
+  the fixed-range histograms of the per-image scalars. config: the batch's; canvas: where
+  batches of different grids meet (NaFlex; default config): see on_canvas. Also counts the
+  (query, key) pairs at each offset and the patch queries, by which finish divides."""
+  canvas = config if canvas is None else canvas
+  ranges = scalar_ranges(canvas)
+  stats = on_canvas(stats, config.grid_shape, canvas.grid_shape)
+  n = int(np.sum(valid))
+  for name, per_image in zip(('offset_pairs', 'offset_uniform', 'patch_queries'),
+                             pair_counts(config.grid_shape, canvas.grid_shape)):
+    # uniform: a patch query of a T-token image gives 1/T to each key
+    scale = n * (config.num_patches / config.num_tokens if name == 'offset_uniform' else 1.)
+    sums[name] = sums.get(name, 0.) + np.asarray(per_image) * scale
   for name, value in stats.items():
     value = np.asarray(value, np.float64)[valid]
     sums[name] = sums.get(name, 0.) + value.sum(0)
@@ -346,8 +387,15 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
   (gh, gw), t = config.grid_shape, config.num_tokens
   n = max(gh, gw)
   dy, dx = np.abs(np.arange(-(gh - 1), gh)), np.abs(np.arange(-(gw - 1), gw))
-  pairs = np.outer(gh - dy, gw - dx)                             # [2h-1, 2w-1] per image
-  offset_mean = sums['offset_sum'] / (pairs * count)
+  if 'offset_pairs' not in sums:  # one grid: the counts of `count` images of it
+    for name, per_image in zip(('offset_pairs', 'offset_uniform', 'patch_queries'),
+                               pair_counts((gh, gw), (gh, gw))):
+      sums[name] = per_image * count * (config.num_patches / t
+                                        if name == 'offset_uniform' else 1.)
+  pairs, uniform = sums['offset_pairs'], sums['offset_uniform']   # [2h-1, 2w-1], all images
+  offset_mean = np.where(pairs > 0, sums['offset_sum'] / np.where(pairs > 0, pairs, 1.), 0.)
+  offset_ratio = np.where(uniform > 0, sums['offset_sum'] / np.where(uniform > 0, uniform, 1.),
+                          0.)
   cheb = np.maximum(dy[:, None], dx[None])
   mass = np.stack([np.sum(np.where(cheb == d, sums['offset_sum'], 0.), axis=(-2, -1))
                    for d in range(n)], -1)                        # [L, H, n]
@@ -360,9 +408,9 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
   if 'pool_attention' in sums:  # [H, P] -> [H, h, w]
     cls_maps['pool_attention'] = (sums['pool_attention'] / count).reshape(-1, gh, gw)
   return StrengthResult(
-      images=count, offset_mean=offset_mean, offset_ratio=offset_mean * t,  # x uniform 1/T
-      offset_pairs=pairs * count,
-      neighbourhood_share=np.cumsum(mass, -1) / (gh * gw * count),
+      images=count, offset_mean=offset_mean, offset_ratio=offset_ratio,  # / uniform's 1/T
+      offset_pairs=np.rint(pairs).astype(np.int64),
+      neighbourhood_share=np.cumsum(mass, -1) / max(float(sums['patch_queries']), 1.),
       mean_distance=sums['mean_distance'] / count, entropy=sums['entropy'] / count,
       self_share=sums['self_share'] / count,
       cls_share=sums['cls_share'] / count if config.has_cls_token else None,
@@ -399,10 +447,12 @@ def compute_strength(params, config: ViTConfig, source: BatchSource,
   qk = ([], [])                          # queries, keys of the first qk_images stored images
   for batch in stream.batches(progress=options.progress, desc='strength'):
     batch = batch._replace(images=stream.cast(batch.images))
-    stats = strength_batch(params, config, parallel.shard_batch(mesh, batch.images))
-    sums = accumulate(sums, stream.fetch(stats), stream.global_batch(batch).valid, config)
+    cfg = config.for_images(batch.images.shape[1:3])  # NaFlex: the batch's own grid
+    stats = strength_batch(params, cfg, parallel.shard_batch(mesh, batch.images))
+    sums = accumulate(sums, stream.fetch(stats), stream.global_batch(batch).valid, cfg, config)
     count += int(batch.valid.sum())
-    rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted))
+    # Full maps are stored at the canvas grid only (NaFlex: of the images on that grid).
+    rows = np.flatnonzero(batch.valid & np.isin(batch.index, wanted) & (cfg == config))
     if len(rows):
       # Queries and keys are read from this model's sown block inputs: none for an
       # intercepted foreign model, whose view then shows no Q/K embedding. They come from

@@ -55,7 +55,8 @@ def run_stage1(stream: BatchStream, config, first_batch, acc, chunk, save, progr
                                            desc='importance 1/2'), start=first_batch):
     images, labels, index = stream.put(batch.images, batch.labels,
                                        np.asarray(batch.index, np.int32))
-    args = (params, config, images, labels, chunk, objective, index)
+    cfg = config.for_images(batch.images.shape[1:3])  # NaFlex: the batch's own grid
+    args = (params, cfg, images, labels, chunk, objective, index)
     split = mesh if parallel.mask_shards(mesh) > 1 else None  # the heads over 'masks'
     clock.compile(taylor_ablation_batch, *args, mesh=split)
     grads, pool_grads, ablation, pool_ablation, out = taylor_ablation_batch(*args, mesh=split)
@@ -71,10 +72,24 @@ def run_stage1(stream: BatchStream, config, first_batch, acc, chunk, save, progr
   return clock
 
 
+def grid_keeps(config: ViTConfig, plan: Stage2Plan, options: ImportanceOptions):
+  """keeps(batch config) -> [V + 1, T, T]: the plan's partial-pruning multipliers, made
+  again on a NaFlex batch's own grid (its local / global pairs and its region)."""
+  def keeps(cfg):
+    if cfg == config:
+      return plan.keeps
+    v = np.stack([x.keep for x in partial_variants(cfg, options.partial_radii,
+                                                   options.partial_region, strict=False)])
+    return np.concatenate([v, np.zeros_like(v[:1])])
+  return keeps
+
+
 def run_stage2(stream: BatchStream, config, first_batch, acc, plan: Stage2Plan, renormalize,
-               chunk, save, progress: bool, objective: Objective) -> StageClock:
+               chunk, save, progress: bool, objective: Objective,
+               keeps_for=None) -> StageClock:
   """Pruning curves and partial pruning over the stream's batches of the subset, into
-  `acc`'s per-subset-image rows (batch.index indexes the subset)."""
+  `acc`'s per-subset-image rows (batch.index indexes the subset). keeps_for(batch config):
+  the partial-pruning multipliers of a batch's grid (default plan.keeps)."""
   if 's2_full_loss' not in acc:
     acc.update(stage2_sums(plan))
   params = stream.params
@@ -86,7 +101,9 @@ def run_stage2(stream: BatchStream, config, first_batch, acc, plan: Stage2Plan, 
   for k, batch in enumerate(stream.batches(first_batch, progress=progress,
                                            desc='importance 2/2'), start=first_batch):
     images, labels = stream.put(batch.images, batch.labels)
-    args = (params, config, images, labels, masks, first_layers, heads, keeps, renormalize,
+    cfg = config.for_images(batch.images.shape[1:3])  # NaFlex: the batch's own grid
+    grid_keeps_ = keeps if keeps_for is None or cfg == config else jnp.asarray(keeps_for(cfg))
+    args = (params, cfg, images, labels, masks, first_layers, heads, grid_keeps_, renormalize,
             layers, chunk, objective)
     clock.compile(curves_partial_batch, *args)
     full, curves, partial = stream.fetch(curves_partial_batch(*args))
@@ -153,7 +170,7 @@ def compute_importance(params, config: ViTConfig, source: BatchSource,
   # No more padding than the device count needs when the subset is smaller than a batch.
   subset = stream.over(subset_source(source, plan.subset), options.batch_size)
   clock2 = run_stage2(subset, config, first, acc, plan, options.renormalize, chunk, save,
-                      options.progress, objective)
+                      options.progress, objective, grid_keeps(config, plan, options))
   if timings is not None:  # what each stage took and evaluated, for the cost report
     probes = objective.taylor_probes if objective.kind == 'embedding' else 1
     s1 = dict(forward_eq=cost.stage1(config, probes))

@@ -25,12 +25,14 @@ class PartialVariant:
   keep: np.ndarray  # [T, T] multiplier on the attention weights (query, key)
 
 
-def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
+def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None,
+                     strict: bool = True) -> list:
   """The ways of removing part of a head's attention.
 
   region: (row0, col0, row1, col1) in patch units, half-open; default the central half.
   Grids may be rectangular (h x w); tokens before the patches (class token, registers) are
-  untouched by the spatial variants.
+  untouched by the spatial variants. strict=False (a NaFlex batch's own grid, checked
+  strictly on the canvas): a radius may reach past the grid, and `region` is clipped to it.
   """
   (gh, gw), cls, pre = config.grid_shape, int(config.has_cls_token), config.num_prefix_tokens
   t = config.num_tokens
@@ -44,7 +46,7 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
     return keep
 
   for r in radii:
-    if r >= max(gh, gw):
+    if strict and r >= max(gh, gw):
       raise OptionError('partial_radii', f'radius {r} must be below the patch grid size '
                         f'{max(gh, gw)}')
     variants.append(PartialVariant(f'local_r{r}', f'attention to keys within Chebyshev '
@@ -63,7 +65,9 @@ def partial_variants(config: ViTConfig, radii=(1, 2, 3), region=None) -> list:
   if region is None:
     region = (gh // 4, gw // 4, gh - gh // 4, gw - gw // 4)
   r0, c0, r1, c1 = region
-  if not (0 <= r0 < r1 <= gh and 0 <= c0 < c1 <= gw):
+  if not strict:
+    r0, r1, c0, c1 = min(r0, gh), min(r1, gh), min(c0, gw), min(c1, gw)
+  elif not (0 <= r0 < r1 <= gh and 0 <= c0 < c1 <= gw):
     raise OptionError('partial_region', f'{tuple(region)}: expected row0 < row1 and '
                       f'col0 < col1 within the {gh} x {gw} patch grid')
   inside = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)

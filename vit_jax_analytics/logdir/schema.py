@@ -284,6 +284,9 @@ def patterns_values(r: PatternResult, meta: dict) -> dict:
   if s.plain is not None:
     values['sample_plain'] = Value.array(s.plain, ('sample', 'row', 'col'),
                                          'the same attention on the n x n patch grid')
+  if s.grids is not None:  # NaFlex: each sample's own image grid (the plain map at its top left)
+    values['sample_grid'] = Value.array(s.grids, ('sample', 'hw'),
+                                        "each sample's own patch grid (h, w)")
   return values
 
 
@@ -300,7 +303,8 @@ def patterns_from(tags: dict) -> PatternResult:
       head_reconstruction_error=get('head_reconstruction_error'),
       history=TrainingHistory(tuple(train.tolist()), tuple(val.tolist()), meta['best_epoch'],
                               meta['stopped_early']),
-      samples=Samples(get('sample_recentred'), get('sample_plain'), None, get('sample_index')))
+      samples=Samples(get('sample_recentred'), get('sample_plain'), None, get('sample_index'),
+                      get('sample_grid')))
 
 
 VALUES = {ImportanceResult: ('importance', importance_values),

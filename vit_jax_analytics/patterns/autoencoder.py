@@ -26,7 +26,8 @@ def ae_inputs(samples: Samples, n, rows=None) -> np.ndarray:
   inside-the-image mask, so that 'no key here' differs from 'no attention here'; of the
   samples at `rows` (an index array or slice; default all)."""
   if rows is not None:
-    samples = Samples(samples.recentred[rows], None, None, samples.index[rows])
+    samples = Samples(samples.recentred[rows], None, None, samples.index[rows],
+                      None if samples.grids is None else samples.grids[rows])
   canvas = samples.recentred.astype(np.float32)
   peak = canvas.max(axis=(1, 2), keepdims=True)
   pattern = np.where(peak > 0, canvas / np.where(peak > 0, peak, 1.), 0.)
@@ -195,10 +196,10 @@ def _device_inputs(data, rows, grid):
   canvas = data[0][rows].astype(jnp.float32)
   peak = canvas.max(axis=(1, 2), keepdims=True)
   pattern = jnp.where(peak > 0, canvas / jnp.where(peak > 0, peak, 1.), 0.)
-  gh, gw = grid
-  n = max(gh, gw)
+  n = max(grid)
   d = jnp.arange(2 * n - 1) - (n - 1)
   r, c = data[1][rows][:, None] + d, data[2][rows][:, None] + d
+  gh, gw = data[3][rows][:, None], data[4][rows][:, None]  # each sample's own grid
   inside = ((r >= 0) & (r < gh))[:, :, None] & ((c >= 0) & (c < gw))[:, None, :]
   return jnp.stack([pattern, inside.astype(jnp.float32)], -1)
 
@@ -243,8 +244,10 @@ def _training_data(x) -> tuple:
   as itself."""
   if isinstance(x, AEInputs):
     gh, gw = x.n if isinstance(x.n, (tuple, list)) else (x.n, x.n)
-    qr, qc = np.divmod(x.samples.index[:, 3].astype(np.int32), gw)
-    return (jnp.asarray(x.samples.recentred), jnp.asarray(qr), jnp.asarray(qc)), (gh, gw)
+    qr, qc, sh, sw = x.samples.query_grids((gh, gw))
+    sh, sw = (np.broadcast_to(np.asarray(v, np.int32), qr.shape) for v in (sh, sw))
+    return tuple(jnp.asarray(np.asarray(v, np.int32)) if i else jnp.asarray(v) for i, v in
+                 enumerate((x.samples.recentred, qr, qc, sh, sw))), (gh, gw)
   return (jnp.asarray(np.asarray(x, np.float32)),), None
 
 

@@ -25,16 +25,17 @@ def _grid(n) -> tuple:
   return tuple(n) if isinstance(n, (tuple, list)) else (n, n)
 
 
-def recentre(maps, query_rows, query_cols, n):
+def recentre(maps, query_rows, query_cols, n, side=None):
   """maps [S, n, n], query positions [S] -> (canvas [S, 2n-1, 2n-1], inside [S, 2n-1, 2n-1]).
-  n: the grid side, or (h, w) for maps [S, h, w] on the canvas of side 2 max(h, w) - 1.
+  n: the grid side, or (h, w) for maps [S, h, w] on the canvas of side 2 max(h, w) - 1
+  (2 side - 1 when `side` is given: a NaFlex canvas bounding several grids).
 
   Cell (dy + n - 1, dx + n - 1) of a canvas is the weight on the key at offset (dy, dx)
   from the query; `inside` marks the cells whose key lies in the image (elsewhere the
   canvas is 0 because there is no key, not because attention is 0).
   """
   gh, gw = _grid(n)
-  n = max(gh, gw)
+  n = max(gh, gw) if side is None else side
 
   def one(m, r, c):
     start = (n - 1 - r, n - 1 - c)
@@ -95,38 +96,52 @@ def extract_samples(params, config: ViTConfig, source: BatchSource, per_head: in
   mesh, params = stream.mesh, stream.params
   parts = []
   for batch in stream.batches(progress=progress, desc='pattern samples'):
-    queries = sample_queries(batch.index, config, per_head, seed)
+    cfg = config.for_images(batch.images.shape[1:3])  # NaFlex: the batch's own grid
+    queries = sample_queries(batch.index, cfg, per_head, seed)
     images, q = stream.put(batch.images, queries)
     # With several processes, each reads back (and keeps) only its own rows.
     rows, to_cls = (parallel.local_rows(x, mesh) for x in stream.fetch(
-        extract_batch(params, config, images, q)))
+        extract_batch(params, cfg, images, q)))
     keep = batch.valid
     if keep.any():
       parts.append(_batch_samples(np.asarray(rows, np.float32)[keep],
                                   np.asarray(to_cls, np.float32)[keep], queries[keep],
-                                  batch.index[keep], config))
+                                  batch.index[keep], cfg, config))
   fields = ('recentred', 'plain', 'to_cls', 'index')
+  if config.naflex:
+    fields += ('grids',)
   local = [np.concatenate([getattr(p, f) for p in parts]) if parts else None for f in fields]
   if parallel.is_multiprocess(mesh):
     if not parts:  # this shard had no readable image: empty rows of the right shapes
       (gh, gw), c = config.grid_shape, 2 * max(config.grid_shape) - 1
       local = [np.zeros((0, c, c), np.float16), np.zeros((0, gh, gw), np.float16),
-               np.zeros(0, np.float16), np.zeros((0, 4), np.int32)]
+               np.zeros(0, np.float16), np.zeros((0, 4), np.int32),
+               np.zeros((0, 2), np.int32)][:len(fields)]
     local = parallel.allgather_concat(local, mesh)
   if local[0] is None or not len(local[0]):
     raise DataError('no readable images to sample patterns from')
   return Samples(*local)
 
 
-def _batch_samples(rows, to_cls, queries, image_index, config: ViTConfig) -> Samples:
+def _batch_samples(rows, to_cls, queries, image_index, config: ViTConfig,
+                   canvas_config: Optional[ViTConfig] = None) -> Samples:
   """One batch's samples from attention rows [B, L, H, S, n, n], class-token weights
-  [B, L, H, S] and query patches [B, L, H, S] of images `image_index` [B]."""
+  [B, L, H, S] and query patches [B, L, H, S] of images `image_index` [B]. config: the
+  batch's; canvas_config (NaFlex): where samples of every grid meet — re-centred on its
+  canvas, the query index and the plain map on its grid, each sample's grid in `grids`."""
+  canvas_config = config if canvas_config is None else canvas_config
   (gh, gw), (b, L, H, per_head) = config.grid_shape, queries.shape
+  (ch, cw) = canvas_config.grid_shape
   grid = np.meshgrid(image_index, np.arange(L), np.arange(H), np.arange(per_head),
                      indexing='ij')
   index = np.stack([grid[0], grid[1], grid[2], queries], -1).reshape(-1, 4)
   plain = rows.reshape(-1, gh, gw)
   qr, qc = np.divmod(index[:, 3], gw)
-  canvas, _ = recentre(jnp.asarray(plain), qr, qc, (gh, gw))
+  canvas, _ = recentre(jnp.asarray(plain), qr, qc, (gh, gw), max(ch, cw))
+  grids = None
+  if canvas_config.naflex:
+    index[:, 3] = qr * cw + qc
+    plain = np.pad(plain, ((0, 0), (0, ch - gh), (0, cw - gw)))
+    grids = np.tile(np.asarray([[gh, gw]], np.int32), (len(index), 1))
   return Samples(np.asarray(canvas, np.float16), plain.astype(np.float16),
-                 to_cls.reshape(-1).astype(np.float16), index.astype(np.int32))
+                 to_cls.reshape(-1).astype(np.float16), index.astype(np.int32), grids)

@@ -1,0 +1,128 @@
+"""SigLIP 2 NaFlex end to end: a Siglip2VisionModel written by transformers (save_pretrained)
+and a folder of PNGs of different aspect ratios -> `vit-analytics info` and `analyze` (every
+analysis, batches of one grid each), the plugin serving the run; and results that do not
+depend on the batch size (batches then group the images differently within each grid)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip('torch')
+pytest.importorskip('transformers')
+
+from tests.test_crosscheck_siglip2 import MAX_PATCHES, PATCH, siglip2_model  # noqa: E402
+from vit_jax_analytics import cli, importance, naflex, pipeline, strength  # noqa: E402
+from vit_jax_analytics.logdir import reader  # noqa: E402
+
+SIZES = [(40, 90), (90, 40), (50, 50), (30, 110), (44, 96), (52, 48), (90, 40)]
+
+
+@pytest.fixture(scope='module')
+def naflex_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp('siglip2')
+  _, path = siglip2_model(root)
+  (root / 'images').mkdir()
+  rng = np.random.default_rng(0)
+  for i, (h, w) in enumerate(SIZES):
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+        root / 'images' / f'{i}.png')
+  return root, path
+
+
+def run(capsys, *argv):
+  code = cli.main([str(a) for a in argv])
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def test_grids_follow_the_processor():
+  transformers = pytest.importorskip('transformers')
+  from transformers.models.siglip2.image_processing_pil_siglip2 import (
+      get_image_size_for_max_num_patches as theirs)
+  for h, w in SIZES + [(1, 500), (500, 3), (224, 224)]:
+    for budget in (16, 32, 256):
+      assert naflex.naflex_size(h, w, PATCH, budget) == theirs(h, w, PATCH, budget)
+
+
+def test_info_names_family_position_and_naflex_layout(naflex_run, capsys):
+  root, path = naflex_run
+  code, out, err = run(capsys, 'info', '--checkpoint', path)
+  assert code == 0, err
+  info = json.loads(out)
+  assert info['family'] == 'SigLIP 2 NaFlex image tower (Hugging Face)'
+  assert 'resized to each image' in info['position'] and 'NaFlex' in info['position']
+  assert info['token_layout']['cls'] == [] and info['token_layout']['registers'] == []
+  assert info['token_layout']['naflex']['max_patches'] == MAX_PATCHES
+  assert info['pooling'] == 'map' and info['output'] == 'embedding'
+
+
+@pytest.fixture(scope='module')
+def naflex_logdir(naflex_run):
+  root, path = naflex_run
+  logdir = root / 'logs'
+  assert cli.main([str(a) for a in (
+      'analyze', '--checkpoint', path, '--images', root / 'images', '--logdir', logdir,
+      '--run', 'naflex', '--batch-size', '2', '--radii', '1', '--curve-points', '3',
+      '--random-orders', '1', '--taylor-probes', '2', '--per-head', '2', '--grid', '3',
+      '--clusters', '2', '--ae-epochs', '2', '--no-progress', '--no-compile-cache')]) == 0
+  return logdir
+
+
+def test_analyze_end_to_end_and_the_plugin_serves_it(naflex_run, naflex_logdir):
+  root, _ = naflex_run
+  source = pipeline.Inputs(naflex_run[1], root / 'images').load().source
+  grids = {tuple(g) for g in source.grids.tolist()}
+  assert len(grids) >= 4 and all(h * w <= MAX_PATCHES for h, w in grids)
+  ch, cw = source.canvas
+  tags = reader.read_run(naflex_logdir / 'naflex')
+  assert tags['importance/meta']['config']['naflex_max_patches'] == MAX_PATCHES
+  assert tags['importance/taylor'].shape == (3, 4)
+  assert np.isfinite(tags['importance/ablation_loss']).all()
+  assert tags['strength/offset_mean'].shape == (3, 4, 2 * ch - 1, 2 * cw - 1)
+  pairs = tags['strength/offset_pairs']
+  assert pairs[ch - 1, cw - 1] == sum(h * w for h, w in source.grids.tolist())  # offset 0
+  assert (pairs == 0).any()  # offsets no image's grid has: no pairs, mean 0
+  assert np.isfinite(tags['strength/offset_mean']).all()
+  np.testing.assert_allclose(tags['strength/pool_attention'].sum((1, 2)), 1., rtol=1e-3)
+  assert tags['patterns/sample_recentred'].shape[1:] == (2 * max(ch, cw) - 1,) * 2
+  assert tags['patterns/sample_plain'].shape[1:] == (ch, cw)
+  assert {tuple(g) for g in tags['patterns/sample_grid'].tolist()} == grids
+
+  from tests.tb_plugin.client import get, make_client
+  client, _ = make_client(naflex_logdir)
+  code, body = get(client, '/runs')
+  assert code == 200 and body['runs']
+  for analysis in ('importance', 'strength', 'patterns'):
+    code, body = get(client, '/meta', run='naflex', analysis=analysis)
+    assert code == 200, (analysis, body)
+  for tag in ('importance/taylor', 'strength/offset_mean', 'strength/pool_attention',
+              'patterns/sample_recentred', 'patterns/map'):
+    code, body = get(client, '/array', run='naflex', tag=tag)
+    assert code == 200, (tag, body)
+
+
+def test_results_do_not_depend_on_the_batch_size(naflex_run):
+  root, path = naflex_run
+  loaded = pipeline.Inputs(path, root / 'images').load()
+  results = []
+  for b in (1, 3):
+    s = strength.compute_strength(loaded.params, loaded.config, loaded.source,
+                                  strength.StrengthOptions(batch_size=b, progress=False,
+                                                           map_images=0))
+    imp = importance.compute_importance(
+        loaded.params, loaded.config, loaded.source,
+        importance.ImportanceOptions(batch_size=b, progress=False, curve_points=3,
+                                     random_orders=1, taylor_probes=2, partial_radii=(1,)))
+    results.append((s, imp))
+  (s1, i1), (s3, i3) = results
+  for name in ('offset_mean', 'offset_ratio', 'neighbourhood_share', 'mean_distance',
+               'entropy', 'pool_attention'):
+    np.testing.assert_allclose(getattr(s1, name), getattr(s3, name), rtol=1e-5, atol=1e-7,
+                               err_msg=name)
+  np.testing.assert_array_equal(s1.offset_pairs, s3.offset_pairs)
+  np.testing.assert_allclose(i1.taylor, i3.taylor, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(i1.ablation_loss, i3.ablation_loss, rtol=1e-4, atol=1e-6)
+  for m in i1.partial:
+    np.testing.assert_allclose(i1.partial[m].mean, i3.partial[m].mean, rtol=1e-4, atol=1e-6)

@@ -12,6 +12,7 @@ from PIL import Image
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
+from tests import numerics  # noqa: E402
 from tests.test_crosscheck_siglip2 import MAX_PATCHES, PATCH, siglip2_model  # noqa: E402
 from vit_jax_analytics import cli, importance, naflex, pipeline, strength  # noqa: E402
 from vit_jax_analytics.logdir import reader  # noqa: E402
@@ -103,9 +104,13 @@ def test_analyze_end_to_end_and_the_plugin_serves_it(naflex_run, naflex_logdir):
     assert code == 200, (tag, body)
 
 
+@numerics.in_float64
 def test_results_do_not_depend_on_the_batch_size(naflex_run):
+  """In float64 (the forwards of batches of 1 and of 3 round differently in float32; the
+  importance metrics are float32 at the end: tolerances of float32 rounding there)."""
   root, path = naflex_run
   loaded = pipeline.Inputs(path, root / 'images').load()
+  loaded = loaded._replace(params=numerics.as64(loaded.params))
   results = []
   for b in (1, 3):
     s = strength.compute_strength(loaded.params, loaded.config, loaded.source,
@@ -119,10 +124,11 @@ def test_results_do_not_depend_on_the_batch_size(naflex_run):
   (s1, i1), (s3, i3) = results
   for name in ('offset_mean', 'offset_ratio', 'neighbourhood_share', 'mean_distance',
                'entropy', 'pool_attention'):
-    np.testing.assert_allclose(getattr(s1, name), getattr(s3, name), rtol=1e-5, atol=1e-7,
-                               err_msg=name)
+    numerics.assert_close64(getattr(s1, name), getattr(s3, name), err_msg=name)
   np.testing.assert_array_equal(s1.offset_pairs, s3.offset_pairs)
   np.testing.assert_allclose(i1.taylor, i3.taylor, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(i1.ablation_loss, i3.ablation_loss, rtol=1e-4, atol=1e-6)
-  for m in i1.partial:
-    np.testing.assert_allclose(i1.partial[m].mean, i3.partial[m].mean, rtol=1e-4, atol=1e-6)
+  assert i1.partial.heads.size and i1.partial.variants == i3.partial.variants
+  for m in i1.partial.change:
+    np.testing.assert_allclose(i1.partial.change[m].mean, i3.partial.change[m].mean,
+                               rtol=1e-4, atol=1e-6, err_msg=m)

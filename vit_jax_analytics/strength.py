@@ -133,8 +133,8 @@ def on_canvas(stats: dict, grid, canvas) -> dict:
   """One batch's per-image statistics on its own patch grid (h, w) -> on the canvas grid
   (NaFlex batches of different grids): offset sums [..., 2h-1, 2w-1] placed at the centre of
   [..., 2H-1, 2W-1] (offset (dy, dx) stays (dy, dx)); per-patch maps [..., h*w] resampled
-  onto H x W in image-relative coordinates (the model's own antialiased bilinear) and scaled
-  by h w / (H W), so each map keeps its total. Scalars as they are."""
+  onto H x W in image-relative coordinates (the model's own antialiased bilinear), then
+  rescaled so that each map keeps its total. Scalars as they are."""
   (gh, gw), (ch, cw) = tuple(grid), tuple(canvas)
   if (gh, gw) == (ch, cw):
     return stats
@@ -143,10 +143,14 @@ def on_canvas(stats: dict, grid, canvas) -> dict:
   padded = np.zeros(value.shape[:-2] + (2 * ch - 1, 2 * cw - 1))
   padded[..., ch - gh:ch + gh - 1, cw - gw:cw + gw - 1] = value
   out['offset_sum'] = padded
-  m = model_blocks.naflex_posemb_matrix((gh, gw), (ch, cw)) * (gh * gw / (ch * cw))
+  m = model_blocks.naflex_posemb_matrix((gh, gw), (ch, cw))
   for name in ('cls_attention', 'to_cls', 'pool_attention'):
     if name in stats:
-      out[name] = np.einsum('...p,qp->...q', np.asarray(stats[name], np.float64), m)
+      value = np.asarray(stats[name], np.float64)
+      resized = np.einsum('...p,qp->...q', value, m)
+      total = resized.sum(-1, keepdims=True)
+      out[name] = resized * np.where(total > 0, value.sum(-1, keepdims=True) /
+                                     np.where(total > 0, total, 1.), 0.)
   return out
 
 

@@ -235,3 +235,40 @@ def test_resize_matrix_is_torch_antialiased_bilinear(old, new):
       torch.tensor(grid).permute(2, 0, 1)[None], size=(new, new + 2), mode='bilinear',
       align_corners=False, antialias=True)[0].permute(1, 2, 0).reshape(-1, 3).numpy()
   numerics.assert_close64(got, ref)
+
+
+def test_image_classification_model_matches_transformers_float64(tmp_path, monkeypatch):
+  """Siglip2ForImageClassification (a `siglip2` checkpoint: the mean of the valid patch
+  tokens into a classifier; its vision model's MAP head unused) on a padded batch."""
+  monkeypatch.setattr(modeling_siglip2.Siglip2VisionEmbeddings, 'resize_positional_embeddings',
+                      staticmethod(_resize64))
+  monkeypatch.setattr(modeling_siglip2, 'eager_attention_forward', _eager64)
+  torch.manual_seed(0)
+  cfg = transformers.Siglip2Config(
+      vision_config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=HEADS, patch_size=PATCH, num_patches=16),
+      text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, vocab_size=50), num_labels=5)
+  cfg._attn_implementation = 'eager'
+  m = transformers.Siglip2ForImageClassification(cfg).eval()
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for name, p in m.named_parameters():
+      if p.ndim >= 2:
+        gain = 4. if 'q_proj' in name or 'k_proj' in name else 1.7
+        p.copy_(torch.randn(p.shape, generator=g) * gain / math.sqrt(p.shape[-1]))
+  m.save_pretrained(tmp_path / 'cls')
+  m = m.double()
+  batch = processor_batch()
+  with torch.no_grad():
+    want = m(pixel_values=batch[0], pixel_attention_mask=batch[1],
+             spatial_shapes=batch[2]).logits.numpy()
+  with numerics.float64():
+    params, config, source = checkpoints.load_with_source(tmp_path / 'cls')
+    params = numerics.as64(params)
+    assert config.classifier == 'gap' and config.num_classes == 5 and config.naflex
+    assert any(k.endswith('head.probe') for k in source['ignored'])
+    for i, grid in enumerate(batch[2]):
+      image = unpatchify(batch[0][i].numpy(), grid)[None]
+      out = model_lib.apply(params, config.for_images(image.shape[1:3]), image)
+      numerics.assert_close64(np.asarray(out)[0], want[i])

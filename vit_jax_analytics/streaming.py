@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vit_jax_analytics import parallel, precision
 from vit_jax_analytics.batches import Batch, BatchSource, process_shard
+from vit_jax_analytics.errors import OptionError
 
 
 def analysis_mesh(mask_shards: int = 1):
@@ -85,6 +86,9 @@ def _open(mesh, source: BatchSource, batch_size: int, params) -> BatchStream:
   # No bigger batch than the images need (a padded batch computes its padding too).
   batch_size = parallel.local_batch_size(min(batch_size, max(len(source), 1)), mesh)
   if parallel.is_multiprocess(mesh):
+    if hasattr(source, 'grids'):  # naflex.NaFlexSource: each process's grids would differ
+      raise OptionError('distributed', 'NaFlex images (a batch per patch grid) are analysed '
+                                       'on one process; run without --distributed')
     source = process_shard(source, batch_size, jax.process_index(),
                            parallel.process_count(mesh))
   return BatchStream(mesh, source, batch_size, params)

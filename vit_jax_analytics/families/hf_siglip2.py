@@ -127,16 +127,18 @@ def siglip2_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   common.put_norm(t, 'Transformer/encoder_norm', take('post_layernorm.weight'),
                   take('post_layernorm.bias'))
 
+  # ForImageClassification averages the patch tokens into its classifier (its vision
+  # model's MAP head, if any, is unused: left out, listed as ignored).
   classifier, num_classes, output = 'gap', 0, 'embedding'
-  if take('head.probe', optional=True) is not None:
-    classifier = 'map'
-    _put_map_head(t, take, heads, width)
   outer = pre[:-len('vision_model.')] if pre.endswith('vision_model.') else pre
   if take('classifier.weight', optional=True, prefix=outer) is not None:
     common.put_linear(t, 'head', take('classifier.weight', prefix=outer),
                       take('classifier.bias', optional=True, prefix=outer))
     num_classes, output = t['head/kernel'].shape[1], 'logits'
-  elif classifier != 'map':
+  elif pre + 'head.probe' in tensors:
+    classifier = 'map'
+    _put_map_head(t, take, heads, width)
+  else:
     raise CheckpointError(f'{path}: neither an attention-pooling head (vision_use_head) nor a '
                           f'classifier; expected Siglip2VisionModel or '
                           f'Siglip2ForImageClassification')

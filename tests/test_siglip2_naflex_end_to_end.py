@@ -39,7 +39,6 @@ def run(capsys, *argv):
 
 
 def test_grids_follow_the_processor():
-  transformers = pytest.importorskip('transformers')
   from transformers.models.siglip2.image_processing_pil_siglip2 import (
       get_image_size_for_max_num_patches as theirs)
   for h, w in SIZES + [(1, 500), (500, 3), (224, 224)]:
@@ -132,3 +131,69 @@ def test_results_do_not_depend_on_the_batch_size(naflex_run):
   for m in i1.partial.change:
     np.testing.assert_allclose(i1.partial.change[m].mean, i3.partial.change[m].mean,
                                rtol=1e-4, atol=1e-6, err_msg=m)
+
+
+@numerics.in_float64
+def test_aggregates_over_grids_equal_a_brute_force_per_image(naflex_run):
+  """Strength's offset means, offset ratios and neighbourhood shares, and the pattern samples
+  (re-centred canvas, inside mask, the autoencoder's inside mask), against a per-image loop
+  over each image's full attention on its own grid, in float64."""
+  from vit_jax_analytics import data, model as model_lib, patterns
+  root, path = naflex_run
+  loaded = pipeline.Inputs(path, root / 'images').load()
+  params, config, source = numerics.as64(loaded.params), loaded.config, loaded.source
+  ch, cw = config.grid_shape
+  L, H = config.num_layers, config.num_heads
+  offset_sum = np.zeros((L, H, 2 * ch - 1, 2 * cw - 1))
+  pairs = np.zeros((2 * ch - 1, 2 * cw - 1))
+  uniform = np.zeros_like(pairs)
+  attention = {}
+  for i, path_i in enumerate(loaded.image_set.paths):
+    gh, gw = source.grids[i]
+    image = data.load_image(path_i, (gh * PATCH, gw * PATCH))[None]
+    _, att = model_lib.apply(params, config.for_images(image.shape[1:3]), image,
+                             return_attention=True)
+    att = np.asarray(att[0])                                       # [L, H, T, T]
+    attention[i] = att
+    for q in range(gh * gw):
+      for k in range(gh * gw):
+        dy, dx = k // gw - q // gw, k % gw - q % gw
+        offset_sum[:, :, dy + ch - 1, dx + cw - 1] += att[:, :, q, k]
+        pairs[dy + ch - 1, dx + cw - 1] += 1
+        uniform[dy + ch - 1, dx + cw - 1] += 1. / (gh * gw)
+  s = strength.compute_strength(params, config, source,
+                                strength.StrengthOptions(batch_size=2, progress=False,
+                                                         map_images=0))
+  seen = pairs > 0
+  numerics.assert_close64(s.offset_mean[..., seen], offset_sum[..., seen] / pairs[seen])
+  assert (s.offset_mean[..., ~seen] == 0).all() and (~seen).any()
+  numerics.assert_close64(s.offset_ratio[..., seen], offset_sum[..., seen] / uniform[seen])
+  dy, dx = np.meshgrid(np.arange(-(ch - 1), ch), np.arange(-(cw - 1), cw), indexing='ij')
+  cheb = np.maximum(abs(dy), abs(dx))
+  queries = sum(h * w for h, w in source.grids.tolist())
+  share = np.stack([offset_sum[..., cheb <= d].sum(-1) for d in range(max(ch, cw))], -1)
+  numerics.assert_close64(s.neighbourhood_share, share / queries)
+
+  samples = patterns.extract_samples(params, config, source, per_head=2, batch_size=3,
+                                     progress=False)
+  n = max(ch, cw)
+  inside = samples.inside((ch, cw))
+  x = patterns.AEInputs(samples, (ch, cw))[:]
+  # The autoencoder's training inputs, made on the device from the samples: the same.
+  from vit_jax_analytics.patterns import autoencoder
+  device_data, grid = autoencoder._training_data(patterns.AEInputs(samples, (ch, cw)))
+  np.testing.assert_array_equal(np.asarray(autoencoder._device_inputs(
+      device_data, np.arange(len(x)), grid)), x)
+  for j in range(0, len(samples.index), 7):
+    image, layer, head, query = samples.index[j]
+    gh, gw = samples.grids[j]
+    qr, qc = divmod(int(query), cw)
+    assert qr < gh and qc < gw
+    row = attention[image][layer, head, qr * gw + qc].reshape(gh, gw)
+    want = np.zeros((2 * n - 1, 2 * n - 1))
+    want_inside = np.zeros_like(want, bool)
+    want[n - 1 - qr:n - 1 - qr + gh, n - 1 - qc:n - 1 - qc + gw] = row
+    want_inside[n - 1 - qr:n - 1 - qr + gh, n - 1 - qc:n - 1 - qc + gw] = True
+    np.testing.assert_allclose(samples.recentred[j], want, atol=1e-3)  # float16 samples
+    np.testing.assert_array_equal(inside[j], want_inside)
+    np.testing.assert_array_equal(x[j, ..., 1], want_inside)

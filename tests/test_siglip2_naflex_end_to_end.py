@@ -198,3 +198,32 @@ def test_aggregates_over_grids_equal_a_brute_force_per_image(naflex_run):
     np.testing.assert_allclose(samples.recentred[j], want, atol=1e-3)  # float16 samples
     np.testing.assert_array_equal(inside[j], want_inside)
     np.testing.assert_array_equal(x[j, ..., 1], want_inside)
+
+
+def test_partial_pruning_regions_are_made_on_each_batch_grid():
+  """The multipliers a NaFlex batch runs with: local / global by Chebyshev distance on the
+  batch's own grid, the default region its own central half, an explicit one clipped."""
+  from types import SimpleNamespace
+  from vit_jax_analytics.importance import driver
+  from vit_jax_analytics.model import ViTConfig
+  canvas = ViTConfig(image_size=(32, 32), patch_size=4, hidden_size=8, num_layers=1,
+                     num_heads=2, mlp_dim=8, num_classes=0, classifier='map', output='embedding',
+                     naflex_max_patches=32, posemb_grid=(4, 4))
+  plan = SimpleNamespace(keeps=np.zeros(1))
+  for region, want_rows, want_cols in ((None, (1, 3), (1, 6)), ((1, 2, 6, 8), (1, 4), (2, 7))):
+    options = importance.ImportanceOptions(partial_radii=(1, 5), partial_region=region)
+    batch = canvas.for_images((16, 28))                    # a 4 x 7 grid
+    keeps = driver.grid_keeps(canvas, plan, options)(batch)
+    names = [v.name for v in importance.partial_variants(canvas, (1, 5), region)]
+    assert keeps.shape == (len(names) + 1, 28, 28) and not keeps[-1].any()
+    r, c = np.divmod(np.arange(28), 7)
+    cheb = np.maximum(abs(r[:, None] - r[None]), abs(c[:, None] - c[None]))
+    np.testing.assert_array_equal(keeps[names.index('local_r1')], cheb > 1)
+    np.testing.assert_array_equal(keeps[names.index('global_r1')], cheb <= 1)
+    np.testing.assert_array_equal(keeps[names.index('local_r5')], cheb > 5)  # reaches past
+    inside = ((r >= want_rows[0]) & (r < want_rows[1]) & (c >= want_cols[0]) &
+              (c < want_cols[1]))
+    # the queries inside the region lose all their attention
+    np.testing.assert_array_equal(keeps[names.index('region_in')],
+                                  np.broadcast_to(~inside[:, None], (28, 28)))
+  assert driver.grid_keeps(canvas, plan, options)(canvas) is plan.keeps

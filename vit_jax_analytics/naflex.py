@@ -131,6 +131,16 @@ def canvas_config(config: ViTConfig, source) -> ViTConfig:
   return config.replace(image_size=(h * config.patch_size, w * config.patch_size))
 
 
+def largest_config(config: ViTConfig, source) -> ViTConfig:
+  """The config of `source`'s grid with the most patches (NaFlex; else `config`): what one
+  forward at most costs, for the memory check and the cost plan (the canvas bounds every
+  grid, and may hold more tokens than any image)."""
+  if not config.naflex or not isinstance(source, NaFlexSource) or not len(source.grids):
+    return config
+  h, w = source.grids[int(np.argmax(source.grids.prod(1)))]
+  return config.for_images((int(h) * config.patch_size, int(w) * config.patch_size))
+
+
 def folder_source(image_set: ImageSet, config: ViTConfig, mean, std):
   """The BatchSource of a folder for `config`: NaFlex grids, or every image at image_size."""
   if config.naflex:

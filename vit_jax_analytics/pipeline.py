@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 import vit_jax_analytics
-from vit_jax_analytics import checkpoints, cost, data, importance, patterns, storage, strength
+from vit_jax_analytics import (checkpoints, cost, data, importance, naflex, patterns, storage,
+                               strength)
 from vit_jax_analytics.batches import ArraySource
 from vit_jax_analytics.families import intercept, intercept_nnx
 from vit_jax_analytics.errors import NonFiniteError, OutputError, VitAnalyticsError
@@ -330,7 +331,9 @@ def importance_target(loaded: Loaded) -> str:
 
 
 def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options, step=0) -> list:
-  cost.check_forward_memory(loaded.config)  # a size no forward fits: refused before any work
+  # NaFlex: the costs of the grid with the most tokens (not the canvas, which bounds them)
+  sized = naflex.largest_config(loaded.config, loaded.source)
+  cost.check_forward_memory(sized)  # a size no forward fits: refused before any work
   heads = loaded.config.num_layers * loaded.config.num_heads
   if 'patterns' in options and options['patterns'].clusters > heads:
     # k-means makes at most one cluster a head: say so, and store what is used
@@ -343,16 +346,14 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options, ste
   n_images = len(loaded.source)
   if 'importance' in analyses and not options['importance'].classes_npz:
     print(f'note: {importance_target(loaded)}', file=sys.stderr, flush=True)
-  stages = cost.plan(loaded.config, n_images, analyses, options,
-                     _variants(loaded.config, options))
+  stages = cost.plan(sized, n_images, analyses, options, _variants(loaded.config, options))
   per_forward = None
   if run_options.time_forward:
     batch = min(max(o.batch_size for o in options.values()), max(n_images, 1))
     with cost.CompileClock() as forward_compile:  # cold or warm, it tells the plan which
-      per_forward, _ = cost.time_forward(loaded.params, loaded.config, batch)
+      per_forward, _ = cost.time_forward(loaded.params, sized, batch)
     cost.estimate(stages, per_forward, forward_compile)
-  print(cost.format_table(stages, loaded.config, n_images, per_forward), file=sys.stderr,
-        flush=True)
+  print(cost.format_table(stages, sized, n_images, per_forward), file=sys.stderr, flush=True)
   if run_options.dry_run:
     return []
   written, timings = [], {}
@@ -386,7 +387,7 @@ def _run_loaded(inputs, loaded, logdir, run, options, analyses, run_options, ste
     s.per_image = s.per_image if t.forward_eq is None else t.forward_eq
     s.images = s.images if t.images is None else t.images
     s.note = ''
-  print(cost.format_table(stages, loaded.config, n_images, title='done'), file=sys.stderr,
+  print(cost.format_table(stages, sized, n_images, title='done'), file=sys.stderr,
         flush=True)
   return written
 

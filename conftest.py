@@ -17,7 +17,8 @@ SLOW_KINDS = {
     'server': ('test_plugin_memory_bomb',),
     'multiprocess': ('test_multiprocess',),
     'crosslib': ('test_crosscheck_hf', 'test_crosscheck_siglip', 'test_families_hf',
-                 'test_families_onnx', 'test_families_timm'),
+                 'test_families_onnx', 'test_families_timm', 'test_crosscheck_siglip2',
+                 'test_siglip2_naflex_end_to_end'),
     'demo': ('test_demo_tour',),
 }
 

@@ -29,7 +29,6 @@ import math
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 
 from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.model import ViTConfig

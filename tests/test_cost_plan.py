@@ -105,3 +105,23 @@ def test_planned_stage2_counts_what_stage2_runs():
                                          variants)}
   assert stages['importance stage 2'].per_image == pytest.approx(
       cost.stage2_expected(TINY, o, variants))
+
+
+def test_the_plans_forward_is_kept_so_a_second_run_plans_warm():
+  """time_forward's program goes to the persistent cache however fast it compiles (the
+  cache keeps programs that took 0.5 s or more), so the next run finds it and its plan
+  uses the warm compile ratios."""
+  from tests.tiny import tiny_params
+  params = tiny_params()
+  threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1e3)  # keeps nothing else
+  try:
+    jax.clear_caches()
+    cost.time_forward(params, TINY, 5)
+    jax.clear_caches()  # what a new process has: only the persistent cache
+    with cost.CompileClock() as clock:
+      cost.time_forward(params, TINY, 5)
+    assert clock.cached, (clock.hits, clock.misses)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1e3  # restored
+  finally:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', threshold)

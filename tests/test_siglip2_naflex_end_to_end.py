@@ -227,3 +227,28 @@ def test_partial_pruning_regions_are_made_on_each_batch_grid():
     np.testing.assert_array_equal(keeps[names.index('region_in')],
                                   np.broadcast_to(~inside[:, None], (28, 28)))
   assert driver.grid_keeps(canvas, plan, options)(canvas) is plan.keeps
+
+
+def test_batches_resume_at_any_batch_and_subsets_count_their_own_positions(naflex_run):
+  """Batch k of a resumed stream is batch k of the whole one (grid by grid, each batch one
+  grid, every image once); a subset's Batch.index is the position in the subset."""
+  from vit_jax_analytics.batches import subset_source
+  root, path = naflex_run
+  source = pipeline.Inputs(path, root / 'images').load().source
+  for b in (1, 2, 3):
+    whole = list(source.batches(b, progress=False))
+    seen = np.concatenate([x.index[x.valid] for x in whole])
+    assert sorted(seen.tolist()) == list(range(len(source)))
+    for x in whole:  # one grid a batch, the grid of its images
+      assert {tuple(source.grids[i]) for i in x.index[x.valid]} == {
+          (x.images.shape[1] // PATCH, x.images.shape[2] // PATCH)}
+    for k in range(len(whole)):
+      for got, want in zip(source.batches(b, k, progress=False), whole[k:], strict=True):
+        np.testing.assert_array_equal(got.index, want.index)
+        np.testing.assert_array_equal(got.images, want.images)
+  picked = np.array([1, 4, 6])
+  subset = subset_source(source, picked)
+  for x in subset.batches(2, progress=False):
+    for pos in x.index[x.valid]:
+      assert tuple(subset.parent.grids[picked[pos]]) == (x.images.shape[1] // PATCH,
+                                                         x.images.shape[2] // PATCH)

@@ -171,7 +171,7 @@ class MAPHead(nn.Module):
             probe, head_mask_row, attention_edit, c.num_layers, inputs_kv=x)
     self.sow('intermediates', 'pool_attention', weights)
     z = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_0')(y)
-    y = y + MlpBlock(c.mlp_dim, c.mlp_activation, name='MlpBlock_0')(z)
+    y = y + MlpBlock(c.mlp_dim, c.map_activation or c.mlp_activation, name='MlpBlock_0')(z)
     return y[:, 0]
 
 

@@ -158,7 +158,8 @@ def _from_nnx(flat_shapes: dict, read, prefix, path, config, image_size, gelu_ap
     cfg = cfg.replace(gelu_approximate=gelu_approximate, activation=None)
   params, cfg = params_from_flat(mapped.flat, path, cfg,
                                  image_size if cfg.position_embedding else None)
-  return params, cfg, {**mapped.source, 'params_at': prefix.rstrip('/') or '/'}
+  return params, cfg, {**mapped.source, 'params_at': prefix.rstrip('/') or '/',
+                       'ignored': dry.source['ignored']}
 
 
 def _orbax_error(path, e) -> CheckpointError:

@@ -1,11 +1,13 @@
 """Checkpoints as JAX training pipelines write them: an orbax PyTree checkpoint (orbax's
 `StandardCheckpointer` / `PyTreeCheckpointer`, or one step of a `CheckpointManager`) or a Flax
 msgpack file (`flax.training.checkpoints`, `flax.serialization.to_bytes`), whose params tree
-is in the vit_jax or big_vision layout anywhere in the saved tree: at the top, under
-'params', or inside a train state ({'params': ..., 'opt_state': ..., 'step': ...}). The
-config is inferred from the shapes, as for `.npz`; only the params subtree is read.
+is in the vit_jax or big_vision layout, or an NNX model's state (families/nnx_state.py),
+anywhere in the saved tree: at the top, under 'params', or inside a train state
+({'params': ..., 'opt_state': ..., 'step': ...}). The config is inferred from the shapes, as
+for `.npz`; only the params subtree is read (of an NNX state, only the arrays mapped).
 
-Where the params are is found by their patch embedding (`.../embedding/kernel`); copies of
+Where the params are is found by their patch embedding (`.../embedding/kernel`, an NNX
+state's `.../encoder/patch_embeddings/kernel[/value]`); copies of
 the params tree inside an optimizer's state (optax's `mu`, `nu`, ...) are not candidates.
 Several candidates left (e.g. 'params' and 'ema_params') are refused, naming them: pick one
 with `PATH:SUBTREE`, as for one tower of an `.npz`.

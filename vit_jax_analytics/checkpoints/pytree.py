@@ -138,6 +138,19 @@ def _describe(fmt: str, prefix: str, flat_keys, path, extra=()) -> dict:
           'ignored': tops, **dict(extra)}
 
 
+def _from_flat(flat_shapes: dict, read, prefix, path, config, image_size, gelu_approximate,
+               pooling):
+  """Dry run on the shapes, then the params read by `read()` ({key: array} under prefix)."""
+  overrides = _config_overrides(prefix, config, pooling)
+  chosen = {k: v for k, v in flat_shapes.items() if k.startswith(prefix)}
+  _check_budget(path, list(chosen.values()))
+  _params_from_file_layout({k[len(prefix):]: _shape_only(v.shape) for k, v in chosen.items()},
+                           path, config, image_size, gelu_approximate, **overrides)
+  flat = {k[len(prefix):]: to_float32(k, v, path) for k, v in read().items()}
+  return _params_from_file_layout(flat, path, config, image_size, gelu_approximate,
+                                  **overrides)
+
+
 def is_nnx(flat_keys, prefix: str) -> bool:
   """Whether the params at `prefix` are an NNX model's state (families/nnx_state.py)."""
   return any(nnx_state.prefix_of(k) == '' for k in (k[len(prefix):] for k in flat_keys

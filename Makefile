@@ -57,7 +57,7 @@ demo:
 demo-analysis: $(VENV)/.installed
 	@if $(BIN)/pip install -q --retries 1 --timeout 20 -e '.[demo]' >/dev/null 2>&1 \
 	   && $(BIN)/pip install -q --no-deps --retries 1 --timeout 20 $(DEMO_PACKAGES) >/dev/null 2>&1; then \
-	  $(BIN)/vit-analytics photo-demo --logdir $(DEMO_LOGDIR) || exit $$?; \
+	  VIT_ANALYTICS_PORT=$(PORT) $(BIN)/vit-analytics photo-demo --logdir $(DEMO_LOGDIR) || exit $$?; \
 	else \
 	  echo "$(DEMO_PACKAGES) could not be installed: analysing the bundled MNIST ViT instead"; \
 	  $(MAKE) --no-print-directory demo-mnist-analysis || exit $$?; \
@@ -67,7 +67,7 @@ demo-analysis: $(VENV)/.installed
 # starts TensorBoard on it.
 demo-mnist-analysis: $(VENV)/.installed
 	$(BIN)/vit-analytics evaluate --checkpoint checkpoints/demo_vit --images checkpoints/demo_images
-	$(BIN)/vit-analytics analyze --checkpoint checkpoints/demo_vit --images checkpoints/demo_images \
+	VIT_ANALYTICS_PORT=$(PORT) $(BIN)/vit-analytics analyze --checkpoint checkpoints/demo_vit --images checkpoints/demo_images \
 	  --logdir $(DEMO_LOGDIR) --run demo --per-image
 
 demo-mnist:

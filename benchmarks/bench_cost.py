@@ -80,7 +80,7 @@ def stage_functions(params, config, images, labels, options):
   }
 
 
-def xla_pieces(params, config, images, labels, plan, variants, renormalize):
+def xla_pieces(params, config, images, labels, plan, renormalize):
   """Forward-eqs per image of stages 1 and 2 from XLA's cost analysis.
 
   XLA's cost analysis counts a loop body once, whatever its trip count, and the stages run
@@ -130,7 +130,8 @@ def xla_pieces(params, config, images, labels, plan, variants, renormalize):
     edit = cf(lambda w, v, k: jnp.einsum('bqk,bke->bqe', w - partial.edit_attention(
         w, k, renormalize), v), jnp.zeros((b, config.num_tokens, config.num_tokens)),
         jnp.zeros((b, config.num_tokens, config.hidden_size // H)), keep)
-    stage2 += head + variants * (edit + share + suffix_after[l])
+    # each variant's keep and the whole head's (plan.keeps' last row)
+    stage2 += head + len(plan.keeps) * (edit + share + suffix_after[l])
   return stage1 / fwd, stage2 / fwd, fwd
 
 
@@ -174,7 +175,7 @@ def main():
     print(f'  {"stage":<28} {"XLA fwd-eq/img":>14} {"analytic":>9}' +
           (f' {"time fwd-eq":>11} {"steady s":>9} {"first s":>8}' if do_time else ''))
     t_fwd = None
-    s1, s2, _ = xla_pieces(params, config, images, labels, plan, variants, options.renormalize)
+    s1, s2, _ = xla_pieces(params, config, images, labels, plan, options.renormalize)
     for stage, (fn, fargs) in fns.items():
       # A wrapper over several jitted calls (the old per-batch kernels) has no one program.
       flops = cost.xla_flops(fn, *fargs) if hasattr(fn, 'lower') else float('nan')

@@ -9,8 +9,8 @@ layers, masks and heads (one compiled suffix graph), and XLA counts a loop body 
 whatever its trip count, so their figures come from cost.py's model of the same graphs
 (`cost.stage1`, `cost.stage2`: exact for the matmuls, checked against XLA piece by piece
 by benchmarks/bench_cost.py) times XLA's count of one forward. Stage 2 is planned as the
-run's planner does: every curve mask from layer 0 (an upper bound) and the partially pruned
-heads in the middle layer.
+run's planner does (`cost.stage2_expected`): the curve masks' first layers as under random
+orders, the partially pruned heads in the middle layer.
 
 The full analysis of N images per image: stage 1 and strength on every image, stage 2 on
 the subset (--subset-images, default 20) and pattern sampling on --pattern-images (default
@@ -54,12 +54,9 @@ def per_image(name: str, b: int = 8) -> dict:
   fwd = out['forward'] / b
   opts = importance.ImportanceOptions()
   variants = importance.partial_variants(config, opts.partial_radii, opts.partial_region)
-  heads = min(opts.partial_heads or config.num_layers * config.num_heads,
-              config.num_layers * config.num_heads)
-  mid = (config.num_layers - 1) / 2
   out['importance stage 1 (Taylor + ablation scan)'] = cost.stage1(config) * fwd * b
-  out['importance stage 2 (per subset image)'] = cost.stage2(
-      config, [0] * opts.curve_masks(config), [mid] * heads, len(variants)) * fwd * b
+  out['importance stage 2 (per subset image)'] = cost.stage2_expected(
+      config, opts, len(variants)) * fwd * b
   out['patterns (sampling forward)'] = flops(jax.jit(
       lambda p, x: model_lib.apply(p, config, x, return_attention=True)).lower(params, images))
   return {k: v / b for k, v in out.items()}

@@ -137,3 +137,13 @@ def test_out_of_range_values_are_one_line_errors_before_any_work(tmp_path, capsy
   assert err.startswith('error: ') and err.strip().count('\n') == 0, err
   assert flag in err and 'Traceback' not in err
   assert not list((tmp_path / 'logs').rglob('events.out.tfevents*'))
+
+
+def test_view_hint_names_the_port_make_serves_on(monkeypatch, capsys):
+  monkeypatch.setenv('VIT_ANALYTICS_PORT', '6123')
+  cli.print_view_hint('logs')
+  out = capsys.readouterr().out
+  assert '--port 6123' in out and 'localhost:6123/#' in out and '6006' not in out
+  monkeypatch.delenv('VIT_ANALYTICS_PORT')
+  cli.print_view_hint('logs')
+  assert 'localhost:6006/#' in capsys.readouterr().out

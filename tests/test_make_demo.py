@@ -23,7 +23,9 @@ def _fake_venv(tmp_path, pip_rc: int, analytics_rc: int = 0) -> Path:
   for name, rc in (('pip', pip_rc), ('vit-analytics', analytics_rc), ('tensorboard', 0),
                    ('python', 0)):
     script = venv / 'bin' / name
-    script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexit {rc}\n')
+    # the port the analysis's "view with" line names, as make passes it
+    port_log = f'echo "$VIT_ANALYTICS_PORT" >> {tmp_path / "port.log"}\n' if name == 'vit-analytics' else ''
+    script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n{port_log}exit {rc}\n')
     script.chmod(0o755)
   (venv / '.installed').touch()   # newer than pyproject.toml: nothing to install
   os.utime(venv / '.installed', (2 ** 31 - 1, 2 ** 31 - 1))
@@ -48,9 +50,10 @@ needs_make = pytest.mark.skipif(shutil.which('make') is None, reason='make not i
 
 @needs_make
 def test_photo_demo_when_the_packages_install(tmp_path):
-  venv = _fake_venv(tmp_path, pip_rc=0)
-  r = _make_demo(tmp_path, venv)
+  venv, port = _fake_venv(tmp_path, pip_rc=0), _free_port()
+  r = _make_demo(tmp_path, venv, port)
   assert r.returncode == 0, r.stderr
+  assert (tmp_path / 'port.log').read_text().split() == [str(port)]
   calls = (tmp_path / 'calls.log').read_text().splitlines()
   # The photo demo reads an ONNX file: the package's `demo` extra brings the reader.
   assert calls[0].startswith('pip install') and calls[0].endswith("-e .[demo]")

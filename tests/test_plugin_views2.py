@@ -558,6 +558,15 @@ def test_13_the_selected_heads_density_is_a_heat_over_the_map_samples_on_hover_c
   page.head(int(l), int(h))
   heat = page.one('#pattern-density')
   page.wait.until(lambda d: (heat.get_attribute('data-layer'), heat.get_attribute('data-head')) == (str(l), str(h)))
+  # Before any hover, the samples panel shows the selected head's most common pattern.
+  mine = (index[:, 1] == l) & (index[:, 2] == h)
+  counts = np.zeros((g, g), int)
+  np.add.at(counts, (cells[mine, 0], cells[mine, 1]), 1)
+  common = np.unravel_index(np.argmax(counts), counts.shape)  # first of equals, as the page
+  page.wait.until(lambda d: page.all('#sample-gallery .sample'))
+  panel = page.one('#cell-panel')
+  assert (panel.get_attribute('data-row'), panel.get_attribute('data-col')) == tuple(map(str, common))
+  assert 'most common' in panel.text
   # One pixel a cell, its opacity the square root of the head's share there over its peak.
   alpha = np.array(page.js("""
     const c = document.getElementById('pattern-density');

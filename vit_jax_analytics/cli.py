@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,10 +33,12 @@ class _Parser(argparse.ArgumentParser):
 def print_view_hint(logdir):
   """How to look at what was written: TensorBoard's page, or the plugin's page alone
   (TensorBoard's own entry document for the plugin, which shows the first view sooner:
-  TensorBoard's page loads its own frontend before any plugin starts)."""
-  print(f'view with: tensorboard --logdir {logdir}, then open '
-        f'http://localhost:6006/#{PLUGIN_NAME}, or the plugin alone: '
-        f'http://localhost:6006/data/plugin_entry.html?name={PLUGIN_NAME}')
+  TensorBoard's page loads its own frontend before any plugin starts). The port is
+  TensorBoard's default, or $VIT_ANALYTICS_PORT (`make demo PORT=...` sets it)."""
+  port = os.environ.get('VIT_ANALYTICS_PORT', '6006')
+  print(f'view with: tensorboard --logdir {logdir} --port {port}, then open '
+        f'http://localhost:{port}/#{PLUGIN_NAME}, or the plugin alone: '
+        f'http://localhost:{port}/data/plugin_entry.html?name={PLUGIN_NAME}')
 
 
 # --- commands --------------------------------------------------------------------------------

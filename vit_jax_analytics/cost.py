@@ -25,10 +25,10 @@ The ablation limit is 1 + sum over heads of the part of a forward the scan must 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 
 from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.model import ViTConfig
@@ -101,21 +101,48 @@ def stage1(config: ViTConfig, probes: int = 1) -> float:
 def taylor_probes(config: ViTConfig, options) -> int:
   """Runs of each image in the Taylor pass: the probes of the embedding objective (a model
   without a classifier and no class matrix), else 1."""
-  embedding = not config.has_classifier and not options.classes_npz
-  return options.taylor_probes if embedding else 1
+  return options.taylor_probes if options.embedding_objective(config) else 1
 
 
 def stage2(config: ViTConfig, first_layers: Sequence[int], partial_layers: Sequence[float],
            variants: int) -> float:
   """Importance stage 2 per subset image: one forward, curve masks from their first masked
   layers, partial pruning of heads in `partial_layers` (may be fractional: an expectation)
-  with `variants` each."""
+  with `variants` each and the whole head once more (measured on the same images)."""
   f = flops(config)
   total = f.forward + sum(f.suffix_from(l) for l in first_layers)
   for l in partial_layers:
     rest = f.mlp + (f.num_layers - l - 1) * f.layer + f.head
-    total += f.one_head_attention + variants * rest
+    total += f.one_head_attention + (variants + 1) * rest
   return total / f.forward
+
+
+def expected_curve_suffixes(config: ViTConfig, counts: Sequence[int], orders: int) -> float:
+  """FLOPs per image of the curve masks of `orders` orders at each of `counts` heads
+  removed, each run from its first masked layer, expected under uniformly random orders:
+  k of the n = L*H heads removed leave layers 0..l-1 whole with probability
+  C((L-l)H, k) / C(n, k). The all-removed mask runs once (the orders share it)."""
+  f = flops(config)
+  big_l, h, n = f.num_layers, f.num_heads, f.num_layers * f.num_heads
+  total = 0.
+  for k in counts:
+    if 0 < k < n:
+      whole_before = [math.comb((big_l - l) * h, k) / math.comb(n, k) for l in range(big_l + 1)]
+      total += orders * sum((whole_before[l] - whole_before[l + 1]) * f.suffix_from(l)
+                            for l in range(big_l))
+  return total + (f.suffix_from(0) if n in counts else 0.)
+
+
+def stage2_expected(config: ViTConfig, options, variants: int) -> float:
+  """Importance stage 2 per subset image before stage 1 has ranked the heads: the curve
+  masks' first layers as under random orders, the partially pruned heads in the middle
+  layer (where the most important heads sit depends on the model: the first layer of a
+  random-weight ViT, the last ones of DINOv2)."""
+  f = flops(config)
+  counts = options.curve_counts(config)
+  curves = expected_curve_suffixes(config, counts, options.curve_orders(config))
+  heads = min(options.partial_heads or f.num_layers * f.num_heads, f.num_layers * f.num_heads)
+  return stage2(config, [], [(f.num_layers - 1) / 2] * heads, variants) + curves / f.forward
 
 
 @dataclasses.dataclass
@@ -138,8 +165,7 @@ class StageCost:
 def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dict,
          variants: int) -> list:
   """The planned stages of `analyses` on n_images. Stage 2's masks and heads depend on
-  stage 1's scores: planned with every curve mask from layer 0 (an upper bound) and the
-  partially pruned heads in the middle layer (an expectation)."""
+  stage 1's scores: planned as their expectation (`stage2_expected`)."""
   stages = []
   if 'importance' in analyses:
     o = options['importance']
@@ -147,13 +173,12 @@ def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dic
                             stage1(config, taylor_probes(config, o)),
                             'Taylor + ablation scan, one shared forward'))
     s = o.subset_size(n_images)
-    masks = o.curve_masks(config)
     heads = min(o.partial_heads or config.num_layers * config.num_heads,
                 config.num_layers * config.num_heads)
-    mid = (config.num_layers - 1) / 2
     stages.append(StageCost(
-        'importance stage 2', s, stage2(config, [0] * masks, [mid] * heads, variants),
-        f'{s} images: <= {masks} curve masks, {heads} heads x {variants} partial variants'))
+        'importance stage 2', s, stage2_expected(config, o, variants),
+        f'{s} images: {o.curve_masks(config)} curve masks, {heads} heads x {variants} '
+        f'partial variants + the whole head'))
   if 'strength' in analyses:
     o = options['strength']
     maps = o.stored_maps(config, n_images) if hasattr(o, 'stored_maps') else 0
@@ -272,9 +297,16 @@ def time_forward(params, config: ViTConfig, batch_size: int, repeats: int = 2) -
   from vit_jax_analytics import model as model_lib
   images = jnp.zeros((batch_size, *config.image_hw, 3), jnp.float32)
   fn = jax.jit(lambda p, x: model_lib.apply(p, config, x))
-  t0 = time.perf_counter()
-  compiled = fn.lower(params, images).compile()
-  compile_s = time.perf_counter() - t0
+  # Kept in the persistent cache however fast it compiles: a second run of the model finds
+  # it there, and its plan knows that run is warm (estimate).
+  threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  try:
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, images).compile()
+    compile_s = time.perf_counter() - t0
+  finally:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', threshold)
   compiled(params, images).block_until_ready()
   best = float('inf')
   for _ in range(repeats):
@@ -375,7 +407,9 @@ def format_table(stages: Sequence[StageCost], config: ViTConfig, n_images: int,
     if s.seconds is not None:
       line += f'  {s.seconds:7.1f} s'
       if s.compile_seconds is not None:
-        line += f' (of which compiling {s.compile_seconds:.1f} s)'
+        planned = ('' if s.planned_compile is None
+                   else f', planned {s.planned_compile:.1f} s')
+        line += f' (of which compiling {s.compile_seconds:.1f} s{planned})'
       if s.planned_seconds:
         line += (f'  planned ~{s.planned_seconds:.1f} s '
                  f'({(s.planned_seconds - s.seconds) / max(s.seconds, 1e-9):+.0%})')

@@ -346,7 +346,10 @@ function sampleScatter(box, cellBox, pt) {
 // jump.
 async function drawCell(box, pt, preview = null) {
   pt.preview = preview;
-  const shown = preview || state.cell;
+  // Nothing hovered or picked: the selected head's most common pattern, so that the panel
+  // shows real samples from the start.
+  const headsOwn = !preview && !state.cell;
+  const shown = preview || state.cell || headsCommonCell(pt);
   if (!shown) {
     box.replaceChildren(el('h3', {}, 'Samples of a pattern'),
         el('p', {class: 'help', id: 'cell-heads'}, 'Hover over a pattern to see its real samples and the heads that produce it; a click keeps them.'));
@@ -370,7 +373,7 @@ async function drawCell(box, pt, preview = null) {
       : el('span', {class: 'help', id: 'cell-empty'}, 'No sample falls in this cell: the decoded pattern is the decoder\'s extrapolation, shown by no head.'));
   const gallery = el('div', {class: 'sample-gallery', id: 'sample-gallery'});
   box.replaceChildren(el('h3', {}, `Pattern (${r}, ${k}): ${members.length} sample${members.length === 1 ? '' : 's'}` +
-                             (preview ? ' (hovered)' : '')),
+                             (preview ? ' (hovered)' : headsOwn ? ` (${headName(state.layer, state.head)}'s most common; hover another)` : '')),
                       chips, imagesButton(pt, members), gallery);
   box.dataset.row = r; box.dataset.col = k;
   if (!members.length || !(`patterns/sample_plain` in pt.info.tags)) return;
@@ -391,7 +394,7 @@ async function drawCell(box, pt, preview = null) {
     if (!pt.sampleMaps.has(s)) pt.sampleMaps.set(s, array('patterns/sample_plain', {index: s}));
     return pt.sampleMaps.get(s);
   }));
-  const now = pt.preview || state.cell;
+  const now = pt.preview || state.cell || headsCommonCell(pt);
   if (!now || now[0] !== r || now[1] !== k) return;
   const names = pt.meta.image_names || [];
   const stored = use('storedImages') || [];
@@ -414,6 +417,18 @@ async function drawCell(box, pt, preview = null) {
         el('div', {class: 'caption'}, `${headName(l, h)} · ${names[image] ?? `image ${image}`}`),
         el('div', {class: 'caption'}, `query (${qr}, ${qc}) · peak ${fmt(Math.max(...m.flat()))}×`)));
   });
+}
+
+// [row, col] of the map cell holding most of the selected head's samples, or null.
+function headsCommonCell(pt) {
+  let best = null, most = 0;
+  for (let r = 0; r < pt.g; r++) {
+    for (let k = 0; k < pt.g; k++) {
+      const c = pt.headCount.get(`${state.layer},${state.head},${r},${k}`) || 0;
+      if (c > most) { most = c; best = [r, k]; }
+    }
+  }
+  return best;
 }
 
 // "Show these images": the images the cell's samples come from become the image filter (the

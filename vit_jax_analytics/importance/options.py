@@ -107,11 +107,24 @@ class ImportanceOptions:
     cap = self.subset_images or n_images
     return min(n_images, cap)
 
+  def embedding_objective(self, config: ViTConfig) -> bool:
+    """Whether importance is measured against the model's embedding: no classifier and no
+    class matrix (--classes-npz)."""
+    return not config.has_classifier and not self.classes_npz
+
+  def curve_orders(self, config: ViTConfig) -> int:
+    """Orders stage 2 prunes along: one per metric (under the embedding objective top-1
+    drops are all 0, so none by them) and the random ones."""
+    return len(ORDER_METRICS) - self.embedding_objective(config) + self.random_orders
+
+  def curve_counts(self, config: ViTConfig) -> list:
+    """Heads removed at each point of a pruning curve."""
+    return curve_counts(config, self.curve_points)
+
   def curve_masks(self, config: ViTConfig) -> int:
     """Pruning-curve masks stage 2 computes at most: every order's inner points, and the
     all-removed mask once (none removed is the unmasked model)."""
     n = config.num_layers * config.num_heads
-    counts = curve_counts(config, self.curve_points)
+    counts = self.curve_counts(config)
     inner = [c for c in counts if 0 < c < n]
-    orders = len(ORDER_METRICS) + self.random_orders
-    return orders * len(inner) + (1 if counts[-1] == n else 0)
+    return self.curve_orders(config) * len(inner) + (1 if counts[-1] == n else 0)

@@ -39,10 +39,14 @@ def own_forward(m, x, monkeypatch):
     jax.debug.callback(lambda w: captured.append(np.asarray(w)), w, ordered=True)
     return w
 
+  # The scan body is traced anew (a cached trace of it would not call the patched softmax),
+  # and not reused afterwards.
+  jax.clear_caches()
   with monkeypatch.context() as mp:
     mp.setattr(jt.jax.nn, 'softmax', capturing)
     out = np.asarray(jimm_models.call(m, x))
     jax.effects_barrier()
+  jax.clear_caches()
   return out, captured
 
 

@@ -9,7 +9,6 @@ from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights
 
 import jimm
-import jimm.common.vit as jimm_vit
 from jimm.common.sharding import NoSharding
 
 MESH = jax.make_mesh((1, 1), ('data', 'fsdp'))

@@ -1,4 +1,4 @@
-"""The recent ViT blocks (RoPE, q/k norms, SwiGLU, sub-LayerNorm, fc_norm) against their own
+"""The recent ViT blocks (RoPE, q/k norms, RMSNorm, SwiGLU, sub-LayerNorm, fc_norm) against their own
 libraries, in float64: timm's hub layout (EVA-02, ROPE-ViT axial and mixed, DINOv3, ViTs with
 q/k norms / fc_norm / SwiGLU) and transformers' DINOv3, written by the library into a tmp
 dir and loaded without torch.
@@ -47,6 +47,9 @@ TIMM = {
                                                          global_pool='avg')),
     'vit_swiglu_dinov2': ('vit_giant_patch14_dinov2', dict(img_size=28, patch_size=7,
                                                           num_classes=5, mlp_ratio=4)),
+    'vit_rms_qk_norm': ('vit_tiny_patch16_224', dict(img_size=28, patch_size=7, num_classes=5,
+                                                     qk_norm=True, norm_layer='rmsnorm',
+                                                     reg_tokens=1, init_values=0.5)),
     'rope_axial': ('vit_small_patch16_rope_224', dict(img_size=32, patch_size=8, num_classes=5)),
     'rope_mixed': ('vit_small_patch16_rope_mixed_224', dict(img_size=32, patch_size=8,
                                                             num_classes=5)),
@@ -56,6 +59,7 @@ TIMM = {
 }
 FAMILY = {'eva02_packed_swiglu': 'EVA-02 (timm)', 'eva02_sub_ln': 'EVA-02 (timm)',
           'vit_qk_norm_fc_norm': 'ViT (timm)', 'vit_swiglu_dinov2': 'ViT (timm)',
+          'vit_rms_qk_norm': 'ViT (timm)',
           'rope_axial': 'ROPE-ViT axial (timm)', 'rope_mixed': 'ROPE-ViT mixed (timm)',
           'dinov3_timm': 'DINOv3 (timm)', 'dinov3_timm_swiglu': 'DINOv3 (timm)'}
 HF = {'dinov3_hf': dict(),
@@ -283,14 +287,16 @@ def test_rope_tables_follow_the_sources_formulas():
 
 
 def _modern(rope):
-  """A random model using every new block, far from uniform attention, in float64."""
+  """A random model using every new block, far from uniform attention, in float64 (RMSNorms
+  with the 'mixed' RoPE)."""
   from vit_jax_analytics.model import ViTConfig
   config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_layers=3, num_heads=2,
                      mlp_dim=48, num_classes=5, classifier='gap', class_token=True,
                      num_registers=2, position_embedding=rope == 'centered', rope=rope,
                      rope_half=rope == 'centered', rope_temperature=100., qk_norm=True,
                      mlp_gated=True, mlp_norm=True, activation='silu', fc_norm=True,
-                     encoder_norm=False, rope_ref_grid=(8, 8) if rope == 'axial' else None)
+                     encoder_norm=False, rope_ref_grid=(8, 8) if rope == 'axial' else None,
+                     norm='rms' if rope == 'mixed' else 'layer')
   params = model_lib.init_params(config, jax.random.key(0))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: np.asarray(a) + rng.normal(0, 0.3, a.shape), params)
@@ -362,6 +368,7 @@ def test_info_names_family_position_and_token_layout(name, tmp_path, capsys):
   assert info['family'] == ('DINOv3 (Hugging Face)' if name in HF else FAMILY[name])
   rope = name.startswith(('eva02', 'rope', 'dinov3'))
   assert ('RoPE' in info['position']) == rope, info['position']
-  registers = {'dinov3_timm': 4, 'dinov3_timm_swiglu': 4, 'dinov3_hf_gated_registers': 2}
+  registers = {'dinov3_timm': 4, 'dinov3_timm_swiglu': 4, 'dinov3_hf_gated_registers': 2,
+               'vit_rms_qk_norm': 1}
   assert len(info['token_layout']['registers']) == registers.get(name, 0)
   assert info['token_layout']['cls'] == [0]

@@ -36,6 +36,16 @@ import numpy as np
 # The MLP's nonlinearity: tanh-approximated GELU (vit_jax, big_vision), exact GELU (timm, HF
 # ViT/DeiT/DINOv2), CLIP's quick GELU x * sigmoid(1.702 x), SiLU (SwiGLU's gate).
 ACTIVATIONS = ('gelu_tanh', 'gelu', 'quick_gelu', 'silu')
+# Every normalisation of the model: LayerNorm (scale and bias), or RMSNorm (scale only:
+# x / sqrt(mean(x^2) + eps) * scale; timm's `norm_layer='rmsnorm'`, AIMv2, InternViT-6B).
+NORMS = ('layer', 'rms')
+
+
+def norm(config, name=None, epsilon=None):
+  """The model's normalisation layer (config.norm) named `name`."""
+  eps = config.layer_norm_epsilon if epsilon is None else epsilon
+  kind = nn.RMSNorm if getattr(config, 'norm', 'layer') == 'rms' else nn.LayerNorm
+  return kind(epsilon=eps, name=name)
 ROPE_SCHEMES = ('axial', 'centered', 'mixed')
 
 
@@ -58,6 +68,7 @@ class MlpBlock(nn.Module):
   gated: bool = False
   norm: bool = False
   epsilon: float = 1e-6
+  rms: bool = False             # the sub-norm an RMSNorm
 
   @nn.compact
   def __call__(self, x):
@@ -68,14 +79,15 @@ class MlpBlock(nn.Module):
     else:
       y = act(nn.Dense(self.mlp_dim, name='Dense_0')(x))
     if self.norm:
-      y = nn.LayerNorm(epsilon=self.epsilon, name='norm')(y)
+      kind = nn.RMSNorm if self.rms else nn.LayerNorm
+      y = kind(epsilon=self.epsilon, name='norm')(y)
     return nn.Dense(x.shape[-1], name='Dense_1')(y)
 
 
 def mlp_for(config, name: str) -> MlpBlock:
   """The encoder block's MLP as `config` describes it."""
   return MlpBlock(config.mlp_dim, config.mlp_activation, config.mlp_gated, config.mlp_norm,
-                  config.layer_norm_epsilon, name=name)
+                  config.layer_norm_epsilon, config.norm == 'rms', name=name)
 
 
 # --- RoPE -------------------------------------------------------------------------------
@@ -155,11 +167,11 @@ def rope_qk(q, k, config, freqs=None, head: Optional[int] = None):
 
 def transform_qk(q, k, config, att_params: dict, head: Optional[int] = None):
   """Queries and keys [..., T, H', D/H] as the projections make them -> as the attention
-  of the block with parameters `att_params` sees them: its q/k LayerNorms (over each head's
+  of the block with parameters `att_params` sees them: its q/k norms (over each head's
   features; `query_norm`, `key_norm`) when config.qk_norm, then RoPE. The functional twin
   of model.MultiHeadDotProductAttention's own steps."""
   if config.qk_norm:
-    ln = nn.LayerNorm(epsilon=config.layer_norm_epsilon)
+    ln = norm(config)
     q = ln.apply({'params': att_params['query_norm']}, q)
     k = ln.apply({'params': att_params['key_norm']}, k)
   return rope_qk(q, k, config, att_params.get('rope_freqs'), head)

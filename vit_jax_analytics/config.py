@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from vit_jax_analytics.blocks import ACTIVATIONS, check_rope
+from vit_jax_analytics.blocks import ACTIVATIONS, NORMS, check_rope
 
 POOLINGS = ('token', 'gap', 'map', 'none', 'token_gap', 'token_dist')
 
@@ -19,7 +19,8 @@ POOLINGS = ('token', 'gap', 'map', 'none', 'token_gap', 'token_dist')
 # Fields added with the recent blocks (blocks.py); to_dict leaves them out at their defaults.
 RECENT_FIELDS = ('class_token', 'position_embedding', 'rope', 'rope_temperature', 'rope_half',
                  'rope_xy', 'rope_ref_grid', 'rope_offset', 'qk_norm', 'mlp_gated', 'mlp_norm',
-                 'encoder_norm', 'fc_norm', 'naflex_max_patches', 'posemb_grid')
+                 'encoder_norm', 'fc_norm', 'map_activation', 'norm', 'naflex_max_patches',
+                 'posemb_grid')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,8 @@ class ViTConfig:
   mlp_norm: bool = False               # sub-LayerNorm before the MLP's Dense_1 (EVA-02)
   encoder_norm: bool = True            # the LayerNorm after the last block
   fc_norm: bool = False                # a LayerNorm after the pooling (timm's fc_norm)
+  map_activation: Optional[str] = None  # the MAP head MLP's (None: as the blocks'; jimm's SigLIP)
+  norm: str = 'layer'                  # every norm a LayerNorm, or 'rms': RMSNorm (blocks.NORMS)
   # NaFlex (SigLIP 2): each image keeps its aspect ratio, resized so that its own h x w patch
   # grid has at most naflex_max_patches patches; the learned position embedding is stored at
   # posemb_grid and resized in the forward to the grid of the images it is given (Siglip2's
@@ -99,6 +102,11 @@ class ViTConfig:
     if self.activation is not None and self.activation not in ACTIVATIONS:
       raise ValueError(f'ViTConfig.activation: expected one of {ACTIVATIONS} or None, got '
                        f'{self.activation!r}')
+    if self.norm not in NORMS:
+      raise ValueError(f'ViTConfig.norm: expected one of {NORMS}, got {self.norm!r}')
+    if self.map_activation is not None and self.map_activation not in ACTIVATIONS:
+      raise ValueError(f'ViTConfig.map_activation: expected one of {ACTIVATIONS} or None, got '
+                       f'{self.map_activation!r}')
     if (self.distillation_token or self.classifier == 'token_dist') and not self.num_registers:
       raise ValueError('ViTConfig: a distillation token is the first register; expected '
                        'num_registers >= 1')

@@ -80,8 +80,7 @@ def one_head_attention(block_params, config: 'ViTConfig', block_input, h):
   'block_input'): the block's first LayerNorm, head h's projections alone (not the
   layer's), its q/k norms and RoPE (blocks.transform_qk), then dot_product_attention."""
   att = block_params['MultiHeadDotProductAttention_1']
-  y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply(
-      {'params': block_params['LayerNorm_0']}, block_input)
+  y = blocks.norm(config).apply({'params': block_params['LayerNorm_0']}, block_input)
 
   def proj(name):
     kernel, bias = att[name]['kernel'][:, h], att[name]['bias'][h]   # [D, D/H], [D/H]
@@ -113,8 +112,8 @@ class MultiHeadDotProductAttention(nn.Module):
     v = proj(name='value')(kv)
     c = self.config
     if c is not None and c.qk_norm:
-      q = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='query_norm')(q)
-      k = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='key_norm')(k)
+      q = blocks.norm(c, 'query_norm')(q)
+      k = blocks.norm(c, 'key_norm')(k)
     if c is not None and c.rope is not None:
       freqs = (self.param('rope_freqs', nn.initializers.normal(0.1),
                           (2, self.num_heads, head_dim // 2)) if c.rope == 'mixed' else None)
@@ -141,13 +140,13 @@ class Encoder1DBlock(nn.Module):
     weights = None
     self.sow('intermediates', 'block_input', x)
     if not skip_attention:
-      y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_0')(x)
+      y = blocks.norm(c, 'LayerNorm_0')(x)
       y, weights = MultiHeadDotProductAttention(
           c.num_heads, c, name='MultiHeadDotProductAttention_1')(y, head_mask_row,
                                                                  attention_edit, layer)
       x = x + y
       self.sow('intermediates', 'post_attention', x)
-    y = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_2')(x)
+    y = blocks.norm(c, 'LayerNorm_2')(x)
     y = mlp_for(c, 'MlpBlock_3')(y)
     return x + y, weights
 
@@ -170,8 +169,8 @@ class MAPHead(nn.Module):
         c.num_heads, name='MultiHeadDotProductAttention_0')(
             probe, head_mask_row, attention_edit, c.num_layers, inputs_kv=x)
     self.sow('intermediates', 'pool_attention', weights)
-    z = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='LayerNorm_0')(y)
-    y = y + MlpBlock(c.mlp_dim, c.mlp_activation, name='MlpBlock_0')(z)
+    z = blocks.norm(c, 'LayerNorm_0')(y)
+    y = y + MlpBlock(c.mlp_dim, c.map_activation or c.mlp_activation, name='MlpBlock_0')(z)
     return y[:, 0]
 
 
@@ -212,7 +211,7 @@ class Encoder(nn.Module):
         x = jnp.concatenate([x[:, :cls], jnp.tile(registers, (x.shape[0], 1, 1)), x[:, cls:]],
                             axis=1)
       if c.pre_norm:
-        x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='pre_norm')(x)
+        x = blocks.norm(c, 'pre_norm')(x)
     per_layer = []
     for i in range(first_layer, last_layer):
       mask_row = None
@@ -225,7 +224,7 @@ class Encoder(nn.Module):
         # Reduced here, per layer, so that [B, L, H, Q, K] never needs to exist at once.
         per_layer.append(attention_reduce(weights, i))
     if last_layer == c.num_layers and c.encoder_norm:
-      x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='encoder_norm')(x)
+      x = blocks.norm(c, 'encoder_norm')(x)
     stacked = (jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
                if per_layer else None)
     return x, stacked
@@ -295,7 +294,7 @@ class VisionTransformer(nn.Module):
         self.sow('intermediates', 'pool_input', x)
       x = pool(self, c, x, pool_mask, attention_edit)
       if c.fc_norm:
-        x = nn.LayerNorm(epsilon=c.layer_norm_epsilon, name='fc_norm')(x)
+        x = blocks.norm(c, 'fc_norm')(x)
       if c.representation_size is not None:
         x = jnp.tanh(nn.Dense(c.representation_size, name='pre_logits')(x))
       if c.num_classes:
@@ -328,7 +327,7 @@ def apply_pooling(params, config: ViTConfig, tokens, pool_mask=None, attention_e
   only the pooling (e.g. with pool heads masked)."""
   x = MAPHead(config).apply({'params': params['MAPHead_0']}, tokens, pool_mask, attention_edit)
   if config.fc_norm:
-    x = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply({'params': params['fc_norm']}, x)
+    x = blocks.norm(config).apply({'params': params['fc_norm']}, x)
   if config.representation_size is not None:
     x = jnp.tanh(x @ params['pre_logits']['kernel'] + params['pre_logits']['bias'])
   if config.num_classes:

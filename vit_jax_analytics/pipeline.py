@@ -187,12 +187,14 @@ def analyse_module(module, params, images, token_layout, labels=None,
 
 def analyse_nnx(model, images, token_layout, labels=None, analyses: Sequence[str] = ANALYSES,
                 output: str = 'logits', attention_filter=None, method=None, output_fn=None,
-                options: Optional[Mapping] = None, batch_size: int = 32) -> dict:
+                options: Optional[Mapping] = None, batch_size: int = 32,
+                attention=None) -> dict:
   """The analyses of a Flax NNX model (families/intercept_nnx.py); arguments as
-  analyse_module's, the parameters taken from the model itself. -> {'config', 'params' (its
-  state as a pure dict), 'ablation', and one result per analysis}."""
+  analyse_module's, the parameters taken from the model itself; `attention` a
+  DeclaredAttention where it is not nnx.MultiHeadAttention (families/nnx_declared.py).
+  -> {'config', 'params' (its state as a pure dict), 'ablation', and one result per analysis}."""
   params, config = intercept_nnx.nnx_config(model, images, token_layout, output,
-                                            attention_filter, method, output_fn)
+                                            attention_filter, method, output_fn, attention)
   return {'config': config, 'params': params, 'ablation': importance.ablation_strategy(config),
           **analyse_arrays(params, config, images, labels, analyses, options, batch_size)}
 

@@ -206,14 +206,13 @@ def queries_keys(params, config: ViTConfig, images):
 
 
 def _queries_keys(params, config: ViTConfig, intermediates):
-  import flax.linen as nn
   blocks = intermediates['Transformer']
   qs, ks = [], []
   for layer in range(config.num_layers):
     name = f'encoderblock_{layer}'
     x = blocks[name]['block_input'][0]
     p = params['Transformer'][name]
-    y = nn.LayerNorm(epsilon=config.layer_norm_epsilon).apply({'params': p['LayerNorm_0']}, x)
+    y = model_blocks.norm(config).apply({'params': p['LayerNorm_0']}, x)
     att = p['MultiHeadDotProductAttention_1']
     proj = lambda w: jnp.einsum('btd,dhe->bhte', y, w['kernel']) + w['bias'][None, :, None]
     q, k = proj(att['query']), proj(att['key'])

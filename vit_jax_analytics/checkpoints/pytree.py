@@ -1,11 +1,13 @@
 """Checkpoints as JAX training pipelines write them: an orbax PyTree checkpoint (orbax's
 `StandardCheckpointer` / `PyTreeCheckpointer`, or one step of a `CheckpointManager`) or a Flax
 msgpack file (`flax.training.checkpoints`, `flax.serialization.to_bytes`), whose params tree
-is in the vit_jax or big_vision layout anywhere in the saved tree: at the top, under
-'params', or inside a train state ({'params': ..., 'opt_state': ..., 'step': ...}). The
-config is inferred from the shapes, as for `.npz`; only the params subtree is read.
+is in the vit_jax or big_vision layout, or an NNX model's state (families/nnx_state.py),
+anywhere in the saved tree: at the top, under 'params', or inside a train state
+({'params': ..., 'opt_state': ..., 'step': ...}). The config is inferred from the shapes, as
+for `.npz`; only the params subtree is read (of an NNX state, only the arrays mapped).
 
-Where the params are is found by their patch embedding (`.../embedding/kernel`); copies of
+Where the params are is found by their patch embedding (`.../embedding/kernel`, an NNX
+state's `.../encoder/patch_embeddings/kernel[/value]`); copies of
 the params tree inside an optimizer's state (optax's `mu`, `nu`, ...) are not candidates.
 Several candidates left (e.g. 'params' and 'ema_params') are refused, naming them: pick one
 with `PATH:SUBTREE`, as for one tower of an `.npz`.
@@ -21,10 +23,12 @@ from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from vit_jax_analytics.checkpoints.infer import params_from_flat
 from vit_jax_analytics.checkpoints.layout import detect_layout
 from vit_jax_analytics.checkpoints.npz import (_check_budget, _params_from_file_layout,
                                                _shape_only, to_float32)
 from vit_jax_analytics.errors import CheckpointError
+from vit_jax_analytics.families import nnx_state
 from vit_jax_analytics.model import ViTConfig
 
 # Files an orbax PyTree checkpoint directory holds (one is enough to tell it).
@@ -100,13 +104,15 @@ def params_prefix(keys, path, subtree: Optional[str] = None) -> str:
     raise CheckpointError(f'{path}: no arrays under {outer!r}; expected a subtree of the '
                           f'checkpoint (top-level entries: {tops[:12]})')
   candidates = sorted({k[:-len(_PATCH)] for k in inner
-                       if k == _PATCH or k.endswith('/' + _PATCH)}, key=len)
+                       if k == _PATCH or k.endswith('/' + _PATCH)} |
+                      {p for k in inner if (p := nnx_state.prefix_of(k)) is not None}, key=len)
   params = [c for c in candidates if not OPTIMIZER_MARKS & set(c.split('/'))]
   if len(params) == 1:
     return outer + params[0]
   if not params:
-    raise CheckpointError(f'{path}: found no ViT params (no .../{_PATCH} outside optimizer '
-                          f'state); expected a vit_jax or big_vision params tree (top-level '
+    raise CheckpointError(f'{path}: found no ViT params (no .../{_PATCH} or '
+                          f'.../{nnx_state.MARK} outside optimizer state); expected a vit_jax '
+                          f'or big_vision params tree or an NNX model state (top-level '
                           f'entries: {tops[:12]})')
   names = [outer + c.rstrip('/') for c in params]
   raise CheckpointError(f'{path}: several params trees {names}; choose one as '
@@ -145,6 +151,32 @@ def _from_flat(flat_shapes: dict, read, prefix, path, config, image_size, gelu_a
                                   **overrides)
 
 
+def is_nnx(flat_keys, prefix: str) -> bool:
+  """Whether the params at `prefix` are an NNX model's state (families/nnx_state.py)."""
+  return any(nnx_state.prefix_of(k) == '' for k in (k[len(prefix):] for k in flat_keys
+                                                     if k.startswith(prefix)))
+
+
+def _from_nnx(flat_shapes: dict, read, prefix, path, config, image_size, gelu_approximate):
+  """(params, config, source) of an NNX state at `prefix`: the mapping dry-run on the
+  shapes, then only the arrays it uses read (not the RNG state)."""
+  names = {nnx_state.logical(k[len(prefix):]): k for k in flat_shapes if k.startswith(prefix)}
+  _check_budget(path, [flat_shapes[k] for k in names.values()])
+  dry = nnx_state.nnx_to_vit_jax({n: _shape_only(flat_shapes[k].shape)
+                                  for n, k in names.items()}, path, image_size)
+  wanted = {k for n, k in names.items() if n not in dry.source['ignored']}
+  arrays = read(wanted)
+  mapped = nnx_state.nnx_to_vit_jax({n: to_float32(n, arrays[k], path)
+                                     for n, k in names.items() if k in wanted}, path, image_size)
+  cfg = config or mapped.config
+  if gelu_approximate is not None and config is None:
+    cfg = cfg.replace(gelu_approximate=gelu_approximate, activation=None)
+  params, cfg = params_from_flat(mapped.flat, path, cfg,
+                                 image_size if cfg.position_embedding else None)
+  return params, cfg, {**mapped.source, 'params_at': prefix.rstrip('/') or '/',
+                       'ignored': dry.source['ignored']}
+
+
 def _orbax_error(path, e) -> CheckpointError:
   first = str(e).splitlines()[0] if str(e) else ''
   return CheckpointError(f'{path}: cannot read orbax checkpoint ({type(e).__name__}: '
@@ -179,9 +211,10 @@ def load_orbax_pytree(path, config: Optional[ViTConfig] = None, image_size=None,
   item = next((n for n in found if n and prefix.startswith(n + '/')), '')
   inner = prefix[len(item) + 1:] if item else prefix
 
-  def read():
+  def read(keys=None):
     # Only the params subtree: a train state's optimizer state is never read.
-    want = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    want = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)
+            and (keys is None or k in keys)}
     nested = {}
     for key in want:
       node = nested
@@ -198,12 +231,16 @@ def load_orbax_pytree(path, config: Optional[ViTConfig] = None, image_size=None,
     flat = _flatten(restored, item + '/' if item else '')
     return {k: np.asarray(v) for k, v in flat.items() if k.startswith(prefix)}
 
-  params, cfg = _from_flat(shapes, read, prefix, path, config, image_size, gelu_approximate,
-                           pooling)
   fmt = ('orbax PyTree (StandardCheckpointer / PyTreeCheckpointer)' if '' in found
          else 'orbax CheckpointManager step')
-  return params, cfg, _describe(fmt, prefix, list(shapes), path,
-                                {'items': [n for n in found if n]} if '' not in found else {})
+  extra = {'items': [n for n in found if n]} if '' not in found else {}
+  if is_nnx(shapes, prefix):
+    params, cfg, source = _from_nnx(shapes, read, prefix, path, config, image_size,
+                                    gelu_approximate)
+    return params, cfg, {**source, 'format': f"{source['format']}, {fmt}", **extra}
+  params, cfg = _from_flat(shapes, read, prefix, path, config, image_size, gelu_approximate,
+                           pooling)
+  return params, cfg, _describe(fmt, prefix, list(shapes), path, extra)
 
 
 def load_msgpack(path, config: Optional[ViTConfig] = None, image_size=None,
@@ -221,8 +258,13 @@ def load_msgpack(path, config: Optional[ViTConfig] = None, image_size=None,
   flat = {k: v for k, v in _flatten(tree).items() if isinstance(v, np.ndarray)}
   shapes = {k: _Leaf(v.shape, v.dtype) for k, v in flat.items()}
   prefix = params_prefix(list(flat), path, subtree)
-  params, cfg = _from_flat(shapes, lambda: {k: v for k, v in flat.items()
-                                            if k.startswith(prefix)},
+  read = lambda keys=None: {k: v for k, v in flat.items() if k.startswith(prefix)
+                            and (keys is None or k in keys)}
+  if is_nnx(flat, prefix):
+    params, cfg, source = _from_nnx(shapes, read, prefix, path, config, image_size,
+                                    gelu_approximate)
+    return params, cfg, {**source, 'format': f"{source['format']}, Flax msgpack"}
+  params, cfg = _from_flat(shapes, read,
                            prefix, path, config, image_size, gelu_approximate, pooling)
   return params, cfg, _describe('Flax msgpack (flax.serialization)', prefix, list(flat), path)
 

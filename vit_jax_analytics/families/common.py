@@ -71,8 +71,10 @@ def put_attention(out: dict, i: int, heads: int, q, k, v, o, in_out: bool = Fals
 
 
 def put_norm(out: dict, key: str, weight, bias) -> None:
+  """A LayerNorm's weight and bias; an RMSNorm's weight alone (bias None)."""
   out[f'{key}/scale'] = f32(weight)
-  out[f'{key}/bias'] = f32(bias)
+  if bias is not None:
+    out[f'{key}/bias'] = f32(bias)
 
 
 def fold_layer_scale(out: dict, i: int, ls1=None, ls2=None) -> None:

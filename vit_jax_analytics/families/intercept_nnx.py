@@ -20,14 +20,19 @@ variable. Layers are numbered in graph order (a stacked module's layers in stack
 analyses can cast, shard and map over it as over linen params. No prefix reuse: the
 ablation scan runs full forwards (see `importance.ablation_strategy`); results are equal.
 
-Not supported: autoregressive `decode`, cross-attention, attention computed outside
-`nnx.MultiHeadAttention.__call__` (e.g. jax-image-models' RoPE path, which calls the
-projections itself).
+Attention computed outside `nnx.MultiHeadAttention.__call__` (e.g. jax-image-models' RoPE
+path, which calls the projections itself) is intercepted where it is declared: a
+`DeclaredAttention` names the module class and method that compute it and a twin of that
+method that hands its queries, keys and values (RoPE applied) to `attend`, which returns the
+heads' context with the hooks applied (`nnx_declared.py`: jax-image-models' blocks).
+
+Not supported: autoregressive `decode`, cross-attention.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
 from typing import Callable, Optional
@@ -45,6 +50,24 @@ _ORIGINAL_CALL = nnx.MultiHeadAttention.__call__
 _CALLS = itertools.count()
 
 
+@dataclasses.dataclass(frozen=True)
+class DeclaredAttention:
+  """Where a model computes its attention, when not in nnx.MultiHeadAttention.__call__.
+
+  cls, method: the module class and its method that compute one layer's attention; while
+    the analyses run, the method is replaced by `compute` for the model's modules of `cls`.
+  compute(module, attend, *args, **kwargs): the method's twin; it calls
+    attend(q, k, v, mask=None) once, with q [B, Q, H, D/H] and k, v [B, K, H, D/H] as the
+    attention sees them, and uses the context [B, Q, H, D/H] it returns (head mask applied)
+    where the method uses its own.
+  stack(module): the number of layers a module holds stacked (nnx.scan), or None.
+  """
+  cls: type
+  compute: Callable
+  stack: Callable = lambda module: None
+  method: str = '__call__'
+
+
 def _hooked_call(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None, decode=None,
                  **kwargs):
   """nnx.MultiHeadAttention.__call__ with the hooks, for modules the active wrapper marked."""
@@ -58,18 +81,38 @@ def _hooked_call(self, inputs_q, inputs_k=None, inputs_v=None, *, mask=None, dec
   q, k, v = self.query(inputs_q), self.key(inputs_k), self.value(inputs_v)
   if self.normalize_qk:
     q, k = self.query_ln(q), self.key_ln(k)
-  return hooks(self, q, k, v, mask)
+  return self.out(hooks(self, q, k, v, mask))
+
+
+def _declared_call(declared: DeclaredAttention, original):
+  """The declared method, running `declared.compute` for the modules the wrapper marked."""
+  def call(self, *args, **kwargs):
+    hooks = getattr(_ACTIVE, 'hooks', None)
+    if hooks is None or not hasattr(self, 'vja_layer'):
+      return original(self, *args, **kwargs)
+    attend = lambda q, k, v, mask=None: hooks(self, q, k, v, mask)
+    return declared.compute(self, attend, *args, **kwargs)
+  return call
 
 
 @contextlib.contextmanager
-def _intercepting(hooks):
+def _intercepting(hooks, declared: Optional[DeclaredAttention] = None):
+  """hooks(module, q, k, v, mask) -> the heads' context [B, Q, H, D/H], while the block
+  runs: in nnx.MultiHeadAttention.__call__, or in the declared method."""
   _ACTIVE.hooks = hooks
-  nnx.MultiHeadAttention.__call__ = _hooked_call
+  if declared is None:
+    nnx.MultiHeadAttention.__call__ = _hooked_call
+  else:
+    original = getattr(declared.cls, declared.method)
+    setattr(declared.cls, declared.method, _declared_call(declared, original))
   try:
     yield
   finally:
     _ACTIVE.hooks = None
-    nnx.MultiHeadAttention.__call__ = _ORIGINAL_CALL
+    if declared is None:
+      nnx.MultiHeadAttention.__call__ = _ORIGINAL_CALL
+    else:
+      setattr(declared.cls, declared.method, original)
 
 
 def _aval_mesh(x):
@@ -90,17 +133,32 @@ def mark(modules) -> None:
     node.vja_call = call
 
 
-def attention_modules(model, attention_filter=None) -> list:
+def _weights_dtype(node, inputs):
+  """The dtype of a layer's attention weights: its compute dtype, else its inputs' and
+  parameters' (as flax promotes them)."""
+  dtype = getattr(node, 'dtype', None)
+  if dtype is not None:
+    return dtype
+  params = jax.tree.leaves(nnx.state(node, nnx.Param))
+  return jnp.result_type(inputs.dtype, *(a.dtype for a in params))
+
+
+def attention_modules(model, attention_filter=None,
+                      declared: Optional[DeclaredAttention] = None) -> list:
   """[(path, module, first layer, layer count)] of the attention layers, in graph order; a
   module whose projections carry a leading stack axis counts as that many layers."""
   found, layer = [], 0
   for path, node in nnx.iter_graph(model):
-    if isinstance(node, nnx.MultiHeadAttention) and (attention_filter is None or
-                                                      attention_filter(path, node)):
-      stacked = node.query.kernel[...].ndim == 4   # [L, D, H, D/H] under nnx.scan
-      count = node.query.kernel[...].shape[0] if stacked else 1
-      found.append((path, node, layer, count if stacked else None))
-      layer += count
+    wanted = (isinstance(node, declared.cls) if declared is not None
+              else isinstance(node, nnx.MultiHeadAttention))
+    if wanted and (attention_filter is None or attention_filter(path, node)):
+      if declared is not None:
+        count = declared.stack(node)
+      else:   # [L, D, H, D/H] under nnx.scan
+        kernel = node.query.kernel[...]
+        count = kernel.shape[0] if kernel.ndim == 4 else None
+      found.append((path, node, layer, count))
+      layer += count or 1
   return found
 
 
@@ -110,20 +168,25 @@ class NNXInterceptedModel:
   the module's state as a pure dict (`self.params`)."""
 
   def __init__(self, model, attention_filter=None, method: Optional[Callable] = None,
-               output_fn: Optional[Callable] = None):
+               output_fn: Optional[Callable] = None,
+               attention: Optional[DeclaredAttention] = None):
     self.graphdef, state, self._rest = nnx.split(model, nnx.Param, ...)
+    self.declared = attention     # None: nnx.MultiHeadAttention
     self.params = nnx.to_pure_dict(state)   # the parameters alone (no RNG state)
     self._state = state
     self.attention_filter = attention_filter
     self.method = method          # method(model, images) -> output; default model(images)
     self.output_fn = output_fn    # the model's output -> [B, C] or [B, D] (default: as is)
-    self.num_layers = sum(c or 1 for *_, c in attention_modules(model, attention_filter))
+    self.num_layers = sum(c or 1 for *_, c in self.modules(model))
     # The mesh the parameters are laid out on (jax-image-models annotates them for a
     # ('data', 'fsdp') mesh and reshards under it): the model runs under it.
     meshes = {getattr(getattr(a, 'sharding', None), 'mesh', None)
               for a in jax.tree.leaves(self.params)}
     meshes = [m for m in meshes if m is not None and getattr(m, 'axis_names', ())]
     self.mesh = meshes[0] if len(meshes) == 1 else None
+
+  def modules(self, model) -> list:
+    return attention_modules(model, self.attention_filter, self.declared)
 
   def call(self, model, inputs):
     """The model's own call (or `method`), under its parameters' mesh."""
@@ -157,7 +220,7 @@ class NNXInterceptedModel:
     attention_reduce = whole_forward_reduce(inputs, skip_first_attention, last_layer,
                                             return_attention, attention_reduce)
     model = self.module(params)
-    modules = attention_modules(model, self.attention_filter)
+    modules = self.modules(model)
     n = self.num_layers
     mark(modules)
 
@@ -183,20 +246,19 @@ class NNXInterceptedModel:
           node.vja_record.set_value(record)
         else:
           node.vja_record = nnx.Variable(record)
-      return node.out(heads)
+      return heads
 
     if attention_reduce is not None:
       # The recorded results need a stacked variable before a scan sees the module.
       b = inputs.shape[0]
       for _, node, start, count in modules:
         if count:
-          kernel = node.query.kernel[...]
-          dtype = node.dtype or jnp.result_type(inputs.dtype, kernel.dtype)
-          w = jax.ShapeDtypeStruct((b, node.num_heads, self._tokens, self._tokens), dtype)
+          w = jax.ShapeDtypeStruct((b, self._heads, self._tokens, self._tokens),
+                                   _weights_dtype(node, inputs))
           shapes = jax.eval_shape(lambda w, l=start: attention_reduce(w, l), w)
           node.vja_record = nnx.Variable(jax.tree.map(
               lambda s: jnp.zeros((count,) + s.shape, s.dtype), shapes))
-    with _intercepting(hooks):
+    with _intercepting(hooks, self.declared):
       out = self.call(model, inputs)
     if self.output_fn is not None:
       out = self.output_fn(out)
@@ -213,39 +275,43 @@ class NNXInterceptedModel:
 
 
 def nnx_config(model, images, token_layout, output: str = 'logits', attention_filter=None,
-               method=None, output_fn=None):
+               method=None, output_fn=None, attention: Optional[DeclaredAttention] = None):
   """Wraps `model` -> (params: its state as a pure dict, InterceptedConfig): the model's
-  attention layers, heads and tokens counted by tracing it once on `images[:1]`."""
-  wrapper = NNXInterceptedModel(model, attention_filter, method, output_fn)
+  attention layers, heads and tokens counted by tracing it once on `images[:1]`.
+  attention: where the attention is computed when not in nnx.MultiHeadAttention."""
+  wrapper = NNXInterceptedModel(model, attention_filter, method, output_fn, attention)
   if not wrapper.num_layers:
-    raise ValueError(f'{type(model).__name__}: no nnx.MultiHeadAttention was found; the '
-                     f'attention must be nnx.MultiHeadAttention (or pass attention_filter)')
+    where = (f'{attention.cls.__name__}.{attention.method}' if attention is not None
+             else 'nnx.MultiHeadAttention')
+    raise ValueError(f'{type(model).__name__}: no {where} was found; the attention must be '
+                     f'nnx.MultiHeadAttention or declared (attention=DeclaredAttention(...)); '
+                     f'check attention_filter')
   x = jnp.asarray(images[:1])
-  # The token count: traced without records, from the first layer's weights.
+  # Tokens, heads and width: traced once without records, from what the attention sees.
   seen = []
-  wrapper._tokens = 0
-  mod = wrapper.module(wrapper.params)
-  first = attention_modules(mod, attention_filter)[0][1]
-  heads, width = first.num_heads, first.out.kernel[...].shape[-1]
 
   def probe(p):
     m = wrapper.module(p)
-    mark(attention_modules(m, attention_filter))
+    mark(wrapper.modules(m))
 
     def hooks(node, q, k, v, mask):
-      seen.append((q.shape[-3], k.shape[-3]))
+      seen.append((q.shape[-3], k.shape[-3], q.shape[-2], q.shape[-1]))
       heads_, _ = model_lib.dot_product_attention(q, k, v, None, 0, mask)
-      return node.out(heads_)
+      return heads_
 
-    with _intercepting(hooks):
+    with _intercepting(hooks, attention):
       return wrapper.call(m, x)
 
   out = jax.eval_shape(probe, wrapper.params)
   out = wrapper.output_fn(out) if output_fn is not None else out
-  queries, tokens = seen[0]
+  if not seen:
+    raise ValueError(f'{type(model).__name__}: its forward never reached the attention '
+                     f'to intercept (check attention= and method=)')
+  queries, tokens, heads, head_dim = seen[0]
   if queries != tokens:
     raise ValueError('cross-attention (queries != keys) inside the encoder is not supported')
-  wrapper._tokens = tokens
+  wrapper._tokens, wrapper._heads = tokens, heads
+  width = heads * head_dim
   layout = layout_of(token_layout, tokens)
   gh, gw = layout['grid']
   h, w = images.shape[1:3]

@@ -63,7 +63,7 @@ def _attention(t, i, b, take, width, heads, path):
   if b + 'attn.q_norm.weight' in take.sd:
     for theirs, ours in (('q_norm', 'query_norm'), ('k_norm', 'key_norm')):
       common.put_norm(t, f'{block(i)}/{ATTN}/{ours}', take(f'{b}attn.{theirs}.weight'),
-                      take(f'{b}attn.{theirs}.bias'))
+                      take(f'{b}attn.{theirs}.bias', take.rms))
   if 'rope.freqs' in take.sd:  # [2, depth, heads, D/H / 2]: this layer's
     take.used.add('rope.freqs')
     t[f'{block(i)}/{ATTN}/rope_freqs'] = f32(take.sd['rope.freqs'])[:, i]
@@ -90,7 +90,7 @@ def _mlp(t, i, b, take) -> bool:
     else:
       common.put_linear(t, m + 'Dense_0', w, bias)
   if b + 'mlp.norm.weight' in take.sd:
-    common.put_norm(t, m + 'norm', take(b + 'mlp.norm.weight'), take(b + 'mlp.norm.bias'))
+    common.put_norm(t, m + 'norm', take(b + 'mlp.norm.weight'), take(b + 'mlp.norm.bias', take.rms))
   common.put_linear(t, m + 'Dense_1', take(b + 'mlp.fc2.weight'), take(b + 'mlp.fc2.bias', True))
   return gated
 
@@ -100,6 +100,7 @@ class _Taker:
 
   def __init__(self, sd, path):
     self.sd, self.path, self.used = sd, path, set()
+    self.rms = False   # RMSNorms (no biases): set by timm_to_vit_jax
 
   def __call__(self, k, optional=False):
     if k in self.sd:
@@ -118,6 +119,8 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
   'rope': {ViTConfig rope_* fields}}, from timm_hub.arch_settings); None: a bare state dict."""
   arch = arch or {}
   take = _Taker(sd, path)
+  # RMSNorm throughout (timm's norm_layer='rmsnorm'): norms with a weight and no bias.
+  take.rms = 'blocks.0.norm1.weight' in sd and 'blocks.0.norm1.bias' not in sd
   for bad, what in (('blocks.0.attn.norm.weight', 'attention-output norms (attn.norm)'),
                     ('blocks.0.attn.gate.weight', 'gated attention'),
                     ('attn_pool.latent', 'attention pooling (attn_pool)'),
@@ -154,8 +157,8 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
   gated = False
   for i in layers:
     b = f'blocks.{i}.'
-    common.put_norm(t, f'{block(i)}/LayerNorm_0', take(b + 'norm1.weight'), take(b + 'norm1.bias'))
-    common.put_norm(t, f'{block(i)}/LayerNorm_2', take(b + 'norm2.weight'), take(b + 'norm2.bias'))
+    common.put_norm(t, f'{block(i)}/LayerNorm_0', take(b + 'norm1.weight'), take(b + 'norm1.bias', take.rms))
+    common.put_norm(t, f'{block(i)}/LayerNorm_2', take(b + 'norm2.weight'), take(b + 'norm2.bias', take.rms))
     _attention(t, i, b, take, width, heads, path)
     gated = _mlp(t, i, b, take)
     common.fold_layer_scale(t, i, take(b + 'ls1.gamma', True) if b + 'ls1.gamma' in sd
@@ -164,13 +167,13 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
                             else take(b + 'gamma_2', True))
   pre_norm = 'norm_pre.weight' in sd
   if pre_norm:
-    common.put_norm(t, 'Transformer/pre_norm', take('norm_pre.weight'), take('norm_pre.bias'))
+    common.put_norm(t, 'Transformer/pre_norm', take('norm_pre.weight'), take('norm_pre.bias', take.rms))
   encoder_norm = 'norm.weight' in sd
   if encoder_norm:
-    common.put_norm(t, 'Transformer/encoder_norm', take('norm.weight'), take('norm.bias'))
+    common.put_norm(t, 'Transformer/encoder_norm', take('norm.weight'), take('norm.bias', take.rms))
   fc_norm = 'fc_norm.weight' in sd
   if fc_norm:
-    common.put_norm(t, 'fc_norm', take('fc_norm.weight'), take('fc_norm.bias'))
+    common.put_norm(t, 'fc_norm', take('fc_norm.weight'), take('fc_norm.bias', take.rms))
   if 'head.weight' in sd:
     common.put_linear(t, 'head', take('head.weight'), take('head.bias', True))
   size = image_size if image_size is not None else arch.get('image_size')
@@ -206,7 +209,8 @@ def timm_to_vit_jax(sd: dict, path='checkpoint', image_size=None, num_heads=None
         class_token=(cls is not None) if classifier != 'token' else None,
         position_embedding=pe is not None, qk_norm=f'{block(0)}/{ATTN}/query_norm/scale' in t,
         mlp_gated=gated, mlp_norm=f'{block(0)}/MlpBlock_3/norm/scale' in t,
-        encoder_norm=encoder_norm, fc_norm=fc_norm, **arch.get('rope', {}))
+        encoder_norm=encoder_norm, fc_norm=fc_norm, norm='rms' if take.rms else 'layer',
+        **arch.get('rope', {}))
   except ValueError as e:
     raise CheckpointError(f'{path}: {e}') from None
   if config.rope == 'mixed' and 'rope.freqs' not in sd:

@@ -30,7 +30,8 @@ def test_plan_counts_the_autoencoder_and_stored_maps():
   options = {'strength': strength.StrengthOptions(map_images=3),
              'patterns': patterns.PatternOptions(per_head=2)}
   stages = {s.name: s for s in cost.plan(TINY, 10, ('strength', 'patterns'), options, 0)}
-  assert stages['strength'].extra_forward_eq == 3 * cost.STORED_MAP_FORWARD_EQ
+  assert stages['strength'].extra_forward_eq == pytest.approx(
+      3 * cost.STORED_MAP_FLOPS_PER_BYTE * strength.map_bytes(TINY) / cost.flops(TINY).forward)
   samples = 10 * TINY.num_layers * TINY.num_heads * 2
   steps = cost.autoencoder_steps(samples, options['patterns'].ae)
   assert steps == autoencoder.training_steps(samples, options['patterns'].ae) * min(

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 from vit_jax_analytics.errors import OptionError
 from vit_jax_analytics.model import ViTConfig
+from vit_jax_analytics.strength import map_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +185,7 @@ def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dic
     maps = o.stored_maps(config, n_images) if hasattr(o, 'stored_maps') else 0
     stages.append(StageCost('strength', n_images, 1.,
                             f'statistics inside one forward + {maps} stored maps',
-                            extra_forward_eq=maps * STORED_MAP_FORWARD_EQ))
+                            extra_forward_eq=maps * stored_map_forward_eq(config)))
   if 'patterns' in analyses:
     o = options['patterns']
     n = min(n_images, o.max_images or n_images)
@@ -198,9 +199,16 @@ def plan(config: ViTConfig, n_images: int, analyses: Sequence[str], options: dic
   return stages
 
 
-# One stored image's attention maps, rollout and query/key embedding, in forward-eqs of
-# wall time (mostly host work on float16 [L, H, T, T] arrays): fitted on ViT-Ti/16.
-STORED_MAP_FORWARD_EQ = 8.
+# One stored image's attention maps, rollout and query/key embedding are mostly host work
+# on float16 [L, H, T, T] arrays: its wall time in forward FLOPs per byte of the maps
+# (strength.map_bytes). Fitted on ViT-Ti/16 (3.7 MB an image: 8.6 forward-eqs measured) and
+# the photo demo's ViT-S/14 (11.1 MB: 3.3) on a quiet 2-core CPU, cold and warm (docs/cost.md).
+STORED_MAP_FLOPS_PER_BYTE = 4500.
+
+
+def stored_map_forward_eq(config: ViTConfig) -> float:
+  """Wall time of storing one image's maps, in forward-eqs."""
+  return STORED_MAP_FLOPS_PER_BYTE * map_bytes(config) / flops(config).forward
 
 
 # Epochs the autoencoder is expected to train before its early stopping (at most its
@@ -370,10 +378,10 @@ class CompileClock:
 
 # A stage's compiling in units of the plan's forward program's (measured by time_forward):
 # cold (compiled) and warm (traced, lowered and loaded from the persistent cache). Fitted
-# on ViT-Ti/16 (16 images) and the photo demo's ViT-S/14 on a loaded 2-core CPU, cold and
-# warm (docs/cost.md).
-COMPILE_RATIOS = {'importance stage 1': (4.7, 3.), 'importance stage 2': (4., 1.2),
-                  'strength': (5.5, 2.), 'patterns': (9., 3.5)}
+# on ViT-Ti/16 (16 images) and the photo demo's ViT-S/14 on a quiet 2-core CPU, cold and
+# warm (docs/cost.md); under load they vary about 2x either way.
+COMPILE_RATIOS = {'importance stage 1': (3.4, 2.5), 'importance stage 2': (2., 1.2),
+                  'strength': (3.5, 2.2), 'patterns': (5.5, 4.2)}
 
 
 def estimate(stages: Sequence[StageCost], seconds_per_forward: float,

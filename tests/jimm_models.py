@@ -72,3 +72,33 @@ def call(m, x):
   """The module's own forward, under the mesh its parameters are annotated for."""
   with jax.set_mesh(MESH):
     return m(jnp.asarray(x))
+
+
+def own_ablation_and_taylor(m, out_kernel, x, labels, w=None):
+  """The module's own single-head ablation losses [L, H] (each head's rows of its output
+  projection `out_kernel(m)` [L, H, D/H, D] zeroed in the module) and Taylor scores [B, L, H]
+  (autograd of each image's loss on that kernel, times it), the loss being the cross-entropy
+  of `labels` on the output (or on `output @ w.T`, a class matrix)."""
+  kernel = out_kernel(m)
+  original = kernel[...]
+  graphdef, state, rest = nnx.split(m, nnx.Param, ...)
+
+  def losses(state, images):
+    out = nnx.merge(graphdef, state, jax.tree.map(lambda a: a, rest))(images)
+    logits = out if w is None else out @ w.T
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1)[:, 0]
+
+  n_layers, n_heads = original.shape[:2]
+  ablation = np.zeros((n_layers, n_heads, len(labels)))
+  for layer in range(n_layers):
+    for head in range(n_heads):
+      kernel[...] = original.at[layer, head].set(0.)
+      ablation[layer, head] = np.asarray(losses(nnx.split(m, nnx.Param, ...)[1], x))
+  kernel[...] = original
+  taylor = np.zeros((len(labels), n_layers, n_heads))
+  for i in range(len(labels)):
+    with jax.set_mesh(MESH):  # the module's own sharding annotations need their mesh here
+      g = jax.grad(lambda s: losses(s, x)[i])(state)
+    gk = out_kernel(nnx.merge(graphdef, g, jax.tree.map(lambda a: a, rest)))[...]
+    taylor[i] = np.abs(np.sum(gk * original, axis=(-2, -1)))
+  return ablation, taylor

@@ -14,7 +14,6 @@ pytest.importorskip('jimm', reason='test extra: pip install -e .[test] (jax-imag
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from tests import jimm_models, numerics  # noqa: E402
 from vit_jax_analytics import importance, model as model_lib, pipeline  # noqa: E402
@@ -89,25 +88,8 @@ def test_dinov3_declared_attention_equals_the_modules_own_call(rope64, monkeypat
   w = w.astype(np.float64)
   abl, _ = importance.ablation_batch(params, config, x, labels, objective=objective)
   grads, _ = importance.taylor_batch(params, config, x, labels, objective)
-  graphdef, state, rest = nnx.split(m, nnx.Param, ...)
-
-  def losses(state, images):
-    out = nnx.merge(graphdef, state, jax.tree.map(lambda a: a, rest))(images)
-    logits = out @ w.T
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1)[:, 0]
-
-  want_abl = np.zeros((2, 2, 2))
-  for layer in range(2):
-    for head in range(2):
-      kernel[...] = original.at[layer, head].set(0.)
-      want_abl[layer, head] = np.asarray(losses(nnx.split(m, nnx.Param, ...)[1], x))
-  kernel[...] = original
+  want_abl, want_grads = jimm_models.own_ablation_and_taylor(m, out_kernel, x, labels, w)
   numerics.assert_close64(abl['loss'], want_abl, 'ablation')
-  want_grads = np.zeros((2, 2, 2))
-  for i in range(2):
-    g = jax.grad(lambda s: losses(s, x)[i])(state)
-    gk = out_kernel(nnx.merge(graphdef, g, jax.tree.map(lambda a: a, rest)))[...]
-    want_grads[i] = np.abs(np.sum(gk * original, axis=(-2, -1)))
   numerics.assert_close64(np.asarray(grads, np.float64), want_grads, 'taylor',
                           rounded=np.float32)
 

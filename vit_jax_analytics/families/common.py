@@ -22,6 +22,25 @@ class Mapped(NamedTuple):
   source: dict
 
 
+class TensorReader:
+  """Reads a checkpoint's tensors by name below `prefix`, remembering which were read (`used`:
+  the others are listed as ignored); a missing one is a CheckpointError naming it and what
+  was expected (`expected`, e.g. 'a dinov3_vit checkpoint')."""
+
+  def __init__(self, tensors: dict, prefix: str, path, expected: str):
+    self.tensors, self.prefix, self.path, self.expected = tensors, prefix, path, expected
+    self.used = set()
+
+  def __call__(self, name: str, optional: bool = False, prefix: Optional[str] = None):
+    key = (self.prefix if prefix is None else prefix) + name
+    if key in self.tensors:
+      self.used.add(key)
+      return self.tensors[key]
+    if optional:
+      return None
+    raise CheckpointError(f'{self.path}: missing tensor {key!r}; expected {self.expected}')
+
+
 def check_float(tensors: dict, names, path) -> None:
   """Refuses a weight stored as integers or booleans: cast to float it would run as
   nonsense (an I32 tensor's values read as ~1e9), where a float dtype was meant."""

@@ -113,15 +113,6 @@ def wrapper_prefix(base: str) -> str:
   return '.'.join(parts[:-1]) + '.' if len(parts) > 1 else ''
 
 
-def _get(t: dict, key: str, path, optional=False):
-  if key in t:
-    return t[key]
-  if optional:
-    return None
-  raise CheckpointError(f'{path}: missing tensor {key!r} for this model type; expected a '
-                        f'Hugging Face checkpoint of the class named in config.json')
-
-
 def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
                   image_size=None, resize_method: Optional[str] = None) -> Mapped:
   """Pure mapping: {name: array} of a transformers state dict + its config.json dict ->
@@ -148,16 +139,11 @@ def hf_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
     pre = _base_prefix(tensors, model_type)
   except KeyError as e:
     raise CheckpointError(f'{path}: {e.args[0]}; expected a {model_type} checkpoint') from None
-  g = lambda k, optional=False: _get(tensors, pre + k, path, optional)
   heads = _positive_int(hf_config, 'num_attention_heads', path)
-  used = set()
+  take = common.TensorReader(tensors, pre, path, 'a Hugging Face checkpoint of the class '
+                                                 'named in config.json')
+  used = take.used
   t = {}
-
-  def take(k, optional=False):
-    v = g(k, optional)
-    if v is not None:
-      used.add(pre + k)
-    return v
 
   # Embeddings.
   if style == 'clip':

@@ -32,16 +32,8 @@ def dinov3_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   if not pres:
     raise CheckpointError(f'{path}: no {MARK}; expected a dinov3_vit checkpoint')
   pre = pres[0]
-  used = set()
-
-  def take(k, optional=False):
-    if pre + k in tensors:
-      used.add(pre + k)
-      return tensors[pre + k]
-    if optional:
-      return None
-    raise CheckpointError(f'{path}: missing tensor {pre + k!r}; expected a dinov3_vit '
-                          f'checkpoint')
+  take = common.TensorReader(tensors, pre, path, 'a dinov3_vit checkpoint')
+  used = take.used
 
   heads = hf_config.get('num_attention_heads')
   if not isinstance(heads, int) or heads <= 0:

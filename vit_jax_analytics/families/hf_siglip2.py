@@ -76,16 +76,8 @@ def siglip2_to_vit_jax(tensors: dict, hf_config: dict, path='checkpoint',
   if not pres:
     raise CheckpointError(f'{path}: no {MARK}; expected a SigLIP 2 vision checkpoint')
   pre = pres[0]
-  used = set()
-
-  def take(k, optional=False, prefix=pre):
-    if prefix + k in tensors:
-      used.add(prefix + k)
-      return tensors[prefix + k]
-    if optional:
-      return None
-    raise CheckpointError(f'{path}: missing tensor {prefix + k!r}; expected a SigLIP 2 '
-                          f'checkpoint')
+  take = common.TensorReader(tensors, pre, path, 'a SigLIP 2 checkpoint')
+  used = take.used
 
   heads = hf_config.get('num_attention_heads')
   patch = hf_config.get('patch_size')

@@ -397,8 +397,11 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
                                         if name == 'offset_uniform' else 1.)
   pairs, uniform = sums['offset_pairs'], sums['offset_uniform']   # [2h-1, 2w-1], all images
   offset_mean = np.where(pairs > 0, sums['offset_sum'] / np.where(pairs > 0, pairs, 1.), 0.)
-  offset_ratio = np.where(uniform > 0, sums['offset_sum'] / np.where(uniform > 0, uniform, 1.),
-                          0.)
+  if not config.naflex_max_patches:  # every image on one grid: uniform is 1/T everywhere
+    offset_ratio = offset_mean * t
+  else:
+    offset_ratio = np.where(uniform > 0, sums['offset_sum'] / np.where(uniform > 0, uniform, 1.),
+                            0.)
   cheb = np.maximum(dy[:, None], dx[None])
   mass = np.stack([np.sum(np.where(cheb == d, sums['offset_sum'], 0.), axis=(-2, -1))
                    for d in range(n)], -1)                        # [L, H, n]

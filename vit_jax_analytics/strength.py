@@ -390,11 +390,6 @@ def finish(sums: dict, count: int, config: ViTConfig) -> StrengthResult:
   (gh, gw), t = config.grid_shape, config.num_tokens
   n = max(gh, gw)
   dy, dx = np.abs(np.arange(-(gh - 1), gh)), np.abs(np.arange(-(gw - 1), gw))
-  if 'offset_pairs' not in sums:  # one grid: the counts of `count` images of it
-    for name, per_image in zip(('offset_pairs', 'offset_uniform', 'patch_queries'),
-                               pair_counts((gh, gw), (gh, gw))):
-      sums[name] = per_image * count * (config.num_patches / t
-                                        if name == 'offset_uniform' else 1.)
   pairs, uniform = sums['offset_pairs'], sums['offset_uniform']   # [2h-1, 2w-1], all images
   offset_mean = np.where(pairs > 0, sums['offset_sum'] / np.where(pairs > 0, pairs, 1.), 0.)
   if not config.naflex_max_patches:  # every image on one grid: uniform is 1/T everywhere
